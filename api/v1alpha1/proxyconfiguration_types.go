@@ -1,0 +1,384 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Mode is the kernel mechanism a node agent programs.
+// +kubebuilder:validation:Enum=iptables;nftables;ipvs
+type Mode string
+
+const (
+	ModeIPTables Mode = "iptables"
+	ModeNFTables Mode = "nftables"
+	ModeIPVS     Mode = "ipvs"
+)
+
+// AllModes lists every mode, in the order the agent cleans up leftovers.
+var AllModes = []Mode{ModeIPTables, ModeNFTables, ModeIPVS}
+
+// CIDR is an IPv4 or IPv6 network in CIDR notation, such as 10.244.0.0/16 or fd10:244::/48.
+// +kubebuilder:validation:MaxLength=64
+// +kubebuilder:validation:XValidation:rule="isCIDR(self)",message="must be a valid CIDR such as 10.244.0.0/16 or fd10:244::/48"
+type CIDR string
+
+// NodePortAddress is a CIDR whose addresses on the node accept NodePort traffic, or
+// "primary" for the node's primary addresses (kube-proxy's meaning).
+// +kubebuilder:validation:MaxLength=64
+// +kubebuilder:validation:XValidation:rule="self == 'primary' || isCIDR(self)",message="must be a valid CIDR or the word primary"
+type NodePortAddress string
+
+// Duration is a Go duration string, such as 500ms, 30s or 1h.
+// It is a string (not metav1.Duration) so that CEL rules can compare durations.
+// +kubebuilder:validation:MaxLength=32
+// +kubebuilder:validation:Pattern=`^(0|([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+)$`
+type Duration string
+
+// ProxyConfigurationSpec says how the selected nodes proxy Service traffic.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.ipvs) || self.mode == 'ipvs'",message="spec.ipvs may only be set when spec.mode is ipvs",fieldPath=".ipvs"
+// +kubebuilder:validation:XValidation:rule="!has(self.minSyncPeriod) || !has(self.syncPeriod) || duration(self.minSyncPeriod) <= duration(self.syncPeriod)",message="spec.minSyncPeriod must not be longer than spec.syncPeriod",fieldPath=".minSyncPeriod"
+// +kubebuilder:validation:XValidation:rule="!has(self.healthzPort) || !has(self.metricsPort) || self.healthzPort != self.metricsPort",message="spec.healthzPort and spec.metricsPort must differ",fieldPath=".metricsPort"
+type ProxyConfigurationSpec struct {
+	// Mode is the dataplane the node agents program: iptables, nftables or ipvs.
+	// Editing it switches every selected node, make-before-break.
+	// +kubebuilder:default=iptables
+	// +optional
+	Mode Mode `json:"mode,omitempty"`
+
+	// NodeSelector selects the nodes that run this configuration's agent.
+	// Empty selects every node. A node selected by an older ProxyConfiguration stays with it.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// Tolerations of the agent pods. The default tolerates every taint, like kube-proxy:
+	// a node that cannot proxy Services is broken whatever its taints.
+	// +kubebuilder:default={{operator: "Exists"}}
+	// +kubebuilder:validation:MaxItems=64
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// Agent configures the node-agent pods.
+	// +kubebuilder:default={}
+	// +optional
+	Agent AgentPodSpec `json:"agent,omitempty"`
+
+	// ProxySettings are the proxy's settings, with kube-proxy's meaning and defaults.
+	ProxySettings `json:",inline"`
+}
+
+// AgentPodSpec configures the node-agent DaemonSet's pods.
+type AgentPodSpec struct {
+	// Image of the node agent. Defaults to the operator's --agent-image.
+	// +kubebuilder:validation:MaxLength=512
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// ImagePullPolicy of the agent container.
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	// +kubebuilder:default=IfNotPresent
+	// +optional
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
+	// Resources of the agent container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// PriorityClassName of the agent pods.
+	// +kubebuilder:default=system-node-critical
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+
+	// UpdateStrategy bounds how many agents restart at once when the configuration changes.
+	// +optional
+	UpdateStrategy AgentUpdateStrategy `json:"updateStrategy,omitempty"`
+
+	// LogLevel is the agent's klog verbosity (0 to 10).
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10
+	// +kubebuilder:default=2
+	// +optional
+	LogLevel int32 `json:"logLevel,omitempty"`
+}
+
+// AgentUpdateStrategy is the agents' rolling update.
+type AgentUpdateStrategy struct {
+	// MaxUnavailable is the number or percentage of agents that may be restarting at once
+	// (a DaemonSet's rollingUpdate.maxUnavailable). Default 1.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 1 : self.matches('^[1-9][0-9]?%$|^100%$')",message="must be a positive count or a percentage between 1% and 100%"
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+}
+
+// ProxySettings are the proxy's own settings. They are rendered into the agents'
+// configuration file; field names and defaults follow KubeProxyConfiguration.
+type ProxySettings struct {
+	// ClusterCIDRs are the pod networks. Traffic from outside them to a Service is
+	// masqueraded (kube-proxy's detect-local by cluster CIDR).
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=set
+	// +optional
+	ClusterCIDRs []CIDR `json:"clusterCIDRs,omitempty"`
+
+	// MasqueradeAll masquerades all Service traffic, not only traffic from outside the cluster.
+	// +optional
+	MasqueradeAll bool `json:"masqueradeAll,omitempty"`
+
+	// NodePortAddresses are the node addresses that accept NodePort traffic: CIDRs,
+	// or "primary" for the node's primary IPs. Empty means all local addresses.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=set
+	// +optional
+	NodePortAddresses []NodePortAddress `json:"nodePortAddresses,omitempty"`
+
+	// SyncPeriod is the longest time between two full resyncs of the rules.
+	// +kubebuilder:default="30s"
+	// +optional
+	SyncPeriod Duration `json:"syncPeriod,omitempty"`
+
+	// MinSyncPeriod is the shortest time between two syncs; changes arriving faster are batched.
+	// +kubebuilder:default="1s"
+	// +optional
+	MinSyncPeriod Duration `json:"minSyncPeriod,omitempty"`
+
+	// HealthzPort is the node port of the agent's /healthz and /livez (on all addresses).
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +kubebuilder:default=10256
+	// +optional
+	HealthzPort int32 `json:"healthzPort,omitempty"`
+
+	// MetricsPort is the node port of the agent's Prometheus /metrics (on 127.0.0.1).
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +kubebuilder:default=10249
+	// +optional
+	MetricsPort int32 `json:"metricsPort,omitempty"`
+
+	// Conntrack sets the node's connection-tracking limits and timeouts.
+	// +kubebuilder:default={}
+	// +optional
+	Conntrack ConntrackSettings `json:"conntrack,omitempty"`
+
+	// IPTables holds settings of the iptables mode.
+	// +kubebuilder:default={}
+	// +optional
+	IPTables IPTablesSettings `json:"iptables,omitempty"`
+
+	// NFTables holds settings of the nftables mode.
+	// +kubebuilder:default={}
+	// +optional
+	NFTables NFTablesSettings `json:"nftables,omitempty"`
+
+	// IPVS holds settings of the ipvs mode; only allowed when mode is ipvs.
+	// +optional
+	IPVS *IPVSSettings `json:"ipvs,omitempty"`
+}
+
+// ConntrackSettings are kube-proxy's conntrack settings. A zero value leaves the
+// kernel's setting alone.
+type ConntrackSettings struct {
+	// MaxPerCore is the number of conntrack entries allowed per CPU core.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:default=32768
+	// +optional
+	MaxPerCore *int32 `json:"maxPerCore,omitempty"`
+
+	// Min is the lower bound of the conntrack table size, whatever MaxPerCore says.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:default=131072
+	// +optional
+	Min *int32 `json:"min,omitempty"`
+
+	// TCPEstablishedTimeout is how long an idle established TCP connection is tracked.
+	// +kubebuilder:default="24h"
+	// +optional
+	TCPEstablishedTimeout Duration `json:"tcpEstablishedTimeout,omitempty"`
+
+	// TCPCloseWaitTimeout is how long a TCP connection in CLOSE_WAIT is tracked.
+	// +kubebuilder:default="1h"
+	// +optional
+	TCPCloseWaitTimeout Duration `json:"tcpCloseWaitTimeout,omitempty"`
+
+	// UDPTimeout is how long an idle, unreplied UDP flow is tracked. 0 keeps the kernel's.
+	// +optional
+	UDPTimeout Duration `json:"udpTimeout,omitempty"`
+
+	// UDPStreamTimeout is how long an idle UDP stream (replied flow) is tracked. 0 keeps the kernel's.
+	// +optional
+	UDPStreamTimeout Duration `json:"udpStreamTimeout,omitempty"`
+}
+
+// IPTablesSettings are settings of the iptables mode.
+type IPTablesSettings struct {
+	// MasqueradeBit is the bit of the packet mark that flags packets to masquerade.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=31
+	// +kubebuilder:default=14
+	// +optional
+	MasqueradeBit *int32 `json:"masqueradeBit,omitempty"`
+
+	// LocalhostNodePorts lets NodePorts answer on 127.0.0.1 (IPv4 only, as kube-proxy).
+	// +kubebuilder:default=true
+	// +optional
+	LocalhostNodePorts *bool `json:"localhostNodePorts,omitempty"`
+}
+
+// NFTablesSettings are settings of the nftables mode.
+type NFTablesSettings struct {
+	// MasqueradeBit is the bit of the packet mark that flags packets to masquerade.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=31
+	// +kubebuilder:default=14
+	// +optional
+	MasqueradeBit *int32 `json:"masqueradeBit,omitempty"`
+}
+
+// IPVSScheduler is an IPVS scheduling algorithm.
+// +kubebuilder:validation:Enum=rr;wrr;lc;wlc;lblc;lblcr;sh;dh;sed;nq;mh;fo;ovf;twos
+type IPVSScheduler string
+
+// IPVSSettings are settings of the ipvs mode.
+type IPVSSettings struct {
+	// Scheduler is the IPVS scheduler of every virtual server.
+	// +kubebuilder:default=rr
+	// +optional
+	Scheduler IPVSScheduler `json:"scheduler,omitempty"`
+
+	// StrictARP makes the node answer ARP only for addresses on the receiving interface
+	// (arp_ignore=1, arp_announce=2), needed when load-balancer IPs live on kpo-ipvs0.
+	// +optional
+	StrictARP bool `json:"strictARP,omitempty"`
+
+	// TCPTimeout is IPVS's idle timeout of TCP sessions. 0 keeps the kernel's.
+	// +optional
+	TCPTimeout Duration `json:"tcpTimeout,omitempty"`
+
+	// TCPFinTimeout is IPVS's timeout of TCP sessions after FIN. 0 keeps the kernel's.
+	// +optional
+	TCPFinTimeout Duration `json:"tcpFinTimeout,omitempty"`
+
+	// UDPTimeout is IPVS's timeout of UDP flows. 0 keeps the kernel's.
+	// +optional
+	UDPTimeout Duration `json:"udpTimeout,omitempty"`
+
+	// ExcludeCIDRs are networks whose IPVS virtual servers the agent must not delete.
+	// +kubebuilder:validation:MaxItems=64
+	// +listType=set
+	// +optional
+	ExcludeCIDRs []CIDR `json:"excludeCIDRs,omitempty"`
+}
+
+// Condition types of a ProxyConfiguration.
+const (
+	// ConditionAvailable is True when every desired node runs the current spec and is synced.
+	ConditionAvailable = "Available"
+	// ConditionProgressing is True while agents are rolling out or have not yet synced the current spec.
+	ConditionProgressing = "Progressing"
+	// ConditionDegraded is True when some node cannot apply the spec (see failingNodes) or
+	// the configuration could not be rendered or applied.
+	ConditionDegraded = "Degraded"
+)
+
+// Reasons used in ProxyConfiguration conditions.
+const (
+	ReasonAsExpected           = "AsExpected"
+	ReasonRollingOut           = "RollingOut"
+	ReasonNodesNotReady        = "NodesNotReady"
+	ReasonNoNodes              = "NoNodesSelected"
+	ReasonNodeSelectorConflict = "NodeSelectorConflict"
+	ReasonNodesFailing         = "NodesFailing"
+	ReasonApplyFailed          = "ApplyFailed"
+)
+
+// MaxFailingNodes bounds status.failingNodes so that a broken cluster does not
+// produce an oversized object.
+const MaxFailingNodes = 10
+
+// NodeFailure is one node that does not run the spec as asked.
+type NodeFailure struct {
+	// Node is the node's name.
+	// +kubebuilder:validation:MaxLength=253
+	Node string `json:"node"`
+	// Reason is a CamelCase reason, such as SyncFailed or IPVSUnavailable.
+	// +kubebuilder:validation:MaxLength=128
+	Reason string `json:"reason"`
+	// Message says what went wrong.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// ProxyConfigurationStatus is the roll-up of the selected nodes' ProxyNodeStatus reports.
+type ProxyConfigurationStatus struct {
+	// ObservedGeneration is the spec generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Mode is the mode the nodes really run: the mode itself when all reporting nodes
+	// agree, "Mixed" while they differ (during a switch), empty before any report.
+	// +optional
+	Mode string `json:"mode,omitempty"`
+
+	// DesiredNodes is the number of nodes that should run this configuration's agent.
+	DesiredNodes int32 `json:"desiredNodes"`
+	// UpdatedNodes is the number of nodes whose agent pod runs the current spec.
+	UpdatedNodes int32 `json:"updatedNodes"`
+	// ReadyNodes is the number of nodes whose agent reports the current spec applied and synced.
+	ReadyNodes int32 `json:"readyNodes"`
+
+	// FailingNodes lists up to ten nodes that report a failure, with the reason.
+	// +kubebuilder:validation:MaxItems=10
+	// +listType=map
+	// +listMapKey=node
+	// +optional
+	FailingNodes []NodeFailure `json:"failingNodes,omitempty"`
+
+	// Conditions: Available, Progressing and Degraded.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ProxyConfiguration says how a set of nodes proxies Service traffic: the mode, the
+// nodes and the proxy settings. The operator runs one node agent per selected node.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName={proxyconfig,pc}
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 52",message="metadata.name must be at most 52 characters: the agent's objects are named kpo-agent-<name>"
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
+// +kubebuilder:printcolumn:name="Desired",type=integer,JSONPath=`.status.desiredNodes`
+// +kubebuilder:printcolumn:name="Ready",type=integer,JSONPath=`.status.readyNodes`
+// +kubebuilder:printcolumn:name="Up-to-date",type=integer,JSONPath=`.status.updatedNodes`
+// +kubebuilder:printcolumn:name="Available",type=string,JSONPath=`.status.conditions[?(@.type=="Available")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Active",type=string,JSONPath=`.status.mode`,priority=1
+// +kubebuilder:printcolumn:name="Degraded",type=string,JSONPath=`.status.conditions[?(@.type=="Degraded")].reason`,priority=1
+type ProxyConfiguration struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +optional
+	Spec ProxyConfigurationSpec `json:"spec,omitempty"`
+	// +optional
+	Status ProxyConfigurationStatus `json:"status,omitempty"`
+}
+
+// ProxyConfigurationList is a list of ProxyConfigurations.
+//
+// +kubebuilder:object:root=true
+type ProxyConfigurationList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ProxyConfiguration `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ProxyConfiguration{}, &ProxyConfigurationList{})
+}

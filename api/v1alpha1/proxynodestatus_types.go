@@ -1,0 +1,124 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Condition types of a ProxyNodeStatus.
+const (
+	// NodeConditionSynced is True when the kernel holds the rules of the agent's last
+	// complete sync of the current configuration.
+	NodeConditionSynced = "Synced"
+	// NodeConditionHealthy is True when the agent's rules are fresh (its /healthz answers 200).
+	NodeConditionHealthy = "Healthy"
+)
+
+// Reasons used in ProxyNodeStatus conditions.
+const (
+	NodeReasonSynced          = "Synced"
+	NodeReasonSyncFailed      = "SyncFailed"
+	NodeReasonNotSyncedYet    = "NotSyncedYet"
+	NodeReasonModeUnavailable = "ModeUnavailable"
+	NodeReasonIPVSUnavailable = "IPVSUnavailable"
+	NodeReasonFresh           = "Fresh"
+	NodeReasonStale           = "RulesStale"
+	NodeReasonCleanedUp       = "CleanedUp"
+)
+
+// ProxyNodeReport is what one node's agent reports about the node.
+type ProxyNodeReport struct {
+	// Configuration is the name of the ProxyConfiguration the agent applies.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Configuration string `json:"configuration,omitempty"`
+
+	// ConfigurationGeneration is the generation of that ProxyConfiguration the agent applies.
+	// +optional
+	ConfigurationGeneration int64 `json:"configurationGeneration,omitempty"`
+
+	// RequestedMode is the mode the configuration asks for.
+	// +optional
+	RequestedMode Mode `json:"requestedMode,omitempty"`
+
+	// ActiveMode is the mode whose rules the kernel holds. It differs from RequestedMode
+	// when the node's kernel cannot run the requested mode and the agent keeps the old one.
+	// +optional
+	ActiveMode Mode `json:"activeMode,omitempty"`
+
+	// LastSyncTime is when the last successful sync finished.
+	// +optional
+	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
+
+	// LastSyncDuration is how long that sync took, such as 12ms.
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	LastSyncDuration string `json:"lastSyncDuration,omitempty"`
+
+	// LastFullSyncTime is when the last successful full (not partial) sync finished.
+	// +optional
+	LastFullSyncTime *metav1.Time `json:"lastFullSyncTime,omitempty"`
+
+	// Services is the number of service ports programmed.
+	// +optional
+	Services int32 `json:"services"`
+	// Endpoints is the number of endpoints programmed.
+	// +optional
+	Endpoints int32 `json:"endpoints"`
+	// Rules is the number of rules (or map elements, or virtual servers) the mode holds.
+	// +optional
+	Rules int32 `json:"rules"`
+
+	// LastError is the last sync error, empty after a successful sync.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	LastError string `json:"lastError,omitempty"`
+
+	// AgentVersion is the version of the agent binary.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	AgentVersion string `json:"agentVersion,omitempty"`
+
+	// Conditions: Synced and Healthy.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ProxyNodeStatus reports what one node's agent really runs. It is named after the
+// node, written only by that node's agent and owned by the Node, so that it goes
+// away with the node.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName={pns}
+// +kubebuilder:printcolumn:name="Config",type=string,JSONPath=`.status.configuration`
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.status.activeMode`
+// +kubebuilder:printcolumn:name="Synced",type=string,JSONPath=`.status.conditions[?(@.type=="Synced")].status`
+// +kubebuilder:printcolumn:name="Services",type=integer,JSONPath=`.status.services`
+// +kubebuilder:printcolumn:name="Endpoints",type=integer,JSONPath=`.status.endpoints`
+// +kubebuilder:printcolumn:name="Last-sync",type=date,JSONPath=`.status.lastSyncTime`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Synced")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Rules",type=integer,JSONPath=`.status.rules`,priority=1
+// +kubebuilder:printcolumn:name="Duration",type=string,JSONPath=`.status.lastSyncDuration`,priority=1
+type ProxyNodeStatus struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +optional
+	Status ProxyNodeReport `json:"status,omitempty"`
+}
+
+// ProxyNodeStatusList is a list of ProxyNodeStatus.
+//
+// +kubebuilder:object:root=true
+type ProxyNodeStatusList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ProxyNodeStatus `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ProxyNodeStatus{}, &ProxyNodeStatusList{})
+}

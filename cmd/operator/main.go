@@ -1,0 +1,80 @@
+// Command kpo-operator reconciles ProxyConfigurations into node-agent DaemonSets
+// and rolls the agents' reports up into their status.
+package main
+
+import (
+	"flag"
+	"os"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/controllers"
+)
+
+func main() {
+	var (
+		namespace   = flag.String("namespace", envOr("POD_NAMESPACE", "kpo-system"), "namespace of the agents' DaemonSets, ConfigMaps and ServiceAccounts")
+		agentImage  = flag.String("agent-image", os.Getenv("AGENT_IMAGE"), "node-agent image used when a ProxyConfiguration names none")
+		metricsAddr = flag.String("metrics-bind-address", ":8080", "address of the metrics endpoint (0 disables it)")
+		probeAddr   = flag.String("health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+		leaderElect = flag.Bool("leader-elect", false, "elect a leader, so that only one replica reconciles")
+	)
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	setupLog := ctrl.Log.WithName("setup")
+
+	scheme := runtime.NewScheme()
+	must(clientgoscheme.AddToScheme(scheme))
+	must(kpov1.AddToScheme(scheme))
+
+	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress: *probeAddr,
+		LeaderElection:         *leaderElect,
+		LeaderElectionID:       "kpo-operator.proxy.kpo.dev",
+		Cache:                  controllers.CacheOptions(*namespace),
+	})
+	if err != nil {
+		setupLog.Error(err, "creating manager")
+		os.Exit(1)
+	}
+	if err := (&controllers.ProxyConfigurationReconciler{
+		Client:            mgr.GetClient(),
+		Scheme:            mgr.GetScheme(),
+		Namespace:         *namespace,
+		DefaultAgentImage: *agentImage,
+	}).SetupWithManager(mgr); err != nil {
+		setupLog.Error(err, "setting up the controller")
+		os.Exit(1)
+	}
+	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
+	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
+
+	setupLog.Info("starting", "namespace", *namespace, "agentImage", *agentImage)
+	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
+		setupLog.Error(err, "manager stopped")
+		os.Exit(1)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func must(err error) {
+	if err != nil {
+		panic(err)
+	}
+}

@@ -1,0 +1,344 @@
+// Package render turns a ProxyConfiguration into the objects that run its node
+// agents: ServiceAccount, ClusterRole, ClusterRoleBinding, ConfigMap and DaemonSet.
+//
+// Everything here is a pure function of its inputs (no client, no clock), so the
+// output is table- and golden-tested, and the controller only has to apply it.
+// Objects are server-side-apply configurations: they name only the fields kpo
+// owns, so that defaults filled in by the API server never look like drift.
+package render
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
+	"k8s.io/klog/v2"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+)
+
+// Labels and annotations kpo puts on what it renders.
+const (
+	LabelName          = "app.kubernetes.io/name"
+	LabelInstance      = "app.kubernetes.io/instance"
+	LabelManagedBy     = "app.kubernetes.io/managed-by"
+	LabelConfiguration = "proxy.kpo.dev/configuration"
+	// AnnotationConfigHash on the pod template changes whenever the agent configuration
+	// does, so that a spec edit rolls the agents.
+	AnnotationConfigHash = "proxy.kpo.dev/config-hash"
+
+	AgentAppName = "kpo-agent"
+	ManagedBy    = "kpo-operator"
+
+	// AgentContainerName is the agent's container in the DaemonSet's pods.
+	AgentContainerName = "agent"
+	// AgentConfigDir is where the agent's ConfigMap is mounted.
+	AgentConfigDir = "/etc/kpo"
+)
+
+// Options are the operator-level inputs of rendering.
+type Options struct {
+	// Namespace receives the namespaced objects (the operator's namespace).
+	Namespace string
+	// DefaultAgentImage is used when the spec names no image.
+	DefaultAgentImage string
+	// ExcludedNodes are selected nodes that an older ProxyConfiguration holds; the
+	// DaemonSet must not schedule there.
+	ExcludedNodes []string
+}
+
+// Objects is everything one ProxyConfiguration renders to.
+type Objects struct {
+	ServiceAccount     *corev1ac.ServiceAccountApplyConfiguration
+	ClusterRole        *rbacv1ac.ClusterRoleApplyConfiguration
+	ClusterRoleBinding *rbacv1ac.ClusterRoleBindingApplyConfiguration
+	ConfigMap          *corev1ac.ConfigMapApplyConfiguration
+	DaemonSet          *appsv1ac.DaemonSetApplyConfiguration
+	// ConfigHash is the hash of the agent configuration, as on the pod template.
+	ConfigHash string
+}
+
+// AgentName is the name of every object rendered for a ProxyConfiguration.
+func AgentName(pc *kpov1.ProxyConfiguration) string {
+	return "kpo-agent-" + pc.Name
+}
+
+// SelectorLabels select the agent pods of one ProxyConfiguration. They are the
+// DaemonSet's selector, which cannot change after creation.
+func SelectorLabels(pc *kpov1.ProxyConfiguration) map[string]string {
+	return map[string]string{
+		LabelName:          AgentAppName,
+		LabelConfiguration: pc.Name,
+	}
+}
+
+func commonLabels(pc *kpov1.ProxyConfiguration) map[string]string {
+	l := SelectorLabels(pc)
+	l[LabelInstance] = pc.Name
+	l[LabelManagedBy] = ManagedBy
+	return l
+}
+
+// AgentConfiguration is the agent's configuration for a ProxyConfiguration.
+func AgentConfiguration(pc *kpov1.ProxyConfiguration) *kpov1.AgentConfiguration {
+	return &kpov1.AgentConfiguration{
+		ConfigurationName:       pc.Name,
+		ConfigurationGeneration: pc.Generation,
+		Mode:                    pc.Spec.Mode,
+		ProxySettings:           *pc.Spec.ProxySettings.DeepCopy(),
+	}
+}
+
+// Render renders every object of a ProxyConfiguration.
+func Render(pc *kpov1.ProxyConfiguration, opts Options) (*Objects, error) {
+	if opts.Namespace == "" {
+		return nil, fmt.Errorf("render: no namespace")
+	}
+	image := pc.Spec.Agent.Image
+	if image == "" {
+		image = opts.DefaultAgentImage
+	}
+	if image == "" {
+		return nil, fmt.Errorf("spec.agent.image is empty and the operator has no default agent image")
+	}
+	data, err := kpov1.MarshalAgentConfiguration(AgentConfiguration(pc))
+	if err != nil {
+		return nil, fmt.Errorf("rendering agent configuration: %w", err)
+	}
+	sum := sha256.Sum256(data)
+	hash := hex.EncodeToString(sum[:8])
+
+	owner := ownerReference(pc)
+	name := AgentName(pc)
+	labels := commonLabels(pc)
+
+	objs := &Objects{ConfigHash: hash}
+	objs.ServiceAccount = corev1ac.ServiceAccount(name, opts.Namespace).
+		WithLabels(labels).WithOwnerReferences(owner)
+	objs.ClusterRole = rbacv1ac.ClusterRole(name).
+		WithLabels(labels).WithOwnerReferences(owner).
+		WithRules(agentRules(pc)...)
+	objs.ClusterRoleBinding = rbacv1ac.ClusterRoleBinding(name).
+		WithLabels(labels).WithOwnerReferences(owner).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(name)).
+		WithSubjects(rbacv1ac.Subject().WithKind("ServiceAccount").WithName(name).WithNamespace(opts.Namespace))
+	objs.ConfigMap = corev1ac.ConfigMap(name, opts.Namespace).
+		WithLabels(labels).WithOwnerReferences(owner).
+		WithData(map[string]string{kpov1.AgentConfigKey: string(data)})
+	objs.DaemonSet = daemonSet(pc, opts, image, hash, owner)
+	return objs, nil
+}
+
+func ownerReference(pc *kpov1.ProxyConfiguration) *metav1ac.OwnerReferenceApplyConfiguration {
+	return metav1ac.OwnerReference().
+		WithAPIVersion(kpov1.GroupVersion.String()).
+		WithKind("ProxyConfiguration").
+		WithName(pc.Name).
+		WithUID(pc.UID).
+		WithController(true).
+		WithBlockOwnerDeletion(true)
+}
+
+// agentRules is the agent's least privilege: read what it proxies, read its own
+// configuration, write node status reports and events.
+func agentRules(pc *kpov1.ProxyConfiguration) []*rbacv1ac.PolicyRuleApplyConfiguration {
+	read := []string{"get", "list", "watch"}
+	return []*rbacv1ac.PolicyRuleApplyConfiguration{
+		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("services", "nodes").WithVerbs(read...),
+		rbacv1ac.PolicyRule().WithAPIGroups("discovery.k8s.io").WithResources("endpointslices").WithVerbs(read...),
+		rbacv1ac.PolicyRule().WithAPIGroups("", "events.k8s.io").WithResources("events").WithVerbs("create", "patch", "update"),
+		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxyconfigurations").
+			WithResourceNames(pc.Name).WithVerbs(read...),
+		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxynodestatuses").
+			WithVerbs("get", "list", "watch", "create", "patch", "update"),
+		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxynodestatuses/status").
+			WithVerbs("get", "patch", "update"),
+	}
+}
+
+func daemonSet(pc *kpov1.ProxyConfiguration, opts Options, image, hash string,
+	owner *metav1ac.OwnerReferenceApplyConfiguration) *appsv1ac.DaemonSetApplyConfiguration {
+	name := AgentName(pc)
+	spec := &pc.Spec
+
+	nodeSelector := map[string]string{corev1.LabelOSStable: "linux"}
+	for k, v := range spec.NodeSelector {
+		nodeSelector[k] = v
+	}
+
+	maxUnavailable := intstr.FromInt32(1)
+	if spec.Agent.UpdateStrategy.MaxUnavailable != nil {
+		maxUnavailable = *spec.Agent.UpdateStrategy.MaxUnavailable
+	}
+
+	pod := corev1ac.PodSpec().
+		WithServiceAccountName(name).
+		// The agent programs the node's own network namespace.
+		WithHostNetwork(true).
+		WithDNSPolicy(corev1.DNSClusterFirstWithHostNet).
+		WithNodeSelector(nodeSelector).
+		WithTerminationGracePeriodSeconds(30).
+		WithContainers(agentContainer(pc, image)).
+		WithVolumes(
+			corev1ac.Volume().WithName("config").
+				WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(name)),
+			// iptables-restore and the iptables binaries serialise on this lock with
+			// every other writer of the node's iptables (kubelet, CNI plugins).
+			corev1ac.Volume().WithName("xtables-lock").
+				WithHostPath(corev1ac.HostPathVolumeSource().WithPath("/run/xtables.lock").WithType(corev1.HostPathFileOrCreate)),
+			// modprobe of ip_vs and nf_conntrack modules reads the host's modules.
+			corev1ac.Volume().WithName("lib-modules").
+				WithHostPath(corev1ac.HostPathVolumeSource().WithPath("/lib/modules").WithType(corev1.HostPathDirectoryOrCreate)),
+		)
+	if spec.Agent.PriorityClassName != "" {
+		pod.WithPriorityClassName(spec.Agent.PriorityClassName)
+	}
+	for i := range spec.Tolerations {
+		pod.WithTolerations(toleration(&spec.Tolerations[i]))
+	}
+	if len(opts.ExcludedNodes) > 0 {
+		excluded := slices.Sorted(slices.Values(opts.ExcludedNodes))
+		notHeld := corev1ac.NodeSelectorRequirement().
+			WithKey("metadata.name").
+			WithOperator(corev1.NodeSelectorOpNotIn).
+			WithValues(excluded...)
+		pod.WithAffinity(corev1ac.Affinity().WithNodeAffinity(corev1ac.NodeAffinity().
+			WithRequiredDuringSchedulingIgnoredDuringExecution(corev1ac.NodeSelector().
+				WithNodeSelectorTerms(corev1ac.NodeSelectorTerm().WithMatchFields(notHeld)))))
+	}
+
+	return appsv1ac.DaemonSet(name, opts.Namespace).
+		WithLabels(commonLabels(pc)).
+		WithOwnerReferences(owner).
+		WithSpec(appsv1ac.DaemonSetSpec().
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(SelectorLabels(pc))).
+			WithUpdateStrategy(appsv1ac.DaemonSetUpdateStrategy().
+				WithType(appsv1.RollingUpdateDaemonSetStrategyType).
+				WithRollingUpdate(appsv1ac.RollingUpdateDaemonSet().WithMaxUnavailable(maxUnavailable))).
+			WithTemplate(corev1ac.PodTemplateSpec().
+				WithLabels(commonLabels(pc)).
+				WithAnnotations(map[string]string{AnnotationConfigHash: hash}).
+				WithSpec(pod)))
+}
+
+func agentContainer(pc *kpov1.ProxyConfiguration, image string) *corev1ac.ContainerApplyConfiguration {
+	spec := &pc.Spec
+	healthz := spec.HealthzPort
+	if healthz == 0 {
+		healthz = 10256
+	}
+	probe := func(path string, failures int32) *corev1ac.ProbeApplyConfiguration {
+		return corev1ac.Probe().
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromInt32(healthz))).
+			WithPeriodSeconds(10).WithTimeoutSeconds(5).WithFailureThreshold(failures)
+	}
+	c := corev1ac.Container().
+		WithName(AgentContainerName).
+		WithImage(image).
+		WithCommand("/kpo-agent").
+		WithArgs(
+			"--config="+AgentConfigDir+"/"+kpov1.AgentConfigKey,
+			fmt.Sprintf("--v=%d", spec.Agent.LogLevel),
+		).
+		WithEnv(corev1ac.EnvVar().WithName("NODE_NAME").
+			WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("spec.nodeName")))).
+		WithPorts(corev1ac.ContainerPort().WithName("healthz").WithContainerPort(healthz).WithProtocol(corev1.ProtocolTCP)).
+		// Privileged, like kube-proxy: besides NET_ADMIN (netfilter, IPVS and
+		// conntrack over netlink), NET_RAW and SYS_MODULE (loading ip_vs), the agent
+		// writes sysctls (conntrack limits, route_localnet, IPVS strict ARP), and
+		// container runtimes mount /proc/sys read-only in unprivileged containers.
+		WithSecurityContext(corev1ac.SecurityContext().WithPrivileged(true)).
+		WithLivenessProbe(probe("/livez", 6)).
+		WithReadinessProbe(probe("/healthz", 3)).
+		WithVolumeMounts(
+			corev1ac.VolumeMount().WithName("config").WithMountPath(AgentConfigDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName("xtables-lock").WithMountPath("/run/xtables.lock"),
+			corev1ac.VolumeMount().WithName("lib-modules").WithMountPath("/lib/modules").WithReadOnly(true),
+		)
+	if spec.Agent.ImagePullPolicy != "" {
+		c.WithImagePullPolicy(spec.Agent.ImagePullPolicy)
+	}
+	if r := resources(&spec.Agent.Resources); r != nil {
+		c.WithResources(r)
+	}
+	return c
+}
+
+func resources(r *corev1.ResourceRequirements) *corev1ac.ResourceRequirementsApplyConfiguration {
+	if len(r.Limits) == 0 && len(r.Requests) == 0 {
+		return nil
+	}
+	ac := corev1ac.ResourceRequirements()
+	if len(r.Limits) > 0 {
+		ac.WithLimits(r.Limits)
+	}
+	if len(r.Requests) > 0 {
+		ac.WithRequests(r.Requests)
+	}
+	return ac
+}
+
+func toleration(t *corev1.Toleration) *corev1ac.TolerationApplyConfiguration {
+	ac := corev1ac.Toleration()
+	if t.Key != "" {
+		ac.WithKey(t.Key)
+	}
+	if t.Operator != "" {
+		ac.WithOperator(t.Operator)
+	}
+	if t.Value != "" {
+		ac.WithValue(t.Value)
+	}
+	if t.Effect != "" {
+		ac.WithEffect(t.Effect)
+	}
+	if t.TolerationSeconds != nil {
+		ac.WithTolerationSeconds(*t.TolerationSeconds)
+	}
+	return ac
+}
+
+// Selects reports whether a ProxyConfiguration's agents would run on a node: the
+// node matches the node selector and the tolerations cover its NoSchedule and
+// NoExecute taints (what the DaemonSet controller checks).
+func Selects(pc *kpov1.ProxyConfiguration, node *corev1.Node) bool {
+	if node.DeletionTimestamp != nil {
+		return false
+	}
+	if os, ok := node.Labels[corev1.LabelOSStable]; ok && os != "linux" {
+		return false
+	}
+	for k, v := range pc.Spec.NodeSelector {
+		if node.Labels[k] != v {
+			return false
+		}
+	}
+	for i := range node.Spec.Taints {
+		taint := &node.Spec.Taints[i]
+		if taint.Effect == corev1.TaintEffectPreferNoSchedule {
+			continue
+		}
+		if !slices.ContainsFunc(pc.Spec.Tolerations, func(t corev1.Toleration) bool { return t.ToleratesTaint(klog.Background(), taint, false) }) {
+			return false
+		}
+	}
+	return true
+}
+
+// Older orders ProxyConfigurations for node ownership: the older one keeps a node
+// both select; names break ties so that every operator replica agrees.
+func Older(a, b *kpov1.ProxyConfiguration) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.Name < b.Name
+}
+

@@ -1,0 +1,169 @@
+package render
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// sample is a configuration as the API server stores it (with its defaults).
+func sample() *kpov1.ProxyConfiguration {
+	pc := &kpov1.ProxyConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "default", UID: "0b1c2d3e-0000-4000-8000-000000000001", Generation: 3},
+		Spec: kpov1.ProxyConfigurationSpec{
+			Mode:         kpov1.ModeNFTables,
+			NodeSelector: map[string]string{"node-role.kubernetes.io/worker": ""},
+			Tolerations:  []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Agent: kpov1.AgentPodSpec{
+				ImagePullPolicy:   corev1.PullIfNotPresent,
+				PriorityClassName: "system-node-critical",
+				LogLevel:          2,
+				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+					corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi"),
+				}},
+				UpdateStrategy: kpov1.AgentUpdateStrategy{MaxUnavailable: ptr.To(intstr.FromString("10%"))},
+			},
+			ProxySettings: kpov1.ProxySettings{ClusterCIDRs: []kpov1.CIDR{"10.244.0.0/16", "fd10:244::/48"}},
+		},
+	}
+	pc.Spec.Default()
+	return pc
+}
+
+func TestRenderGolden(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"default", Options{Namespace: "kpo-system", DefaultAgentImage: "registry.example/kpo:v0.1.0"}},
+		{"excluded-nodes", Options{Namespace: "kpo-system", DefaultAgentImage: "registry.example/kpo:v0.1.0",
+			ExcludedNodes: []string{"node-b", "node-a"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := Render(sample(), tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			for _, o := range []any{objs.ServiceAccount, objs.ClusterRole, objs.ClusterRoleBinding, objs.ConfigMap, objs.DaemonSet} {
+				data, err := yaml.Marshal(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out.WriteString("---\n")
+				out.Write(data)
+			}
+			golden := filepath.Join("testdata", tc.name+".golden.yaml")
+			if *update {
+				if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run 'go test ./controllers/render -update' to create it)", err)
+			}
+			if !bytes.Equal(out.Bytes(), want) {
+				t.Errorf("rendering differs from %s (rerun with -update and review the diff):\n%s", golden, out.String())
+			}
+		})
+	}
+}
+
+func TestRenderIsDeterministic(t *testing.T) {
+	opts := Options{Namespace: "kpo-system", DefaultAgentImage: "img", ExcludedNodes: []string{"c", "a", "b"}}
+	first, err := Render(sample(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		again, _ := Render(sample(), opts)
+		a, _ := json.Marshal(first.DaemonSet)
+		b, _ := json.Marshal(again.DaemonSet)
+		if !bytes.Equal(a, b) {
+			t.Fatalf("two renderings of the same input differ:\n%s\n%s", a, b)
+		}
+	}
+}
+
+func TestConfigHashFollowsAgentConfiguration(t *testing.T) {
+	opts := Options{Namespace: "kpo-system", DefaultAgentImage: "img"}
+	base, _ := Render(sample(), opts)
+	for _, tc := range []struct {
+		name    string
+		mutate  func(*kpov1.ProxyConfiguration)
+		changes bool
+	}{
+		{"mode", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Mode = kpov1.ModeIPTables }, true},
+		{"setting", func(pc *kpov1.ProxyConfiguration) { pc.Spec.MasqueradeAll = true }, true},
+		{"generation", func(pc *kpov1.ProxyConfiguration) { pc.Generation++ }, true},
+		{"image only", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Agent.Image = "other" }, false},
+	} {
+		pc := sample()
+		tc.mutate(pc)
+		objs, err := Render(pc, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (objs.ConfigHash != base.ConfigHash) != tc.changes {
+			t.Errorf("%s: hash changed=%v, want %v", tc.name, objs.ConfigHash != base.ConfigHash, tc.changes)
+		}
+	}
+}
+
+func TestRenderErrors(t *testing.T) {
+	if _, err := Render(sample(), Options{Namespace: "kpo-system"}); err == nil {
+		t.Error("no image anywhere: want an error")
+	}
+	if _, err := Render(sample(), Options{DefaultAgentImage: "img"}); err == nil {
+		t.Error("no namespace: want an error")
+	}
+}
+
+func TestSelects(t *testing.T) {
+	pc := sample()
+	pc.Spec.NodeSelector = map[string]string{"pool": "a"}
+	node := func(labels map[string]string, taints ...corev1.Taint) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: labels}, Spec: corev1.NodeSpec{Taints: taints}}
+	}
+	noSchedule := corev1.Taint{Key: "dedicated", Value: "gpu", Effect: corev1.TaintEffectNoSchedule}
+	now := metav1.NewTime(time.Now())
+	deleting := node(map[string]string{"pool": "a"})
+	deleting.DeletionTimestamp = &now
+	for _, tc := range []struct {
+		name        string
+		tolerations []corev1.Toleration
+		node        *corev1.Node
+		want        bool
+	}{
+		{"matching labels", pc.Spec.Tolerations, node(map[string]string{"pool": "a"}), true},
+		{"other labels", pc.Spec.Tolerations, node(map[string]string{"pool": "b"}), false},
+		{"windows node", pc.Spec.Tolerations, node(map[string]string{"pool": "a", corev1.LabelOSStable: "windows"}), false},
+		{"tainted, tolerate everything", pc.Spec.Tolerations, node(map[string]string{"pool": "a"}, noSchedule), true},
+		{"tainted, no tolerations", nil, node(map[string]string{"pool": "a"}, noSchedule), false},
+		{"PreferNoSchedule is no bar", nil, node(map[string]string{"pool": "a"},
+			corev1.Taint{Key: "k", Effect: corev1.TaintEffectPreferNoSchedule}), true},
+		{"being deleted", pc.Spec.Tolerations, deleting, false},
+	} {
+		p := pc.DeepCopy()
+		p.Spec.Tolerations = tc.tolerations
+		if got := Selects(p, tc.node); got != tc.want {
+			t.Errorf("%s: Selects=%v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,208 @@
+package controllers
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/test/apiserver"
+)
+
+// TestInvalidConfigurationsAreRejected checks every validation rule of the CRD on
+// the real API server: the create fails, and the message names the field.
+func TestInvalidConfigurationsAreRejected(t *testing.T) {
+	needAPIServer(t)
+	for _, tc := range []struct {
+		name   string
+		mutate func(*kpov1.ProxyConfiguration)
+		want   []string // substrings of the API server's error
+	}{
+		{"unknown mode", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Mode = "userspace" },
+			[]string{"spec.mode", `Unsupported value: "userspace"`}},
+		{"ipvs settings without ipvs mode", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.Mode = kpov1.ModeNFTables
+			pc.Spec.IPVS = &kpov1.IPVSSettings{StrictARP: true}
+		}, []string{"spec.ipvs", "spec.ipvs may only be set when spec.mode is ipvs"}},
+		{"minSyncPeriod above syncPeriod", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.SyncPeriod, pc.Spec.MinSyncPeriod = "10s", "1m"
+		}, []string{"spec.minSyncPeriod", "must not be longer than spec.syncPeriod"}},
+		{"syncPeriod not a duration", func(pc *kpov1.ProxyConfiguration) { pc.Spec.SyncPeriod = "soon" },
+			[]string{"spec.syncPeriod", "should match"}},
+		{"conntrack timeout not a duration", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.UDPTimeout = "5 minutes" },
+			[]string{"spec.conntrack.udpTimeout", "should match"}},
+		{"cluster CIDR invalid", func(pc *kpov1.ProxyConfiguration) { pc.Spec.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "10.244.0.0/33"} },
+			[]string{"spec.clusterCIDRs[1]", "must be a valid CIDR"}},
+		{"cluster CIDR is an IP", func(pc *kpov1.ProxyConfiguration) { pc.Spec.ClusterCIDRs = []kpov1.CIDR{"fd10:244::1"} },
+			[]string{"spec.clusterCIDRs[0]", "must be a valid CIDR"}},
+		{"nodePort address invalid", func(pc *kpov1.ProxyConfiguration) { pc.Spec.NodePortAddresses = []kpov1.NodePortAddress{"primary", "eth0"} },
+			[]string{"spec.nodePortAddresses[1]", "must be a valid CIDR or the word primary"}},
+		{"healthz port above range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.HealthzPort = 70000 },
+			[]string{"spec.healthzPort", "less than or equal to 65535"}},
+		{"metrics port below range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.MetricsPort = -1 },
+			[]string{"spec.metricsPort", "greater than or equal to 1"}},
+		{"healthz and metrics on one port", func(pc *kpov1.ProxyConfiguration) { pc.Spec.HealthzPort, pc.Spec.MetricsPort = 9000, 9000 },
+			[]string{"spec.metricsPort", "must differ"}},
+		{"iptables masquerade bit above 31", func(pc *kpov1.ProxyConfiguration) { pc.Spec.IPTables.MasqueradeBit = ptr.To[int32](32) },
+			[]string{"spec.iptables.masqueradeBit", "less than or equal to 31"}},
+		{"nftables masquerade bit below 0", func(pc *kpov1.ProxyConfiguration) { pc.Spec.NFTables.MasqueradeBit = ptr.To[int32](-1) },
+			[]string{"spec.nftables.masqueradeBit", "greater than or equal to 0"}},
+		{"conntrack maxPerCore negative", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.MaxPerCore = ptr.To[int32](-5) },
+			[]string{"spec.conntrack.maxPerCore", "greater than or equal to 0"}},
+		{"ipvs scheduler unknown", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.Mode = kpov1.ModeIPVS
+			pc.Spec.IPVS = &kpov1.IPVSSettings{Scheduler: "random"}
+		}, []string{"spec.ipvs.scheduler", `Unsupported value: "random"`}},
+		{"ipvs exclude CIDR invalid", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.Mode = kpov1.ModeIPVS
+			pc.Spec.IPVS = &kpov1.IPVSSettings{ExcludeCIDRs: []kpov1.CIDR{"203.0.113.0/24", "everything"}}
+		}, []string{"spec.ipvs.excludeCIDRs[1]", "must be a valid CIDR"}},
+		{"maxUnavailable zero", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.Agent.UpdateStrategy.MaxUnavailable = ptr.To(intstr.FromInt32(0))
+		}, []string{"spec.agent.updateStrategy.maxUnavailable", "must be a positive count or a percentage"}},
+		{"maxUnavailable bad percentage", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.Agent.UpdateStrategy.MaxUnavailable = ptr.To(intstr.FromString("150%"))
+		}, []string{"spec.agent.updateStrategy.maxUnavailable", "must be a positive count or a percentage"}},
+		{"log level above 10", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Agent.LogLevel = 11 },
+			[]string{"spec.agent.logLevel", "less than or equal to 10"}},
+		{"pull policy unknown", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Agent.ImagePullPolicy = "Sometimes" },
+			[]string{"spec.agent.imagePullPolicy", `Unsupported value: "Sometimes"`}},
+		{"name too long", func(pc *kpov1.ProxyConfiguration) { pc.Name = strings.Repeat("n", 53) },
+			[]string{"metadata.name must be at most 52 characters"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pc := &kpov1.ProxyConfiguration{
+				ObjectMeta: metav1.ObjectMeta{Name: "invalid-" + strings.ReplaceAll(tc.name, " ", "-")},
+				Spec:       kpov1.ProxyConfigurationSpec{NodeSelector: map[string]string{"test": "validation"}},
+			}
+			tc.mutate(pc)
+			err := k8s.Create(testCtx, pc)
+			if err == nil {
+				_ = k8s.Delete(testCtx, pc)
+				t.Fatalf("the API server accepted an invalid configuration")
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not contain %q", err, want)
+				}
+			}
+		})
+	}
+
+	t.Run("valid ipvs configuration", func(t *testing.T) {
+		pc := &kpov1.ProxyConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: "valid-ipvs"},
+			Spec: kpov1.ProxyConfigurationSpec{
+				Mode:         kpov1.ModeIPVS,
+				NodeSelector: map[string]string{"test": "validation"},
+				ProxySettings: kpov1.ProxySettings{
+					ClusterCIDRs:      []kpov1.CIDR{"10.244.0.0/16", "fd10:244::/48"},
+					NodePortAddresses: []kpov1.NodePortAddress{"primary", "198.51.100.0/24"},
+					IPVS:              &kpov1.IPVSSettings{Scheduler: "wlc", StrictARP: true, TCPTimeout: "900s"},
+				},
+				Agent: kpov1.AgentPodSpec{UpdateStrategy: kpov1.AgentUpdateStrategy{MaxUnavailable: ptr.To(intstr.FromString("10%"))}},
+			},
+		}
+		if err := k8s.Create(testCtx, pc); err != nil {
+			t.Fatalf("a valid configuration was rejected: %v", err)
+		}
+		_ = k8s.Delete(testCtx, pc)
+	})
+}
+
+// TestKubectlApplyOfInvalidEditChangesNothing is the user's view: kubectl apply of
+// a bad edit fails with the rule's message and the stored object stays as it was.
+func TestKubectlApplyOfInvalidEditChangesNothing(t *testing.T) {
+	needAPIServer(t)
+	name := uniqueName(t, "")
+	good := fmt.Sprintf("apiVersion: proxy.kpo.dev/v1alpha1\nkind: ProxyConfiguration\nmetadata:\n  name: %s\nspec:\n  mode: iptables\n  nodeSelector: {test: %s}\n  syncPeriod: 30s\n", name, name)
+	if out, err := env.Kubectl(testCtx, []byte(good), "apply", "-f", "-"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Cleanup(func() { _, _ = env.Kubectl(testCtx, nil, "delete", "proxyconfig", name, "--ignore-not-found") })
+	before := getConfig(t, name)
+
+	bad := strings.Replace(good, "mode: iptables", "mode: iptables\n  ipvs: {strictARP: true}", 1)
+	out, err := env.Kubectl(testCtx, []byte(bad), "apply", "-f", "-")
+	if err == nil {
+		t.Fatalf("kubectl apply of an invalid edit succeeded: %s", out)
+	}
+	if !strings.Contains(err.Error(), "spec.ipvs may only be set when spec.mode is ipvs") {
+		t.Errorf("kubectl's error does not carry the rule's message: %v", err)
+	}
+	after := getConfig(t, name)
+	if after.ResourceVersion != before.ResourceVersion || after.Spec.IPVS != nil {
+		t.Errorf("the rejected edit changed the object (resourceVersion %s -> %s)", before.ResourceVersion, after.ResourceVersion)
+	}
+}
+
+// TestKubectlShowsColumns applies the samples with the built kubectl and checks
+// what `kubectl get proxyconfig` shows.
+func TestKubectlShowsColumns(t *testing.T) {
+	needAPIServer(t)
+	samples := filepath.Join(apiserver.RepoRoot(), "config", "samples")
+	if out, err := env.Kubectl(testCtx, nil, "apply", "-f", samples); err != nil {
+		t.Fatalf("kubectl apply -f config/samples/: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _, _ = env.Kubectl(testCtx, nil, "delete", "-f", samples, "--ignore-not-found") })
+	entries, err := os.ReadDir(samples)
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("no samples: %v", err)
+	}
+
+	// The sample selects every node: give it one, with a ready report.
+	sel := uniqueName(t, "")
+	createNode(t, sel+"-a", map[string]string{"test": sel})
+	gen := getConfig(t, "default").Generation
+	writeReport(t, sel+"-a", "default", report{generation: gen, mode: kpov1.ModeNFTables, synced: metav1.ConditionTrue})
+	waitForStatus(t, "default", func(pc *kpov1.ProxyConfiguration) error {
+		return hasCondition(pc, kpov1.ConditionAvailable, metav1.ConditionTrue, "")
+	})
+
+	checkTable := func(args []string, header []string, row []string) {
+		t.Helper()
+		out, err := env.Kubectl(testCtx, nil, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if got := strings.Fields(lines[0]); !equalStrings(got, header) {
+			t.Errorf("kubectl %v header %q, want %q", args, got, header)
+		}
+		found := false
+		for _, l := range lines[1:] {
+			fields := strings.Fields(l)
+			if len(fields) > 0 && fields[0] == row[0] {
+				found = true
+				for i, want := range row {
+					if want != "*" && (i >= len(fields) || fields[i] != want) {
+						t.Errorf("kubectl %v row %q, want %q", args, fields, row)
+						break
+					}
+				}
+			}
+		}
+		if !found {
+			t.Errorf("kubectl %v shows no %s:\n%s", args, row[0], out)
+		}
+	}
+	checkTable([]string{"get", "proxyconfig"},
+		[]string{"NAME", "MODE", "DESIRED", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"},
+		[]string{"default", "nftables", "1", "1", "1", "True", "*"})
+	checkTable([]string{"get", "pc", "-o", "wide"},
+		[]string{"NAME", "MODE", "DESIRED", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "ACTIVE", "DEGRADED"},
+		[]string{"default", "nftables", "1", "1", "1", "True", "*", "nftables", "AsExpected"})
+	checkTable([]string{"get", "proxynodestatus"},
+		[]string{"NAME", "CONFIG", "MODE", "SYNCED", "SERVICES", "ENDPOINTS", "LAST-SYNC", "AGE"},
+		[]string{sel + "-a", "default", "nftables", "True", "*", "*", "*", "*"})
+}
+
+func equalStrings(a, b []string) bool {
+	return strings.Join(a, " ") == strings.Join(b, " ")
+}
