@@ -25,4 +25,3 @@ func CacheOptions(namespace string) cache.Options {
 		&rbacv1.ClusterRoleBinding{}: {Label: ours},
 	}}
 }
-

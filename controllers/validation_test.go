@@ -37,11 +37,15 @@ func TestInvalidConfigurationsAreRejected(t *testing.T) {
 			[]string{"spec.syncPeriod", "should match"}},
 		{"conntrack timeout not a duration", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.UDPTimeout = "5 minutes" },
 			[]string{"spec.conntrack.udpTimeout", "should match"}},
-		{"cluster CIDR invalid", func(pc *kpov1.ProxyConfiguration) { pc.Spec.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "10.244.0.0/33"} },
+		{"cluster CIDR invalid", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "10.244.0.0/33"}
+		},
 			[]string{"spec.clusterCIDRs[1]", "must be a valid CIDR"}},
 		{"cluster CIDR is an IP", func(pc *kpov1.ProxyConfiguration) { pc.Spec.ClusterCIDRs = []kpov1.CIDR{"fd10:244::1"} },
 			[]string{"spec.clusterCIDRs[0]", "must be a valid CIDR"}},
-		{"nodePort address invalid", func(pc *kpov1.ProxyConfiguration) { pc.Spec.NodePortAddresses = []kpov1.NodePortAddress{"primary", "eth0"} },
+		{"nodePort address invalid", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.NodePortAddresses = []kpov1.NodePortAddress{"primary", "eth0"}
+		},
 			[]string{"spec.nodePortAddresses[1]", "must be a valid CIDR or the word primary"}},
 		{"healthz port above range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.HealthzPort = 70000 },
 			[]string{"spec.healthzPort", "less than or equal to 65535"}},

@@ -341,4 +341,3 @@ func Older(a, b *kpov1.ProxyConfiguration) bool {
 	}
 	return a.Name < b.Name
 }
-
