@@ -13,6 +13,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -95,9 +96,14 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 		now: metav1.NewTime(r.Clock.Now()),
 	})
 	if !equality.Semantic.DeepEqual(status, pc.Status) {
-		patch := client.MergeFromWithOptions(pc.DeepCopy(), client.MergeFromWithOptimisticLock{})
+		// An update, not a merge patch: zero counts must be written out, not omitted
+		// as "unchanged". The resourceVersion makes it fail on a concurrent change.
 		pc.Status = status
-		if err := r.Status().Patch(ctx, pc, patch); err != nil {
+		if err := r.Status().Update(ctx, pc); err != nil {
+			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+				// Someone changed or deleted it meanwhile; that event brings us back.
+				return reconcile.Result{}, nil
+			}
 			return reconcile.Result{}, fmt.Errorf("updating status: %w", err)
 		}
 	}

@@ -44,6 +44,9 @@ func runSuite(m *testing.M) int {
 		// Unit tests (render, status) run; the envtest tests skip themselves.
 		return m.Run()
 	}
+	// Before anything logs: controller-runtime drops the logs of a process that
+	// logged before SetLogger.
+	ctrl.SetLogger(zap.New(zap.UseDevMode(true), zap.WriteTo(os.Stderr), zap.Level(zapLevel()), zap.StacktraceLevel(zapcore.DPanicLevel)))
 	var err error
 	env, err = apiserver.Start()
 	if err != nil {
@@ -61,7 +64,6 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 
-	ctrl.SetLogger(zap.New(zap.UseDevMode(true), zap.WriteTo(os.Stderr), zap.Level(zapLevel())))
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:                 env.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},

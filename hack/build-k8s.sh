@@ -31,7 +31,16 @@ for b in "${wanted[@]}"; do
 	fi
 	echo ">> building $b (${pkg[$b]}) into $out; the first build takes minutes" >&2
 	start=$SECONDS
-	go build -o "$out/$b.tmp" "${pkg[$b]}"
+	ldflags=""
+	if [[ ${pkg[$b]} == k8s.io/* ]]; then
+		# Stamp the release, as Kubernetes' own build does; unstamped binaries say
+		# v0.0.0-master, which kubectl's version-skew checks and humans misread.
+		v=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
+		minor=${v#v1.}
+		minor=${minor%%.*}
+		ldflags="-X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+	fi
+	go build -ldflags "$ldflags" -o "$out/$b.tmp" "${pkg[$b]}"
 	mv "$out/$b.tmp" "$out/$b"
 	echo ">> built $b in $((SECONDS - start))s" >&2
 done

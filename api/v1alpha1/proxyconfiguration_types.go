@@ -325,10 +325,13 @@ type ProxyConfigurationStatus struct {
 	Mode string `json:"mode,omitempty"`
 
 	// DesiredNodes is the number of nodes that should run this configuration's agent.
+	// +optional
 	DesiredNodes int32 `json:"desiredNodes"`
 	// UpdatedNodes is the number of nodes whose agent pod runs the current spec.
+	// +optional
 	UpdatedNodes int32 `json:"updatedNodes"`
 	// ReadyNodes is the number of nodes whose agent reports the current spec applied and synced.
+	// +optional
 	ReadyNodes int32 `json:"readyNodes"`
 
 	// FailingNodes lists up to ten nodes that report a failure, with the reason.
@@ -350,7 +353,7 @@ type ProxyConfigurationStatus struct {
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:scope=Cluster,shortName={proxyconfig,pc}
+// +kubebuilder:resource:scope=Cluster,shortName={proxyconfig,pxc}
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 52",message="metadata.name must be at most 52 characters: the agent's objects are named kpo-agent-<name>"
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
 // +kubebuilder:printcolumn:name="Desired",type=integer,JSONPath=`.status.desiredNodes`

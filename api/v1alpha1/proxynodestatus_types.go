@@ -92,6 +92,7 @@ type ProxyNodeReport struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName={pns}
+// +kubebuilder:selectablefield:JSONPath=`.status.configuration`
 // +kubebuilder:printcolumn:name="Config",type=string,JSONPath=`.status.configuration`
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.status.activeMode`
 // +kubebuilder:printcolumn:name="Synced",type=string,JSONPath=`.status.conditions[?(@.type=="Synced")].status`
