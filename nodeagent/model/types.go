@@ -1,0 +1,162 @@
+// Package model is the node-local, backend-neutral view of the Services a node
+// must proxy. Everything that depends on Kubernetes semantics — traffic
+// policies, topology, terminating fallback, which VIPs apply — is resolved here,
+// once, by pure functions; backends (iptables, nftables, ipvs) only render a
+// Snapshot into kernel objects.
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Family is an IP family. Backends keep one table (or rule set) per family.
+type Family int
+
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// FamilyOf returns the family of an address.
+func FamilyOf(a netip.Addr) Family {
+	if a.Is4() || a.Is4In6() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// ServicePortName names one port of one Service.
+type ServicePortName struct {
+	Namespace string
+	Name      string
+	Port      string // the port's name; "" for a single unnamed port
+	Protocol  corev1.Protocol
+}
+
+func (n ServicePortName) String() string {
+	return fmt.Sprintf("%s/%s:%s/%s", n.Namespace, n.Name, n.Port, n.Protocol)
+}
+
+// ServicePortKey identifies a ServicePort in a Snapshot: a dual-stack Service
+// port is two ServicePorts, one per family.
+type ServicePortKey struct {
+	ServicePortName
+	Family Family
+}
+
+func (k ServicePortKey) String() string {
+	return fmt.Sprintf("%s/%s", k.ServicePortName, k.Family)
+}
+
+// Endpoint is one backend of a service port.
+type Endpoint struct {
+	IP   netip.Addr
+	Port int32
+	// Local is true when the endpoint runs on this node.
+	Local bool
+	// Ready is false for a serving-but-terminating endpoint used as a fallback.
+	Ready bool
+}
+
+func (e Endpoint) String() string {
+	return netip.AddrPortFrom(e.IP, uint16(e.Port)).String()
+}
+
+// AddrPort is the endpoint's address and port.
+func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.IP, uint16(e.Port)) }
+
+// ServicePort is one port of one Service in one IP family, with its traffic
+// policies already resolved into endpoint lists for this node.
+//
+// A ServicePort in a Snapshot is immutable: the builder makes a new one when
+// anything about it changes and reuses the pointer otherwise, so that backends
+// find what changed since their last sync by comparing pointers.
+type ServicePort struct {
+	Key      ServicePortKey
+	Protocol corev1.Protocol
+
+	// ClusterIP and Port: the Service's virtual address in this family.
+	ClusterIP netip.Addr
+	Port      int32
+	// NodePort is 0 when the Service has none.
+	NodePort int32
+	// ExternalIPs are spec.externalIPs of this family.
+	ExternalIPs []netip.Addr
+	// LoadBalancerIPs are status.loadBalancer.ingress IPs of this family whose
+	// ipMode is VIP (ipMode Proxy means the load balancer proxies: no rules here).
+	LoadBalancerIPs []netip.Addr
+	// SourceRanges restrict who may reach the LoadBalancerIPs (empty: anyone).
+	SourceRanges []netip.Prefix
+
+	// AffinityTimeout is the ClientIP session affinity timeout; 0 means no affinity.
+	AffinityTimeout time.Duration
+
+	// ExternalPolicyLocal: externalTrafficPolicy Local. External traffic (NodePort,
+	// external and load-balancer IPs, from outside the node) goes only to
+	// ExternalEndpoints, and keeps its source address.
+	ExternalPolicyLocal bool
+	// InternalPolicyLocal: internalTrafficPolicy Local. ClusterEndpoints are local ones.
+	InternalPolicyLocal bool
+	// HealthCheckNodePort serves the count of local endpoints for load balancers
+	// (externalTrafficPolicy Local only); 0 when none.
+	HealthCheckNodePort int32
+
+	// ClusterEndpoints serve traffic to the ClusterIP, and external traffic when
+	// the external policy is Cluster. Empty means "reject".
+	ClusterEndpoints []Endpoint
+	// ExternalEndpoints serve external traffic; with the Local policy these are
+	// the local endpoints only. Empty means "drop" (Local) or "reject" (Cluster).
+	ExternalEndpoints []Endpoint
+	// LocalEndpointCount is what the healthCheckNodePort server reports.
+	LocalEndpointCount int
+}
+
+// HasExternal reports whether the port accepts traffic other than to its ClusterIP.
+func (sp *ServicePort) HasExternal() bool {
+	return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 || len(sp.LoadBalancerIPs) > 0
+}
+
+// Snapshot is everything a backend needs for one sync.
+type Snapshot struct {
+	// Services by key. Pointers are shared between consecutive snapshots when the
+	// service port did not change (see ServicePort).
+	Services map[ServicePortKey]*ServicePort
+	Node     NodeInfo
+}
+
+// NodeInfo is what the backends need to know about this node.
+type NodeInfo struct {
+	Name string
+	// NodePortIPs are the addresses that accept NodePort traffic, by family. Nil
+	// for a family means "every local address" (the default of nodePortAddresses).
+	NodePortIPs map[Family][]netip.Addr
+	// ClusterCIDRs are the pod networks, by family: traffic from elsewhere is
+	// masqueraded (detect-local).
+	ClusterCIDRs map[Family][]netip.Prefix
+}
+
+// Counts is what a snapshot holds, for status and metrics.
+type Counts struct {
+	ServicePorts int
+	Endpoints    int
+}
+
+// Count counts service ports and their (cluster) endpoints.
+func (s *Snapshot) Count() Counts {
+	c := Counts{ServicePorts: len(s.Services)}
+	for _, sp := range s.Services {
+		c.Endpoints += len(sp.ClusterEndpoints)
+	}
+	return c
+}

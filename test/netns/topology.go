@@ -1,0 +1,107 @@
+package netns
+
+import (
+	"fmt"
+	"testing"
+)
+
+// Addresses of the one-node topology, from the address plan in
+// shared/ARCHITECTURE.md.
+const (
+	NodeIP4   = "198.51.100.1"
+	NodeIP6   = "2001:db8:1::1"
+	ClientIP4 = "198.51.100.200"
+	ClientIP6 = "2001:db8:1::200"
+	// PodGateway4/6 is the node's address on every pod link (point-to-point, as
+	// routed CNI plugins do).
+	PodGateway4 = "10.244.1.1"
+	// Node N's IPv6 pods get fd10:244:0:N::/64. (ARCHITECTURE.md says
+	// fd10:244:N::/64, which lies outside the fd10:244::/48 pod network.)
+	PodGateway6 = "fd10:244:0:1::1"
+)
+
+// Pod is a pod namespace behind the node.
+type Pod struct {
+	*NS
+	PodName string
+	IP4     string
+	IP6     string
+}
+
+// OneNode is a node namespace with pods behind it and an external client on the
+// node network:
+//
+//	ext (198.51.100.200) ──eth0── node (198.51.100.1) ──vpN── podN (10.244.1.(10+N))
+//
+// The node forwards, has no default route, and routes the service and external
+// ranges into a sink (a veth whose peer is down), so that traffic the proxy does
+// not translate is dropped (a clean timeout) rather than leaving the sandbox.
+type OneNode struct {
+	Node, Client *NS
+	Pods         []*Pod
+}
+
+// NewOneNode builds the topology with pods pods. Everything is removed when
+// the test ends.
+func NewOneNode(t testing.TB, pods int) *OneNode {
+	t.Helper()
+	node := New(t, "node")
+	ext := New(t, "ext")
+	// default/forwarding too: links created later copy it.
+	for _, k := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv6/conf/default/forwarding"} {
+		node.MustSysctl(t, k, "1")
+	}
+
+	Veth(t, node, "eth0", ext, "eth0")
+	node.AddAddr(t, "eth0", NodeIP4+"/24")
+	node.AddAddr(t, "eth0", NodeIP6+"/64")
+	ext.AddAddr(t, "eth0", ClientIP4+"/24")
+	ext.AddAddr(t, "eth0", ClientIP6+"/64")
+	for _, dst := range []string{"10.96.0.0/16", "203.0.113.0/24", "10.244.0.0/16"} {
+		ext.Route(t, dst, NodeIP4, "eth0")
+	}
+	for _, dst := range []string{"fd10:96::/112", "2001:db8:2::/64", "fd10:244::/48"} {
+		ext.Route(t, dst, NodeIP6, "eth0")
+	}
+
+	// The sink: service and external ranges that no rule translates end here.
+	sinkPeer := New(t, "sink")
+	Veth(t, node, "sink0", sinkPeer, "sink1")
+	node.MustRun(t, "ip", "link", "set", "sink0", "arp", "off")
+	sinkPeer.MustRun(t, "ip", "link", "set", "sink1", "down")
+	for _, dst := range []string{"10.96.0.0/16", "203.0.113.0/24", "fd10:96::/112", "2001:db8:2::/64"} {
+		node.Route(t, dst, "", "sink0")
+	}
+
+	top := &OneNode{Node: node, Client: ext}
+	for i := range pods {
+		top.AddPod(t, fmt.Sprintf("pod%d", i))
+	}
+	return top
+}
+
+// AddPod adds a pod namespace behind the node and returns it.
+func (o *OneNode) AddPod(t testing.TB, name string) *Pod {
+	t.Helper()
+	n := len(o.Pods)
+	p := &Pod{
+		NS:      New(t, name),
+		PodName: name,
+		IP4:     fmt.Sprintf("10.244.1.%d", 10+n),
+		IP6:     fmt.Sprintf("fd10:244:0:1::%x", 10+n),
+	}
+	link := fmt.Sprintf("vp%d", n)
+	Veth(t, o.Node, link, p.NS, "eth0")
+	o.Node.AddAddr(t, link, PodGateway4+"/32")
+	o.Node.AddAddr(t, link, PodGateway6+"/128")
+	o.Node.Route(t, p.IP4+"/32", "", link)
+	o.Node.Route(t, p.IP6+"/128", "", link)
+	p.AddAddr(t, "eth0", p.IP4+"/32")
+	p.AddAddr(t, "eth0", p.IP6+"/128")
+	p.Route(t, PodGateway4, "", "eth0")
+	p.Route(t, "default", PodGateway4, "eth0")
+	p.Route(t, PodGateway6, "", "eth0")
+	p.MustRun(t, "ip", "-6", "route", "add", "default", "via", PodGateway6, "dev", "eth0")
+	o.Pods = append(o.Pods, p)
+	return p
+}
