@@ -1,0 +1,314 @@
+package iptables
+
+import (
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+// chain is a chain's full content: rules are the arguments after "-A <name>".
+type chain struct {
+	name  string
+	rules []string
+}
+
+// dispatchRule is one rule of a destination bucket chain (KPO-DST-xx).
+type dispatchRule struct {
+	bucket uint8
+	rule   string
+}
+
+// rendered is everything one service port contributes to one family's tables.
+// It is a pure function of the ServicePort and the renderer's (node) context,
+// so it is kept between syncs and only recomputed when the pointer changes.
+type rendered struct {
+	sp  *model.ServicePort
+	nat []chain // SVC, SVX, EXT, FW and SEP chains, in that order
+	// Rules in the shared dispatch chains.
+	natDispatch    []dispatchRule // nat KPO-DST-xx
+	filterDispatch []dispatchRule // filter KPO-DST-xx (REJECT/DROP)
+	natNodePort    string         // nat KPO-NODEPORTS ("" for none)
+	filterNodePort string         // filter KPO-NODEPORTS ("" for none)
+	rules          int
+}
+
+// renderer holds what rule generation needs beyond the ServicePort itself.
+// Anything in here changing (node info) forces a full sync.
+type renderer struct {
+	fam          model.Family
+	settings     backend.Settings
+	clusterCIDRs []netip.Prefix
+	probs        map[int]string
+}
+
+func (r *renderer) rejectWith(p corev1.Protocol) string {
+	switch {
+	case p == corev1.ProtocolTCP:
+		// A RST makes connect() fail at once with ECONNREFUSED.
+		return "-j REJECT --reject-with tcp-reset"
+	case r.fam == model.IPv6:
+		return "-j REJECT --reject-with icmp6-port-unreachable"
+	default:
+		return "-j REJECT --reject-with icmp-port-unreachable"
+	}
+}
+
+// probability(n-i) is the --probability of rule i of n: picking endpoint i
+// with 1/(n-i) after the earlier rules did not match gives each endpoint 1/n.
+// Formatting floats is a visible part of rule generation, hence the cache.
+func (r *renderer) probability(n int) string {
+	if s, ok := r.probs[n]; ok {
+		return s
+	}
+	s := strconv.FormatFloat(1.0/float64(n), 'f', 10, 64)
+	if r.probs == nil {
+		r.probs = map[int]string{}
+	}
+	r.probs[n] = s
+	return s
+}
+
+func sameEndpoints(a, b []model.Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y model.Endpoint) bool { return x.AddrPort() == y.AddrPort() })
+}
+
+// render computes the rules of one service port.
+func (r *renderer) render(sp *model.ServicePort) *rendered {
+	out := &rendered{sp: sp}
+	names := chainsFor(sp.Key)
+	pp := protoPort(sp.Protocol, sp.Port)
+
+	// Endpoint chains, shared by the cluster and external load-balancing chains.
+	seps := map[netip.AddrPort]string{}
+	var sepChains []chain
+	addSEP := func(ep model.Endpoint) string {
+		if name, ok := seps[ep.AddrPort()]; ok {
+			return name
+		}
+		name := sepChain(sp.Key, ep)
+		seps[ep.AddrPort()] = name
+		dnat := "-p " + protoName(sp.Protocol)
+		if sp.AffinityTimeout > 0 {
+			dnat += " -m recent --name " + name + " --set"
+		}
+		dnat += " -j DNAT --to-destination " + ep.AddrPort().String()
+		sepChains = append(sepChains, chain{name: name, rules: []string{
+			// Hairpin: a pod reaching itself through the service must be
+			// masqueraded, or its reply would bypass conntrack's reverse NAT.
+			"-s " + hostCIDR(ep.IP) + " -j " + chainMarkMasq,
+			dnat,
+		}})
+		return name
+	}
+	lb := func(name string, eps []model.Endpoint, masq string) chain {
+		c := chain{name: name}
+		if masq != "" {
+			c.rules = append(c.rules, "-j "+masq)
+		}
+		targets := make([]string, len(eps))
+		for i, ep := range eps {
+			targets[i] = addSEP(ep)
+		}
+		if sp.AffinityTimeout > 0 {
+			secs := strconv.Itoa(int(math.Ceil(sp.AffinityTimeout.Seconds())))
+			for _, t := range targets {
+				c.rules = append(c.rules, "-m recent --name "+t+" --rcheck --seconds "+secs+" --reap -j "+t)
+			}
+		}
+		for i, t := range targets {
+			if i < len(targets)-1 {
+				c.rules = append(c.rules, "-m statistic --mode random --probability "+r.probability(len(targets)-i)+" -j "+t)
+			} else {
+				c.rules = append(c.rules, "-j "+t)
+			}
+		}
+		return c
+	}
+
+	// Cluster traffic: masquerade sources outside the pod network (or all).
+	clusterMasq := ""
+	switch {
+	case r.settings.MasqueradeAll:
+		clusterMasq = chainMarkMasq
+	case len(r.clusterCIDRs) > 0:
+		clusterMasq = chainClusterMasq
+	}
+	hasCluster := len(sp.ClusterEndpoints) > 0
+	if hasCluster {
+		out.nat = append(out.nat, lb(names.svc, sp.ClusterEndpoints, clusterMasq))
+	}
+
+	// External traffic (node ports, external IPs, load-balancer IPs).
+	extTarget := "" // chain external traffic enters, "" when none
+	if sp.HasExternal() {
+		var extLB string
+		if len(sp.ExternalEndpoints) > 0 {
+			if hasCluster && sameEndpoints(sp.ExternalEndpoints, sp.ClusterEndpoints) {
+				extLB = names.svc
+			} else {
+				out.nat = append(out.nat, lb(names.svx, sp.ExternalEndpoints, ""))
+				extLB = names.svx
+			}
+		}
+		ext := chain{name: names.ext}
+		if sp.ExternalPolicyLocal {
+			if hasCluster {
+				// Pods and the node itself reach external VIPs through the
+				// cluster endpoints, as kube-proxy does: otherwise a node without
+				// local endpoints would black-hole its own pods' traffic.
+				for _, c := range r.clusterCIDRs {
+					ext.rules = append(ext.rules, "-s "+c.String()+" -j "+names.svc)
+				}
+				ext.rules = append(ext.rules,
+					"-m addrtype --src-type LOCAL -j "+chainMarkMasq,
+					"-m addrtype --src-type LOCAL -j "+names.svc)
+			}
+			// Outside clients: local endpoints only, source preserved.
+			if extLB != "" {
+				ext.rules = append(ext.rules, "-j "+extLB)
+			}
+		} else if extLB != "" {
+			ext.rules = append(ext.rules, "-j "+chainMarkMasq, "-j "+extLB)
+		}
+		if len(ext.rules) > 0 {
+			out.nat = append(out.nat, ext)
+			extTarget = names.ext
+		}
+	}
+	out.nat = append(out.nat, sepChains...)
+
+	// Dispatch rules.
+	if hasCluster {
+		out.natDispatch = append(out.natDispatch, dispatchRule{bucketOf(sp.ClusterIP),
+			"-d " + hostCIDR(sp.ClusterIP) + " " + pp + " -j " + names.svc})
+	} else {
+		out.filterDispatch = append(out.filterDispatch, dispatchRule{bucketOf(sp.ClusterIP),
+			"-d " + hostCIDR(sp.ClusterIP) + " " + pp + " " + r.rejectWith(sp.Protocol)})
+	}
+	// What the filter table does with external traffic nat did not translate:
+	// reject when the service has no endpoints at all for it, drop when the
+	// policy is Local and this node has none (as kube-proxy: the load balancer's
+	// health check steers clients away, a RST would break their connections).
+	noExt := ""
+	if len(sp.ExternalEndpoints) == 0 {
+		if sp.ExternalPolicyLocal {
+			noExt = "-j DROP"
+		} else {
+			noExt = r.rejectWith(sp.Protocol)
+		}
+	}
+	for _, ip := range sp.ExternalIPs {
+		if extTarget != "" {
+			out.natDispatch = append(out.natDispatch, dispatchRule{bucketOf(ip), "-d " + hostCIDR(ip) + " " + pp + " -j " + extTarget})
+		}
+		if noExt != "" {
+			out.filterDispatch = append(out.filterDispatch, dispatchRule{bucketOf(ip), "-d " + hostCIDR(ip) + " " + pp + " " + noExt})
+		}
+	}
+	if len(sp.LoadBalancerIPs) > 0 {
+		lbTarget := extTarget
+		if extTarget != "" && len(sp.SourceRanges) > 0 {
+			// Allowed sources continue to EXT; the others are not translated and
+			// the filter table drops them (the filter rule below only sees
+			// packets that nat left alone).
+			fw := chain{name: names.fw}
+			for _, p := range sp.SourceRanges {
+				fw.rules = append(fw.rules, "-s "+p.Masked().String()+" -j "+extTarget)
+			}
+			out.nat = append(out.nat, fw)
+			lbTarget = names.fw
+		}
+		lbFilter := noExt
+		if lbFilter == "" && len(sp.SourceRanges) > 0 {
+			lbFilter = "-j DROP"
+		}
+		for _, ip := range sp.LoadBalancerIPs {
+			if lbTarget != "" {
+				out.natDispatch = append(out.natDispatch, dispatchRule{bucketOf(ip), "-d " + hostCIDR(ip) + " " + pp + " -j " + lbTarget})
+			}
+			if lbFilter != "" {
+				out.filterDispatch = append(out.filterDispatch, dispatchRule{bucketOf(ip), "-d " + hostCIDR(ip) + " " + pp + " " + lbFilter})
+			}
+		}
+	}
+	if sp.NodePort != 0 {
+		npp := protoPort(sp.Protocol, sp.NodePort)
+		if extTarget != "" {
+			out.natNodePort = npp + " -j " + extTarget
+		}
+		if noExt != "" {
+			out.filterNodePort = npp + " " + noExt
+		}
+	}
+
+	out.rules = len(out.natDispatch) + len(out.filterDispatch)
+	if out.natNodePort != "" {
+		out.rules++
+	}
+	if out.filterNodePort != "" {
+		out.rules++
+	}
+	for _, c := range out.nat {
+		out.rules += len(c.rules)
+	}
+	return out
+}
+
+// nodePortDispatch are the rules of KPO-SERVICES (both tables) that send
+// traffic to local addresses on to KPO-NODEPORTS. They come after the buckets.
+func (r *renderer) nodePortDispatch(nodePortIPs []netip.Addr, explicit bool) []string {
+	if explicit {
+		out := make([]string, 0, len(nodePortIPs))
+		for _, ip := range nodePortIPs {
+			if ip.IsLoopback() && !(r.settings.LocalhostNodePorts && r.fam == model.IPv4) {
+				continue
+			}
+			out = append(out, "-d "+hostCIDR(ip)+" -j "+chainNodePorts)
+		}
+		return out
+	}
+	// Loopback destinations only work for IPv4 with route_localnet, and only
+	// when asked for (kube-proxy's --iptables-localhost-nodeports).
+	switch {
+	case r.fam == model.IPv6:
+		return []string{"-m addrtype --dst-type LOCAL ! -d ::1/128 -j " + chainNodePorts}
+	case r.settings.LocalhostNodePorts:
+		return []string{"-m addrtype --dst-type LOCAL -j " + chainNodePorts}
+	default:
+		return []string{"-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j " + chainNodePorts}
+	}
+}
+
+// fixedNAT are the nat chains whose content depends only on settings and node.
+func (r *renderer) fixedNAT(randomFully bool) []chain {
+	mark := fmt.Sprintf("0x%x", r.settings.MasqueradeMark())
+	masq := "-j MASQUERADE"
+	if randomFully {
+		masq += " --random-fully"
+	}
+	cm := chain{name: chainClusterMasq}
+	for _, c := range r.clusterCIDRs {
+		cm.rules = append(cm.rules, "-s "+c.Masked().String()+" -j RETURN")
+	}
+	if len(r.clusterCIDRs) > 0 {
+		cm.rules = append(cm.rules, "-j "+chainMarkMasq)
+	}
+	return []chain{
+		{name: chainMarkMasq, rules: []string{"-j MARK --or-mark " + mark}},
+		cm,
+		{name: chainPostrouting, rules: []string{
+			"-m mark ! --mark " + mark + "/" + mark + " -j RETURN",
+			// Clear the bit so that a packet re-entering the stack (for
+			// instance through a tunnel) is not masqueraded twice.
+			"-j MARK --xor-mark " + mark,
+			masq,
+		}},
+	}
+}

@@ -1,0 +1,117 @@
+package tracker
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+func svc(name, ip string) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		Spec: corev1.ServiceSpec{ClusterIP: ip, ClusterIPs: []string{ip},
+			Ports: []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}},
+	}
+}
+
+func eps(service string, trigger time.Time, ips ...string) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: service + "-abc",
+			Labels:      map[string]string{discoveryv1.LabelServiceName: service},
+			Annotations: map[string]string{AnnotationLastChangeTriggerTime: trigger.Format(time.RFC3339Nano)}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To(""), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	}
+	for _, ip := range ips {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip}})
+	}
+	return s
+}
+
+func key(name string) model.ServicePortKey {
+	return model.ServicePortKey{ServicePortName: model.ServicePortName{Namespace: "ns", Name: name, Protocol: corev1.ProtocolTCP}, Family: model.IPv4}
+}
+
+func TestSnapshotRebuildsOnlyWhatChanged(t *testing.T) {
+	notified := 0
+	tr := New(model.NodeContext{Name: "n"}, func() { notified++ })
+	t0 := time.Now().Add(-time.Second).Truncate(time.Millisecond)
+	tr.SetService(svc("a", "10.96.0.1"))
+	tr.SetService(svc("b", "10.96.0.2"))
+	tr.SetEndpointSlice(eps("a", t0, "10.244.1.5"))
+	if notified != 3 || tr.Pending() != 2 {
+		t.Fatalf("notified %d pending %d", notified, tr.Pending())
+	}
+	snap1, ch := tr.Snapshot()
+	if len(snap1.Services) != 2 || len(ch.Changed) != 2 || len(ch.TriggerTimes) != 1 || !ch.TriggerTimes[0].Equal(t0) {
+		t.Fatalf("first snapshot: %d services, change %+v", len(snap1.Services), ch)
+	}
+	if tr.Pending() != 0 {
+		t.Errorf("pending %d after a snapshot", tr.Pending())
+	}
+
+	// An endpoint change to a: a is rebuilt, b keeps its pointer.
+	tr.SetEndpointSlice(eps("a", t0, "10.244.1.5", "10.244.1.6"))
+	snap2, ch := tr.Snapshot()
+	if snap2.Services[key("b")] != snap1.Services[key("b")] {
+		t.Error("b was rebuilt although nothing of it changed")
+	}
+	if snap2.Services[key("a")] == snap1.Services[key("a")] || len(ch.Changed) != 1 || ch.Previous[key("a")] != snap1.Services[key("a")] {
+		t.Errorf("a: change %+v", ch)
+	}
+
+	// An update that changes nothing visible keeps the pointer.
+	tr.SetService(svc("a", "10.96.0.1"))
+	snap3, ch := tr.Snapshot()
+	if snap3.Services[key("a")] != snap2.Services[key("a")] || len(ch.Changed) != 0 {
+		t.Errorf("a no-op update produced a change: %+v", ch)
+	}
+
+	// Deletion.
+	tr.DeleteService("ns", "b")
+	snap4, ch := tr.Snapshot()
+	if _, ok := snap4.Services[key("b")]; ok || len(ch.Removed) != 1 || ch.Removed[0] != snap3.Services[key("b")] {
+		t.Errorf("b not removed: %+v", ch)
+	}
+	// Earlier snapshots are not modified under the backend's feet.
+	if len(snap1.Services) != 2 || len(snap3.Services) != 2 {
+		t.Error("a later snapshot modified an earlier one's map")
+	}
+}
+
+func TestMarkAllDirtyRebuildsWithoutChanges(t *testing.T) {
+	tr := New(model.NodeContext{Name: "n"}, nil)
+	tr.SetService(svc("a", "10.96.0.1"))
+	snap1, _ := tr.Snapshot()
+	tr.MarkAllDirty()
+	snap2, ch := tr.Snapshot()
+	if len(ch.Changed) != 0 || snap2.Services[key("a")] != snap1.Services[key("a")] {
+		t.Errorf("a full rebuild of unchanged input changed something: %+v", ch)
+	}
+}
+
+func TestZoneChangeRebuildsEverything(t *testing.T) {
+	tr := New(model.NodeContext{Name: "n", Zone: "a"}, nil)
+	tr.SetService(svc("a", "10.96.0.1"))
+	tr.Snapshot()
+	tr.SetNode(model.NodeContext{Name: "n", Zone: "b"})
+	if tr.Pending() != 1 {
+		t.Errorf("pending %d after a zone change, want every service", tr.Pending())
+	}
+}
+
+func TestSliceWithoutServiceLabelIgnored(t *testing.T) {
+	tr := New(model.NodeContext{Name: "n"}, nil)
+	s := eps("a", time.Now(), "10.244.1.5")
+	s.Labels = nil
+	tr.SetEndpointSlice(s)
+	if tr.Pending() != 0 {
+		t.Error("a slice without kubernetes.io/service-name made a change")
+	}
+}
