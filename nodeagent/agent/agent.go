@@ -1,0 +1,369 @@
+// Package agent is the node agent: it watches Services, EndpointSlices and its
+// own Node, keeps the node-local model up to date, and syncs it into the kernel
+// through the backend of the configured mode, with bounded frequency. It serves
+// health and metrics and reports what it runs in its ProxyNodeStatus.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/runner"
+	"kpo.dev/kpo/nodeagent/tracker"
+)
+
+// Version is the agent's version, reported in its ProxyNodeStatus.
+var Version = "dev"
+
+// Options configure an Agent.
+type Options struct {
+	Config   *kpov1.AgentConfiguration
+	NodeName string
+	// Kube reads Services, EndpointSlices and Nodes; Client writes ProxyNodeStatus.
+	Kube   kubernetes.Interface
+	Client client.Client
+	// Backends make a backend per mode. The configured mode's is used; the others
+	// only clean up their leftovers once the configured mode has synced.
+	Backends map[kpov1.Mode]func() (backend.Backend, error)
+	// ConntrackCleaner removes stale UDP flows; nil disables it.
+	ConntrackCleaner ConntrackCleaner
+	// HealthzBindAddress and MetricsBindAddress override the ports of the config
+	// (tests use 127.0.0.1:0). Empty means the config's ports.
+	HealthzBindAddress string
+	MetricsBindAddress string
+}
+
+// ConntrackCleaner deletes conntrack entries that would keep UDP flows pinned to
+// endpoints that are gone (UDP has no connection to break).
+type ConntrackCleaner interface {
+	// ClearEndpoint deletes flows from a service VIP:port to a removed endpoint IP.
+	ClearEndpoint(vip netip.Addr, port int32, endpoint netip.Addr) error
+	// ClearVIP deletes every flow to a VIP:port (when a service gains its first
+	// endpoint: earlier flows were rejected and cached as such).
+	ClearVIP(vip netip.Addr, port int32) error
+}
+
+// Agent is one node's service proxy.
+type Agent struct {
+	opts    Options
+	backend backend.Backend
+	tracker *tracker.Tracker
+	runner  *runner.Runner
+	health  *healthState
+	metrics *metrics
+	status  *statusReporter
+	hc      *healthCheckServers
+
+	minSync, syncPeriod time.Duration
+	needFull            bool
+	last                *model.Snapshot
+	nodeMu              sync.Mutex
+	node                *corev1.Node
+}
+
+// New validates options and builds an agent.
+func New(opts Options) (*Agent, error) {
+	cfg := opts.Config
+	if cfg == nil || opts.NodeName == "" || opts.Kube == nil {
+		return nil, errors.New("agent: config, node name and a Kubernetes client are required")
+	}
+	minSync, err := cfg.MinSyncPeriodDuration()
+	if err != nil {
+		return nil, err
+	}
+	syncPeriod, err := cfg.SyncPeriodDuration()
+	if err != nil {
+		return nil, err
+	}
+	mk, ok := opts.Backends[cfg.Mode]
+	if !ok {
+		return nil, fmt.Errorf("agent: mode %q is not built into this agent", cfg.Mode)
+	}
+	be, err := mk()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %s backend: %w", cfg.Mode, err)
+	}
+	a := &Agent{
+		opts: opts, backend: be, minSync: minSync, syncPeriod: syncPeriod, needFull: true,
+		health:  newHealthState(syncPeriod),
+		metrics: newMetrics(),
+		hc:      newHealthCheckServers(),
+	}
+	a.tracker = tracker.New(model.NodeContext{Name: opts.NodeName}, func() {
+		a.metrics.pending.Set(float64(a.tracker.Pending()))
+		a.runner.Trigger()
+	})
+	a.runner = runner.New(a.sync, minSync, syncPeriod, max(syncPeriod, 30*time.Second), nil)
+	a.status = newStatusReporter(opts.Client, opts.NodeName, cfg, be.Mode())
+	a.status.health = a.health
+	return a, nil
+}
+
+// Run runs the agent until ctx ends. Rules stay in the kernel when it returns:
+// a restarting agent must not interrupt traffic.
+func (a *Agent) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	if err := a.backend.Check(ctx); err != nil {
+		a.status.setUnavailable(err)
+		logger.Error(err, "the kernel cannot run the configured mode; rules of other modes are left in place", "mode", a.backend.Mode())
+	}
+
+	noProxyName, _ := labels.NewRequirement(model.LabelServiceProxyName, selection.DoesNotExist, nil)
+	noHeadless, _ := labels.NewRequirement(model.LabelHeadless, selection.DoesNotExist, nil)
+	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
+	resync := time.Duration(0)
+	svcFactory := informers.NewSharedInformerFactoryWithOptions(a.opts.Kube, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(a.opts.Kube, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", a.opts.NodeName).String()
+		}))
+
+	svcInformer := svcFactory.Core().V1().Services().Informer()
+	sliceInformer := svcFactory.Discovery().V1().EndpointSlices().Informer()
+	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+	if _, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { a.tracker.SetService(o.(*corev1.Service)) },
+		UpdateFunc: func(_, o any) { a.tracker.SetService(o.(*corev1.Service)) },
+		DeleteFunc: func(o any) {
+			if svc, ok := unwrap[*corev1.Service](o); ok {
+				a.tracker.DeleteService(svc.Namespace, svc.Name)
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	if _, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { a.tracker.SetEndpointSlice(o.(*discoveryv1.EndpointSlice)) },
+		UpdateFunc: func(_, o any) { a.tracker.SetEndpointSlice(o.(*discoveryv1.EndpointSlice)) },
+		DeleteFunc: func(o any) {
+			if s, ok := unwrap[*discoveryv1.EndpointSlice](o); ok {
+				a.tracker.DeleteEndpointSlice(s)
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { a.setNode(o.(*corev1.Node)) },
+		UpdateFunc: func(_, o any) { a.setNode(o.(*corev1.Node)) },
+	}); err != nil {
+		return err
+	}
+
+	if err := a.serve(ctx); err != nil {
+		return err
+	}
+	svcFactory.Start(ctx.Done())
+	nodeFactory.Start(ctx.Done())
+	// The first sync waits for complete caches: a sync from a partial view would
+	// delete the rules of every Service not listed yet.
+	for typ, ok := range svcFactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("informer cache for %v did not sync", typ)
+		}
+	}
+	nodeFactory.WaitForCacheSync(ctx.Done())
+	logger.Info("caches synced; syncing rules", "mode", a.backend.Mode(), "minSyncPeriod", a.minSync, "syncPeriod", a.syncPeriod)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.status.run(ctx) }()
+	a.runner.Loop(ctx)
+	a.hc.closeAll()
+	wg.Wait()
+	return nil
+}
+
+func (a *Agent) setNode(n *corev1.Node) {
+	a.nodeMu.Lock()
+	a.node = n
+	a.nodeMu.Unlock()
+	a.status.setNode(n)
+	a.health.setNodeDeleting(n.DeletionTimestamp != nil || hasTaint(n, "ToBeDeletedByClusterAutoscaler"))
+	a.tracker.SetNode(model.NodeContext{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]})
+}
+
+// sync is the runner's function: one snapshot, one backend sync.
+func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
+	logger := klog.FromContext(ctx)
+	full := a.needFull || reason != runner.Change
+	if full {
+		a.tracker.MarkAllDirty()
+	}
+	snap, change := a.tracker.Snapshot()
+	snap.Node = a.nodeInfo()
+	a.metrics.pending.Set(0)
+
+	start := time.Now()
+	res, err := a.backend.Sync(ctx, snap, full)
+	elapsed := time.Since(start)
+	if err != nil {
+		a.needFull = true
+		a.metrics.syncFailures.Inc()
+		a.status.syncFailed(err)
+		logger.Error(err, "sync failed; the previous rules stay in place", "full", full, "reason", reason.String())
+		return err
+	}
+	a.needFull = false
+	a.last = snap
+	a.metrics.observeSync(res.Full, elapsed, res.Rules, change.TriggerTimes)
+	a.health.synced(time.Now())
+	counts := snap.Count()
+	a.status.synced(time.Now(), elapsed, res.Full, counts, res.Rules)
+	a.hc.update(snap)
+	a.clearStaleUDP(ctx, change)
+	logger.V(2).Info("synced", "full", res.Full, "reason", reason.String(), "servicePorts", counts.ServicePorts,
+		"written", res.ServicePortsWritten, "rules", res.Rules, "duration", elapsed)
+	return nil
+}
+
+// clearStaleUDP removes conntrack entries of UDP flows whose endpoint went away,
+// and of UDP services that gained their first endpoint.
+func (a *Agent) clearStaleUDP(ctx context.Context, change tracker.Change) {
+	if a.opts.ConntrackCleaner == nil {
+		return
+	}
+	logger := klog.FromContext(ctx)
+	for _, sp := range change.Changed {
+		if sp.Protocol != corev1.ProtocolUDP {
+			continue
+		}
+		prev := change.Previous[sp.Key]
+		for _, vip := range vips(sp) {
+			if prev == nil || len(prev.ClusterEndpoints) == 0 {
+				if len(sp.ClusterEndpoints) > 0 {
+					if err := a.opts.ConntrackCleaner.ClearVIP(vip, sp.Port); err != nil {
+						logger.Error(err, "clearing conntrack", "vip", vip)
+					}
+				}
+				continue
+			}
+			for _, gone := range removedEndpoints(prev.ClusterEndpoints, sp.ClusterEndpoints) {
+				if err := a.opts.ConntrackCleaner.ClearEndpoint(vip, sp.Port, gone); err != nil {
+					logger.Error(err, "clearing conntrack", "vip", vip, "endpoint", gone)
+				}
+			}
+		}
+	}
+	for _, sp := range change.Removed {
+		if sp.Protocol != corev1.ProtocolUDP {
+			continue
+		}
+		for _, vip := range vips(sp) {
+			for _, gone := range removedEndpoints(sp.ClusterEndpoints, nil) {
+				_ = a.opts.ConntrackCleaner.ClearEndpoint(vip, sp.Port, gone)
+			}
+		}
+	}
+}
+
+func vips(sp *model.ServicePort) []netip.Addr {
+	out := []netip.Addr{sp.ClusterIP}
+	out = append(out, sp.ExternalIPs...)
+	return append(out, sp.LoadBalancerIPs...)
+}
+
+func removedEndpoints(before, after []model.Endpoint) []netip.Addr {
+	still := map[netip.Addr]bool{}
+	for _, e := range after {
+		still[e.IP] = true
+	}
+	var gone []netip.Addr
+	for _, e := range before {
+		if !still[e.IP] {
+			gone = append(gone, e.IP)
+		}
+	}
+	return gone
+}
+
+// nodeInfo is what backends need of the node: node-port addresses and cluster CIDRs.
+func (a *Agent) nodeInfo() model.NodeInfo {
+	info := model.NodeInfo{Name: a.opts.NodeName,
+		NodePortIPs:  map[model.Family][]netip.Addr{},
+		ClusterCIDRs: map[model.Family][]netip.Prefix{}}
+	for _, c := range a.opts.Config.ClusterCIDRs {
+		if p, err := netip.ParsePrefix(string(c)); err == nil {
+			f := model.FamilyOf(p.Addr())
+			info.ClusterCIDRs[f] = append(info.ClusterCIDRs[f], p.Masked())
+		}
+	}
+	a.nodeMu.Lock()
+	node := a.node
+	a.nodeMu.Unlock()
+	for _, npa := range a.opts.Config.NodePortAddresses {
+		if npa == "primary" {
+			if node == nil {
+				continue
+			}
+			for _, addr := range node.Status.Addresses {
+				if addr.Type != corev1.NodeInternalIP {
+					continue
+				}
+				if ip, err := netip.ParseAddr(addr.Address); err == nil {
+					f := model.FamilyOf(ip)
+					info.NodePortIPs[f] = append(info.NodePortIPs[f], ip)
+				}
+			}
+			continue
+		}
+		// A CIDR: the node's addresses in it. The backends match addresses, so
+		// resolve from the Node's reported addresses.
+		p, err := netip.ParsePrefix(string(npa))
+		if err != nil || node == nil {
+			continue
+		}
+		for _, addr := range node.Status.Addresses {
+			if ip, err := netip.ParseAddr(addr.Address); err == nil && p.Contains(ip) {
+				f := model.FamilyOf(ip)
+				info.NodePortIPs[f] = append(info.NodePortIPs[f], ip)
+			}
+		}
+	}
+	if len(a.opts.Config.NodePortAddresses) == 0 {
+		info.NodePortIPs = nil // every local address
+	}
+	return info
+}
+
+func hasTaint(n *corev1.Node, key string) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// unwrap handles the tombstones informers deliver for deletions they missed.
+func unwrap[T any](o any) (T, bool) {
+	if t, ok := o.(T); ok {
+		return t, true
+	}
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		t, ok := d.Obj.(T)
+		return t, ok
+	}
+	var zero T
+	return zero, false
+}

@@ -1,0 +1,199 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+const (
+	// statusFieldOwner is the agent's server-side-apply field manager.
+	statusFieldOwner = client.FieldOwner("kpo-agent")
+	// A state change (conditions, mode, error) is written within about a second;
+	// counts and sync times at most every refreshInterval, so that a busy node
+	// does not write its status on every sync.
+	statusTick      = time.Second
+	refreshInterval = 10 * time.Second
+)
+
+// statusReporter writes this node's ProxyNodeStatus.
+type statusReporter struct {
+	client client.Client
+	node   string
+	cfg    *kpov1.AgentConfiguration
+	mode   kpov1.Mode
+
+	mu        sync.Mutex
+	nodeUID   types.UID
+	report    kpov1.ProxyNodeReport
+	dirty     bool
+	important bool
+	lastWrite time.Time
+	health    *healthState
+}
+
+func newStatusReporter(c client.Client, node string, cfg *kpov1.AgentConfiguration, mode kpov1.Mode) *statusReporter {
+	r := &statusReporter{client: c, node: node, cfg: cfg, mode: mode, dirty: true, important: true}
+	r.report = kpov1.ProxyNodeReport{
+		Configuration:           cfg.ConfigurationName,
+		ConfigurationGeneration: cfg.ConfigurationGeneration,
+		RequestedMode:           cfg.Mode,
+		AgentVersion:            Version,
+	}
+	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, kpov1.NodeReasonNotSyncedYet, "the agent has not completed a sync yet")
+	return r
+}
+
+func (r *statusReporter) setNode(n *corev1.Node) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.nodeUID != n.UID {
+		r.nodeUID = n.UID
+		r.dirty, r.important = true, true
+	}
+}
+
+// setCondition must be called with mu held (or before the reporter runs).
+func (r *statusReporter) setCondition(typ string, status metav1.ConditionStatus, reason, msg string) {
+	if len(msg) > 1000 {
+		msg = msg[:997] + "..."
+	}
+	if meta.SetStatusCondition(&r.report.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: r.cfg.ConfigurationGeneration,
+	}) {
+		r.important = true
+	}
+	r.dirty = true
+}
+
+func (r *statusReporter) setUnavailable(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	reason := kpov1.NodeReasonModeUnavailable
+	if r.mode == kpov1.ModeIPVS {
+		reason = kpov1.NodeReasonIPVSUnavailable
+	}
+	r.report.LastError = truncate(err.Error())
+	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, reason, err.Error())
+}
+
+func (r *statusReporter) syncFailed(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.report.LastError = truncate(err.Error())
+	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, kpov1.NodeReasonSyncFailed, err.Error())
+}
+
+func (r *statusReporter) synced(at time.Time, took time.Duration, full bool, counts model.Counts, rules int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := metav1.NewTime(at)
+	r.report.LastSyncTime = &t
+	if full {
+		r.report.LastFullSyncTime = &t
+	}
+	r.report.LastSyncDuration = took.Round(10 * time.Microsecond).String()
+	r.report.Services = int32(counts.ServicePorts)
+	r.report.Endpoints = int32(counts.Endpoints)
+	r.report.Rules = int32(rules)
+	if r.report.ActiveMode != r.mode {
+		r.report.ActiveMode = r.mode
+		r.important = true
+	}
+	r.report.LastError = ""
+	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionTrue, kpov1.NodeReasonSynced, "the kernel holds the rules of the last sync")
+}
+
+func truncate(s string) string {
+	if len(s) > 1024 {
+		return s[:1021] + "..."
+	}
+	return s
+}
+
+// run writes the status when due, until ctx ends.
+func (r *statusReporter) run(ctx context.Context) {
+	if r.client == nil {
+		return
+	}
+	t := time.NewTicker(statusTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.writeIfDue(ctx)
+	}
+}
+
+func (r *statusReporter) writeIfDue(ctx context.Context) {
+	r.mu.Lock()
+	if r.health != nil {
+		if ok, why := r.health.fresh(time.Now()); ok {
+			r.setCondition(kpov1.NodeConditionHealthy, metav1.ConditionTrue, kpov1.NodeReasonFresh, "rules are fresh")
+		} else {
+			r.setCondition(kpov1.NodeConditionHealthy, metav1.ConditionFalse, kpov1.NodeReasonStale, why)
+		}
+	}
+	due := r.dirty && r.nodeUID != "" && (r.important || time.Since(r.lastWrite) >= refreshInterval)
+	if !due {
+		r.mu.Unlock()
+		return
+	}
+	report := *r.report.DeepCopy()
+	uid := r.nodeUID
+	r.dirty, r.important = false, false
+	r.lastWrite = time.Now()
+	r.mu.Unlock()
+
+	if err := r.write(ctx, uid, report); err != nil {
+		klog.FromContext(ctx).Error(err, "writing ProxyNodeStatus")
+		r.mu.Lock()
+		r.dirty, r.important = true, true
+		r.mu.Unlock()
+	}
+}
+
+// write applies the object (owned by the Node, so that it is deleted with it)
+// and then its status subresource, both server-side.
+func (r *statusReporter) write(ctx context.Context, nodeUID types.UID, report kpov1.ProxyNodeReport) error {
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": kpov1.GroupVersion.String(),
+		"kind":       "ProxyNodeStatus",
+		"metadata": map[string]any{
+			"name":   r.node,
+			"labels": map[string]any{"proxy.kpo.dev/configuration": r.cfg.ConfigurationName},
+			"ownerReferences": []any{map[string]any{
+				"apiVersion": "v1", "kind": "Node", "name": r.node, "uid": string(nodeUID),
+			}},
+		},
+	}}
+	if err := r.client.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), statusFieldOwner, client.ForceOwnership); err != nil {
+		return err
+	}
+	status, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&report)
+	if err != nil {
+		return err
+	}
+	withStatus := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": kpov1.GroupVersion.String(),
+		"kind":       "ProxyNodeStatus",
+		"metadata":   map[string]any{"name": r.node},
+		"status":     status,
+	}}
+	return r.client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(withStatus), statusFieldOwner, client.ForceOwnership)
+}
