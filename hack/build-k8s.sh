@@ -24,6 +24,7 @@ declare -A pkg=(
 )
 
 mkdir -p "$out"
+out=$(cd "$out" && pwd) # absolute: the build runs in hack/tools
 cd "$(dirname "$0")/tools"
 for b in "${wanted[@]}"; do
 	if [ -x "$out/$b" ]; then

@@ -1,0 +1,302 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/test/apiserver"
+)
+
+// recordingBackend stands in for a kernel backend: it records what it is asked
+// to sync and can be told to fail.
+type recordingBackend struct {
+	mu    sync.Mutex
+	syncs []recordedSync
+	fail  error
+}
+
+type recordedSync struct {
+	snap *model.Snapshot
+	full bool
+}
+
+func (b *recordingBackend) Mode() kpov1.Mode              { return kpov1.ModeNFTables }
+func (b *recordingBackend) Check(context.Context) error   { return nil }
+func (b *recordingBackend) Cleanup(context.Context) error { return nil }
+func (b *recordingBackend) setFail(err error)             { b.mu.Lock(); b.fail = err; b.mu.Unlock() }
+func (b *recordingBackend) Sync(_ context.Context, snap *model.Snapshot, full bool) (backend.SyncResult, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fail != nil {
+		return backend.SyncResult{}, b.fail
+	}
+	b.syncs = append(b.syncs, recordedSync{snap, full})
+	return backend.SyncResult{Full: full, ServicePortsWritten: len(snap.Services), Rules: 7 * len(snap.Services)}, nil
+}
+
+func (b *recordingBackend) last() (recordedSync, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.syncs) == 0 {
+		return recordedSync{}, false
+	}
+	return b.syncs[len(b.syncs)-1], true
+}
+
+var env *apiserver.Env
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		// flag parsing happens in m.Run; testing.Short needs it first.
+		if len(os.Args) > 0 {
+			for _, a := range os.Args {
+				if a == "-test.short=true" || a == "-test.short" {
+					return m.Run()
+				}
+			}
+		}
+		var err error
+		env, err = apiserver.Start()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer func() { _ = env.Stop() }()
+		return m.Run()
+	}())
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestAgentAgainstAPIServer runs the agent in-process against a real API server
+// with a recording backend: informers → model → sync → ProxyNodeStatus.
+func TestAgentAgainstAPIServer(t *testing.T) {
+	if env == nil {
+		t.Skip("needs kube-apiserver; not run with -short")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := env.Client
+	kube := kubernetes.NewForConfigOrDie(env.Config)
+
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "agent-node-1", Labels: map[string]string{corev1.LabelTopologyZone: "a"}}}
+	must(t, c.Create(ctx, node))
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "agent-test"}}
+	must(t, c.Create(ctx, ns))
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "agent-test", Name: "web"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolUDP}}},
+	}
+	must(t, c.Create(ctx, svc))
+	headless := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "agent-test", Name: "headless"},
+		Spec:       corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Port: 80}}},
+	}
+	must(t, c.Create(ctx, headless))
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "agent-test", Name: "web-1",
+			Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolUDP)}},
+		Endpoints: []discoveryv1.Endpoint{
+			{Addresses: []string{"10.244.1.5"}, NodeName: ptr.To("agent-node-1")},
+			{Addresses: []string{"10.244.2.5"}, NodeName: ptr.To("agent-node-2")},
+		},
+	}
+	must(t, c.Create(ctx, slice))
+
+	be := &recordingBackend{}
+	cleaner := &recordingCleaner{}
+	cfg := &kpov1.AgentConfiguration{ConfigurationName: "default", ConfigurationGeneration: 3, Mode: kpov1.ModeNFTables}
+	cfg.ProxySettings.MinSyncPeriod = "50ms"
+	cfg.ProxySettings.Default()
+	healthz := freePort(t)
+	a, err := New(Options{
+		Config: cfg, NodeName: "agent-node-1", Kube: kube, Client: c,
+		Backends:           map[kpov1.Mode]func() (backend.Backend, error){kpov1.ModeNFTables: func() (backend.Backend, error) { return be, nil }},
+		ConntrackCleaner:   cleaner,
+		HealthzBindAddress: healthz, MetricsBindAddress: freePort(t),
+	})
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	webKey := model.ServicePortKey{ServicePortName: model.ServicePortName{Namespace: "agent-test", Name: "web", Port: "http", Protocol: corev1.ProtocolUDP}, Family: model.IPv4}
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		s, ok := be.last()
+		if !ok {
+			return errors.New("no sync yet")
+		}
+		sp := s.snap.Services[webKey]
+		if sp == nil || len(sp.ClusterEndpoints) != 2 {
+			return fmt.Errorf("web not synced with 2 endpoints: %+v", s.snap.Services)
+		}
+		if n := inNamespace(s.snap, "agent-test"); n != 1 {
+			return fmt.Errorf("%d service ports of agent-test proxied, want 1 (not the headless one): %v", n, s.snap.Services)
+		}
+		return nil
+	})
+	if first, _ := be.syncs[0], 0; !first.full {
+		t.Error("the first sync was not full")
+	}
+
+	// The agent's report on the real API server.
+	pns := &kpov1.ProxyNodeStatus{}
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		if err := c.Get(ctx, types.NamespacedName{Name: "agent-node-1"}, pns); err != nil {
+			return err
+		}
+		if !meta.IsStatusConditionTrue(pns.Status.Conditions, kpov1.NodeConditionSynced) ||
+			pns.Status.Services != 2 || pns.Status.Endpoints != 3 || pns.Status.ActiveMode != kpov1.ModeNFTables {
+			return fmt.Errorf("status %+v", pns.Status)
+		}
+		return nil
+	})
+	if pns.Status.Configuration != "default" || pns.Status.ConfigurationGeneration != 3 || pns.Status.Rules != 14 {
+		t.Errorf("report %+v", pns.Status)
+	}
+	if refs := pns.OwnerReferences; len(refs) != 1 || refs[0].Kind != "Node" || refs[0].UID != node.UID {
+		t.Errorf("owner references %+v, want the Node", refs)
+	}
+
+	// An endpoint goes away: a partial sync, and its UDP flows are cleared.
+	slice.Endpoints = slice.Endpoints[:1]
+	must(t, c.Update(ctx, slice))
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		s, _ := be.last()
+		if sp := s.snap.Services[webKey]; sp == nil || len(sp.ClusterEndpoints) != 1 {
+			return errors.New("endpoint removal not synced")
+		}
+		if s.full {
+			return errors.New("an endpoint change caused a full sync")
+		}
+		return nil
+	})
+	apiserver.Eventually(t, 5*time.Second, func() error {
+		if !cleaner.cleared("10.244.2.5") {
+			return errors.New("stale UDP conntrack of the removed endpoint not cleared")
+		}
+		return nil
+	})
+
+	// healthz answers 200 while rules are fresh.
+	if code := get(t, "http://"+healthz+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz = %d", code)
+	}
+
+	// The kernel refuses a sync: reported, with the error.
+	be.setFail(errors.New("nft: Could not process rule: No such file or directory"))
+	svc2 := svc.DeepCopy()
+	svc2.ResourceVersion, svc2.Name, svc2.Spec.ClusterIP, svc2.Spec.ClusterIPs = "", "web2", "", nil
+	must(t, c.Create(ctx, svc2))
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		if err := c.Get(ctx, types.NamespacedName{Name: "agent-node-1"}, pns); err != nil {
+			return err
+		}
+		cond := meta.FindStatusCondition(pns.Status.Conditions, kpov1.NodeConditionSynced)
+		if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != kpov1.NodeReasonSyncFailed || pns.Status.LastError == "" {
+			return fmt.Errorf("failure not reported: %+v", pns.Status)
+		}
+		return nil
+	})
+	// Recovery is a full sync.
+	be.setFail(nil)
+	apiserver.Eventually(t, 30*time.Second, func() error {
+		s, _ := be.last()
+		if inNamespace(s.snap, "agent-test") != 2 || !s.full {
+			return fmt.Errorf("no full sync with both services after the failure (full=%v, %d services)", s.full, len(s.snap.Services))
+		}
+		return nil
+	})
+
+	// The node is being deleted: /healthz fails so that load balancers drain it.
+	node.Spec.Taints = []corev1.Taint{{Key: "ToBeDeletedByClusterAutoscaler", Effect: corev1.TaintEffectNoSchedule}}
+	must(t, c.Update(ctx, node))
+	apiserver.Eventually(t, 10*time.Second, func() error {
+		if code := get(t, "http://"+healthz+"/healthz"); code != http.StatusServiceUnavailable {
+			return fmt.Errorf("/healthz = %d while the node is being deleted", code)
+		}
+		if code := get(t, "http://"+healthz+"/livez"); code != http.StatusOK {
+			return fmt.Errorf("/livez = %d", code)
+		}
+		return nil
+	})
+}
+
+func inNamespace(snap *model.Snapshot, ns string) int {
+	n := 0
+	for k := range snap.Services {
+		if k.Namespace == ns {
+			n++
+		}
+	}
+	return n
+}
+
+type recordingCleaner struct {
+	mu        sync.Mutex
+	endpoints []string
+}
+
+func (r *recordingCleaner) ClearEndpoint(_ netip.Addr, _ int32, ep netip.Addr) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.endpoints = append(r.endpoints, ep.String())
+	return nil
+}
+func (r *recordingCleaner) ClearVIP(netip.Addr, int32) error { return nil }
+func (r *recordingCleaner) cleared(ip string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.endpoints {
+		if e == ip {
+			return true
+		}
+	}
+	return false
+}
+
+func get(t *testing.T, url string) int {
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
