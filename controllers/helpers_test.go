@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
@@ -71,6 +72,25 @@ func getConfig(t *testing.T, name string) *kpov1.ProxyConfiguration {
 	pc := &kpov1.ProxyConfiguration{}
 	if err := k8s.Get(testCtx, types.NamespacedName{Name: name}, pc); err != nil {
 		t.Fatalf("getting ProxyConfiguration %s: %v", name, err)
+	}
+	return pc
+}
+
+// updateConfig applies mutate to the stored configuration, retrying on conflicts
+// with the operator's status writes.
+func updateConfig(t *testing.T, name string, mutate func(*kpov1.ProxyConfiguration)) *kpov1.ProxyConfiguration {
+	t.Helper()
+	var pc *kpov1.ProxyConfiguration
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		pc = &kpov1.ProxyConfiguration{}
+		if err := k8s.Get(testCtx, types.NamespacedName{Name: name}, pc); err != nil {
+			return err
+		}
+		mutate(pc)
+		return k8s.Update(testCtx, pc)
+	})
+	if err != nil {
+		t.Fatalf("updating ProxyConfiguration %s: %v", name, err)
 	}
 	return pc
 }

@@ -157,11 +157,7 @@ func TestSpecEditRollsAgents(t *testing.T) {
 		}},
 	} {
 		t.Run(edit.name, func(t *testing.T) {
-			current := getConfig(t, pc.Name)
-			edit.mutate(current)
-			if err := k8s.Update(testCtx, current); err != nil {
-				t.Fatal(err)
-			}
+			current := updateConfig(t, pc.Name, edit.mutate)
 			apiserver.Eventually(t, wait, func() error {
 				cm := &corev1.ConfigMap{}
 				if err := k8s.Get(testCtx, types.NamespacedName{Namespace: testNamespace, Name: render.AgentName(pc)}, cm); err != nil {
