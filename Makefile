@@ -73,6 +73,16 @@ $(K8S_BIN)/kube-apiserver: hack/tools/go.mod hack/tools/go.sum
 docker-build: ## Build the container image (needs a Docker engine).
 	docker build -t $(IMG) .
 
+.PHONY: docker-push
+docker-push: ## Push the container image.
+	docker push $(IMG)
+
+##@ Demo
+
+.PHONY: demo
+demo: ## A local cluster with the operator, agents and a Service (in progress).
+	@echo "make demo: the local-cluster demo is not built yet (issue: local cluster, end to end)."; exit 2
+
 ##@ Test
 
 .PHONY: test
