@@ -94,11 +94,28 @@ var ErrTimeout = errors.New("timeout")
 // Dial connects from inside the namespace to an echo server and returns its reply.
 // A refused connection returns ErrRefused, no answer ErrTimeout.
 func (n *NS) Dial(network, addr string, timeout time.Duration) (Reply, error) {
+	return n.DialFrom(network, "", addr, timeout)
+}
+
+// DialFrom is Dial from a fixed local address (ip:port, either may be empty), so
+// that consecutive UDP exchanges share one conntrack entry.
+func (n *NS) DialFrom(network, local, addr string, timeout time.Duration) (Reply, error) {
 	var line string
 	err := n.Do(func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		d := net.Dialer{}
+		if local != "" {
+			var err error
+			if strings.HasPrefix(network, "udp") {
+				d.LocalAddr, err = net.ResolveUDPAddr(network, local)
+			} else {
+				d.LocalAddr, err = net.ResolveTCPAddr(network, local)
+			}
+			if err != nil {
+				return err
+			}
+		}
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return classify(err)

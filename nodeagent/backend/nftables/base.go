@@ -1,0 +1,223 @@
+package nftables
+
+import (
+	"fmt"
+
+	"sigs.k8s.io/knftables"
+
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+// Names of the table's fixed objects.
+const (
+	tableName = "kpo"
+
+	chainNatPrerouting  = "nat-prerouting"
+	chainNatOutput      = "nat-output"
+	chainNatPostrouting = "nat-postrouting"
+	chainFilterPreDNAT  = "filter-prerouting-pre-dnat"
+	chainFilterOutPre   = "filter-output-pre-dnat"
+	chainFilterInput    = "filter-input"
+	chainFilterForward  = "filter-forward"
+	chainFilterOutput   = "filter-output"
+
+	chainServices       = "services"
+	chainFirewallCheck  = "firewall-check"
+	chainEndpointsCheck = "service-endpoints-check"
+	chainMarkMasq       = "mark-for-masquerade"
+	chainMasquerading   = "masquerading"
+	chainReject         = "reject-chain"
+
+	mapServiceIPs          = "service-ips"
+	mapServiceNodePorts    = "service-nodeports"
+	mapNoEndpointServices  = "no-endpoint-services"
+	mapNoEndpointNodePorts = "no-endpoint-nodeports"
+	mapFirewallIPs         = "firewall-ips"
+
+	setClusterCIDRs = "cluster-cidrs"
+	setNodePortIPs  = "nodeport-ips"
+)
+
+// baseChain describes a hooked chain.
+type baseChain struct {
+	name     string
+	typ      knftables.BaseChainType
+	hook     knftables.BaseChainHook
+	priority knftables.BaseChainPriority
+	rule     string
+}
+
+// baseChains are the chains hooked into netfilter. Priorities follow
+// kube-proxy: the firewall runs just before DNAT (it must see the LB IP), the
+// no-endpoint reject runs in filter hooks (reject is not allowed in nat chains)
+// on new connections only.
+var baseChains = []baseChain{
+	{chainNatPrerouting, knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority, "jump " + chainServices},
+	{chainNatOutput, knftables.NATType, knftables.OutputHook, knftables.DNATPriority, "jump " + chainServices},
+	{chainNatPostrouting, knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, "jump " + chainMasquerading},
+	{chainFilterPreDNAT, knftables.FilterType, knftables.PreroutingHook, knftables.DNATPriority + "-10", "ct state new jump " + chainFirewallCheck},
+	{chainFilterOutPre, knftables.FilterType, knftables.OutputHook, knftables.DNATPriority + "-10", "ct state new jump " + chainFirewallCheck},
+	{chainFilterInput, knftables.FilterType, knftables.InputHook, knftables.FilterPriority, "ct state new jump " + chainEndpointsCheck},
+	{chainFilterForward, knftables.FilterType, knftables.ForwardHook, knftables.FilterPriority, "ct state new jump " + chainEndpointsCheck},
+	{chainFilterOutput, knftables.FilterType, knftables.OutputHook, knftables.FilterPriority, "ct state new jump " + chainEndpointsCheck},
+}
+
+// baseObjects are the table's fixed chains, maps and sets for one family and
+// node. They are rewritten on full syncs and when the node's settings change.
+type baseObjects struct {
+	fam    model.Family
+	chains []chainDef // regular fixed chains with their rules
+	sets   map[string][]string
+	nRules int
+}
+
+func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeInfo) *baseObjects {
+	b := &baseObjects{fam: fam, sets: map[string][]string{}}
+	ipKW := fi.ipKW
+	mark := fmt.Sprintf("0x%x", s.mark)
+
+	var cidrs []string
+	for _, p := range node.ClusterCIDRs[fam] {
+		cidrs = append(cidrs, p.Masked().String())
+	}
+	b.sets[setClusterCIDRs] = cidrs
+
+	// NodePorts: every local address but loopback (DNAT from 127/8 needs
+	// route_localnet; kube-proxy's nftables mode refuses it too), or only the
+	// configured ones.
+	nodePortMatch := fmt.Sprintf("fib daddr type local %s daddr != %s", ipKW, fi.lo)
+	if ips, ok := node.NodePortIPs[fam]; ok && ips != nil {
+		var elems []string
+		for _, ip := range ips {
+			if model.FamilyOf(ip) == fam {
+				elems = append(elems, ip.Unmap().String())
+			}
+		}
+		b.sets[setNodePortIPs] = elems
+		nodePortMatch = fmt.Sprintf("%s daddr @%s", ipKW, setNodePortIPs)
+	} else {
+		b.sets[setNodePortIPs] = nil
+	}
+
+	b.chains = []chainDef{
+		{name: chainServices, rules: []string{
+			fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @%s", ipKW, mapServiceIPs),
+			fmt.Sprintf("%s meta l4proto . th dport vmap @%s", nodePortMatch, mapServiceNodePorts),
+		}},
+		{name: chainFirewallCheck, rules: []string{
+			fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @%s", ipKW, mapFirewallIPs),
+		}},
+		{name: chainEndpointsCheck, rules: []string{
+			fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @%s", ipKW, mapNoEndpointServices),
+			fmt.Sprintf("%s meta l4proto . th dport vmap @%s", nodePortMatch, mapNoEndpointNodePorts),
+		}},
+		{name: chainMarkMasq, rules: []string{
+			fmt.Sprintf("meta mark set meta mark or %s", mark),
+		}},
+		{name: chainMasquerading, rules: []string{
+			fmt.Sprintf("meta mark & %s == 0 return", mark),
+			// Clear the bit: the packet may be forwarded into another tunnel or
+			// proxy that uses marks of its own.
+			fmt.Sprintf("meta mark set meta mark xor %s", mark),
+			"masquerade fully-random",
+		}},
+		{name: chainReject, rules: []string{"reject"}},
+	}
+	for _, bc := range baseChains {
+		b.chains = append(b.chains, chainDef{name: bc.name, rules: []string{bc.rule}})
+	}
+	for _, c := range b.chains {
+		b.nRules += len(c.rules)
+	}
+	for _, e := range b.sets {
+		b.nRules += len(e)
+	}
+	return b
+}
+
+// settingsView is the part of backend.Settings that shapes rules.
+type settingsView struct {
+	mark    uint32
+	masqAll bool
+}
+
+// isBase reports whether a chain/set/map name is one of the fixed objects.
+func isBase(name string) bool {
+	switch name {
+	case chainServices, chainFirewallCheck, chainEndpointsCheck, chainMarkMasq, chainMasquerading, chainReject,
+		mapServiceIPs, mapServiceNodePorts, mapNoEndpointServices, mapNoEndpointNodePorts, mapFirewallIPs,
+		setClusterCIDRs, setNodePortIPs:
+		return true
+	}
+	for _, bc := range baseChains {
+		if bc.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// writeBase adds the table and its fixed objects to tx and flushes the fixed
+// chains; linkBase then re-adds their rules. All chains are created before any
+// rule refers to them (the kernel resolves jump targets per rule).
+//
+// (Measured: adding the hooked chains' rules last, so that the table is
+// unreachable while the per-service rules go in, changes nothing measurable;
+// nft's own parsing and cache dominate, see docs/nftables-backend.md.)
+//
+// The verdict maps are flushed only when flushMaps (full sync): a full sync
+// re-adds every element, which repairs drift without listing them.
+func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps bool) {
+	fam, tbl := fi.family, tableName
+	tx.Add(&knftables.Table{Family: fam, Name: tbl, Comment: knftables.PtrTo("kpo service proxy")})
+
+	keyAddr := fi.addrT + " . inet_proto . inet_service : verdict"
+	keyPort := "inet_proto . inet_service : verdict"
+	for _, m := range []struct{ name, typ string }{
+		{mapServiceIPs, keyAddr}, {mapFirewallIPs, keyAddr}, {mapNoEndpointServices, keyAddr},
+		{mapServiceNodePorts, keyPort}, {mapNoEndpointNodePorts, keyPort},
+	} {
+		tx.Add(&knftables.Map{Family: fam, Table: tbl, Name: m.name, Type: m.typ})
+		if flushMaps {
+			tx.Flush(&knftables.Map{Family: fam, Table: tbl, Name: m.name})
+		}
+	}
+	for _, name := range []string{setClusterCIDRs, setNodePortIPs} {
+		set := &knftables.Set{Family: fam, Table: tbl, Name: name, Type: fi.addrT}
+		if name == setClusterCIDRs {
+			set.Flags = []knftables.SetFlag{knftables.IntervalFlag}
+		}
+		tx.Add(set)
+		if flushMaps {
+			tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: name})
+			for _, e := range b.sets[name] {
+				tx.Add(&knftables.Element{Family: fam, Table: tbl, Set: name, Key: []string{e}})
+			}
+		}
+	}
+	createFixedChains(tx, fi, b)
+}
+
+// createFixedChains adds (hooking the base chains) and flushes the fixed chains.
+func createFixedChains(tx *knftables.Transaction, fi famInfo, b *baseObjects) {
+	fam, tbl := fi.family, tableName
+	for _, c := range b.chains {
+		ch := &knftables.Chain{Family: fam, Table: tbl, Name: c.name}
+		for _, bc := range baseChains {
+			if bc.name == c.name {
+				ch.Type, ch.Hook, ch.Priority = knftables.PtrTo(bc.typ), knftables.PtrTo(bc.hook), knftables.PtrTo(bc.priority)
+			}
+		}
+		tx.Add(ch)
+		tx.Flush(&knftables.Chain{Family: fam, Table: tbl, Name: c.name})
+	}
+}
+
+// linkBase adds the fixed chains' rules, leaves first.
+func linkBase(tx *knftables.Transaction, fi famInfo, b *baseObjects) {
+	for _, c := range b.chains {
+		for _, r := range c.rules {
+			tx.Add(&knftables.Rule{Family: fi.family, Table: tableName, Chain: c.name, Rule: r})
+		}
+	}
+}

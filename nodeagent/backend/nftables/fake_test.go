@@ -1,0 +1,273 @@
+package nftables
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/knftables"
+
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+func newFake(t *testing.T) (*Backend, *FakeKernel) {
+	t.Helper()
+	k := NewFakeKernel()
+	b, err := New(testSettings, nil, WithKernel(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, k
+}
+
+func mustSync(t *testing.T, b *Backend, s *model.Snapshot, full bool) {
+	t.Helper()
+	if _, err := b.Sync(context.Background(), s, full); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dump is the fake's ruleset, for substring checks.
+func dump(k *FakeKernel) string { return k.Dump() }
+
+func TestRendering(t *testing.T) {
+	np := svc("np", "10.96.0.2", 80, ep("10.244.1.10", 8080, true), ep("10.244.2.10", 8080, false))
+	np.NodePort = 30080
+	local := svc("local", "10.96.0.3", 80, ep("10.244.1.10", 8080, true), ep("10.244.2.10", 8080, false))
+	local.ExternalPolicyLocal = true
+	local.ExternalEndpoints = local.ClusterEndpoints[:1]
+	local.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.5")}
+	noLocal := svc("nolocal", "10.96.0.4", 80, ep("10.244.2.10", 8080, false))
+	noLocal.ExternalPolicyLocal = true
+	noLocal.ExternalEndpoints = nil
+	noLocal.NodePort = 30081
+	aff := svc("aff", "10.96.0.5", 80, ep("10.244.1.10", 8080, true))
+	aff.AffinityTimeout = 3 * time.Hour
+	lb := svc("lb", "10.96.0.6", 80, ep("10.244.1.10", 8080, true))
+	lb.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.6")}
+	lb.SourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/25")}
+	v6 := svc("v6", "fd10:96::7", 80, ep("fd10:244:0:1::a", 8080, true))
+
+	tests := []struct {
+		name string
+		sp   *model.ServicePort
+		want []string // substrings of the fake's dump
+	}{
+		{"cluster IP, two endpoints", svc("two", "10.96.0.1", 80, ep("10.244.1.10", 8080, true), ep("10.244.2.10", 8080, false)), []string{
+			"add element ip kpo service-ips { 10.96.0.1 . tcp . 80 : goto svc-",
+			"saddr != @cluster-cidrs jump mark-for-masquerade",
+			"numgen random mod 2 0 goto ep-",
+			"ip saddr 10.244.1.10 jump mark-for-masquerade",
+			"meta l4proto tcp dnat to 10.244.2.10:8080",
+		}},
+		{"no endpoints rejects", svc("none", "10.96.0.9", 80), []string{
+			"add element ip kpo no-endpoint-services { 10.96.0.9 . tcp . 80 : goto reject-chain }",
+		}},
+		{"nodeport masquerades", np, []string{
+			"add element ip kpo service-nodeports { tcp . 30080 : goto ext-",
+			"fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
+		}},
+		{"eTP Local", local, []string{
+			"add element ip kpo service-ips { 203.0.113.5 . tcp . 80 : goto ext-",
+			"ip saddr @cluster-cidrs goto svc-",
+			"fib saddr type local jump mark-for-masquerade",
+			"fib saddr type local goto svc-",
+		}},
+		{"eTP Local without local endpoints drops", noLocal, []string{"drop"}},
+		{"affinity", aff, []string{
+			"flags dynamic,timeout ; timeout 10800s",
+			"update @aff-",
+			"ip saddr @aff-",
+		}},
+		{"source ranges", lb, []string{
+			"add element ip kpo firewall-ips { 203.0.113.6 . tcp . 80 : goto fw-",
+			"ip saddr 198.51.100.0/25 return",
+		}},
+		{"IPv6", v6, []string{
+			"add element ip6 kpo service-ips { fd10:96::7 . tcp . 80 : goto svc-",
+			"dnat to [fd10:244:0:1::a]:8080",
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, k := newFake(t)
+			mustSync(t, b, snapshot(testNode, tc.sp), true)
+			d := dump(k)
+			for _, w := range tc.want {
+				if !strings.Contains(d, w) {
+					t.Errorf("missing %q in\n%s", w, d)
+				}
+			}
+		})
+	}
+}
+
+func TestMasqueradeAllAndNoClusterCIDRs(t *testing.T) {
+	k := NewFakeKernel()
+	s := testSettings
+	s.MasqueradeAll = true
+	b, _ := New(s, []model.Family{model.IPv4}, WithKernel(k))
+	mustSync(t, b, snapshot(testNode, svc("a", "10.96.0.1", 80, ep("10.244.1.10", 80, true))), true)
+	if !strings.Contains(dump(k), "add rule ip kpo svc-") || !strings.Contains(dump(k), "-a-tcp jump mark-for-masquerade") {
+		t.Errorf("masqueradeAll: no unconditional mark:\n%s", dump(k))
+	}
+	k2 := NewFakeKernel()
+	b2, _ := New(testSettings, []model.Family{model.IPv4}, WithKernel(k2))
+	mustSync(t, b2, snapshot(model.NodeInfo{}, svc("a", "10.96.0.1", 80, ep("10.244.1.10", 80, true))), true)
+	if strings.Contains(dump(k2), "-a-tcp jump mark-for-masquerade") || strings.Contains(dump(k2), "@cluster-cidrs jump") {
+		t.Errorf("no cluster CIDRs: cluster traffic must not be masqueraded:\n%s", dump(k2))
+	}
+}
+
+func countOps(tx *knftables.Transaction) int { return tx.NumOperations() }
+
+func TestPartialSyncTouchesOnlyChanged(t *testing.T) {
+	b, k := newFake(t)
+	s1 := bigSnapshot(100, 2)
+	res, err := b.Sync(context.Background(), s1, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ServicePortsWritten != 100 || !res.Full {
+		t.Fatalf("full sync: %+v", res)
+	}
+	// Change one endpoint of one service.
+	old := s1.Services[key("default", "svc7", model.IPv4)]
+	changed := *old
+	changed.ClusterEndpoints = []model.Endpoint{old.ClusterEndpoints[0], ep("10.244.200.1", 8080, false)}
+	changed.ExternalEndpoints = changed.ClusterEndpoints
+	s2 := withSnap(s1, &changed)
+	res2, err := b.Sync(context.Background(), s2, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2.ServicePortsWritten != 1 || res2.Full {
+		t.Fatalf("partial: %+v", res2)
+	}
+	txt := k.LastTransaction.String()
+	for _, line := range strings.Split(strings.TrimSpace(txt), "\n") {
+		if !strings.Contains(line, "svc7") {
+			t.Errorf("partial sync touched another service: %s", line)
+		}
+	}
+	if !strings.Contains(txt, "delete chain ip kpo ep-") || !strings.Contains(txt, "10.244.200.1") {
+		t.Errorf("expected the old endpoint chain deleted and the new one added:\n%s", txt)
+	}
+	if countOps(k.LastTransaction) > 20 {
+		t.Errorf("partial sync has %d operations", countOps(k.LastTransaction))
+	}
+	// An unchanged snapshot writes nothing but still succeeds.
+	res3, err := b.Sync(context.Background(), s2, false)
+	if err != nil || res3.ServicePortsWritten != 0 || res3.Rules != res2.Rules {
+		t.Fatalf("no-op sync: %+v %v", res3, err)
+	}
+	// Rules is consistent with a from-scratch full sync.
+	b2, _ := newFake(t)
+	res4, _ := b2.Sync(context.Background(), s2, true)
+	if res4.Rules != res2.Rules {
+		t.Errorf("rule count after partial %d != full %d", res2.Rules, res4.Rules)
+	}
+}
+
+func TestRemovalAndKindChanges(t *testing.T) {
+	b, k := newFake(t)
+	a := svc("a", "10.96.0.1", 80, ep("10.244.1.10", 8080, true))
+	a.NodePort = 30001
+	c := svc("c", "10.96.0.3", 80, ep("10.244.1.11", 8080, true))
+	s1 := snapshot(testNode, a, c)
+	mustSync(t, b, s1, true)
+	// a loses its endpoints (reject), then goes away.
+	a2 := *a
+	a2.ClusterEndpoints, a2.ExternalEndpoints = nil, nil
+	mustSync(t, b, withSnap(s1, &a2), false)
+	d := dump(k)
+	if !strings.Contains(d, "no-endpoint-services { 10.96.0.1 . tcp . 80 : goto reject-chain }") ||
+		!strings.Contains(d, "no-endpoint-nodeports { tcp . 30001 : goto reject-chain }") ||
+		strings.Contains(d, "service-ips { 10.96.0.1 ") || strings.Contains(d, "-default-a-tcp") {
+		t.Errorf("after losing endpoints:\n%s", d)
+	}
+	mustSync(t, b, snapshot(testNode, c), false)
+	d = dump(k)
+	if strings.Contains(d, "10.96.0.1 ") || strings.Contains(d, "30001") {
+		t.Errorf("removed service still present:\n%s", d)
+	}
+	if !strings.Contains(d, "10.96.0.3 . tcp . 80 : goto svc-") {
+		t.Errorf("other service gone:\n%s", d)
+	}
+}
+
+func TestFailedTransactionKeepsStateAndForcesFull(t *testing.T) {
+	b, k := newFake(t)
+	s1 := snapshot(testNode, svc("a", "10.96.0.1", 80, ep("10.244.1.10", 8080, true)))
+	mustSync(t, b, s1, true)
+	before := dump(k)
+	k.FailNext = errors.New("boom")
+	s2 := snapshot(testNode, svc("b", "10.96.0.2", 80, ep("10.244.1.10", 8080, true)))
+	if _, err := b.Sync(context.Background(), s2, false); err == nil {
+		t.Fatal("expected an error")
+	}
+	if dump(k) != before {
+		t.Fatal("failed transaction changed the ruleset")
+	}
+	res, err := b.Sync(context.Background(), s2, false)
+	if err != nil || !res.Full {
+		t.Fatalf("sync after failure must be full: %+v %v", res, err)
+	}
+	if strings.Contains(dump(k), "10.96.0.1 ") {
+		t.Errorf("full sync left the old service:\n%s", dump(k))
+	}
+}
+
+func TestFullSyncRemovesDrift(t *testing.T) {
+	b, k := newFake(t)
+	s1 := snapshot(testNode, svc("a", "10.96.0.1", 80, ep("10.244.1.10", 8080, true)))
+	mustSync(t, b, s1, true)
+	// Someone else edits our table: a foreign chain, a foreign element, a rule.
+	tx := k.NewTransaction()
+	tx.Add(&knftables.Chain{Family: knftables.IPv4Family, Table: tableName, Name: "intruder"})
+	tx.Add(&knftables.Element{Family: knftables.IPv4Family, Table: tableName, Map: mapServiceIPs,
+		Key: []string{"10.96.9.9", "tcp", "80"}, Value: []string{"goto intruder"}})
+	tx.Add(&knftables.Rule{Family: knftables.IPv4Family, Table: tableName, Chain: chainServices, Rule: "drop"})
+	if err := k.Run(context.Background(), tx); err != nil {
+		t.Fatal(err)
+	}
+	// And an unrelated table that must survive.
+	tx = k.NewTransaction()
+	tx.Add(&knftables.Table{Family: knftables.IPv4Family, Name: "kube-proxy"})
+	if err := k.Run(context.Background(), tx); err != nil {
+		t.Fatal(err)
+	}
+	mustSync(t, b, s1, true)
+	d := dump(k)
+	if strings.Contains(d, "intruder") || strings.Contains(d, "10.96.9.9") || strings.Contains(d, "add rule ip kpo services drop") {
+		t.Errorf("drift not repaired:\n%s", d)
+	}
+	if !strings.Contains(d, "add table ip kube-proxy") {
+		t.Error("full sync touched another table")
+	}
+	if err := b.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	d = dump(k)
+	if strings.Contains(d, " kpo") || !strings.Contains(d, "kube-proxy") {
+		t.Errorf("cleanup:\n%s", d)
+	}
+	if err := b.Cleanup(context.Background()); err != nil {
+		t.Fatalf("cleanup of nothing: %v", err)
+	}
+}
+
+func TestNodeChangeForcesFull(t *testing.T) {
+	b, _ := newFake(t)
+	s1 := snapshot(testNode, svc("a", "10.96.0.1", 80, ep("10.244.1.10", 8080, true)))
+	mustSync(t, b, s1, true)
+	s2 := withSnap(s1)
+	s2.Node = model.NodeInfo{Name: "node", NodePortIPs: map[model.Family][]netip.Addr{model.IPv4: {netip.MustParseAddr("198.51.100.1")}}}
+	res, err := b.Sync(context.Background(), s2, false)
+	if err != nil || !res.Full {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
