@@ -44,8 +44,11 @@ type serviceChains struct {
 	fw  string // load-balancer source ranges
 }
 
-func chainsFor(k model.ServicePortKey) serviceChains {
-	h := hash16(k.String())
+func chainsFor(k model.ServicePortKey) serviceChains { return chainsForKey(k.String()) }
+
+// chainsForKey is chainsFor with the key already formatted (render formats it once).
+func chainsForKey(key string) serviceChains {
+	h := hash16(key)
 	return serviceChains{
 		svc: "KPO-SVC-" + h,
 		svx: "KPO-SVX-" + h,
@@ -58,7 +61,11 @@ func chainsFor(k model.ServicePortKey) serviceChains {
 // port key is part of the hash so that two services sharing a pod get distinct
 // chains (and distinct "recent" lists for affinity).
 func sepChain(k model.ServicePortKey, ep model.Endpoint) string {
-	return "KPO-SEP-" + hash16(k.String()+"|"+ep.String())
+	return sepChainForKey(k.String(), ep)
+}
+
+func sepChainForKey(key string, ep model.Endpoint) string {
+	return "KPO-SEP-" + hash16(key+"|"+ep.String())
 }
 
 // hash16 is the first 16 base32 characters of sha256, as kube-proxy names its

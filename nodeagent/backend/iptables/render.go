@@ -82,7 +82,8 @@ func sameEndpoints(a, b []model.Endpoint) bool {
 // render computes the rules of one service port.
 func (r *renderer) render(sp *model.ServicePort) *rendered {
 	out := &rendered{sp: sp}
-	names := chainsFor(sp.Key)
+	keyStr := sp.Key.String()
+	names := chainsForKey(keyStr)
 	pp := protoPort(sp.Protocol, sp.Port)
 
 	// Endpoint chains, shared by the cluster and external load-balancing chains.
@@ -92,7 +93,7 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 		if name, ok := seps[ep.AddrPort()]; ok {
 			return name
 		}
-		name := sepChain(sp.Key, ep)
+		name := sepChainForKey(keyStr, ep)
 		seps[ep.AddrPort()] = name
 		dnat := "-p " + protoName(sp.Protocol)
 		if sp.AffinityTimeout > 0 {

@@ -1,0 +1,129 @@
+package iptables
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/test/netns"
+)
+
+// BenchmarkRender is the pure rule-generation cost of one service port.
+func BenchmarkRender(b *testing.B) {
+	for _, eps := range []int{2, 50} {
+		b.Run(fmt.Sprintf("eps=%d", eps), func(b *testing.B) {
+			r := &renderer{fam: model.IPv4, settings: testSettings, clusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+			s := bigSnapshot(1, eps)
+			var sp *model.ServicePort
+			for _, v := range s.Services {
+				sp = v
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				r.render(sp)
+			}
+		})
+	}
+}
+
+// BenchmarkFakeFullSync is a full sync of 10k services into the Fake: the
+// backend's own cost (render + restore text), without iptables.
+func BenchmarkFakeFullSync10k(b *testing.B) {
+	s := bigSnapshot(10000, 2)
+	for b.Loop() {
+		be, _ := New(testSettings, []model.Family{model.IPv4}, WithKernel(nopKernel{}))
+		if _, err := be.Sync(context.Background(), s, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+type nopKernel struct{}
+
+func (nopKernel) EnsureChain(model.Family, string, string) error           { return nil }
+func (nopKernel) EnsureRule(model.Family, string, string, ...string) error { return nil }
+func (nopKernel) DeleteRule(model.Family, string, string, ...string) error { return nil }
+func (nopKernel) ListChains(model.Family, string) ([]string, error)        { return nil, nil }
+func (nopKernel) Restore(model.Family, []byte) error                       { return nil }
+func (nopKernel) RandomFully(model.Family) bool                            { return true }
+func (nopKernel) Check(model.Family) error                                 { return nil }
+
+func benchVariants(b *testing.B, fn func(b *testing.B, v Variant)) {
+	netns.Skip(b)
+	for _, v := range []Variant{VariantNFT, VariantLegacy} {
+		b.Run(string(v), func(b *testing.B) { fn(b, v) })
+	}
+}
+
+// BenchmarkColdSync is a first (full) sync into empty tables.
+func BenchmarkColdSync(b *testing.B) {
+	for _, size := range [][2]int{{1000, 2}, {10000, 2}, {1000, 50}} {
+		s := bigSnapshot(size[0], size[1])
+		b.Run(fmt.Sprintf("%dx%d", size[0], size[1]), func(b *testing.B) {
+			benchVariants(b, func(b *testing.B, v Variant) {
+				ns := netns.New(b, "bench")
+				for b.Loop() {
+					b.StopTimer()
+					be, err := New(testSettings, nil, WithVariant(v))
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					if err := ns.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
+						b.Fatal(err)
+					}
+					b.StopTimer()
+					if err := ns.Do(func() error { return be.Cleanup(context.Background()) }); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkPartialSync10k changes one service's endpoints among 10k services.
+func BenchmarkPartialSync10k(b *testing.B) {
+	s := bigSnapshot(10000, 2)
+	var key model.ServicePortKey
+	for k := range s.Services {
+		key = k
+		break
+	}
+	orig := s.Services[key]
+	alt := *orig
+	alt.ClusterEndpoints = []model.Endpoint{ep("10.244.250.1:8080", false)}
+	alt.ExternalEndpoints = alt.ClusterEndpoints
+	benchVariants(b, func(b *testing.B, v Variant) {
+		ns := netns.New(b, "bench")
+		be, err := New(testSettings, nil, WithVariant(v))
+		if err != nil {
+			b.Fatal(err)
+		}
+		cur := clone(s)
+		if err := ns.Do(func() error { _, err := be.Sync(context.Background(), cur, true); return err }); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			if i++; i%2 == 1 {
+				cur.Services[key] = &alt
+			} else {
+				cur.Services[key] = orig
+			}
+			err := ns.Do(func() error {
+				r, err := be.Sync(context.Background(), cur, false)
+				if err == nil && r.ServicePortsWritten != 1 {
+					err = fmt.Errorf("wrote %d", r.ServicePortsWritten)
+				}
+				return err
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,274 @@
+package iptables
+
+import (
+	"bytes"
+	"cmp"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+type keySet = map[model.ServicePortKey]struct{}
+
+// nodeView is the part of model.NodeInfo that shapes one family's rules.
+type nodeView struct {
+	clusterCIDRs []netip.Prefix
+	nodePortIPs  []netip.Addr
+	explicitNP   bool // NodePortIPs given (nil means every local address)
+}
+
+func nodeViewOf(n model.NodeInfo, f model.Family) nodeView {
+	ips, explicit := n.NodePortIPs[f]
+	return nodeView{clusterCIDRs: n.ClusterCIDRs[f], nodePortIPs: ips, explicitNP: explicit && ips != nil}
+}
+
+func (a nodeView) equal(b nodeView) bool {
+	return a.explicitNP == b.explicitNP && slices.Equal(a.clusterCIDRs, b.clusterCIDRs) && slices.Equal(a.nodePortIPs, b.nodePortIPs)
+}
+
+// famState is what the backend believes one family's tables hold: the rendered
+// rules of every service port it programmed and the shared dispatch chains'
+// membership. It is the source of truth between full syncs (no listing).
+type famState struct {
+	fam         model.Family
+	r           *renderer
+	node        nodeView
+	randomFully bool
+
+	svcs          map[model.ServicePortKey]*rendered
+	natBuckets    map[uint8]keySet // members of nat KPO-DST-xx
+	filterBuckets map[uint8]keySet // members of filter KPO-DST-xx
+	natNP         keySet           // members with a nat KPO-NODEPORTS rule
+	filterNP      keySet
+	natTop        []uint8 // buckets KPO-SERVICES jumps to, as programmed
+	filterTop     []uint8
+	svcRules      int // sum of rendered.rules
+	fixedRules    int // base chains other than the dispatch tops
+}
+
+func newFamState(f model.Family, r *renderer, node nodeView, randomFully bool) *famState {
+	return &famState{
+		fam: f, r: r, node: node, randomFully: randomFully,
+		svcs:          map[model.ServicePortKey]*rendered{},
+		natBuckets:    map[uint8]keySet{},
+		filterBuckets: map[uint8]keySet{},
+		natNP:         keySet{},
+		filterNP:      keySet{},
+	}
+}
+
+func (s *famState) rules() int {
+	return s.svcRules + s.fixedRules + len(s.natTop) + len(s.filterTop)
+}
+
+// tableWriter accumulates one table's section of an iptables-restore input:
+// chain declarations first (a declaration flushes an existing chain under
+// --noflush), then rules, then deletions. Deleting last matters: a chain can
+// only go once no rule jumps to it, and the rules that did were flushed by
+// the declarations above.
+type tableWriter struct {
+	name     string
+	declared map[string]bool
+	decl     bytes.Buffer
+	body     bytes.Buffer
+	del      bytes.Buffer
+}
+
+func newTableWriter(name string) *tableWriter {
+	return &tableWriter{name: name, declared: map[string]bool{}}
+}
+
+func (t *tableWriter) declare(name string) {
+	if t.declared[name] {
+		return
+	}
+	t.declared[name] = true
+	t.decl.WriteString(":" + name + " - [0:0]\n")
+}
+
+func (t *tableWriter) write(c chain) {
+	t.declare(c.name)
+	for _, r := range c.rules {
+		t.body.WriteString("-A ")
+		t.body.WriteString(c.name)
+		t.body.WriteByte(' ')
+		t.body.WriteString(r)
+		t.body.WriteByte('\n')
+	}
+}
+
+func (t *tableWriter) remove(name string) {
+	t.declare(name)
+	t.del.WriteString("-X " + name + "\n")
+}
+
+func (t *tableWriter) empty() bool { return len(t.declared) == 0 }
+
+func (t *tableWriter) appendTo(out *bytes.Buffer) {
+	if t.empty() {
+		return
+	}
+	out.WriteString("*" + t.name + "\n")
+	out.Write(t.decl.Bytes())
+	out.Write(t.body.Bytes())
+	out.Write(t.del.Bytes())
+	out.WriteString("COMMIT\n")
+}
+
+func compareKeys(a, b model.ServicePortKey) int {
+	return cmp.Or(
+		strings.Compare(a.Namespace, b.Namespace),
+		strings.Compare(a.Name, b.Name),
+		strings.Compare(a.Port, b.Port),
+		strings.Compare(string(a.Protocol), string(b.Protocol)),
+		cmp.Compare(a.Family, b.Family))
+}
+
+func sortedKeys(s keySet) []model.ServicePortKey {
+	keys := make([]model.ServicePortKey, 0, len(s))
+	for k := range s {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, compareKeys)
+	return keys
+}
+
+func addMember(m map[uint8]keySet, b uint8, k model.ServicePortKey) {
+	s := m[b]
+	if s == nil {
+		s = keySet{}
+		m[b] = s
+	}
+	s[k] = struct{}{}
+}
+
+// apply records that key now renders as nr (nil: removed) and marks what it
+// touches as dirty. It returns the chains the old version had that the new
+// one does not.
+func (s *famState) apply(k model.ServicePortKey, nr *rendered, d *dirty) []string {
+	old := s.svcs[k]
+	var gone []string
+	if old != nil {
+		s.svcRules -= old.rules
+		keep := map[string]bool{}
+		if nr != nil {
+			for _, c := range nr.nat {
+				keep[c.name] = true
+			}
+		}
+		for _, c := range old.nat {
+			if !keep[c.name] {
+				gone = append(gone, c.name)
+			}
+		}
+		for _, dr := range old.natDispatch {
+			delete(s.natBuckets[dr.bucket], k)
+			d.nat[dr.bucket] = true
+		}
+		for _, dr := range old.filterDispatch {
+			delete(s.filterBuckets[dr.bucket], k)
+			d.filter[dr.bucket] = true
+		}
+		if old.natNodePort != "" {
+			delete(s.natNP, k)
+			d.natNP = true
+		}
+		if old.filterNodePort != "" {
+			delete(s.filterNP, k)
+			d.filterNP = true
+		}
+		delete(s.svcs, k)
+	}
+	if nr == nil {
+		return gone
+	}
+	s.svcs[k] = nr
+	s.svcRules += nr.rules
+	for _, dr := range nr.natDispatch {
+		addMember(s.natBuckets, dr.bucket, k)
+		d.nat[dr.bucket] = true
+	}
+	for _, dr := range nr.filterDispatch {
+		addMember(s.filterBuckets, dr.bucket, k)
+		d.filter[dr.bucket] = true
+	}
+	if nr.natNodePort != "" {
+		s.natNP[k] = struct{}{}
+		d.natNP = true
+	}
+	if nr.filterNodePort != "" {
+		s.filterNP[k] = struct{}{}
+		d.filterNP = true
+	}
+	return gone
+}
+
+// dirty is what a sync must rewrite in the shared chains.
+type dirty struct {
+	nat, filter     map[uint8]bool
+	natNP, filterNP bool
+}
+
+func newDirty() *dirty { return &dirty{nat: map[uint8]bool{}, filter: map[uint8]bool{}} }
+
+// writeShared rewrites the dirty dispatch chains and, when the set of
+// non-empty buckets changed (or force), the KPO-SERVICES tops.
+func (s *famState) writeShared(d *dirty, nat, filter *tableWriter, force bool) {
+	s.natTop = s.writeBuckets(nat, s.natBuckets, d.nat, s.natTop, force,
+		func(r *rendered) []dispatchRule { return r.natDispatch })
+	s.filterTop = s.writeBuckets(filter, s.filterBuckets, d.filter, s.filterTop, force,
+		func(r *rendered) []dispatchRule { return r.filterDispatch })
+	if d.natNP || force {
+		s.writeNodePorts(nat, s.natNP, func(r *rendered) string { return r.natNodePort })
+	}
+	if d.filterNP || force {
+		s.writeNodePorts(filter, s.filterNP, func(r *rendered) string { return r.filterNodePort })
+	}
+}
+
+func (s *famState) writeBuckets(t *tableWriter, members map[uint8]keySet, dirtyB map[uint8]bool, top []uint8, force bool, rules func(*rendered) []dispatchRule) []uint8 {
+	for b := range dirtyB {
+		name := bucketChain(b)
+		if len(members[b]) == 0 {
+			delete(members, b)
+			if slices.Contains(top, b) {
+				t.remove(name)
+			}
+			continue
+		}
+		c := chain{name: name}
+		for _, k := range sortedKeys(members[b]) {
+			for _, dr := range rules(s.svcs[k]) {
+				if dr.bucket == b {
+					c.rules = append(c.rules, dr.rule)
+				}
+			}
+		}
+		t.write(c)
+	}
+	newTop := make([]uint8, 0, len(members))
+	for b := range members {
+		newTop = append(newTop, b)
+	}
+	slices.Sort(newTop)
+	if force || !slices.Equal(newTop, top) {
+		c := chain{name: chainServices}
+		for _, b := range newTop {
+			c.rules = append(c.rules, bucketMatch(s.fam, b)+" -j "+bucketChain(b))
+		}
+		// Node ports last: they match on the port alone, after every VIP.
+		c.rules = append(c.rules, s.r.nodePortDispatch(s.node.nodePortIPs, s.node.explicitNP)...)
+		t.write(c)
+	}
+	return newTop
+}
+
+func (s *famState) writeNodePorts(t *tableWriter, members keySet, rule func(*rendered) string) {
+	c := chain{name: chainNodePorts}
+	for _, k := range sortedKeys(members) {
+		c.rules = append(c.rules, rule(s.svcs[k]))
+	}
+	t.write(c)
+}
