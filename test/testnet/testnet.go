@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -191,8 +192,11 @@ func (node *Node) AddPod(t testing.TB, name string) *Pod {
 // proxyAPIServer listens on 127.0.0.1:6443 inside ns and forwards each
 // connection to the API server on the root namespace's loopback.
 func (n *Net) proxyAPIServer(t testing.TB, ns *netns.NS) func() {
-	target := n.API.Config.Host // https://127.0.0.1:port
-	u := target[len("https://"):]
+	// rest.Config.Host is a URL or a bare host:port.
+	u := n.API.Config.Host
+	if parsed, err := url.Parse(u); err == nil && parsed.Host != "" {
+		u = parsed.Host
+	}
 	var l net.Listener
 	if err := ns.Do(func() error {
 		var err error
@@ -214,6 +218,7 @@ func (n *Net) proxyAPIServer(t testing.TB, ns *netns.NS) func() {
 				defer c.Close()
 				up, err := net.Dial("tcp", u)
 				if err != nil {
+					t.Logf("API proxy in %s: %v", ns.Name, err)
 					return
 				}
 				defer up.Close()
