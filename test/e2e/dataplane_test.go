@@ -96,7 +96,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 	waitSynced(t, n1.Name, mode)
 	waitSynced(t, n2.Name, mode)
 
-	web := tn.CreateService(t, testnet.ServiceSpec{Name: "web", ClusterIPs: []string{"10.96.1.1", "fd10:96::1:1"},
+	web := tn.CreateService(t, testnet.ServiceSpec{Name: "web", ClusterIPs: []string{"10.96.1.1", "fd10:96::101"},
 		Pods: []*testnet.Pod{n1p0, n2p0}})
 	webVIP := "10.96.1.1:80"
 
@@ -112,7 +112,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 		}
 	})
 	t.Run("IPv6 ClusterIP", func(t *testing.T) {
-		expectSpread(t, n1p1.NS, "tcp", "[fd10:96::1:1]:80", "n1p0", "n2p0")
+		expectSpread(t, n1p1.NS, "tcp", "[fd10:96::101]:80", "n1p0", "n2p0")
 	})
 
 	nodePortSvc := tn.CreateService(t, testnet.ServiceSpec{Name: "np", ClusterIPs: []string{"10.96.1.2"}, Pods: []*testnet.Pod{n2p0},
