@@ -122,8 +122,16 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 	}
 	// Endpoints DNATed without a SEP chain get their hairpin check in nat
 	// POSTROUTING (KPO-HAIRPIN), after the one random choice, where the
-	// source equalling the new destination is visible.
+	// source equalling the new destination is visible. Only endpoints whose
+	// own packets can reach this node's service rules untranslated need it:
+	// local ones, and with policy Local every cluster endpoint, since a remote
+	// pod reaching this node's node port is sent to the cluster endpoints
+	// without masquerade. (Remote pods' ClusterIP traffic is translated by
+	// their own node; policy Cluster external traffic is always masqueraded.)
 	hairpin := map[netip.Addr]bool{}
+	needsHairpin := func(ep model.Endpoint) bool {
+		return (ep.Local || sp.ExternalPolicyLocal) && !hairpin[ep.IP]
+	}
 	// lbRules are the rules load balancing over eps. match prefixes every
 	// rule: "" inside a chain of the service, the dispatch match when the
 	// rules are inlined in a destination bucket.
@@ -137,7 +145,7 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 		}
 		if !affinity {
 			for i, ep := range eps {
-				if !hairpin[ep.IP] {
+				if needsHairpin(ep) {
 					hairpin[ep.IP] = true
 					out.hairpin = append(out.hairpin, ep.IP)
 				}
