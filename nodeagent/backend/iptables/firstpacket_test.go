@@ -23,9 +23,7 @@ func BenchmarkFirstPacket10k(b *testing.B) {
 		sp := svc(fmt.Sprintf("svc%d", i), fmt.Sprintf("10.96.%d.%d", i/250, i%250+1), 80, podEP(top.Pods[0], false))
 		s.Services[sp.Key] = sp
 	}
-	// Legacy only: a 10k-service sync through iptables-nft takes minutes (see
-	// docs/iptables-backend.md).
-	for _, v := range []Variant{VariantLegacy} {
+	for _, v := range []Variant{VariantNFT, VariantLegacy} {
 		be, err := New(testSettings, []model.Family{model.IPv4}, WithVariant(v))
 		if err != nil {
 			b.Fatal(err)

@@ -25,8 +25,6 @@ const (
 	chainMarkMasq     = "KPO-MARK-MASQ"    // nat: set the masquerade bit
 	chainClusterMasq  = "KPO-CLUSTER-MASQ" // nat: mark unless the source is a pod
 	bucketChainPrefix = "KPO-DST-"         // + 2 hex digits: one per last address byte
-	chainHairpin      = "KPO-HAIRPIN"      // nat: dispatch by the last byte of the endpoint
-	hairpinPrefix     = "KPO-HAIRPIN-"     // + 2 hex digits: hairpin checks of endpoints
 
 	// iptables rejects user chain names longer than 28 characters
 	// (XT_EXTENSION_MAXNAMELEN - 1, including the terminating NUL).
@@ -85,8 +83,6 @@ func bucketOf(a netip.Addr) uint8 {
 }
 
 func bucketChain(b uint8) string { return fmt.Sprintf("%s%02X", bucketChainPrefix, b) }
-
-func hairpinChain(b uint8) string { return fmt.Sprintf("%s%02X", hairpinPrefix, b) }
 
 // bucketMatch matches destinations whose last byte is b with a non-contiguous
 // mask, which both iptables-legacy and iptables-nft accept.

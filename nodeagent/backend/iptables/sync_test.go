@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"kpo.dev/kpo/nodeagent/model"
 )
@@ -23,21 +22,7 @@ func declared(data string) []string {
 	return out
 }
 
-// rulesWith counts the rules of a nat chain containing substr.
-func rulesWith(f *Fake, chain, substr string) int {
-	rules, _ := f.Rules(model.IPv4, tableNAT, chain)
-	n := 0
-	for _, r := range rules {
-		if strings.Contains(r, substr) {
-			n++
-		}
-	}
-	return n
-}
-
-func kpoRules(f *Fake) int {
-	return f.RuleCount(model.IPv4, chainPrefix) + f.RuleCount(model.IPv6, chainPrefix)
-}
+func kpoRules(f *Fake) int { return f.RuleCount(model.IPv4, chainPrefix) + f.RuleCount(model.IPv6, chainPrefix) }
 
 func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 	b, f := newFakeBackend(t, testSettings)
@@ -67,17 +52,18 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 	if len(f.Restores) != n+1 {
 		t.Fatalf("%d restores, want 1", len(f.Restores)-n)
 	}
-	// A plain ClusterIP service has no chain of its own: its rules live in its
-	// destination bucket, and the new endpoint address adds a hairpin check.
-	bucket := bucketChain(bucketOf(changed.ClusterIP))
-	want := []string{bucket, hairpinChain(9)}
+	names := chainsFor(changed.Key)
+	want := []string{bucketChain(bucketOf(changed.ClusterIP)), names.svc}
+	for _, e := range changed.ClusterEndpoints {
+		want = append(want, sepChain(changed.Key, e))
+	}
 	slices.Sort(want)
 	if got := declared(f.Restores[n].Data); !slices.Equal(got, want) {
 		t.Errorf("partial restore declares %v, want %v\n%s", got, want, f.Restores[n].Data)
 	}
-	vip := "-d " + hostCIDR(changed.ClusterIP) + " "
-	if got := rulesWith(f, bucket, vip); got != 4 { // cluster masq + 3 endpoints
-		t.Errorf("%d rules for the changed service in %s", got, bucket)
+	rules, _ := f.Rules(model.IPv4, tableNAT, names.svc)
+	if len(rules) != 4 { // cluster masq + 3 endpoints
+		t.Errorf("SVC chain %q", rules)
 	}
 
 	// Nothing changed: no restore at all.
@@ -86,46 +72,15 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 		t.Errorf("no-op sync %+v wrote %d restores", r, len(f.Restores)-n)
 	}
 
-	// Removing a service removes its rules and its endpoints' hairpin checks.
+	// Removing a service deletes its chains, and nothing else.
 	s3 := clone(s2)
 	delete(s3.Services, changed.Key)
 	mustSync(t, b, s3, false)
-	if got := rulesWith(f, bucket, vip); got != 0 {
-		t.Errorf("removed service: %d rules left in %s", got, bucket)
-	}
-	for _, e := range changed.ClusterEndpoints {
-		if got := rulesWith(f, hairpinChain(bucketOf(e.IP)), "-s "+hostCIDR(e.IP)+" "); got != 0 {
-			t.Errorf("removed service: hairpin check of %s kept", e.IP)
-		}
-	}
-
-	// With session affinity the service has SVC and SEP chains, and removing
-	// it deletes them.
-	s4 := clone(s3)
-	var sticky *model.ServicePort
-	for _, sp := range s4.Services {
-		if sp.Key.Name == "svc8" {
-			c := *sp
-			c.AffinityTimeout = time.Hour
-			sticky = &c
-		}
-	}
-	s4.Services[sticky.Key] = sticky
-	mustSync(t, b, s4, false)
-	chains := []string{chainsFor(sticky.Key).svc}
-	for _, e := range sticky.ClusterEndpoints {
-		chains = append(chains, sepChain(sticky.Key, e))
-	}
-	for _, c := range chains {
-		if rules, _ := f.Rules(model.IPv4, tableNAT, c); len(rules) == 0 {
-			t.Errorf("affinity: chain %s empty or missing", c)
-		}
-	}
-	s5 := clone(s4)
-	delete(s5.Services, sticky.Key)
-	mustSync(t, b, s5, false)
 	data := f.Restores[len(f.Restores)-1].Data
-	for _, c := range chains {
+	for _, c := range append(want[1:], names.svc) {
+		if c == bucketChain(bucketOf(changed.ClusterIP)) {
+			continue
+		}
 		if !strings.Contains(data, "-X "+c+"\n") {
 			t.Errorf("removed service: %s not deleted:\n%s", c, data)
 		}
@@ -133,7 +88,6 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 			t.Errorf("chain %s still exists", c)
 		}
 	}
-	s3 = s5
 	if r := mustSync(t, b, s3, false); r.Rules != kpoRules(f) {
 		t.Errorf("rules %d, fake %d", r.Rules, kpoRules(f))
 	}
@@ -193,13 +147,13 @@ func TestFakeRestoreIsAtomicPerTable(t *testing.T) {
 	f := NewFake()
 	ok := "*filter\n:KPO-A - [0:0]\n-A KPO-A -j DROP\nCOMMIT\n"
 	bad := []string{
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j KPO-MISSING\nCOMMIT\n",                                       // jump to nothing
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -p tcp --dport 80 -j RETURN\nCOMMIT\n",                          // --dport without -m tcp
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j DROP\nCOMMIT\n",                                              // DROP in nat
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -d 10.0.0.300 -j RETURN\nCOMMIT\n",                              // bad address
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j PREROUTING\nCOMMIT\n",                                        // jump to built-in
-		"*nat\n:KPO-THIS-NAME-IS-MUCH-TOO-LONG-FOR-IT - [0:0]\nCOMMIT\n",                                // name length
-		"*nat\n:KPO-B - [0:0]\n:KPO-C - [0:0]\n-A KPO-B -j KPO-C\n-X KPO-C\nCOMMIT\n",                   // still referenced
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j KPO-MISSING\nCOMMIT\n",                                     // jump to nothing
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -p tcp --dport 80 -j RETURN\nCOMMIT\n",                        // --dport without -m tcp
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j DROP\nCOMMIT\n",                                            // DROP in nat
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -d 10.0.0.300 -j RETURN\nCOMMIT\n",                            // bad address
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j PREROUTING\nCOMMIT\n",                                      // jump to built-in
+		"*nat\n:KPO-THIS-NAME-IS-MUCH-TOO-LONG-FOR-IT - [0:0]\nCOMMIT\n",                             // name length
+		"*nat\n:KPO-B - [0:0]\n:KPO-C - [0:0]\n-A KPO-B -j KPO-C\n-X KPO-C\nCOMMIT\n",                 // still referenced
 		"*nat\n:KPO-B - [0:0]\n-A KPO-B -m statistic --mode random --probability 2 -j RETURN\nCOMMIT\n", // probability
 	}
 	for _, b := range bad {
@@ -226,7 +180,7 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 
 	var some string
 	for _, sp := range s.Services {
-		some = bucketChain(bucketOf(sp.ClusterIP))
+		some = chainsFor(sp.Key).svc
 		break
 	}
 	for _, cmd := range []string{

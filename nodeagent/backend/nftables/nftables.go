@@ -9,7 +9,6 @@ package nftables
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"reflect"
@@ -30,10 +29,6 @@ type Backend struct {
 
 	// State of the last successful sync; nil forces the next sync to be full.
 	synced *syncedState
-	// noNetlink makes partial syncs use nft too (benchmarks, comparisons).
-	noNetlink bool
-	// lastVia is how the last sync was applied: "nft" or "netlink" (tests).
-	lastVia string
 }
 
 type syncedState struct {
@@ -125,74 +120,28 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 	if full {
 		prev = nil
 	}
-	stale := map[model.Family]staleObjects{}
-	if full {
-		for _, fam := range b.families {
-			st, err := b.kernelObjects(ctx, fam)
-			if err != nil {
+	next := &syncedState{node: snap.Node, fams: map[model.Family]*famState{}}
+	tx := b.kernel.NewTransaction()
+	written := 0
+	for _, fam := range b.families {
+		var pf *famState
+		if prev != nil {
+			pf = prev.fams[fam]
+		}
+		var stale staleObjects
+		if full {
+			var err error
+			if stale, err = b.kernelObjects(ctx, fam); err != nil {
 				return backend.SyncResult{}, fmt.Errorf("listing the %s kpo table: %w", fams[fam].family, err)
 			}
-			stale[fam] = st
 		}
+		nf, n := b.syncFamily(tx, fam, snap, pf, stale)
+		next.fams[fam] = nf
+		written += n
 	}
-	// build renders the sync into w; on a full sync the fixed objects go into
-	// tx first (full syncs always use knftables, see docs/nftables-backend.md).
-	build := func(w objWriter, tx *knftables.Transaction) (*syncedState, int) {
-		next := &syncedState{node: snap.Node, fams: map[model.Family]*famState{}}
-		written := 0
-		for _, fam := range b.families {
-			var pf *famState
-			var base *baseObjects
-			if prev != nil {
-				pf = prev.fams[fam]
-				base = pf.base
-			} else {
-				fi := fams[fam]
-				base = renderBase(fi, fam, b.settings, &snap.Node)
-				writeBase(tx, fi, base, true)
-				linkBase(tx, fi, base)
-			}
-			nf, n := b.syncFamily(w, fam, snap, pf, base, stale[fam])
-			next.fams[fam] = nf
-			written += n
-		}
-		return next, written
-	}
-
-	var next *syncedState
-	var written int
-	var err error
-	b.lastVia = ""
-	// A partial sync goes over netlink when the kernel can: no `nft` exec, no
-	// listing of the table into nft's cache.
-	if nk, ok := b.kernel.(netlinkKernel); ok && !full && !b.noNetlink {
-		var nb *nlBatch
-		if nb, err = nk.newBatch(); err == nil {
-			next, written = build(nb, nil)
-			switch {
-			case errors.Is(nb.err, errGrammar):
-				// A rule the netlink encoder does not know: nft can say it.
-				next = nil
-			case nb.err != nil:
-				err = nb.err
-			default:
-				err = nb.flush()
-				b.lastVia = "netlink"
-			}
-		}
-		if err != nil {
-			b.synced = nil
-			return backend.SyncResult{}, fmt.Errorf("nftables netlink batch: %w", err)
-		}
-	}
-	if next == nil {
-		tx := b.kernel.NewTransaction()
-		next, written = build(&knftWriter{tx: tx}, tx)
-		if err := b.kernel.Run(ctx, tx); err != nil {
-			b.synced = nil
-			return backend.SyncResult{}, fmt.Errorf("nftables transaction: %w", err)
-		}
-		b.lastVia = "nft"
+	if err := b.kernel.Run(ctx, tx); err != nil {
+		b.synced = nil
+		return backend.SyncResult{}, fmt.Errorf("nftables transaction: %w", err)
 	}
 	b.synced = next
 	res := backend.SyncResult{Full: full, ServicePortsWritten: written}
@@ -212,7 +161,7 @@ func (b *Backend) kernelObjects(ctx context.Context, fam model.Family) (staleObj
 	return staleObjects{chains: chains, sets: sets}, err
 }
 
-// syncFamily writes one family's service objects to w. pf is the family's previous
+// syncFamily appends one family's changes to tx. pf is the family's previous
 // state (nil: full sync, where stale lists what the kernel holds).
 //
 // Ordering inside the transaction matters to the kernel: chains must exist
@@ -220,24 +169,25 @@ func (b *Backend) kernelObjects(ctx context.Context, fam model.Family) (staleObj
 // deleted once nothing refers to it any more (EBUSY). So: base objects, then
 // all chains (created and flushed), then their rules, then map element
 // deletions and additions, and last the deletion of stale chains and sets.
-func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot, pf *famState, base *baseObjects, stale staleObjects) (*famState, int) {
+func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *model.Snapshot, pf *famState, stale staleObjects) (*famState, int) {
 	fi := fams[fam]
+	ftbl := fi.family
 	rc := &renderCtx{fi: fi, masqAll: b.settings.masqAll, haveClusterCI: len(snap.Node.ClusterCIDRs[fam]) > 0}
-	nf := &famState{base: base, services: map[model.ServicePortKey]*svcState{}}
+	nf := &famState{services: map[model.ServicePortKey]*svcState{}}
 	full := pf == nil
+	if full {
+		nf.base = renderBase(fi, fam, b.settings, &snap.Node)
+		writeBase(tx, fi, nf.base, true)
+		linkBase(tx, fi, nf.base)
+	} else {
+		nf.base = pf.base
+	}
 
 	type change struct {
 		name     string
 		old, new *svcObjects
 	}
 	var changes []change
-	if !full {
-		// Start from the previous state and touch only what changed: building
-		// a fresh 10k-entry map every partial sync cost more (allocation, GC)
-		// than the rest of the sync.
-		nf.services = maps.Clone(pf.services)
-	}
-	kept := 0 // previous ports still in the snapshot
 	for k, sp := range snap.Services {
 		if k.Family != fam || sp == nil {
 			continue
@@ -245,11 +195,11 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		var old *svcObjects
 		if !full {
 			o := pf.services[k]
+			if o != nil && o.sp == sp {
+				nf.services[k] = o
+				continue
+			}
 			if o != nil {
-				kept++
-				if o.sp == sp {
-					continue
-				}
 				old = o.objs
 			}
 		}
@@ -257,10 +207,9 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		nf.services[k] = &svcState{sp: sp, objs: objs}
 		changes = append(changes, change{k.String(), old, objs})
 	}
-	if !full && kept < len(pf.services) {
+	if !full {
 		for k, o := range pf.services {
-			if sp := snap.Services[k]; sp == nil {
-				delete(nf.services, k)
+			if _, ok := nf.services[k]; !ok {
 				changes = append(changes, change{k.String(), o.objs, nil})
 			}
 		}
@@ -276,14 +225,15 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		}
 		for _, s := range c.new.sets {
 			// No flush: the affinity entries must survive a rewrite.
-			w.addSet(fi, s)
+			tx.Add(&knftables.Set{Family: ftbl, Table: tableName, Name: s.name, Type: fi.addrT,
+				Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: knftables.PtrTo(secs(s.timeout))})
 		}
 		for _, ch := range c.new.chains {
-			w.addChain(fi, ch.name)
+			tx.Add(&knftables.Chain{Family: ftbl, Table: tableName, Name: ch.name})
 			// A chain new to this backend needs no flush; on a full sync the
 			// kernel may still hold an old one.
 			if full || c.old != nil {
-				w.flushChain(fi, ch.name)
+				tx.Flush(&knftables.Chain{Family: ftbl, Table: tableName, Name: ch.name})
 			}
 		}
 	}
@@ -293,7 +243,7 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		}
 		for _, ch := range c.new.chains {
 			for _, r := range ch.rules {
-				w.addRule(fi, ch.name, r)
+				tx.Add(&knftables.Rule{Family: ftbl, Table: tableName, Chain: ch.name, Rule: r})
 			}
 		}
 	}
@@ -312,7 +262,7 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		}
 		for _, e := range c.old.elems {
 			if v, ok := newElems[e.id()]; !ok || v != e.value {
-				w.delElem(fi, e)
+				tx.Delete(&knftables.Element{Family: ftbl, Table: tableName, Map: e.mapName, Key: e.key})
 			}
 		}
 	}
@@ -330,7 +280,7 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 			if v, ok := oldElems[e.id()]; ok && v == e.value {
 				continue
 			}
-			w.addElem(fi, e)
+			tx.Add(&knftables.Element{Family: ftbl, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}})
 		}
 	}
 
@@ -345,23 +295,14 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 				wantSets[st.name] = true
 			}
 		}
-		// Stale chains may still jump to each other (a removed service's
-		// svc- chain to its ep- chains), and the kernel refuses to delete a
-		// chain that is still referenced at that point of the transaction
-		// (EBUSY). Flushing them all first drops those references.
-		var gone []string
 		for _, n := range stale.chains {
 			if !wantChains[n] && !isBase(n) {
-				gone = append(gone, n)
-				w.flushChain(fi, n)
+				tx.Delete(&knftables.Chain{Family: ftbl, Table: tableName, Name: n})
 			}
-		}
-		for _, n := range gone {
-			w.delChain(fi, n)
 		}
 		for _, n := range stale.sets {
 			if !wantSets[n] && !isBase(n) {
-				w.delSet(fi, n)
+				tx.Delete(&knftables.Set{Family: ftbl, Table: tableName, Name: n})
 			}
 		}
 	} else {
@@ -377,18 +318,14 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 					wantSets[st.name] = true
 				}
 			}
-			// Referrers first: renderService creates ep- chains before the
-			// svc-/ext-/fw- chains that jump to them (and svc- before the ext-
-			// chain that may goto it), so deleting in reverse order never
-			// deletes a chain that a rule still refers to (EBUSY).
-			for _, ch := range slices.Backward(c.old.chains) {
+			for _, ch := range c.old.chains {
 				if !wantChains[ch.name] {
-					w.delChain(fi, ch.name)
+					tx.Delete(&knftables.Chain{Family: ftbl, Table: tableName, Name: ch.name})
 				}
 			}
 			for _, st := range c.old.sets {
 				if !wantSets[st.name] {
-					w.delSet(fi, st.name)
+					tx.Delete(&knftables.Set{Family: ftbl, Table: tableName, Name: st.name})
 				}
 			}
 		}
