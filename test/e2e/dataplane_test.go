@@ -272,6 +272,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 
 	t.Run("agent killed: traffic keeps flowing; the restarted agent converges without a gap", func(t *testing.T) {
 		var failures, total atomic.Int64
+		var firstErrs []string // written by the load goroutine only, read after it ends
 		ctx, cancel := context.WithCancel(context.Background())
 		loopDone := make(chan struct{})
 		go func() {
@@ -280,6 +281,9 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 				total.Add(1)
 				if _, err := n1p1.Dial("tcp", webVIP, dialTimeout); err != nil {
 					failures.Add(1)
+					if len(firstErrs) < 5 {
+						firstErrs = append(firstErrs, time.Now().Format("15:04:05.000")+" "+err.Error())
+					}
 				}
 				time.Sleep(20 * time.Millisecond) // the request rate of the load, not synchronisation
 			}
@@ -294,7 +298,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 		cancel()
 		<-loopDone
 		if failures.Load() != 0 {
-			t.Errorf("%d of %d requests failed across the agent's kill and restart", failures.Load(), total.Load())
+			t.Errorf("%d of %d requests failed across the agent's kill and restart; first: %q", failures.Load(), total.Load(), firstErrs)
 		}
 	})
 	_ = web
