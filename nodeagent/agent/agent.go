@@ -141,7 +141,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	svcInformer := svcFactory.Core().V1().Services().Informer()
 	sliceInformer := svcFactory.Discovery().V1().EndpointSlices().Informer()
 	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
-	if _, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	svcReg, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { a.tracker.SetService(o.(*corev1.Service)) },
 		UpdateFunc: func(_, o any) { a.tracker.SetService(o.(*corev1.Service)) },
 		DeleteFunc: func(o any) {
@@ -149,10 +149,11 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.tracker.DeleteService(svc.Namespace, svc.Name)
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
-	if _, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	sliceReg, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { a.tracker.SetEndpointSlice(o.(*discoveryv1.EndpointSlice)) },
 		UpdateFunc: func(_, o any) { a.tracker.SetEndpointSlice(o.(*discoveryv1.EndpointSlice)) },
 		DeleteFunc: func(o any) {
@@ -160,13 +161,15 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.tracker.DeleteEndpointSlice(s)
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
-	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nodeReg, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { a.setNode(o.(*corev1.Node)) },
 		UpdateFunc: func(_, o any) { a.setNode(o.(*corev1.Node)) },
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 
@@ -175,14 +178,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	svcFactory.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
-	// The first sync waits for complete caches: a sync from a partial view would
-	// delete the rules of every Service not listed yet.
-	for typ, ok := range svcFactory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("informer cache for %v did not sync", typ)
-		}
+	// The first sync waits until our handlers have seen the initial lists: a sync
+	// from a partial view would delete the rules of every Service not seen yet,
+	// and a restarting agent would cut traffic. (The informers' own HasSynced is
+	// not enough: it says the store is filled, while the handlers may still be
+	// receiving the initial events.)
+	if !cache.WaitForCacheSync(ctx.Done(), svcReg.HasSynced, sliceReg.HasSynced, nodeReg.HasSynced) {
+		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
 	}
-	nodeFactory.WaitForCacheSync(ctx.Done())
 	logger.Info("caches synced; syncing rules", "mode", a.backend.Mode(), "minSyncPeriod", a.minSync, "syncPeriod", a.syncPeriod)
 
 	var wg sync.WaitGroup
