@@ -47,7 +47,7 @@ func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeIPTables
 	}
-	cfg.ProxySettings.Default()
+	cfg.Default()
 	if _, err := cfg.SyncPeriodDuration(); err != nil {
 		return nil, err
 	}

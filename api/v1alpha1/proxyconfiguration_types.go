@@ -381,7 +381,3 @@ type ProxyConfigurationList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ProxyConfiguration `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&ProxyConfiguration{}, &ProxyConfigurationList{})
-}

@@ -119,7 +119,3 @@ type ProxyNodeStatusList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ProxyNodeStatus `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&ProxyNodeStatus{}, &ProxyNodeStatusList{})
-}

@@ -135,8 +135,8 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	be := &recordingBackend{}
 	cleaner := &recordingCleaner{}
 	cfg := &kpov1.AgentConfiguration{ConfigurationName: "default", ConfigurationGeneration: 3, Mode: kpov1.ModeNFTables}
-	cfg.ProxySettings.MinSyncPeriod = "50ms"
-	cfg.ProxySettings.Default()
+	cfg.MinSyncPeriod = "50ms"
+	cfg.Default()
 	healthz := freePort(t)
 	a, err := New(Options{
 		Config: cfg, NodeName: "agent-node-1", Kube: kube, Client: c,

@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer os.RemoveAll(dir)
+		defer func() { _ = os.RemoveAll(dir) }()
 		if agentBin, err = testnet.BuildAgent(dir); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

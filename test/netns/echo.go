@@ -52,7 +52,7 @@ func serveTCP(l net.Listener, name string) {
 			return
 		}
 		go func() {
-			defer c.Close()
+			defer func() { _ = c.Close() }()
 			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 			_, _ = fmt.Fprintf(c, "%s %s\n", name, c.RemoteAddr())
 		}()
@@ -120,7 +120,7 @@ func (n *NS) DialFrom(network, local, addr string, timeout time.Duration) (Reply
 		if err != nil {
 			return classify(err)
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		_ = c.SetDeadline(time.Now().Add(timeout))
 		if strings.HasPrefix(network, "udp") {
 			if _, err := c.Write([]byte("ping\n")); err != nil {

@@ -79,7 +79,7 @@ func create(name string) (*NS, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer orig.Close()
+	defer func() { _ = orig.Close() }()
 	// NewNamed switches this thread into the new namespace; switch back.
 	h, err := netns.NewNamed(name)
 	if err != nil {

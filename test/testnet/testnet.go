@@ -3,10 +3,10 @@
 // namespaces behind each node with echo servers, an external client, and kpo
 // agents running as real processes inside the node namespaces.
 //
-//	                       lan (bridge br0, its own namespace)
-//	      ┌──────────────────────┼─────────────────────────┐
-//	 node1 198.51.100.1     node2 198.51.100.2      client 198.51.100.200
-//	  └ pods 10.244.1.x      └ pods 10.244.2.x
+//	                      lan (bridge br0, its own namespace)
+//	     ┌──────────────────────┼─────────────────────────┐
+//	node1 198.51.100.1     node2 198.51.100.2      client 198.51.100.200
+//	 └ pods 10.244.1.x      └ pods 10.244.2.x
 //
 // Nothing is created in the root namespace. Agents reach the API server through
 // a proxy that the test process listens with inside each node namespace
@@ -215,13 +215,13 @@ func (n *Net) proxyAPIServer(t testing.TB, ns *netns.NS) func() {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer c.Close()
+				defer func() { _ = c.Close() }()
 				up, err := net.Dial("tcp", u)
 				if err != nil {
 					t.Logf("API proxy in %s: %v", ns.Name, err)
 					return
 				}
-				defer up.Close()
+				defer func() { _ = up.Close() }()
 				go func() { _, _ = io.Copy(up, c); _ = up.(*net.TCPConn).CloseWrite() }()
 				_, _ = io.Copy(c, up)
 			}()
