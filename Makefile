@@ -12,7 +12,7 @@ AGENT_IMG ?= $(IMG)
 
 # Tool versions are pinned here and nowhere else.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
-KUSTOMIZE_VERSION ?= v5.8.3
+KUSTOMIZE_VERSION ?= v5.8.2
 GOLANGCI_LINT_VERSION ?= v2.15.0
 # Kubernetes release the tests run against (see hack/tools/go.mod).
 K8S_VERSION ?= v1.37.1

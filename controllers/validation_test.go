@@ -212,3 +212,21 @@ func TestKubectlShowsColumns(t *testing.T) {
 func equalStrings(a, b []string) bool {
 	return strings.Join(a, " ") == strings.Join(b, " ")
 }
+
+// TestDeployManifestsApply checks `make deploy`'s manifests against the real API
+// server: kustomize (built into kubectl) renders config/default and the server
+// accepts every object (dry run).
+func TestDeployManifestsApply(t *testing.T) {
+	needAPIServer(t)
+	dir := filepath.Join(apiserver.RepoRoot(), "config", "default")
+	out, err := env.Kubectl(testCtx, nil, "apply", "--server-side", "--dry-run=server", "-k", dir)
+	if err != nil {
+		t.Fatalf("kubectl apply -k config/default: %v: %s", err, out)
+	}
+	for _, want := range []string{"deployment.apps/kpo-operator", "clusterrole.rbac.authorization.k8s.io/kpo-operator",
+		"customresourcedefinition.apiextensions.k8s.io/proxyconfigurations.proxy.kpo.dev"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl output does not mention %s:\n%s", want, out)
+		}
+	}
+}

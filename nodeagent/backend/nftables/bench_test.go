@@ -92,32 +92,37 @@ func BenchmarkKernelWarmFullSync10k(b *testing.B) {
 }
 
 // BenchmarkKernelPartialSync10k: one endpoint of one service changes, 10k×2
-// services programmed.
+// services programmed; applied over netlink (the default) or with nft.
 func BenchmarkKernelPartialSync10k(b *testing.B) {
-	ns := benchNode(b)
-	s := bigSnapshot(10000, 2)
-	be := benchBackend(b, ns)
-	if err := ns.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
-		b.Fatal(err)
-	}
-	k := key("default", "svc5000", model.IPv4)
-	orig := s.Services[k]
-	alt := *orig
-	alt.ClusterEndpoints = []model.Endpoint{orig.ClusterEndpoints[0], ep("10.250.0.1", 8080, false)}
-	alt.ExternalEndpoints = alt.ClusterEndpoints
-	snaps := []*model.Snapshot{withSnap(s, &alt), withSnap(s, orig)}
-	i := 0
-	for b.Loop() {
-		snap := snaps[i%2]
-		i++
-		if err := ns.Do(func() error {
-			res, err := be.Sync(context.Background(), snap, false)
-			if err == nil && res.ServicePortsWritten != 1 {
-				err = fmt.Errorf("wrote %d service ports", res.ServicePortsWritten)
+	for _, via := range []string{"netlink", "nft"} {
+		b.Run(via, func(b *testing.B) {
+			ns := benchNode(b)
+			s := bigSnapshot(10000, 2)
+			be := benchBackend(b, ns)
+			be.noNetlink = via == "nft"
+			if err := ns.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
+				b.Fatal(err)
 			}
-			return err
-		}); err != nil {
-			b.Fatal(err)
-		}
+			k := key("default", "svc5000", model.IPv4)
+			orig := s.Services[k]
+			alt := *orig
+			alt.ClusterEndpoints = []model.Endpoint{orig.ClusterEndpoints[0], ep("10.250.0.1", 8080, false)}
+			alt.ExternalEndpoints = alt.ClusterEndpoints
+			snaps := []*model.Snapshot{withSnap(s, &alt), withSnap(s, orig)}
+			i := 0
+			for b.Loop() {
+				snap := snaps[i%2]
+				i++
+				if err := ns.Do(func() error {
+					res, err := be.Sync(context.Background(), snap, false)
+					if err == nil && (res.ServicePortsWritten != 1 || be.lastVia != via) {
+						err = fmt.Errorf("wrote %d service ports via %s", res.ServicePortsWritten, be.lastVia)
+					}
+					return err
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

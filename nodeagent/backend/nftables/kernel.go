@@ -122,3 +122,53 @@ func (f *FakeKernel) Objects(_ context.Context, family knftables.Family) ([]stri
 	}
 	return chains, sets, nil
 }
+
+// netlinkKernel is a Kernel that can also apply a partial sync as one
+// netlink batch (netlink.go). FakeKernel is not one: partial syncs against
+// the fake stay knftables transactions, which the fake checks.
+type netlinkKernel interface {
+	newBatch() (*nlBatch, error)
+}
+
+func (k *realKernel) newBatch() (*nlBatch, error) { return newNLBatch() }
+
+// objWriter receives a sync's service objects, in transaction order: a
+// knftables transaction (full syncs, the fake) or a netlink batch.
+type objWriter interface {
+	addSet(fi famInfo, s setDef)
+	addChain(fi famInfo, name string)
+	flushChain(fi famInfo, name string)
+	addRule(fi famInfo, chain, rule string)
+	delElem(fi famInfo, e elemDef)
+	addElem(fi famInfo, e elemDef)
+	delChain(fi famInfo, name string)
+	delSet(fi famInfo, name string)
+}
+
+type knftWriter struct{ tx *knftables.Transaction }
+
+func (w *knftWriter) addSet(fi famInfo, s setDef) {
+	w.tx.Add(&knftables.Set{Family: fi.family, Table: tableName, Name: s.name, Type: fi.addrT,
+		Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: knftables.PtrTo(secs(s.timeout))})
+}
+func (w *knftWriter) addChain(fi famInfo, name string) {
+	w.tx.Add(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
+}
+func (w *knftWriter) flushChain(fi famInfo, name string) {
+	w.tx.Flush(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
+}
+func (w *knftWriter) addRule(fi famInfo, chain, rule string) {
+	w.tx.Add(&knftables.Rule{Family: fi.family, Table: tableName, Chain: chain, Rule: rule})
+}
+func (w *knftWriter) delElem(fi famInfo, e elemDef) {
+	w.tx.Delete(&knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key})
+}
+func (w *knftWriter) addElem(fi famInfo, e elemDef) {
+	w.tx.Add(&knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}})
+}
+func (w *knftWriter) delChain(fi famInfo, name string) {
+	w.tx.Delete(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
+}
+func (w *knftWriter) delSet(fi famInfo, name string) {
+	w.tx.Delete(&knftables.Set{Family: fi.family, Table: tableName, Name: name})
+}

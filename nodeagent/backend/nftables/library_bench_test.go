@@ -20,7 +20,6 @@ import (
 
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
@@ -281,24 +280,4 @@ func BenchmarkLibraryGoogleNftablesPartial10k(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-// bigBuffers lets one sendmsg carry a whole batch, as nft does (it raises
-// SO_SNDBUF to the batch size with SO_SNDBUFFORCE); google/nftables sends the
-// batch in one message and fails with EMSGSIZE otherwise.
-func bigBuffers(c *netlink.Conn) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 1<<30); serr == nil {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1<<26)
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
 }

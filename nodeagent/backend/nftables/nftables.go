@@ -1,6 +1,7 @@
 // Package nftables is kpo's nftables dataplane: it renders a model.Snapshot
-// into the tables "ip kpo" and "ip6 kpo" (never anything else) through
-// sigs.k8s.io/knftables, one `nft -f` transaction per sync.
+// into the tables "ip kpo" and "ip6 kpo" (never anything else): full syncs
+// through sigs.k8s.io/knftables, one `nft -f` transaction; partial syncs over
+// netlink (github.com/google/nftables), one nfnetlink batch (netlink.go).
 //
 // The backend remembers what it programmed (per service port: its pointer and
 // rendered objects), so a partial sync writes only the service ports whose
@@ -9,6 +10,7 @@ package nftables
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"reflect"
@@ -29,6 +31,10 @@ type Backend struct {
 
 	// State of the last successful sync; nil forces the next sync to be full.
 	synced *syncedState
+	// noNetlink makes partial syncs use nft too (benchmarks, comparisons).
+	noNetlink bool
+	// lastVia is how the last sync was applied: "nft" or "netlink" (tests).
+	lastVia string
 }
 
 type syncedState struct {
@@ -40,6 +46,23 @@ type famState struct {
 	base     *baseObjects
 	services map[model.ServicePortKey]*svcState
 	rules    int
+	// pending are a partial sync's changes to services (nil: removed),
+	// applied once the kernel took the sync. services is shared with the
+	// previous state until then: copying a 10k-entry map every partial sync
+	// cost more (allocation, GC) than the rest of the Go side.
+	pending map[model.ServicePortKey]*svcState
+}
+
+// apply commits pending into services.
+func (f *famState) apply() {
+	for k, s := range f.pending {
+		if s == nil {
+			delete(f.services, k)
+		} else {
+			f.services[k] = s
+		}
+	}
+	f.pending = nil
 }
 
 type svcState struct {
@@ -120,28 +143,77 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 	if full {
 		prev = nil
 	}
-	next := &syncedState{node: snap.Node, fams: map[model.Family]*famState{}}
-	tx := b.kernel.NewTransaction()
-	written := 0
-	for _, fam := range b.families {
-		var pf *famState
-		if prev != nil {
-			pf = prev.fams[fam]
-		}
-		var stale staleObjects
-		if full {
-			var err error
-			if stale, err = b.kernelObjects(ctx, fam); err != nil {
+	stale := map[model.Family]staleObjects{}
+	if full {
+		for _, fam := range b.families {
+			st, err := b.kernelObjects(ctx, fam)
+			if err != nil {
 				return backend.SyncResult{}, fmt.Errorf("listing the %s kpo table: %w", fams[fam].family, err)
 			}
+			stale[fam] = st
 		}
-		nf, n := b.syncFamily(tx, fam, snap, pf, stale)
-		next.fams[fam] = nf
-		written += n
 	}
-	if err := b.kernel.Run(ctx, tx); err != nil {
-		b.synced = nil
-		return backend.SyncResult{}, fmt.Errorf("nftables transaction: %w", err)
+	// build renders the sync into w; on a full sync the fixed objects go into
+	// tx first (full syncs always use knftables, see docs/nftables-backend.md).
+	build := func(w objWriter, tx *knftables.Transaction) (*syncedState, int) {
+		next := &syncedState{node: snap.Node, fams: map[model.Family]*famState{}}
+		written := 0
+		for _, fam := range b.families {
+			var pf *famState
+			var base *baseObjects
+			if prev != nil {
+				pf = prev.fams[fam]
+				base = pf.base
+			} else {
+				fi := fams[fam]
+				base = renderBase(fi, fam, b.settings, &snap.Node)
+				writeBase(tx, fi, base, true)
+				linkBase(tx, fi, base)
+			}
+			nf, n := b.syncFamily(w, fam, snap, pf, base, stale[fam])
+			next.fams[fam] = nf
+			written += n
+		}
+		return next, written
+	}
+
+	var next *syncedState
+	var written int
+	var err error
+	b.lastVia = ""
+	// A partial sync goes over netlink when the kernel can: no `nft` exec, no
+	// listing of the table into nft's cache.
+	if nk, ok := b.kernel.(netlinkKernel); ok && !full && !b.noNetlink {
+		var nb *nlBatch
+		if nb, err = nk.newBatch(); err == nil {
+			next, written = build(nb, nil)
+			switch {
+			case errors.Is(nb.err, errGrammar):
+				// A rule the netlink encoder does not know: nft can say it.
+				next = nil
+			case nb.err != nil:
+				err = nb.err
+			default:
+				err = nb.flush()
+				b.lastVia = "netlink"
+			}
+		}
+		if err != nil {
+			b.synced = nil
+			return backend.SyncResult{}, fmt.Errorf("nftables netlink batch: %w", err)
+		}
+	}
+	if next == nil {
+		tx := b.kernel.NewTransaction()
+		next, written = build(&knftWriter{tx: tx}, tx)
+		if err := b.kernel.Run(ctx, tx); err != nil {
+			b.synced = nil
+			return backend.SyncResult{}, fmt.Errorf("nftables transaction: %w", err)
+		}
+		b.lastVia = "nft"
+	}
+	for _, f := range next.fams {
+		f.apply()
 	}
 	b.synced = next
 	res := backend.SyncResult{Full: full, ServicePortsWritten: written}
@@ -154,14 +226,19 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 // staleObjects are names found in the kernel (full sync only).
 type staleObjects struct {
 	chains, sets []string
+	inKernel     map[string]bool // chains
 }
 
 func (b *Backend) kernelObjects(ctx context.Context, fam model.Family) (staleObjects, error) {
 	chains, sets, err := b.kernel.Objects(ctx, fams[fam].family)
-	return staleObjects{chains: chains, sets: sets}, err
+	st := staleObjects{chains: chains, sets: sets, inKernel: make(map[string]bool, len(chains))}
+	for _, c := range chains {
+		st.inKernel[c] = true
+	}
+	return st, err
 }
 
-// syncFamily appends one family's changes to tx. pf is the family's previous
+// syncFamily writes one family's service objects to w. pf is the family's previous
 // state (nil: full sync, where stale lists what the kernel holds).
 //
 // Ordering inside the transaction matters to the kernel: chains must exist
@@ -169,25 +246,21 @@ func (b *Backend) kernelObjects(ctx context.Context, fam model.Family) (staleObj
 // deleted once nothing refers to it any more (EBUSY). So: base objects, then
 // all chains (created and flushed), then their rules, then map element
 // deletions and additions, and last the deletion of stale chains and sets.
-func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *model.Snapshot, pf *famState, stale staleObjects) (*famState, int) {
+func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot, pf *famState, base *baseObjects, stale staleObjects) (*famState, int) {
 	fi := fams[fam]
-	ftbl := fi.family
 	rc := &renderCtx{fi: fi, masqAll: b.settings.masqAll, haveClusterCI: len(snap.Node.ClusterCIDRs[fam]) > 0}
-	nf := &famState{services: map[model.ServicePortKey]*svcState{}}
+	nf := &famState{base: base, services: map[model.ServicePortKey]*svcState{}}
 	full := pf == nil
-	if full {
-		nf.base = renderBase(fi, fam, b.settings, &snap.Node)
-		writeBase(tx, fi, nf.base, true)
-		linkBase(tx, fi, nf.base)
-	} else {
-		nf.base = pf.base
-	}
 
 	type change struct {
 		name     string
 		old, new *svcObjects
 	}
 	var changes []change
+	if !full {
+		nf.services, nf.pending = pf.services, map[model.ServicePortKey]*svcState{}
+	}
+	kept := 0 // previous ports still in the snapshot
 	for k, sp := range snap.Services {
 		if k.Family != fam || sp == nil {
 			continue
@@ -195,21 +268,26 @@ func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *
 		var old *svcObjects
 		if !full {
 			o := pf.services[k]
-			if o != nil && o.sp == sp {
-				nf.services[k] = o
-				continue
-			}
 			if o != nil {
+				kept++
+				if o.sp == sp {
+					continue
+				}
 				old = o.objs
 			}
 		}
 		objs := renderService(rc, sp)
-		nf.services[k] = &svcState{sp: sp, objs: objs}
+		if full {
+			nf.services[k] = &svcState{sp: sp, objs: objs}
+		} else {
+			nf.pending[k] = &svcState{sp: sp, objs: objs}
+		}
 		changes = append(changes, change{k.String(), old, objs})
 	}
-	if !full {
+	if !full && kept < len(pf.services) {
 		for k, o := range pf.services {
-			if _, ok := nf.services[k]; !ok {
+			if sp := snap.Services[k]; sp == nil {
+				nf.pending[k] = nil
 				changes = append(changes, change{k.String(), o.objs, nil})
 			}
 		}
@@ -225,15 +303,15 @@ func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *
 		}
 		for _, s := range c.new.sets {
 			// No flush: the affinity entries must survive a rewrite.
-			tx.Add(&knftables.Set{Family: ftbl, Table: tableName, Name: s.name, Type: fi.addrT,
-				Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: knftables.PtrTo(secs(s.timeout))})
+			w.addSet(fi, s)
 		}
 		for _, ch := range c.new.chains {
-			tx.Add(&knftables.Chain{Family: ftbl, Table: tableName, Name: ch.name})
-			// A chain new to this backend needs no flush; on a full sync the
-			// kernel may still hold an old one.
-			if full || c.old != nil {
-				tx.Flush(&knftables.Chain{Family: ftbl, Table: tableName, Name: ch.name})
+			w.addChain(fi, ch.name)
+			// Only a chain the kernel already holds needs a flush: on a cold
+			// sync that saves nft one line in five (nft's parsing is most of
+			// a full sync's cost, see docs/nftables-backend.md).
+			if (full && stale.inKernel[ch.name]) || c.old != nil {
+				w.flushChain(fi, ch.name)
 			}
 		}
 	}
@@ -243,7 +321,7 @@ func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *
 		}
 		for _, ch := range c.new.chains {
 			for _, r := range ch.rules {
-				tx.Add(&knftables.Rule{Family: ftbl, Table: tableName, Chain: ch.name, Rule: r})
+				w.addRule(fi, ch.name, r)
 			}
 		}
 	}
@@ -262,7 +340,7 @@ func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *
 		}
 		for _, e := range c.old.elems {
 			if v, ok := newElems[e.id()]; !ok || v != e.value {
-				tx.Delete(&knftables.Element{Family: ftbl, Table: tableName, Map: e.mapName, Key: e.key})
+				w.delElem(fi, e)
 			}
 		}
 	}
@@ -280,7 +358,7 @@ func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *
 			if v, ok := oldElems[e.id()]; ok && v == e.value {
 				continue
 			}
-			tx.Add(&knftables.Element{Family: ftbl, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}})
+			w.addElem(fi, e)
 		}
 	}
 
@@ -295,14 +373,23 @@ func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *
 				wantSets[st.name] = true
 			}
 		}
+		// Stale chains may still jump to each other (a removed service's
+		// svc- chain to its ep- chains), and the kernel refuses to delete a
+		// chain that is still referenced at that point of the transaction
+		// (EBUSY). Flushing them all first drops those references.
+		var gone []string
 		for _, n := range stale.chains {
 			if !wantChains[n] && !isBase(n) {
-				tx.Delete(&knftables.Chain{Family: ftbl, Table: tableName, Name: n})
+				gone = append(gone, n)
+				w.flushChain(fi, n)
 			}
+		}
+		for _, n := range gone {
+			w.delChain(fi, n)
 		}
 		for _, n := range stale.sets {
 			if !wantSets[n] && !isBase(n) {
-				tx.Delete(&knftables.Set{Family: ftbl, Table: tableName, Name: n})
+				w.delSet(fi, n)
 			}
 		}
 	} else {
@@ -318,14 +405,18 @@ func (b *Backend) syncFamily(tx *knftables.Transaction, fam model.Family, snap *
 					wantSets[st.name] = true
 				}
 			}
-			for _, ch := range c.old.chains {
+			// Referrers first: renderService creates ep- chains before the
+			// svc-/ext-/fw- chains that jump to them (and svc- before the ext-
+			// chain that may goto it), so deleting in reverse order never
+			// deletes a chain that a rule still refers to (EBUSY).
+			for _, ch := range slices.Backward(c.old.chains) {
 				if !wantChains[ch.name] {
-					tx.Delete(&knftables.Chain{Family: ftbl, Table: tableName, Name: ch.name})
+					w.delChain(fi, ch.name)
 				}
 			}
 			for _, st := range c.old.sets {
 				if !wantSets[st.name] {
-					tx.Delete(&knftables.Set{Family: ftbl, Table: tableName, Name: st.name})
+					w.delSet(fi, st.name)
 				}
 			}
 		}

@@ -1,0 +1,330 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	gnft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Partial syncs over netlink (google/nftables).
+//
+// Why: every `nft` run first dumps the whole table into its cache, so a
+// 20-line partial transaction cost ~0.2–0.6 s at 10k services. A partial sync
+// only touches service objects (service chains and their rules, affinity sets,
+// elements of the shared maps), so only those need a netlink encoding; the
+// fixed objects are still written by knftables on full syncs.
+//
+// Rules stay nft syntax (render.go is the single source of truth, and the fake
+// and `nft list` review keep working): ruleExprs translates the small grammar
+// renderService emits into the expressions nft 1.0.6 generates for it (read
+// back from the kernel; TestKernelNetlinkPartialMatchesFull checks that `nft
+// list` prints the same table either way). A rule outside that grammar makes
+// the sync fall back to knftables rather than guess.
+
+// nlBatch collects one sync's netlink messages; Flush sends them as one
+// NFNL batch, which the kernel applies atomically (all or nothing).
+type nlBatch struct {
+	c   *gnft.Conn
+	err error // first translation error; the batch must not be sent
+}
+
+func newNLBatch() (*nlBatch, error) {
+	// Not a lasting connection: each Flush dials a socket in the calling
+	// thread's network namespace, like the `nft` that knftables execs.
+	c, err := gnft.New(gnft.WithSockOptions(bigBuffers))
+	if err != nil {
+		return nil, err
+	}
+	return &nlBatch{c: c}, nil
+}
+
+func (w *nlBatch) fail(err error) {
+	if w.err == nil {
+		w.err = err
+	}
+}
+
+func nlTable(fi famInfo) *gnft.Table {
+	fam := gnft.TableFamilyIPv4
+	if fi.ipKW == "ip6" {
+		fam = gnft.TableFamilyIPv6
+	}
+	return &gnft.Table{Family: fam, Name: tableName}
+}
+
+func (w *nlBatch) chain(fi famInfo, name string) *gnft.Chain {
+	return &gnft.Chain{Table: nlTable(fi), Name: name}
+}
+
+func (w *nlBatch) addSet(fi famInfo, s setDef) {
+	kt := gnft.TypeIPAddr
+	if fi.ipKW == "ip6" {
+		kt = gnft.TypeIP6Addr
+	}
+	// Size 65535: what `nft list` shows for a set an `update` statement
+	// binds (the kernel's default then); explicit, so that the set is the
+	// same as nft's from the start.
+	set := &gnft.Set{Table: nlTable(fi), Name: s.name, KeyType: kt, Dynamic: true,
+		HasTimeout: true, Timeout: secs(s.timeout), Size: 65535}
+	if err := w.c.AddSet(set, nil); err != nil {
+		w.fail(err)
+	}
+}
+
+func (w *nlBatch) addChain(fi famInfo, name string)   { w.c.AddChain(w.chain(fi, name)) }
+func (w *nlBatch) flushChain(fi famInfo, name string) { w.c.FlushChain(w.chain(fi, name)) }
+func (w *nlBatch) delChain(fi famInfo, name string)   { w.c.DelChain(w.chain(fi, name)) }
+func (w *nlBatch) delSet(fi famInfo, name string) {
+	w.c.DelSet(&gnft.Set{Table: nlTable(fi), Name: name})
+}
+
+func (w *nlBatch) addRule(fi famInfo, chain, rule string) {
+	exprs, err := ruleExprs(fi, rule)
+	if err != nil {
+		w.fail(err)
+		return
+	}
+	w.c.AddRule(&gnft.Rule{Table: nlTable(fi), Chain: w.chain(fi, chain), Exprs: exprs})
+}
+
+func (w *nlBatch) delElem(fi famInfo, e elemDef) {
+	key, err := elemKey(fi, e.key)
+	if err != nil {
+		w.fail(err)
+		return
+	}
+	if err := w.c.SetDeleteElements(&gnft.Set{Table: nlTable(fi), Name: e.mapName}, []gnft.SetElement{{Key: key}}); err != nil {
+		w.fail(err)
+	}
+}
+
+func (w *nlBatch) addElem(fi famInfo, e elemDef) {
+	key, err := elemKey(fi, e.key)
+	if err != nil {
+		w.fail(err)
+		return
+	}
+	v, err := verdict(strings.Fields(e.value))
+	if err != nil {
+		w.fail(err)
+		return
+	}
+	if err := w.c.SetAddElements(&gnft.Set{Table: nlTable(fi), Name: e.mapName, IsMap: true}, []gnft.SetElement{{Key: key, VerdictData: v}}); err != nil {
+		w.fail(err)
+	}
+}
+
+// flush sends the batch. google/nftables asks for an ACK per message; that is
+// cheap for the few dozen messages of a partial sync.
+func (w *nlBatch) flush() error {
+	if w.err != nil {
+		return w.err
+	}
+	return w.c.Flush()
+}
+
+// errGrammar marks a rule or element that ruleExprs/elemKey do not know.
+var errGrammar = errors.New("not in the netlink grammar")
+
+func grammarErr(what string) error { return fmt.Errorf("%w: %q", errGrammar, what) }
+
+var protoNums = map[string]byte{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}
+
+// saddr returns the payload load of the family's source address.
+func saddr(fi famInfo, length uint32) *expr.Payload {
+	off := uint32(12)
+	if fi.ipKW == "ip6" {
+		off = 8
+	}
+	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: length}
+}
+
+func addrLen(fi famInfo) uint32 {
+	if fi.ipKW == "ip6" {
+		return 16
+	}
+	return 4
+}
+
+// ruleExprs translates one rule of renderService's grammar:
+//
+//	ip saddr [!=] (@set | addr | prefix) ; fib saddr type local ;
+//	numgen random mod N K ; meta l4proto P ; update @set { ip saddr } ;
+//	dnat to addr:port ; jump|goto CHAIN ; drop ; return ; accept
+//
+// into the expressions nft emits (register 1 for every match; dnat loads the
+// address into register 1 and the port into register 2).
+func ruleExprs(fi famInfo, rule string) ([]expr.Any, error) {
+	t := strings.Fields(rule)
+	var out []expr.Any
+	for i := 0; i < len(t); {
+		switch {
+		case t[i] == fi.ipKW && i+2 < len(t) && t[i+1] == "saddr":
+			i += 2
+			op := expr.CmpOpEq
+			if t[i] == "!=" {
+				op = expr.CmpOpNeq
+				i++
+				if i >= len(t) {
+					return nil, grammarErr(rule)
+				}
+			}
+			v := t[i]
+			i++
+			if set, ok := strings.CutPrefix(v, "@"); ok {
+				out = append(out, saddr(fi, addrLen(fi)), &expr.Lookup{SourceRegister: 1, SetName: set, Invert: op == expr.CmpOpNeq})
+				continue
+			}
+			m, err := prefixMatch(fi, v, op)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, m...)
+		case t[i] == "fib" && i+3 < len(t) && t[i+1] == "saddr" && t[i+2] == "type" && t[i+3] == "local":
+			out = append(out, &expr.Fib{Register: 1, ResultADDRTYPE: true, FlagSADDR: true},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)})
+			i += 4
+		case t[i] == "numgen" && i+4 < len(t) && t[i+1] == "random" && t[i+2] == "mod":
+			n, err1 := strconv.ParseUint(t[i+3], 10, 32)
+			k, err2 := strconv.ParseUint(t[i+4], 10, 32)
+			if err1 != nil || err2 != nil {
+				return nil, grammarErr(rule)
+			}
+			out = append(out, &expr.Numgen{Register: 1, Modulus: uint32(n), Type: unix.NFT_NG_RANDOM},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, uint32(k))})
+			i += 5
+		case t[i] == "meta" && i+2 < len(t) && t[i+1] == "l4proto":
+			p, ok := protoNums[t[i+2]]
+			if !ok {
+				return nil, grammarErr(rule)
+			}
+			out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}})
+			i += 3
+		case t[i] == "update" && i+5 < len(t) && strings.HasPrefix(t[i+1], "@") &&
+			t[i+2] == "{" && t[i+3] == fi.ipKW && t[i+4] == "saddr" && t[i+5] == "}":
+			out = append(out, saddr(fi, addrLen(fi)), &expr.Dynset{SrcRegKey: 1, SetName: t[i+1][1:], Operation: unix.NFT_DYNSET_OP_UPDATE})
+			i += 6
+		case t[i] == "dnat" && i+2 < len(t) && t[i+1] == "to":
+			ap, err := netip.ParseAddrPort(t[i+2])
+			if err != nil {
+				return nil, grammarErr(rule)
+			}
+			nfproto := uint32(unix.NFPROTO_IPV4)
+			if fi.ipKW == "ip6" {
+				nfproto = unix.NFPROTO_IPV6
+			}
+			out = append(out, &expr.Immediate{Register: 1, Data: ap.Addr().AsSlice()},
+				&expr.Immediate{Register: 2, Data: binary.BigEndian.AppendUint16(nil, ap.Port())},
+				&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 2, RegProtoMax: 2, Specified: true})
+			i += 3
+		default:
+			// Only a verdict may end the rule.
+			v, err := verdict(t[i:])
+			if err != nil {
+				return nil, grammarErr(rule)
+			}
+			return append(out, v), nil
+		}
+	}
+	return out, nil
+}
+
+// prefixMatch matches the source address against addr or prefix the way nft
+// does: a byte-aligned prefix loads only its bytes; any other (and /0) loads
+// the whole address and masks it.
+func prefixMatch(fi famInfo, v string, op expr.CmpOp) ([]expr.Any, error) {
+	var p netip.Prefix
+	var err error
+	if strings.Contains(v, "/") {
+		p, err = netip.ParsePrefix(v)
+	} else {
+		var a netip.Addr
+		if a, err = netip.ParseAddr(v); err == nil {
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+	}
+	if err != nil || int(addrLen(fi))*8 != p.Addr().BitLen() {
+		return nil, grammarErr(v)
+	}
+	p = p.Masked()
+	bits := p.Bits()
+	full := p.Addr().AsSlice()
+	if bits > 0 && bits%8 == 0 {
+		return []expr.Any{saddr(fi, uint32(bits/8)), &expr.Cmp{Op: op, Register: 1, Data: full[:bits/8]}}, nil
+	}
+	mask := make([]byte, len(full))
+	for b := 0; b < bits; b++ {
+		mask[b/8] |= 0x80 >> (b % 8)
+	}
+	return []expr.Any{saddr(fi, uint32(len(full))),
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(full)), Mask: mask, Xor: make([]byte, len(full))},
+		&expr.Cmp{Op: op, Register: 1, Data: full}}, nil
+}
+
+// verdict parses exactly one verdict ("goto X", "jump X", "drop", …).
+func verdict(t []string) (*expr.Verdict, error) {
+	switch {
+	case len(t) == 2 && t[0] == "goto":
+		return &expr.Verdict{Kind: expr.VerdictGoto, Chain: t[1]}, nil
+	case len(t) == 2 && t[0] == "jump":
+		return &expr.Verdict{Kind: expr.VerdictJump, Chain: t[1]}, nil
+	case len(t) == 1 && t[0] == "drop":
+		return &expr.Verdict{Kind: expr.VerdictDrop}, nil
+	case len(t) == 1 && t[0] == "return":
+		return &expr.Verdict{Kind: expr.VerdictReturn}, nil
+	case len(t) == 1 && t[0] == "accept":
+		return &expr.Verdict{Kind: expr.VerdictAccept}, nil
+	}
+	return nil, grammarErr(strings.Join(t, " "))
+}
+
+// elemKey encodes a map key ("addr . proto . port" or "proto . port"): each
+// field of a concatenation takes a multiple of 4 bytes, in network order.
+func elemKey(fi famInfo, key []string) ([]byte, error) {
+	var b []byte
+	for _, f := range key {
+		if p, ok := protoNums[f]; ok {
+			b = append(b, p, 0, 0, 0)
+			continue
+		}
+		if a, err := netip.ParseAddr(f); err == nil && uint32(len(a.AsSlice())) == addrLen(fi) {
+			b = append(b, a.AsSlice()...)
+			continue
+		}
+		port, err := strconv.ParseUint(f, 10, 16)
+		if err != nil {
+			return nil, grammarErr(strings.Join(key, " . "))
+		}
+		b = binary.BigEndian.AppendUint16(b, uint16(port))
+		b = append(b, 0, 0)
+	}
+	return b, nil
+}
+
+// bigBuffers lets one sendmsg carry a whole batch, as nft does (it raises
+// SO_SNDBUF to the batch size with SO_SNDBUFFORCE); google/nftables sends the
+// batch in one message and fails with EMSGSIZE otherwise.
+func bigBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 1<<30); serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1<<26)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}

@@ -1,0 +1,275 @@
+package nftables
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/test/netns"
+)
+
+// variety renders every kind of rule and element renderService emits.
+func variety(fam model.Family) []*model.ServicePort {
+	ip := func(v4, v6 string) string {
+		if fam == model.IPv6 {
+			return v6
+		}
+		return v4
+	}
+	e0, e1 := ep(ip("10.244.1.2", "fd10:244:0:1::2"), 8080, true), ep(ip("10.244.1.3", "fd10:244:0:1::3"), 8080, false)
+	a := svc("a", ip("10.96.0.1", "fd10:96::1"), 80, e0, e1)
+	a.NodePort = 30001
+	a.ExternalIPs = []netip.Addr{netip.MustParseAddr(ip("203.0.113.1", "2001:db8:2::1"))}
+	a.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr(ip("203.0.113.2", "2001:db8:2::2"))}
+	a.SourceRanges = []netip.Prefix{netip.MustParsePrefix(ip("10.240.0.0/12", "fd10:240::/44")),
+		netip.MustParsePrefix(ip("10.1.0.0/16", "fd10:1::/48")), netip.MustParsePrefix(ip("192.0.2.7/32", "2001:db8::7/128"))}
+	a.AffinityTimeout = time.Hour
+	l := svc("l", ip("10.96.0.2", "fd10:96::2"), 53, e0, e1)
+	l.Protocol, l.Key.Protocol = "UDP", "UDP"
+	l.ExternalPolicyLocal, l.ExternalEndpoints, l.NodePort = true, []model.Endpoint{e0}, 30002
+	n := svc("n", ip("10.96.0.3", "fd10:96::3"), 80)
+	n.NodePort = 30003
+	d := svc("d", ip("10.96.0.4", "fd10:96::4"), 80, e1)
+	d.ExternalPolicyLocal, d.ExternalEndpoints, d.NodePort = true, nil, 30004
+	return []*model.ServicePort{a, l, n, d}
+}
+
+// TestNetlinkGrammar: everything renderService emits has a netlink encoding,
+// so partial syncs never fall back to nft for the backend's own rules.
+func TestNetlinkGrammar(t *testing.T) {
+	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
+		fi := fams[fam]
+		for _, masqAll := range []bool{false, true} {
+			rc := &renderCtx{fi: fi, masqAll: masqAll, haveClusterCI: !masqAll}
+			for _, sp := range variety(fam) {
+				o := renderService(rc, sp)
+				for _, c := range o.chains {
+					for _, r := range c.rules {
+						if _, err := ruleExprs(fi, r); err != nil {
+							t.Errorf("%s: %v", c.name, err)
+						}
+					}
+				}
+				for _, e := range o.elems {
+					if _, err := elemKey(fi, e.key); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}
+	}
+	if _, err := ruleExprs(fams[model.IPv4], "ct state new accept"); !errors.Is(err, errGrammar) {
+		t.Errorf("unknown statement: want errGrammar, got %v", err)
+	}
+}
+
+// canonical makes two `nft list table` outputs comparable: blocks (chains,
+// sets, maps) in any order, rules in order, set and map elements in any
+// order, without the entries packets added to dynamic sets.
+func canonical(listing string) map[string][]string {
+	blocks := map[string][]string{}
+	cur := ""
+	for _, l := range strings.Split(listing, "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case l == "" || l == "}":
+			continue
+		case strings.HasSuffix(l, " {") && !strings.HasPrefix(l, "elements"):
+			cur = l
+			blocks[cur] = []string{}
+			continue
+		}
+		if strings.HasPrefix(cur, "set ") || strings.HasPrefix(cur, "map ") {
+			l = strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(l, "elements = { "), " }"), ",")
+			if strings.Contains(l, " expires ") {
+				continue // affinity entries are state, not rules
+			}
+		}
+		blocks[cur] = append(blocks[cur], l)
+	}
+	for k, v := range blocks {
+		if strings.HasPrefix(k, "set ") || strings.HasPrefix(k, "map ") {
+			slices.Sort(v)
+		}
+	}
+	return blocks
+}
+
+func listKpo(t *testing.T, ns *netns.NS) map[string][]string {
+	t.Helper()
+	out := ns.MustRun(t, "nft", "list", "table", "ip", "kpo")
+	out += ns.MustRun(t, "nft", "list", "table", "ip6", "kpo")
+	return canonical(out)
+}
+
+func sameTables(t *testing.T, what string, got, want map[string][]string) {
+	t.Helper()
+	for k, w := range want {
+		if g, ok := got[k]; !ok || !slices.Equal(g, w) {
+			t.Errorf("%s: %s\n got  %q\n want %q", what, k, g, w)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%s: unexpected %s %q", what, k, got[k])
+		}
+	}
+}
+
+// TestKernelNetlinkPartial: partial syncs over netlink produce working rules,
+// and exactly the table a full knftables sync of the same snapshot writes.
+func TestKernelNetlinkPartial(t *testing.T) {
+	netns.Skip(t)
+	top := netns.NewOneNode(t, 2)
+	node, client := top.Node, top.Client
+	pod0, pod1 := top.Pods[0], top.Pods[1]
+	pod0.ServeEcho(t, "tcp", ":8080", "pod0")
+	pod1.ServeEcho(t, "tcp", ":8080", "pod1")
+	e0, e1 := ep(pod0.IP4, 8080, true), ep(pod1.IP4, 8080, false)
+	e60, e61 := ep(pod0.IP6, 8080, true), ep(pod1.IP6, 8080, false)
+
+	cluster := svc("cluster", "10.96.0.10", 80, e0, e1)
+	np := svc("np", "10.96.0.12", 80, e0, e1)
+	np.NodePort = 30012
+	aff := svc("aff", "10.96.0.15", 80, e0, e1)
+	aff.AffinityTimeout = time.Hour
+	fw := svc("fw", "10.96.0.16", 80, e0, e1)
+	fw.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.16")}
+	fw.SourceRanges = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	v6 := svc("v6", "fd10:96::18", 80, e60, e61)
+	s1 := snapshot(testNode, cluster, np, aff, fw, v6)
+
+	var b *Backend
+	if err := node.Do(func() error { var err error; b, err = New(testSettings, nil); return err }); err != nil {
+		t.Fatal(err)
+	}
+	kernelSync(t, node, b, s1, true)
+	spread(t, client, "10.96.0.10:80", "pod0", "pod1")
+
+	// One partial sync changing every kind of object: endpoints (chains
+	// replaced), an affinity timeout (new sets), source ranges (unaligned
+	// prefix), a removed service, a new eTP=Local NodePort service, IPv6.
+	c2 := *cluster
+	c2.ClusterEndpoints, c2.ExternalEndpoints = []model.Endpoint{e1}, []model.Endpoint{e1}
+	aff2 := *aff
+	aff2.AffinityTimeout = 2 * time.Hour
+	fw2 := *fw
+	fw2.SourceRanges = []netip.Prefix{netip.MustParsePrefix("10.240.0.0/12")}
+	late := svc("late", "10.96.0.30", 80, e0, e1)
+	late.ExternalPolicyLocal, late.ExternalEndpoints, late.NodePort = true, []model.Endpoint{e0}, 30030
+	v62 := *v6
+	v62.ClusterEndpoints, v62.ExternalEndpoints = []model.Endpoint{e61}, []model.Endpoint{e61}
+	s2 := snapshot(testNode, &c2, &aff2, &fw2, late, &v62)
+	if err := node.Do(func() error {
+		res, err := b.Sync(context.Background(), s2, false)
+		if err == nil && (res.Full || b.lastVia != "netlink") {
+			err = errors.New("partial sync not applied over netlink: " + b.lastVia)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("Works", func(t *testing.T) {
+		for range 10 {
+			if r, err := client.Dial("tcp", "10.96.0.10:80", dialTimeout); err != nil || r.Server != "pod1" {
+				t.Fatalf("endpoint change: %+v %v", r, err)
+			}
+			if r, err := node.Dial("tcp", "[fd10:96::18]:80", dialTimeout); err != nil || r.Server != "pod1" {
+				t.Fatalf("IPv6 endpoint change: %+v %v", r, err)
+			}
+			r, err := client.Dial("tcp", net.JoinHostPort(netns.NodeIP4, "30030"), dialTimeout)
+			if err != nil || r.Server != "pod0" || r.ClientIP() != netns.ClientIP4 {
+				t.Fatalf("new eTP=Local NodePort: %+v %v", r, err)
+			}
+		}
+		first, err := client.Dial("tcp", "10.96.0.15:80", dialTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 10 {
+			if r, err := client.Dial("tcp", "10.96.0.15:80", dialTimeout); err != nil || r.Server != first.Server {
+				t.Fatalf("affinity with the new sets: %+v %v (first %s)", r, err, first.Server)
+			}
+		}
+		if _, err := client.Dial("tcp", "203.0.113.16:80", 500*time.Millisecond); !errors.Is(err, netns.ErrTimeout) {
+			t.Errorf("source ranges: want a drop, got %v", err)
+		}
+		spread(t, pod1.NS, "203.0.113.16:80", "pod0", "pod1")
+	})
+	t.Run("RemovedServiceGone", func(t *testing.T) {
+		if _, err := client.Dial("tcp", net.JoinHostPort(netns.NodeIP4, "30012"), dialTimeout); !errors.Is(err, netns.ErrRefused) {
+			t.Errorf("removed NodePort: want refused (nothing listens on the node), got %v", err)
+		}
+		out := node.MustRun(t, "nft", "list", "table", "ip", "kpo")
+		for _, s := range []string{serviceChainName(np.Key), "10.96.0.12", "30012", affinitySetName(aff.Key, e0, 3600)} {
+			if strings.Contains(out, s) {
+				t.Errorf("%s left in the table", s)
+			}
+		}
+	})
+	t.Run("SameAsFullSync", func(t *testing.T) {
+		ref := netns.New(t, "fullref")
+		var rb *Backend
+		if err := ref.Do(func() error {
+			var err error
+			if rb, err = New(testSettings, nil); err == nil {
+				_, err = rb.Sync(context.Background(), s2, true)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		want := listKpo(t, ref)
+		if len(want) < 20 {
+			t.Fatalf("reference listing too small: %v", want)
+		}
+		sameTables(t, "partial over netlink vs. fresh full sync", listKpo(t, node), want)
+		// And a full resync of the node changes nothing.
+		before := listKpo(t, node)
+		kernelSync(t, node, b, s2, true)
+		sameTables(t, "partial vs. full resync", before, listKpo(t, node))
+	})
+	t.Run("FailedBatchKeepsRules", func(t *testing.T) {
+		// A foreign rule still jumping to an endpoint chain that the next
+		// partial sync deletes: the kernel refuses that deletion (EBUSY),
+		// which must abort the whole batch.
+		epChain := endpointChainName(late.Key, e1)
+		node.MustRun(t, "nft", "insert rule ip kpo services ip daddr 192.0.2.99 jump "+epChain)
+		before := listKpo(t, node)
+		late2 := *late
+		late2.ClusterEndpoints = []model.Endpoint{e0}
+		extra := svc("extra", "10.96.0.31", 80, e0)
+		s3 := withSnap(s2, &late2, extra)
+		// Also remove a service: the full sync that follows must delete its
+		// chains as stale ones (svc- still jumping to ep- until flushed).
+		delete(s3.Services, c2.Key)
+		if err := node.Do(func() error { _, err := b.Sync(context.Background(), s3, false); return err }); err == nil {
+			t.Fatal("want the batch to fail")
+		}
+		sameTables(t, "after a failed batch", listKpo(t, node), before)
+		// The next sync is full (nft), repairs the foreign rule and applies s3.
+		if err := node.Do(func() error {
+			res, err := b.Sync(context.Background(), s3, false)
+			if err == nil && (!res.Full || b.lastVia != "nft") {
+				err = errors.New("the sync after a failure must be full")
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if out := node.MustRun(t, "nft", "list", "chain", "ip", "kpo", "services"); strings.Contains(out, "192.0.2.99") {
+			t.Errorf("foreign rule left:\n%s", out)
+		}
+		spread(t, client, "10.96.0.31:80", "pod0")
+		if out := node.MustRun(t, "nft", "list", "table", "ip", "kpo"); strings.Contains(out, serviceChainName(c2.Key)) {
+			t.Errorf("removed service's chains left after the full sync")
+		}
+	})
+}
