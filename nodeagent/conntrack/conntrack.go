@@ -21,37 +21,40 @@ type Cleaner struct{}
 
 // ClearEndpoint deletes UDP flows to vip:port that were DNATed to endpoint.
 func (Cleaner) ClearEndpoint(vip netip.Addr, port int32, endpoint netip.Addr) error {
-	f := &netlink.ConntrackFilter{}
-	if err := f.AddProtocol(syscall.IPPROTO_UDP); err != nil {
-		return err
-	}
-	if err := f.AddIP(netlink.ConntrackOrigDstIP, vip.AsSlice()); err != nil {
-		return err
-	}
-	if err := f.AddPort(netlink.ConntrackOrigDstPort, uint16(port)); err != nil {
+	f, err := udpFlowsTo(vip, port)
+	if err != nil {
 		return err
 	}
 	if err := f.AddIP(netlink.ConntrackReplySrcIP, endpoint.AsSlice()); err != nil {
 		return err
 	}
-	_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family(vip), f)
+	_, err = netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family(vip), f)
 	return err
 }
 
 // ClearVIP deletes every UDP flow to vip:port.
 func (Cleaner) ClearVIP(vip netip.Addr, port int32) error {
+	f, err := udpFlowsTo(vip, port)
+	if err != nil {
+		return err
+	}
+	_, err = netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family(vip), f)
+	return err
+}
+
+// udpFlowsTo matches UDP flows whose original destination is vip:port.
+func udpFlowsTo(vip netip.Addr, port int32) (*netlink.ConntrackFilter, error) {
 	f := &netlink.ConntrackFilter{}
 	if err := f.AddProtocol(syscall.IPPROTO_UDP); err != nil {
-		return err
+		return nil, err
 	}
 	if err := f.AddIP(netlink.ConntrackOrigDstIP, vip.AsSlice()); err != nil {
-		return err
+		return nil, err
 	}
 	if err := f.AddPort(netlink.ConntrackOrigDstPort, uint16(port)); err != nil {
-		return err
+		return nil, err
 	}
-	_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family(vip), f)
-	return err
+	return f, nil
 }
 
 func family(a netip.Addr) netlink.InetFamily {

@@ -90,18 +90,26 @@ func (o *OneNode) AddPod(t testing.TB, name string) *Pod {
 		IP4:     fmt.Sprintf("10.244.1.%d", 10+n),
 		IP6:     fmt.Sprintf("fd10:244:0:1::%x", 10+n),
 	}
-	link := fmt.Sprintf("vp%d", n)
-	Veth(t, o.Node, link, p.NS, "eth0")
-	o.Node.AddAddr(t, link, PodGateway4+"/32")
-	o.Node.AddAddr(t, link, PodGateway6+"/128")
-	o.Node.Route(t, p.IP4+"/32", "", link)
-	o.Node.Route(t, p.IP6+"/128", "", link)
-	p.AddAddr(t, "eth0", p.IP4+"/32")
-	p.AddAddr(t, "eth0", p.IP6+"/128")
-	p.Route(t, PodGateway4, "", "eth0")
-	p.Route(t, "default", PodGateway4, "eth0")
-	p.Route(t, PodGateway6, "", "eth0")
-	p.MustRun(t, "ip", "-6", "route", "add", "default", "via", PodGateway6, "dev", "eth0")
+	PlugPod(t, o.Node, fmt.Sprintf("vp%d", n), p.NS, p.IP4, p.IP6, PodGateway4, PodGateway6)
 	o.Pods = append(o.Pods, p)
 	return p
+}
+
+// PlugPod connects a pod namespace to its node the way routed CNI plugins do: a
+// veth (link on the node, eth0 in the pod), the node's gateway addresses on the
+// link, a /32 (/128) route to the pod on the node, and the pod's default routes
+// via the gateway.
+func PlugPod(t testing.TB, node *NS, link string, pod *NS, ip4, ip6, gw4, gw6 string) {
+	t.Helper()
+	Veth(t, node, link, pod, "eth0")
+	node.AddAddr(t, link, gw4+"/32")
+	node.AddAddr(t, link, gw6+"/128")
+	node.Route(t, ip4+"/32", "", link)
+	node.Route(t, ip6+"/128", "", link)
+	pod.AddAddr(t, "eth0", ip4+"/32")
+	pod.AddAddr(t, "eth0", ip6+"/128")
+	pod.Route(t, gw4, "", "eth0")
+	pod.Route(t, "default", gw4, "eth0")
+	pod.Route(t, gw6, "", "eth0")
+	pod.MustRun(t, "ip", "-6", "route", "add", "default", "via", gw6, "dev", "eth0")
 }

@@ -170,18 +170,7 @@ func (node *Node) AddPod(t testing.TB, name string) *Pod {
 	p := &Pod{NS: netns.New(t, name), Name: name, Node: node,
 		IP4: fmt.Sprintf("10.244.%d.%d", node.Index, 10+k), IP6: fmt.Sprintf("fd10:244:0:%d::%x", node.Index, 10+k)}
 	gw4, gw6 := fmt.Sprintf("10.244.%d.1", node.Index), fmt.Sprintf("fd10:244:0:%d::1", node.Index)
-	link := fmt.Sprintf("vp%d", k)
-	netns.Veth(t, node.NS, link, p.NS, "eth0")
-	node.AddAddr(t, link, gw4+"/32")
-	node.AddAddr(t, link, gw6+"/128")
-	node.Route(t, p.IP4+"/32", "", link)
-	node.Route(t, p.IP6+"/128", "", link)
-	p.AddAddr(t, "eth0", p.IP4+"/32")
-	p.AddAddr(t, "eth0", p.IP6+"/128")
-	p.Route(t, gw4, "", "eth0")
-	p.Route(t, "default", gw4, "eth0")
-	p.Route(t, gw6, "", "eth0")
-	p.MustRun(t, "ip", "-6", "route", "add", "default", "via", gw6, "dev", "eth0")
+	netns.PlugPod(t, node.NS, fmt.Sprintf("vp%d", k), p.NS, p.IP4, p.IP6, gw4, gw6)
 	for _, network := range []string{"tcp", "udp"} {
 		p.ServeEcho(t, network, ":8080", name)
 	}
