@@ -288,3 +288,11 @@ func (node *Node) AgentLogs() string {
 	}
 	return node.logs.String()
 }
+
+// AgentPID is the agent's process ID (0 when not running).
+func (node *Node) AgentPID() int {
+	if node.agent == nil || node.agent.Process == nil {
+		return 0
+	}
+	return node.agent.Process.Pid
+}
