@@ -160,7 +160,12 @@ func (n *Net) addNode(t testing.TB, i int) {
 	if err := n.API.Client.Status().Update(ctx, obj); err != nil {
 		t.Fatalf("node %s status: %v", node.Name, err)
 	}
-	t.Cleanup(func() { _ = n.API.Client.Delete(context.Background(), obj) })
+	t.Cleanup(func() {
+		// With the Node goes its ProxyNodeStatus (in a cluster, the garbage
+		// collector does it: the Node owns it; envtest runs no collector).
+		_ = n.API.Client.Delete(context.Background(), obj)
+		_ = n.API.Client.Delete(context.Background(), &kpov1.ProxyNodeStatus{ObjectMeta: metav1.ObjectMeta{Name: node.Name}})
+	})
 }
 
 // AddPod adds a pod namespace behind the node, with echo servers on 8080.

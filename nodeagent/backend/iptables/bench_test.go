@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"kpo.dev/kpo/nodeagent/model"
@@ -42,13 +43,10 @@ func BenchmarkFakeFullSync10k(b *testing.B) {
 
 type nopKernel struct{}
 
-func (nopKernel) EnsureChain(model.Family, string, string) error           { return nil }
-func (nopKernel) EnsureRule(model.Family, string, string, ...string) error { return nil }
-func (nopKernel) DeleteRule(model.Family, string, string, ...string) error { return nil }
-func (nopKernel) ListChains(model.Family, string) ([]string, error)        { return nil, nil }
-func (nopKernel) Restore(model.Family, []byte) error                       { return nil }
-func (nopKernel) RandomFully(model.Family) bool                            { return true }
-func (nopKernel) Check(model.Family) error                                 { return nil }
+func (nopKernel) ListRules(model.Family, string) ([]string, error) { return nil, nil }
+func (nopKernel) Restore(model.Family, []byte) error               { return nil }
+func (nopKernel) RandomFully(model.Family) bool                    { return true }
+func (nopKernel) Check(model.Family) error                         { return nil }
 
 func benchVariants(b *testing.B, fn func(b *testing.B, v Variant)) {
 	netns.Skip(b)
@@ -59,9 +57,19 @@ func benchVariants(b *testing.B, fn func(b *testing.B, v Variant)) {
 
 // BenchmarkColdSync is a first (full) sync into empty tables.
 func BenchmarkColdSync(b *testing.B) {
-	for _, size := range [][2]int{{1000, 2}, {10000, 2}, {1000, 50}} {
-		s := bigSnapshot(size[0], size[1])
-		b.Run(fmt.Sprintf("%dx%d", size[0], size[1]), func(b *testing.B) {
+	for _, size := range []struct {
+		n, eps int
+		local  bool
+	}{{1000, 2, false}, {10000, 2, false}, {1000, 50, false}, {10000, 2, true}} {
+		s := bigSnapshot(size.n, size.eps)
+		name := fmt.Sprintf("%dx%d", size.n, size.eps)
+		if size.local {
+			// Worst case for the hairpin checks: every endpoint on this node
+			// (bigSnapshot's are remote, as nearly all are on a large cluster).
+			s = localEndpoints(s)
+			name += "local"
+		}
+		b.Run(name, func(b *testing.B) {
 			benchVariants(b, func(b *testing.B, v Variant) {
 				ns := netns.New(b, "bench")
 				for b.Loop() {
@@ -122,6 +130,43 @@ func BenchmarkPartialSync10k(b *testing.B) {
 				return err
 			})
 			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// localEndpoints copies s with every endpoint on this node.
+func localEndpoints(s *model.Snapshot) *model.Snapshot {
+	c := clone(s)
+	for k, sp := range c.Services {
+		l := *sp
+		l.ClusterEndpoints = slices.Clone(sp.ClusterEndpoints)
+		for i := range l.ClusterEndpoints {
+			l.ClusterEndpoints[i].Local = true
+		}
+		l.ExternalEndpoints = l.ClusterEndpoints
+		c.Services[k] = &l
+	}
+	return c
+}
+
+// BenchmarkWarmFullSync10k is a periodic full sync over 10k services already
+// programmed: it lists both tables (drift repair) and rewrites every chain.
+func BenchmarkWarmFullSync10k(b *testing.B) {
+	s := bigSnapshot(10000, 2)
+	benchVariants(b, func(b *testing.B, v Variant) {
+		ns := netns.New(b, "bench")
+		be, err := New(testSettings, nil, WithVariant(v))
+		if err != nil {
+			b.Fatal(err)
+		}
+		sync := func() error { _, err := be.Sync(context.Background(), s, true); return err }
+		if err := ns.Do(sync); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if err := ns.Do(sync); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -97,57 +97,6 @@ func (f *Fake) table(fam model.Family, table string) (*fakeTable, error) {
 
 // --- Kernel ---
 
-func (f *Fake) EnsureChain(fam model.Family, table, chain string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	t, err := f.table(fam, table)
-	if err != nil {
-		return err
-	}
-	if _, ok := t.chains[chain]; ok {
-		return nil
-	}
-	return t.newChain(chain)
-}
-
-func (f *Fake) EnsureRule(fam model.Family, table, chain string, rule ...string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	t, err := f.table(fam, table)
-	if err != nil {
-		return err
-	}
-	c, ok := t.chains[chain]
-	if !ok {
-		return fmt.Errorf("chain %s does not exist", chain)
-	}
-	r, err := t.parseRule(fam, rule)
-	if err != nil {
-		return err
-	}
-	if slices.ContainsFunc(c.rules, func(x fakeRule) bool { return x.text == r.text }) {
-		return nil
-	}
-	c.rules = slices.Insert(c.rules, 0, r)
-	return nil
-}
-
-func (f *Fake) DeleteRule(fam model.Family, table, chain string, rule ...string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	t, err := f.table(fam, table)
-	if err != nil {
-		return err
-	}
-	c, ok := t.chains[chain]
-	if !ok {
-		return nil
-	}
-	text := strings.Join(quoteArgs(rule), " ")
-	c.rules = slices.DeleteFunc(c.rules, func(x fakeRule) bool { return x.text == text })
-	return nil
-}
-
 func (f *Fake) ListChains(fam model.Family, table string) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -156,6 +105,33 @@ func (f *Fake) ListChains(fam model.Family, table string) ([]string, error) {
 		return nil, err
 	}
 	return slices.Sorted(maps.Keys(t.chains)), nil
+}
+
+func (f *Fake) ListRules(fam model.Family, table string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, err := f.table(fam, table)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	names := slices.Sorted(maps.Keys(t.chains))
+	for _, n := range names {
+		if t.chains[n].builtin {
+			out = append(out, "-P "+n+" ACCEPT")
+		}
+	}
+	for _, n := range names {
+		if !t.chains[n].builtin {
+			out = append(out, "-N "+n)
+		}
+	}
+	for _, n := range names {
+		for _, r := range t.chains[n].rules {
+			out = append(out, "-A "+n+" "+r.text)
+		}
+	}
+	return out, nil
 }
 
 func (f *Fake) RandomFully(model.Family) bool { return !f.NoRandomFully }

@@ -15,7 +15,8 @@ type Packet struct {
 	DPort    int
 	// SrcLocal and DstLocal answer -m addrtype --src-type/--dst-type LOCAL.
 	SrcLocal, DstLocal bool
-	// DNATed answers -m conntrack --ctstate DNAT (filter traces).
+	// DNATed answers -m conntrack --ctstate DNAT (filter traces; TraceNAT
+	// sets it for POSTROUTING after a DNAT).
 	DNATed bool
 }
 
@@ -48,6 +49,7 @@ func (f *Fake) TraceNAT(fam model.Family, hook string, p Packet) map[NATResult]f
 		if path.dnat != "" {
 			ap := netip.MustParseAddrPort(path.dnat)
 			q.Dst, q.DPort = ap.Addr(), int(ap.Port())
+			q.DNATed = true // conntrack --ctstate DNAT from now on
 		}
 		for _, post := range t.eval("POSTROUTING", q, []tracePath{{weight: path.weight, mark: path.mark}}, 0) {
 			out[NATResult{DNAT: path.dnat, Masquerade: post.masq}] += post.weight

@@ -14,22 +14,17 @@ import (
 )
 
 // Kernel is what the backend needs from iptables. The real one runs the
-// iptables binaries (go-iptables for single rules, iptables-restore for bulk);
+// iptables binaries (go-iptables for version detection, iptables -S for
+// listings, iptables-restore for every change);
 // Fake enforces the same rules in memory for unit tests.
 //
 // Implementations run commands on the calling goroutine's OS thread: callers
 // inside a network namespace (tests use netns.NS.Do) rely on exec'd children
 // inheriting the thread's namespace, so no goroutines are spawned.
 type Kernel interface {
-	// EnsureChain creates a user chain unless it exists.
-	EnsureChain(f model.Family, table, chain string) error
-	// EnsureRule inserts rule at the top of chain unless an identical rule is
-	// already in the chain.
-	EnsureRule(f model.Family, table, chain string, rule ...string) error
-	// DeleteRule deletes rule from chain if it is there; a missing chain is no error.
-	DeleteRule(f model.Family, table, chain string, rule ...string) error
-	// ListChains lists the chains (built-in and user) of a table.
-	ListChains(f model.Family, table string) ([]string, error)
+	// ListRules lists a table as "iptables -t table -S" does: "-P" lines for
+	// built-in chains, "-N" for user chains, "-A" for rules.
+	ListRules(f model.Family, table string) ([]string, error)
 	// Restore feeds data to iptables-restore --noflush: each table section is
 	// committed atomically; a failing section leaves its table unchanged.
 	Restore(f model.Family, data []byte) error
@@ -70,6 +65,7 @@ const lockWaitSeconds = 5
 
 type execFamily struct {
 	ipt     *goipt.IPTables
+	cmd     string
 	restore string
 }
 
@@ -95,7 +91,11 @@ func NewExecKernel(v Variant, families ...model.Family) (Kernel, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", restore, err)
 		}
-		k.fams[f] = &execFamily{ipt: ipt, restore: path}
+		cmdPath, err := exec.LookPath(cmd)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", cmd, err)
+		}
+		k.fams[f] = &execFamily{ipt: ipt, cmd: cmdPath, restore: path}
 	}
 	return k, nil
 }
@@ -108,44 +108,20 @@ func (k *execKernel) fam(f model.Family) (*execFamily, error) {
 	return e, nil
 }
 
-func (k *execKernel) EnsureChain(f model.Family, table, chain string) error {
-	e, err := k.fam(f)
-	if err != nil {
-		return err
-	}
-	ok, err := e.ipt.ChainExists(table, chain)
-	if err != nil || ok {
-		return err
-	}
-	return e.ipt.NewChain(table, chain)
-}
-
-func (k *execKernel) EnsureRule(f model.Family, table, chain string, rule ...string) error {
-	e, err := k.fam(f)
-	if err != nil {
-		return err
-	}
-	return e.ipt.InsertUnique(table, chain, 1, rule...)
-}
-
-func (k *execKernel) DeleteRule(f model.Family, table, chain string, rule ...string) error {
-	e, err := k.fam(f)
-	if err != nil {
-		return err
-	}
-	err = e.ipt.DeleteIfExists(table, chain, rule...)
-	if ee, ok := err.(*goipt.Error); ok && ee.IsNotExist() {
-		return nil
-	}
-	return err
-}
-
-func (k *execKernel) ListChains(f model.Family, table string) ([]string, error) {
+func (k *execKernel) ListRules(f model.Family, table string) ([]string, error) {
 	e, err := k.fam(f)
 	if err != nil {
 		return nil, err
 	}
-	return e.ipt.ListChains(table)
+	// go-iptables lists a whole table only to keep the chain names; the full
+	// sync needs the built-in chains' rules too (to find its jumps).
+	cmd := exec.Command(e.cmd, "-t", table, "-S", "--wait", strconv.Itoa(lockWaitSeconds))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s -t %s -S: %w: %s", e.cmd, table, err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n"), nil
 }
 
 func (k *execKernel) RandomFully(f model.Family) bool {

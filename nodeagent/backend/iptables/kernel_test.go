@@ -168,6 +168,23 @@ func testRealKernel(t *testing.T, v Variant) {
 		if who, _ := servers(t, p0.NS, "10.96.0.17:80", 3); who["pod0"] != 3 {
 			t.Errorf("hairpin %v", who)
 		}
+		// Two endpoints, one of them the client: the hairpin check follows the
+		// one random choice, so only connections that came back to pod0 are
+		// masqueraded and pod1 sees pod0's own address.
+		seen := map[string]bool{}
+		for i := 0; i < 200 && len(seen) < 2; i++ {
+			r, err := p0.Dial("tcp", "10.96.0.10:80", 2*time.Second)
+			if err != nil {
+				t.Fatalf("dial from pod0: %v", err)
+			}
+			seen[r.Server] = true
+			if masqueraded := r.ClientIP() != p0.IP4; masqueraded != (r.Server == "pod0") {
+				t.Errorf("pod0 -> %s seen as %s", r.Server, r.ClientIP())
+			}
+		}
+		if len(seen) < 2 {
+			t.Errorf("servers %v", seen)
+		}
 	})
 	t.Run("IPv6", func(t *testing.T) {
 		reachesAll(t, node, "[fd10:96::10]:80", "pod0", "pod1")
@@ -207,11 +224,18 @@ func testRealKernel(t *testing.T, v Variant) {
 	t.Run("full sync repairs drift", func(t *testing.T) {
 		bin, _ := v.binaries(model.IPv4)
 		node.MustRun(t, bin, "-t", "nat", "-N", "KPO-SVC-LEFTOVER")
-		node.MustRun(t, bin, "-t", "nat", "-F", chainsFor(cluster.Key).svc)
+		node.MustRun(t, bin, "-t", "nat", "-F", bucketChain(bucketOf(cluster.ClusterIP)))
 		rb.sync(t, s, true)
 		out := node.MustRun(t, bin+"-save", "-t", "nat")
 		if strings.Contains(out, "KPO-SVC-LEFTOVER") {
 			t.Error("stale chain kept")
+		}
+		// The jumps are found in the listing, not inserted again.
+		if n := strings.Count(out, `"kpo service portals"`); n != 2 {
+			t.Errorf("%d service portal jumps:\n%s", n, out)
+		}
+		if n := strings.Count(node.MustRun(t, bin+"-save", "-t", "filter"), `"kpo service rejects"`); n != 3 {
+			t.Errorf("%d filter jumps", n)
 		}
 		servers(t, p2.NS, "10.96.0.10:80", 2)
 	})

@@ -18,13 +18,15 @@ import (
 const (
 	chainPrefix = "KPO-"
 
-	// Base chains, created by bootstrap (go-iptables) and filled by restore.
+	// Base chains: declared by every full sync's restore, never deleted by drift repair.
 	chainServices     = "KPO-SERVICES"     // nat and filter: dispatch by destination
 	chainNodePorts    = "KPO-NODEPORTS"    // nat and filter: dispatch by node port
 	chainPostrouting  = "KPO-POSTROUTING"  // nat: masquerade marked packets
 	chainMarkMasq     = "KPO-MARK-MASQ"    // nat: set the masquerade bit
 	chainClusterMasq  = "KPO-CLUSTER-MASQ" // nat: mark unless the source is a pod
 	bucketChainPrefix = "KPO-DST-"         // + 2 hex digits: one per last address byte
+	chainHairpin      = "KPO-HAIRPIN"      // nat: dispatch by the last byte of the endpoint
+	hairpinPrefix     = "KPO-HAIRPIN-"     // + 2 hex digits: hairpin checks of endpoints
 
 	// iptables rejects user chain names longer than 28 characters
 	// (XT_EXTENSION_MAXNAMELEN - 1, including the terminating NUL).
@@ -83,6 +85,8 @@ func bucketOf(a netip.Addr) uint8 {
 }
 
 func bucketChain(b uint8) string { return fmt.Sprintf("%s%02X", bucketChainPrefix, b) }
+
+func hairpinChain(b uint8) string { return fmt.Sprintf("%s%02X", hairpinPrefix, b) }
 
 // bucketMatch matches destinations whose last byte is b with a non-contiguous
 // mask, which both iptables-legacy and iptables-nft accept.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -36,8 +37,16 @@ type rendered struct {
 	filterDispatch []dispatchRule // filter KPO-DST-xx (REJECT/DROP)
 	natNodePort    string         // nat KPO-NODEPORTS ("" for none)
 	filterNodePort string         // filter KPO-NODEPORTS ("" for none)
-	rules          int
+	// Endpoint addresses DNATed without a SEP chain, for KPO-HAIRPIN.
+	hairpin []netip.Addr
+	rules   int
 }
+
+// maxInlineEndpoints bounds the services whose rules are inlined in their
+// destination bucket. Inlining repeats the VIP:port match on every rule, which
+// costs restore time and first-packet matching once a service has more than
+// a few endpoints; a chain per such service is cheap (they are few).
+const maxInlineEndpoints = 4
 
 // renderer holds what rule generation needs beyond the ServicePort itself.
 // Anything in here changing (node info) forces a full sync.
@@ -86,7 +95,15 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 	names := chainsForKey(keyStr)
 	pp := protoPort(sp.Protocol, sp.Port)
 
-	// Endpoint chains, shared by the cluster and external load-balancing chains.
+	proto := protoName(sp.Protocol)
+	affinity := sp.AffinityTimeout > 0
+
+	// Endpoint chains, only for session affinity: the "recent" list must be
+	// set when one endpoint is chosen and checked for that same endpoint, which
+	// takes a chain per endpoint. Without affinity every endpoint is a DNAT rule
+	// in the load-balancing chain itself: iptables-nft's restore time grows
+	// quadratically with the number of chains, and 1 + n chains per service
+	// was 30k chains at 10k services × 2 endpoints.
 	seps := map[netip.AddrPort]string{}
 	var sepChains []chain
 	addSEP := func(ep model.Endpoint) string {
@@ -95,42 +112,70 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 		}
 		name := sepChainForKey(keyStr, ep)
 		seps[ep.AddrPort()] = name
-		dnat := "-p " + protoName(sp.Protocol)
-		if sp.AffinityTimeout > 0 {
-			dnat += " -m recent --name " + name + " --set"
-		}
-		dnat += " -j DNAT --to-destination " + ep.AddrPort().String()
 		sepChains = append(sepChains, chain{name: name, rules: []string{
 			// Hairpin: a pod reaching itself through the service must be
 			// masqueraded, or its reply would bypass conntrack's reverse NAT.
 			"-s " + hostCIDR(ep.IP) + " -j " + chainMarkMasq,
-			dnat,
+			"-p " + proto + " -m recent --name " + name + " --set -j DNAT --to-destination " + ep.AddrPort().String(),
 		}})
 		return name
 	}
-	lb := func(name string, eps []model.Endpoint, masq string) chain {
-		c := chain{name: name}
+	// Endpoints DNATed without a SEP chain get their hairpin check in nat
+	// POSTROUTING (KPO-HAIRPIN), after the one random choice, where the
+	// source equalling the new destination is visible. Only endpoints whose
+	// own packets can reach this node's service rules untranslated need it:
+	// local ones, and with policy Local every cluster endpoint, since a remote
+	// pod reaching this node's node port is sent to the cluster endpoints
+	// without masquerade. (Remote pods' ClusterIP traffic is translated by
+	// their own node; policy Cluster external traffic is always masqueraded.)
+	hairpin := map[netip.Addr]bool{}
+	needsHairpin := func(ep model.Endpoint) bool {
+		return (ep.Local || sp.ExternalPolicyLocal) && !hairpin[ep.IP]
+	}
+	// lbRules are the rules load balancing over eps. match prefixes every
+	// rule: "" inside a chain of the service, the dispatch match when the
+	// rules are inlined in a destination bucket.
+	lbRules := func(match string, eps []model.Endpoint, masq string) []string {
+		var rules []string
 		if masq != "" {
-			c.rules = append(c.rules, "-j "+masq)
+			rules = append(rules, strings.TrimPrefix(match+" -j "+masq, " "))
+		}
+		if match == "" {
+			match = "-p " + proto // DNAT to a port needs the protocol
+		}
+		if !affinity {
+			for i, ep := range eps {
+				if needsHairpin(ep) {
+					hairpin[ep.IP] = true
+					out.hairpin = append(out.hairpin, ep.IP)
+				}
+				stat := ""
+				if i < len(eps)-1 {
+					stat = " -m statistic --mode random --probability " + r.probability(len(eps)-i)
+				}
+				rules = append(rules, match+stat+" -j DNAT --to-destination "+ep.AddrPort().String())
+			}
+			return rules
 		}
 		targets := make([]string, len(eps))
 		for i, ep := range eps {
 			targets[i] = addSEP(ep)
 		}
-		if sp.AffinityTimeout > 0 {
-			secs := strconv.Itoa(int(math.Ceil(sp.AffinityTimeout.Seconds())))
-			for _, t := range targets {
-				c.rules = append(c.rules, "-m recent --name "+t+" --rcheck --seconds "+secs+" --reap -j "+t)
-			}
+		secs := strconv.Itoa(int(math.Ceil(sp.AffinityTimeout.Seconds())))
+		for _, t := range targets {
+			rules = append(rules, "-m recent --name "+t+" --rcheck --seconds "+secs+" --reap -j "+t)
 		}
 		for i, t := range targets {
 			if i < len(targets)-1 {
-				c.rules = append(c.rules, "-m statistic --mode random --probability "+r.probability(len(targets)-i)+" -j "+t)
+				rules = append(rules, "-m statistic --mode random --probability "+r.probability(len(targets)-i)+" -j "+t)
 			} else {
-				c.rules = append(c.rules, "-j "+t)
+				rules = append(rules, "-j "+t)
 			}
 		}
-		return c
+		return rules
+	}
+	lb := func(name string, eps []model.Endpoint, masq string) chain {
+		return chain{name: name, rules: lbRules("", eps, masq)}
 	}
 
 	// Cluster traffic: masquerade sources outside the pod network (or all).
@@ -142,7 +187,12 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 		clusterMasq = chainClusterMasq
 	}
 	hasCluster := len(sp.ClusterEndpoints) > 0
-	if hasCluster {
+	// A plain ClusterIP service (no affinity, nothing external jumping to its
+	// SVC chain) needs no chain of its own: its rules go straight into the
+	// destination bucket, each behind the VIP:port match. Only chains are
+	// expensive for iptables-nft; rules are not.
+	inline := hasCluster && !affinity && !sp.HasExternal() && len(sp.ClusterEndpoints) <= maxInlineEndpoints
+	if hasCluster && !inline {
 		out.nat = append(out.nat, lb(names.svc, sp.ClusterEndpoints, clusterMasq))
 	}
 
@@ -186,7 +236,12 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 	out.nat = append(out.nat, sepChains...)
 
 	// Dispatch rules.
-	if hasCluster {
+	if inline {
+		b := bucketOf(sp.ClusterIP)
+		for _, rule := range lbRules("-d "+hostCIDR(sp.ClusterIP)+" "+pp, sp.ClusterEndpoints, clusterMasq) {
+			out.natDispatch = append(out.natDispatch, dispatchRule{b, rule})
+		}
+	} else if hasCluster {
 		out.natDispatch = append(out.natDispatch, dispatchRule{bucketOf(sp.ClusterIP),
 			"-d " + hostCIDR(sp.ClusterIP) + " " + pp + " -j " + names.svc})
 	} else {
@@ -290,10 +345,7 @@ func (r *renderer) nodePortDispatch(nodePortIPs []netip.Addr, explicit bool) []s
 // fixedNAT are the nat chains whose content depends only on settings and node.
 func (r *renderer) fixedNAT(randomFully bool) []chain {
 	mark := fmt.Sprintf("0x%x", r.settings.MasqueradeMark())
-	masq := "-j MASQUERADE"
-	if randomFully {
-		masq += " --random-fully"
-	}
+	masq := masquerade(randomFully)
 	cm := chain{name: chainClusterMasq}
 	for _, c := range r.clusterCIDRs {
 		cm.rules = append(cm.rules, "-s "+c.Masked().String()+" -j RETURN")
@@ -305,6 +357,9 @@ func (r *renderer) fixedNAT(randomFully bool) []chain {
 		{name: chainMarkMasq, rules: []string{"-j MARK --or-mark " + mark}},
 		cm,
 		{name: chainPostrouting, rules: []string{
+			// Hairpin check for endpoints without SEP chain. Only first
+			// packets of DNATed connections not already marked enter it.
+			"-m mark ! --mark " + mark + "/" + mark + " -m conntrack --ctstate DNAT -j " + chainHairpin,
 			"-m mark ! --mark " + mark + "/" + mark + " -j RETURN",
 			// Clear the bit so that a packet re-entering the stack (for
 			// instance through a tunnel) is not masqueraded twice.
@@ -312,4 +367,20 @@ func (r *renderer) fixedNAT(randomFully bool) []chain {
 			masq,
 		}},
 	}
+}
+
+func masquerade(randomFully bool) string {
+	if randomFully {
+		return "-j MASQUERADE --random-fully"
+	}
+	return "-j MASQUERADE"
+}
+
+// hairpinRule masquerades a connection DNATed to the address it came from: a
+// pod reaching itself through a service must see another source, or its
+// reply would bypass conntrack's reverse NAT. The port does not matter, as in
+// kube-proxy's "-s <endpoint> -j KUBE-MARK-MASQ".
+func hairpinRule(ip netip.Addr, randomFully bool) string {
+	h := hostCIDR(ip)
+	return "-s " + h + " -d " + h + " " + masquerade(randomFully)
 }

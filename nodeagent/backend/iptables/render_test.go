@@ -37,7 +37,7 @@ func TestBehaviour(t *testing.T) {
 		hook  string
 		p     Packet
 		want  map[NATResult]float64
-		fHook string            // filter hook for untranslated packets
+		fHook string             // filter hook for untranslated packets
 		fWant map[string]float64 // nil: no filter check
 	}
 	half := func(a, b NATResult) map[NATResult]float64 { return map[NATResult]float64{a: .5, b: .5} }
@@ -73,9 +73,9 @@ func TestBehaviour(t *testing.T) {
 		sp:       func() *model.ServicePort { return svc("a", "10.96.0.10", 80, e2) },
 		traces:   []trace{{name: "pod", hook: "PREROUTING", p: pkt(other, "10.96.0.10", 80), want: one(res("10.244.2.20:8080", true))}},
 	}, {
-		name: "no cluster CIDRs: no masquerade",
-		sp:   func() *model.ServicePort { return svc("a", "10.96.0.10", 80, e2) },
-		node: func(n *model.NodeInfo) { n.ClusterCIDRs = nil },
+		name:   "no cluster CIDRs: no masquerade",
+		sp:     func() *model.ServicePort { return svc("a", "10.96.0.10", 80, e2) },
+		node:   func(n *model.NodeInfo) { n.ClusterCIDRs = nil },
 		traces: []trace{{name: "node", hook: "OUTPUT", p: fromNode(pkt(node, "10.96.0.10", 80)), want: one(res("10.244.2.20:8080", false))}},
 	}, {
 		name: "node port, external IP, LB IP (policy Cluster)",
@@ -116,6 +116,8 @@ func TestBehaviour(t *testing.T) {
 			{name: "outside client LB", hook: "PREROUTING", p: pkt(client, "203.0.113.6", 80), want: one(res("10.244.1.10:8080", false))},
 			{name: "pod uses cluster endpoints", hook: "PREROUTING", p: pkt(other, "203.0.113.6", 80), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", false))},
 			{name: "node uses cluster endpoints", hook: "OUTPUT", p: fromNode(pkt(node, "203.0.113.6", 80)), want: half(res("10.244.1.10:8080", true), res("10.244.2.20:8080", true))},
+			// A remote endpoint reaching itself through this node's node port.
+			{name: "remote pod hairpin", hook: "PREROUTING", p: local(pkt("10.244.2.20", node, 30080)), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", true))},
 		},
 	}, {
 		name: "policy Local without local endpoints drops",
@@ -214,7 +216,7 @@ func TestRenderedRules(t *testing.T) {
 		}
 	}
 	fixed := r.fixedNAT(true)
-	if got := fixed[2].rules; !slices.Equal(got, []string{"-m mark ! --mark 0x4000/0x4000 -j RETURN", "-j MARK --xor-mark 0x4000", "-j MASQUERADE --random-fully"}) {
+	if got := fixed[2].rules; !slices.Equal(got, []string{"-m mark ! --mark 0x4000/0x4000 -m conntrack --ctstate DNAT -j KPO-HAIRPIN", "-m mark ! --mark 0x4000/0x4000 -j RETURN", "-j MARK --xor-mark 0x4000", "-j MASQUERADE --random-fully"}) {
 		t.Errorf("postrouting %q", got)
 	}
 	// UDP without endpoints: ICMP port unreachable, not tcp-reset.

@@ -44,8 +44,14 @@ type famState struct {
 	filterNP      keySet
 	natTop        []uint8 // buckets KPO-SERVICES jumps to, as programmed
 	filterTop     []uint8
-	svcRules      int // sum of rendered.rules
-	fixedRules    int // base chains other than the dispatch tops
+	// Endpoint addresses needing a hairpin check, by bucket (last byte), with
+	// the number of service ports using them: shared between services, so a
+	// bucket chain is rewritten only when an address comes or goes.
+	hairpin    map[uint8]map[netip.Addr]int
+	hairpinIPs int
+	hairpinTop []uint8 // buckets KPO-HAIRPIN jumps to, as programmed
+	svcRules   int     // sum of rendered.rules
+	fixedRules int     // base chains other than the dispatch tops
 }
 
 func newFamState(f model.Family, r *renderer, node nodeView, randomFully bool) *famState {
@@ -56,11 +62,12 @@ func newFamState(f model.Family, r *renderer, node nodeView, randomFully bool) *
 		filterBuckets: map[uint8]keySet{},
 		natNP:         keySet{},
 		filterNP:      keySet{},
+		hairpin:       map[uint8]map[netip.Addr]int{},
 	}
 }
 
 func (s *famState) rules() int {
-	return s.svcRules + s.fixedRules + len(s.natTop) + len(s.filterTop)
+	return s.svcRules + s.fixedRules + len(s.natTop) + len(s.filterTop) + s.hairpinIPs + len(s.hairpinTop)
 }
 
 // tableWriter accumulates one table's section of an iptables-restore input:
@@ -73,6 +80,7 @@ type tableWriter struct {
 	declared map[string]bool
 	decl     bytes.Buffer
 	body     bytes.Buffer
+	edits    bytes.Buffer // jumps inserted into / deleted from built-in chains
 	del      bytes.Buffer
 }
 
@@ -99,12 +107,20 @@ func (t *tableWriter) write(c chain) {
 	}
 }
 
+// edit adds a command on a built-in chain ("-I chain rule", "-D chain rule").
+// Edits come after the rules, so that an inserted jump's target (declared in
+// the same section) exists, and before the deletions, so that a chain is no
+// longer referenced when it goes.
+func (t *tableWriter) edit(cmd string) {
+	t.edits.WriteString(cmd + "\n")
+}
+
 func (t *tableWriter) remove(name string) {
 	t.declare(name)
 	t.del.WriteString("-X " + name + "\n")
 }
 
-func (t *tableWriter) empty() bool { return len(t.declared) == 0 }
+func (t *tableWriter) empty() bool { return len(t.declared) == 0 && t.edits.Len() == 0 }
 
 func (t *tableWriter) appendTo(out *bytes.Buffer) {
 	if t.empty() {
@@ -113,6 +129,7 @@ func (t *tableWriter) appendTo(out *bytes.Buffer) {
 	out.WriteString("*" + t.name + "\n")
 	out.Write(t.decl.Bytes())
 	out.Write(t.body.Bytes())
+	out.Write(t.edits.Bytes())
 	out.Write(t.del.Bytes())
 	out.WriteString("COMMIT\n")
 }
@@ -149,6 +166,14 @@ func addMember(m map[uint8]keySet, b uint8, k model.ServicePortKey) {
 // one does not.
 func (s *famState) apply(k model.ServicePortKey, nr *rendered, d *dirty) []string {
 	old := s.svcs[k]
+	// New references first: an address the service keeps then never drops
+	// to zero, and its hairpin bucket is not rewritten for nothing.
+	if nr != nil {
+		s.countHairpin(nr.hairpin, 1, d)
+	}
+	if old != nil {
+		s.countHairpin(old.hairpin, -1, d)
+	}
 	var gone []string
 	if old != nil {
 		s.svcRules -= old.rules
@@ -205,13 +230,41 @@ func (s *famState) apply(k model.ServicePortKey, nr *rendered, d *dirty) []strin
 	return gone
 }
 
-// dirty is what a sync must rewrite in the shared chains.
-type dirty struct {
-	nat, filter     map[uint8]bool
-	natNP, filterNP bool
+// countHairpin adds delta references to ips; a bucket is dirty when an
+// address appears in it or leaves it.
+func (s *famState) countHairpin(ips []netip.Addr, delta int, d *dirty) {
+	for _, ip := range ips {
+		b := bucketOf(ip)
+		m := s.hairpin[b]
+		if m == nil {
+			m = map[netip.Addr]int{}
+			s.hairpin[b] = m
+		}
+		n := m[ip] + delta
+		switch {
+		case n == 0:
+			delete(m, ip)
+			s.hairpinIPs--
+			d.hairpin[b] = true
+		case n == delta: // was absent
+			m[ip] = n
+			s.hairpinIPs++
+			d.hairpin[b] = true
+		default:
+			m[ip] = n
+		}
+	}
 }
 
-func newDirty() *dirty { return &dirty{nat: map[uint8]bool{}, filter: map[uint8]bool{}} }
+// dirty is what a sync must rewrite in the shared chains.
+type dirty struct {
+	nat, filter, hairpin map[uint8]bool
+	natNP, filterNP      bool
+}
+
+func newDirty() *dirty {
+	return &dirty{nat: map[uint8]bool{}, filter: map[uint8]bool{}, hairpin: map[uint8]bool{}}
+}
 
 // writeShared rewrites the dirty dispatch chains and, when the set of
 // non-empty buckets changed (or force), the KPO-SERVICES tops.
@@ -226,6 +279,47 @@ func (s *famState) writeShared(d *dirty, nat, filter *tableWriter, force bool) {
 	if d.filterNP || force {
 		s.writeNodePorts(filter, s.filterNP, func(r *rendered) string { return r.filterNodePort })
 	}
+	s.writeHairpin(d.hairpin, nat, force)
+}
+
+// writeHairpin rewrites the dirty hairpin buckets and, when the set of
+// non-empty buckets changed (or force: KPO-POSTROUTING jumps to it, so a
+// full sync always declares it), KPO-HAIRPIN.
+func (s *famState) writeHairpin(dirtyB map[uint8]bool, t *tableWriter, force bool) {
+	for b := range dirtyB {
+		name := hairpinChain(b)
+		ips := s.hairpin[b]
+		if len(ips) == 0 {
+			delete(s.hairpin, b)
+			if slices.Contains(s.hairpinTop, b) {
+				t.remove(name)
+			}
+			continue
+		}
+		sorted := make([]netip.Addr, 0, len(ips))
+		for ip := range ips {
+			sorted = append(sorted, ip)
+		}
+		slices.SortFunc(sorted, netip.Addr.Compare)
+		c := chain{name: name, rules: make([]string, len(sorted))}
+		for i, ip := range sorted {
+			c.rules[i] = hairpinRule(ip, s.randomFully)
+		}
+		t.write(c)
+	}
+	top := make([]uint8, 0, len(s.hairpin))
+	for b := range s.hairpin {
+		top = append(top, b)
+	}
+	slices.Sort(top)
+	if force || !slices.Equal(top, s.hairpinTop) {
+		c := chain{name: chainHairpin}
+		for _, b := range top {
+			c.rules = append(c.rules, bucketMatch(s.fam, b)+" -j "+hairpinChain(b))
+		}
+		t.write(c)
+	}
+	s.hairpinTop = top
 }
 
 func (s *famState) writeBuckets(t *tableWriter, members map[uint8]keySet, dirtyB map[uint8]bool, top []uint8, force bool, rules func(*rendered) []dispatchRule) []uint8 {

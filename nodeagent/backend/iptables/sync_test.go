@@ -3,9 +3,11 @@ package iptables
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"kpo.dev/kpo/nodeagent/model"
 )
@@ -22,7 +24,21 @@ func declared(data string) []string {
 	return out
 }
 
-func kpoRules(f *Fake) int { return f.RuleCount(model.IPv4, chainPrefix) + f.RuleCount(model.IPv6, chainPrefix) }
+// rulesWith counts the rules of a nat chain containing substr.
+func rulesWith(f *Fake, chain, substr string) int {
+	rules, _ := f.Rules(model.IPv4, tableNAT, chain)
+	n := 0
+	for _, r := range rules {
+		if strings.Contains(r, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+func kpoRules(f *Fake) int {
+	return f.RuleCount(model.IPv4, chainPrefix) + f.RuleCount(model.IPv6, chainPrefix)
+}
 
 func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 	b, f := newFakeBackend(t, testSettings)
@@ -32,13 +48,13 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 		t.Fatalf("first sync %+v, fake holds %d rules", r, kpoRules(f))
 	}
 
-	// One service gets a third endpoint.
+	// One service gets a third endpoint, on this node.
 	s2 := clone(s1)
 	var changed *model.ServicePort
 	for _, sp := range s2.Services {
 		if sp.Key.Name == "svc7" {
 			c := *sp
-			c.ClusterEndpoints = append(slices.Clone(sp.ClusterEndpoints), ep("10.244.9.9:8080", false))
+			c.ClusterEndpoints = append(slices.Clone(sp.ClusterEndpoints), ep("10.244.9.9:8080", true))
 			c.ExternalEndpoints = c.ClusterEndpoints
 			changed = &c
 		}
@@ -52,18 +68,21 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 	if len(f.Restores) != n+1 {
 		t.Fatalf("%d restores, want 1", len(f.Restores)-n)
 	}
-	names := chainsFor(changed.Key)
-	want := []string{bucketChain(bucketOf(changed.ClusterIP)), names.svc}
-	for _, e := range changed.ClusterEndpoints {
-		want = append(want, sepChain(changed.Key, e))
-	}
+	// A plain ClusterIP service has no chain of its own: its rules live in its
+	// destination bucket, and the new local endpoint adds a hairpin check (the
+	// first one: bigSnapshot's endpoints are remote).
+	bucket := bucketChain(bucketOf(changed.ClusterIP))
+	want := []string{bucket, chainHairpin, hairpinChain(9)}
 	slices.Sort(want)
 	if got := declared(f.Restores[n].Data); !slices.Equal(got, want) {
 		t.Errorf("partial restore declares %v, want %v\n%s", got, want, f.Restores[n].Data)
 	}
-	rules, _ := f.Rules(model.IPv4, tableNAT, names.svc)
-	if len(rules) != 4 { // cluster masq + 3 endpoints
-		t.Errorf("SVC chain %q", rules)
+	if got := rulesWith(f, hairpinChain(9), "-s 10.244.9.9/32 -d 10.244.9.9/32 "); got != 1 {
+		t.Errorf("%d hairpin rules for the local endpoint", got)
+	}
+	vip := "-d " + hostCIDR(changed.ClusterIP) + " "
+	if got := rulesWith(f, bucket, vip); got != 4 { // cluster masq + 3 endpoints
+		t.Errorf("%d rules for the changed service in %s", got, bucket)
 	}
 
 	// Nothing changed: no restore at all.
@@ -72,15 +91,46 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 		t.Errorf("no-op sync %+v wrote %d restores", r, len(f.Restores)-n)
 	}
 
-	// Removing a service deletes its chains, and nothing else.
+	// Removing a service removes its rules and its endpoints' hairpin checks.
 	s3 := clone(s2)
 	delete(s3.Services, changed.Key)
 	mustSync(t, b, s3, false)
-	data := f.Restores[len(f.Restores)-1].Data
-	for _, c := range append(want[1:], names.svc) {
-		if c == bucketChain(bucketOf(changed.ClusterIP)) {
-			continue
+	if got := rulesWith(f, bucket, vip); got != 0 {
+		t.Errorf("removed service: %d rules left in %s", got, bucket)
+	}
+	for _, e := range changed.ClusterEndpoints {
+		if got := rulesWith(f, hairpinChain(bucketOf(e.IP)), "-s "+hostCIDR(e.IP)+" "); got != 0 {
+			t.Errorf("removed service: hairpin check of %s kept", e.IP)
 		}
+	}
+
+	// With session affinity the service has SVC and SEP chains, and removing
+	// it deletes them.
+	s4 := clone(s3)
+	var sticky *model.ServicePort
+	for _, sp := range s4.Services {
+		if sp.Key.Name == "svc8" {
+			c := *sp
+			c.AffinityTimeout = time.Hour
+			sticky = &c
+		}
+	}
+	s4.Services[sticky.Key] = sticky
+	mustSync(t, b, s4, false)
+	chains := []string{chainsFor(sticky.Key).svc}
+	for _, e := range sticky.ClusterEndpoints {
+		chains = append(chains, sepChain(sticky.Key, e))
+	}
+	for _, c := range chains {
+		if rules, _ := f.Rules(model.IPv4, tableNAT, c); len(rules) == 0 {
+			t.Errorf("affinity: chain %s empty or missing", c)
+		}
+	}
+	s5 := clone(s4)
+	delete(s5.Services, sticky.Key)
+	mustSync(t, b, s5, false)
+	data := f.Restores[len(f.Restores)-1].Data
+	for _, c := range chains {
 		if !strings.Contains(data, "-X "+c+"\n") {
 			t.Errorf("removed service: %s not deleted:\n%s", c, data)
 		}
@@ -88,6 +138,7 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 			t.Errorf("chain %s still exists", c)
 		}
 	}
+	s3 = s5
 	if r := mustSync(t, b, s3, false); r.Rules != kpoRules(f) {
 		t.Errorf("rules %d, fake %d", r.Rules, kpoRules(f))
 	}
@@ -147,13 +198,13 @@ func TestFakeRestoreIsAtomicPerTable(t *testing.T) {
 	f := NewFake()
 	ok := "*filter\n:KPO-A - [0:0]\n-A KPO-A -j DROP\nCOMMIT\n"
 	bad := []string{
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j KPO-MISSING\nCOMMIT\n",                                     // jump to nothing
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -p tcp --dport 80 -j RETURN\nCOMMIT\n",                        // --dport without -m tcp
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j DROP\nCOMMIT\n",                                            // DROP in nat
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -d 10.0.0.300 -j RETURN\nCOMMIT\n",                            // bad address
-		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j PREROUTING\nCOMMIT\n",                                      // jump to built-in
-		"*nat\n:KPO-THIS-NAME-IS-MUCH-TOO-LONG-FOR-IT - [0:0]\nCOMMIT\n",                             // name length
-		"*nat\n:KPO-B - [0:0]\n:KPO-C - [0:0]\n-A KPO-B -j KPO-C\n-X KPO-C\nCOMMIT\n",                 // still referenced
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j KPO-MISSING\nCOMMIT\n",                                       // jump to nothing
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -p tcp --dport 80 -j RETURN\nCOMMIT\n",                          // --dport without -m tcp
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j DROP\nCOMMIT\n",                                              // DROP in nat
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -d 10.0.0.300 -j RETURN\nCOMMIT\n",                              // bad address
+		"*nat\n:KPO-B - [0:0]\n-A KPO-B -j PREROUTING\nCOMMIT\n",                                        // jump to built-in
+		"*nat\n:KPO-THIS-NAME-IS-MUCH-TOO-LONG-FOR-IT - [0:0]\nCOMMIT\n",                                // name length
+		"*nat\n:KPO-B - [0:0]\n:KPO-C - [0:0]\n-A KPO-B -j KPO-C\n-X KPO-C\nCOMMIT\n",                   // still referenced
 		"*nat\n:KPO-B - [0:0]\n-A KPO-B -m statistic --mode random --probability 2 -j RETURN\nCOMMIT\n", // probability
 	}
 	for _, b := range bad {
@@ -180,7 +231,7 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 
 	var some string
 	for _, sp := range s.Services {
-		some = chainsFor(sp.Key).svc
+		some = bucketChain(bucketOf(sp.ClusterIP))
 		break
 	}
 	for _, cmd := range []string{
@@ -259,5 +310,40 @@ func TestNodeChangeRewritesFamily(t *testing.T) {
 	}
 	if rules, _ := f.Rules(model.IPv4, tableNAT, chainClusterMasq); len(rules) != 0 {
 		t.Errorf("cluster masq %q", rules)
+	}
+}
+
+func TestLayoutChanges(t *testing.T) {
+	// A service moves between the inlined layout, its own SVC chain (node
+	// port) and SEP chains (affinity) through partial syncs; every step must
+	// leave exactly its rules, and the next full sync must find nothing to fix.
+	b, f := newFakeBackend(t, testSettings)
+	e1, e2 := ep("10.244.1.10:8080", true), ep("10.244.2.20:8080", false)
+	plain := svc("a", "10.96.0.10", 80, e1, e2)
+	np := *plain
+	np.NodePort = 30080
+	sticky := *plain
+	sticky.AffinityTimeout = time.Minute
+	want := map[NATResult]float64{res("10.244.1.10:8080", false): .5, res("10.244.2.20:8080", false): .5}
+	for i, sp := range []*model.ServicePort{plain, &np, plain, &sticky, &np, plain} {
+		r := mustSync(t, b, snapOf(sp), i == 0)
+		if r.Rules != kpoRules(f) {
+			t.Errorf("step %d: rules %d, fake %d", i, r.Rules, kpoRules(f))
+		}
+		approx(t, fmt.Sprintf("step %d", i), f.TraceNAT(model.IPv4, "PREROUTING", pkt("10.244.3.3", "10.96.0.10", 80)), want)
+		hasSVC := slices.Contains(f.Chains(model.IPv4, tableNAT), chainsFor(sp.Key).svc)
+		if hasSVC != (sp != plain) {
+			t.Errorf("step %d: SVC chain present %v", i, hasSVC)
+		}
+		// The local endpoint's hairpin check is in POSTROUTING unless the
+		// service uses SEP chains, which do it themselves.
+		if got := rulesWith(f, hairpinChain(10), "-s 10.244.1.10/32 "); got != map[bool]int{true: 0, false: 1}[sp == &sticky] {
+			t.Errorf("step %d: %d hairpin rules", i, got)
+		}
+	}
+	before := f.Dump(model.IPv4, tableNAT)
+	mustSync(t, b, snapOf(plain), true)
+	if after := f.Dump(model.IPv4, tableNAT); after != before {
+		t.Errorf("full sync changed the partial syncs' result:\n%s\nwant\n%s", after, before)
 	}
 }
