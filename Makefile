@@ -86,7 +86,7 @@ demo: ## A local cluster with the operator, agents and a Service (in progress).
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet k8s-binaries ## Run every test: unit, envtest, real kernel.
+test: verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel.
 	go test ./... -count=1 -timeout 20m
 
 .PHONY: test-unit

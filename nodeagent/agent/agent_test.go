@@ -91,7 +91,7 @@ func freePort(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().String()
 }
 
@@ -147,7 +147,12 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	must(t, err)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent stopped with %v", err)
+		}
+	}()
 
 	webKey := model.ServicePortKey{ServicePortName: model.ServicePortName{Namespace: "agent-test", Name: "web", Port: "http", Protocol: corev1.ProtocolUDP}, Family: model.IPv4}
 	apiserver.Eventually(t, 20*time.Second, func() error {

@@ -104,7 +104,6 @@ func memory(b *testing.B, pid int) (rss, hwm float64) {
 // loader creates Services and EndpointSlices with parallel workers.
 type loader struct {
 	kube      kubernetes.Interface
-	services  int
 	endpoints map[int]int // endpoints per service index
 }
 

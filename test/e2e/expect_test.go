@@ -90,7 +90,7 @@ func expectHTTP(t *testing.T, from *netns.NS, addr string, code int) {
 			if err != nil {
 				return err
 			}
-			defer c.Close()
+			defer func() { _ = c.Close() }()
 			_ = c.SetDeadline(time.Now().Add(dialTimeout))
 			if _, err := fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", addr); err != nil {
 				return err

@@ -15,8 +15,6 @@ import (
 
 var testSettings = backend.Settings{MasqueradeBit: 14}
 
-const masqMark = "0x4000"
-
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func ep(s string, local bool) model.Endpoint {

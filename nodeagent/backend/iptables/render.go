@@ -323,7 +323,7 @@ func (r *renderer) nodePortDispatch(nodePortIPs []netip.Addr, explicit bool) []s
 	if explicit {
 		out := make([]string, 0, len(nodePortIPs))
 		for _, ip := range nodePortIPs {
-			if ip.IsLoopback() && !(r.settings.LocalhostNodePorts && r.fam == model.IPv4) {
+			if ip.IsLoopback() && (!r.settings.LocalhostNodePorts || r.fam != model.IPv4) {
 				continue
 			}
 			out = append(out, "-d "+hostCIDR(ip)+" -j "+chainNodePorts)

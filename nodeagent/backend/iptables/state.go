@@ -241,12 +241,12 @@ func (s *famState) countHairpin(ips []netip.Addr, delta int, d *dirty) {
 			s.hairpin[b] = m
 		}
 		n := m[ip] + delta
-		switch {
-		case n == 0:
+		switch n {
+		case 0:
 			delete(m, ip)
 			s.hairpinIPs--
 			d.hairpin[b] = true
-		case n == delta: // was absent
+		case delta: // was absent
 			m[ip] = n
 			s.hairpinIPs++
 			d.hairpin[b] = true

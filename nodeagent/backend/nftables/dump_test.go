@@ -22,13 +22,17 @@ func TestDumpTx(t *testing.T) {
 	var full string
 	b.kernel = &capture{FakeKernel: k, out: &full}
 	mustSync(t, b, s, true)
-	os.WriteFile(dir+"/full.nft", []byte(full), 0o644)
+	if err := os.WriteFile(dir+"/full.nft", []byte(full), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	orig := s.Services[key("default", "svc5000", model.IPv4)]
 	alt := *orig
 	alt.ClusterEndpoints = []model.Endpoint{orig.ClusterEndpoints[0], ep("10.250.0.1", 8080, false)}
 	alt.ExternalEndpoints = alt.ClusterEndpoints
 	mustSync(t, b, withSnap(s, &alt), false)
-	os.WriteFile(dir+"/partial.nft", []byte(full), 0o644)
+	if err := os.WriteFile(dir+"/partial.nft", []byte(full), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 type capture struct {

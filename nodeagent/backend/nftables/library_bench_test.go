@@ -236,7 +236,7 @@ func BenchmarkLibraryGoogleNftablesFull10k(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			defer c.CloseLasting()
+			defer func() { _ = c.CloseLasting() }()
 			g := &gnftLib{c: c, table: &gnft.Table{Family: gnft.TableFamilyIPv4, Name: libBenchTable}}
 			if err := g.program(10000, -1, 0, 0); err != nil {
 				return err
