@@ -132,11 +132,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
 	resync := time.Duration(0)
 	svcFactory := informers.NewSharedInformerFactoryWithOptions(a.opts.Kube, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
+		informers.WithTransform(dropManagedFields))
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(a.opts.Kube, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", a.opts.NodeName).String()
-		}))
+		}),
+		informers.WithTransform(dropManagedFields))
 
 	svcInformer := svcFactory.Core().V1().Services().Informer()
 	sliceInformer := svcFactory.Discovery().V1().EndpointSlices().Informer()
@@ -356,6 +358,16 @@ func hasTaint(n *corev1.Node, key string) bool {
 		}
 	}
 	return false
+}
+
+// dropManagedFields strips what the agent never reads before objects enter the
+// informer caches: managedFields are often the largest part of an object, and
+// at 10k Services and EndpointSlices they are most of the agent's memory.
+func dropManagedFields(o any) (any, error) {
+	if m, ok := o.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return o, nil
 }
 
 // unwrap handles the tombstones informers deliver for deletions they missed.
