@@ -63,10 +63,15 @@ lint: $(GOLANGCI_LINT) ## golangci-lint.
 build: ## Build the operator and node-agent binaries into bin/.
 	CGO_ENABLED=0 go build -o $(LOCALBIN)/ ./cmd/...
 
-.PHONY: k8s-binaries
-k8s-binaries: $(K8S_BIN)/kube-apiserver ## Build kube-apiserver, etcd, kubectl (cached in bin/).
+# The tests need these; the demo and the benchmarks add kube-scheduler and kube-proxy.
+TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager
 
-$(K8S_BIN)/kube-apiserver: hack/tools/go.mod hack/tools/go.sum
+.PHONY: k8s-binaries
+k8s-binaries: ## Build the Kubernetes binaries the tests run (cached in bin/).
+	hack/build-k8s.sh $(K8S_BIN) $(TEST_K8S_BINARIES)
+
+.PHONY: k8s-binaries-all
+k8s-binaries-all: ## Also build kube-scheduler and kube-proxy.
 	hack/build-k8s.sh $(K8S_BIN)
 
 .PHONY: docker-build
