@@ -46,6 +46,9 @@ type ProxyConfigurationReconciler struct {
 	Namespace string
 	// DefaultAgentImage is the agent image when a spec names none.
 	DefaultAgentImage string
+	// APIServerHost and APIServerPort are the API server's address for the agents
+	// (see render.Options); empty means the in-cluster default.
+	APIServerHost, APIServerPort string
 	// Clock stamps condition transitions; tests may replace it.
 	Clock clock.PassiveClock
 }
@@ -118,6 +121,8 @@ func (r *ProxyConfigurationReconciler) applyObjects(ctx context.Context, pc *kpo
 		Namespace:         r.Namespace,
 		DefaultAgentImage: r.DefaultAgentImage,
 		ExcludedNodes:     slices.Collect(maps.Keys(conflicts)),
+		APIServerHost:     r.APIServerHost,
+		APIServerPort:     r.APIServerPort,
 	})
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ package main
 
 import (
 	"flag"
+	"net"
 	"os"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -24,6 +25,8 @@ func main() {
 		metricsAddr = flag.String("metrics-bind-address", ":8080", "address of the metrics endpoint (0 disables it)")
 		probeAddr   = flag.String("health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 		leaderElect = flag.Bool("leader-elect", false, "elect a leader, so that only one replica reconciles")
+		apiServer   = flag.String("agent-kube-apiserver", os.Getenv("KPO_AGENT_KUBE_APISERVER"),
+			"host:port of the API server for the agents (needed when no other proxy serves the kubernetes Service)")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -47,11 +50,20 @@ func main() {
 		setupLog.Error(err, "creating manager")
 		os.Exit(1)
 	}
+	var apiHost, apiPort string
+	if *apiServer != "" {
+		if apiHost, apiPort, err = net.SplitHostPort(*apiServer); err != nil {
+			setupLog.Error(err, "--agent-kube-apiserver must be host:port")
+			os.Exit(1)
+		}
+	}
 	if err := (&controllers.ProxyConfigurationReconciler{
 		Client:            mgr.GetClient(),
 		Scheme:            mgr.GetScheme(),
 		Namespace:         *namespace,
 		DefaultAgentImage: *agentImage,
+		APIServerHost:     apiHost,
+		APIServerPort:     apiPort,
 	}).SetupWithManager(mgr); err != nil {
 		setupLog.Error(err, "setting up the controller")
 		os.Exit(1)

@@ -53,6 +53,13 @@ type Options struct {
 	// ExcludedNodes are selected nodes that an older ProxyConfiguration holds; the
 	// DaemonSet must not schedule there.
 	ExcludedNodes []string
+	// APIServerHost and APIServerPort, when set, are the API server's real
+	// address, given to the agents as KUBERNETES_SERVICE_HOST/PORT. Without them
+	// the agents reach the API server through the kubernetes Service's ClusterIP,
+	// which only works while another proxy (kube-proxy) still serves it: kpo
+	// itself cannot program that ClusterIP before it has talked to the API server.
+	APIServerHost string
+	APIServerPort string
 }
 
 // Objects is everything one ProxyConfiguration renders to.
@@ -186,7 +193,7 @@ func daemonSet(pc *kpov1.ProxyConfiguration, opts Options, image, hash string,
 		WithDNSPolicy(corev1.DNSClusterFirstWithHostNet).
 		WithNodeSelector(nodeSelector).
 		WithTerminationGracePeriodSeconds(30).
-		WithContainers(agentContainer(pc, image)).
+		WithContainers(agentContainer(pc, image, opts)).
 		WithVolumes(
 			corev1ac.Volume().WithName("config").
 				WithConfigMap(corev1ac.ConfigMapVolumeSource().WithName(name)),
@@ -229,7 +236,7 @@ func daemonSet(pc *kpov1.ProxyConfiguration, opts Options, image, hash string,
 				WithSpec(pod)))
 }
 
-func agentContainer(pc *kpov1.ProxyConfiguration, image string) *corev1ac.ContainerApplyConfiguration {
+func agentContainer(pc *kpov1.ProxyConfiguration, image string, opts Options) *corev1ac.ContainerApplyConfiguration {
 	spec := &pc.Spec
 	healthz := spec.HealthzPort
 	if healthz == 0 {
@@ -263,6 +270,12 @@ func agentContainer(pc *kpov1.ProxyConfiguration, image string) *corev1ac.Contai
 			corev1ac.VolumeMount().WithName("xtables-lock").WithMountPath("/run/xtables.lock"),
 			corev1ac.VolumeMount().WithName("lib-modules").WithMountPath("/lib/modules").WithReadOnly(true),
 		)
+	if opts.APIServerHost != "" {
+		c.WithEnv(
+			corev1ac.EnvVar().WithName("KUBERNETES_SERVICE_HOST").WithValue(opts.APIServerHost),
+			corev1ac.EnvVar().WithName("KUBERNETES_SERVICE_PORT").WithValue(opts.APIServerPort),
+		)
+	}
 	if spec.Agent.ImagePullPolicy != "" {
 		c.WithImagePullPolicy(spec.Agent.ImagePullPolicy)
 	}

@@ -53,6 +53,8 @@ func TestRenderGolden(t *testing.T) {
 		{"default", Options{Namespace: "kpo-system", DefaultAgentImage: "registry.example/kpo:v0.1.0"}},
 		{"excluded-nodes", Options{Namespace: "kpo-system", DefaultAgentImage: "registry.example/kpo:v0.1.0",
 			ExcludedNodes: []string{"node-b", "node-a"}}},
+		{"apiserver-address", Options{Namespace: "kpo-system", DefaultAgentImage: "registry.example/kpo:v0.1.0",
+			APIServerHost: "198.51.100.254", APIServerPort: "6443"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			objs, err := Render(sample(), tc.opts)
