@@ -56,17 +56,20 @@ type ProxyConfigurationReconciler struct {
 // +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxyconfigurations,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxyconfigurations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxyconfigurations/finalizers,verbs=update
-// +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxynodestatuses,verbs=get;list;watch
+// +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxynodestatuses,verbs=get;list;watch;create;patch;update
+// +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxynodestatuses/status,verbs=get;patch;update
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=configmaps;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete;bind;escalate
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
 // +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 // +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch;update
 
-// The last three rules are there because the operator grants them to the agents:
-// RBAC only lets a subject grant permissions it holds (or has 'escalate' on).
+// The services, endpointslices, events and proxynodestatuses write rules are
+// there because the operator grants them to the agents: RBAC lets a subject grant
+// only permissions it holds. Holding them is narrower than 'escalate' and 'bind'
+// on cluster roles, which would let the operator grant anything.
 
 // Reconcile brings one ProxyConfiguration's objects and status up to date.
 func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
