@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -237,6 +238,13 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	a.status.synced(time.Now(), elapsed, res.Full, counts, res.Rules)
 	a.hc.update(snap)
 	a.clearStaleUDP(ctx, change)
+	if res.Full {
+		// A full sync builds the whole rule set in memory (at 10k Services, tens
+		// of MiB of transaction text) and drops it at once. Return it to the OS
+		// now rather than at the scavenger's pace: full syncs are rare (start,
+		// syncPeriod, after failures), and node memory is the cluster's.
+		debug.FreeOSMemory()
+	}
 	logger.V(2).Info("synced", "full", res.Full, "reason", reason.String(), "servicePorts", counts.ServicePorts,
 		"written", res.ServicePortsWritten, "rules", res.Rules, "duration", elapsed)
 	return nil
