@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -300,6 +301,22 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 		if failures.Load() != 0 {
 			t.Errorf("%d of %d requests failed across the agent's kill and restart; first: %q", failures.Load(), total.Load(), firstErrs)
 		}
+	})
+	t.Run("kpo-agent --cleanup removes every kpo rule of every mode", func(t *testing.T) {
+		n2.KillAgent() // a running agent would put its rules back
+		if out, err := n2.Run(agentBin, "--cleanup", "--config=/nonexistent"); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if out := n2.MustRun(t, "nft", "list", "tables"); strings.Contains(out, "kpo") {
+			t.Errorf("nftables tables left: %s", out)
+		}
+		for _, save := range []string{"iptables-save", "ip6tables-save", "iptables-legacy-save"} {
+			if out, err := n2.Run(save); err == nil && strings.Contains(out, "KPO-") {
+				t.Errorf("%s still shows KPO- chains:\n%s", save, out)
+			}
+		}
+		// The other node keeps serving: cleanup is per node.
+		expectSpread(t, n1p1.NS, "tcp", webVIP, "n1p0", "n2p0")
 	})
 	_ = web
 }
