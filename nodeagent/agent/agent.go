@@ -226,7 +226,12 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	if err != nil {
 		a.needFull = true
 		a.metrics.syncFailures.Inc()
-		a.status.syncFailed(err)
+		if errors.Is(err, backend.ErrUnavailable) {
+			// Not a bad rule set: this kernel cannot run the mode at all.
+			a.status.setUnavailable(err)
+		} else {
+			a.status.syncFailed(err)
+		}
 		logger.Error(err, "sync failed; the previous rules stay in place", "full", full, "reason", reason.String())
 		return err
 	}

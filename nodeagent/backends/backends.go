@@ -36,5 +36,5 @@ var Families = []model.Family{model.IPv4, model.IPv6}
 
 // All returns a factory per mode built into this agent.
 func All(cfg *kpov1.AgentConfiguration) map[kpov1.Mode]Factory {
-	return registered(Settings(cfg))
+	return registered(cfg, Settings(cfg))
 }

@@ -249,3 +249,12 @@ func mustLink(h *netlink.Handle, name string) netlink.Link {
 	}
 	return l
 }
+
+// KernelHasIPVS reports whether this kernel offers IPVS (/proc/net/ip_vs exists).
+func KernelHasIPVS() (bool, error) {
+	_, err := os.Stat("/proc/net/ip_vs")
+	if os.IsNotExist(err) {
+		return false, nil
+	}
+	return err == nil, err
+}

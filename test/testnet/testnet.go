@@ -301,3 +301,16 @@ func (node *Node) AgentPID() int {
 	}
 	return node.agent.Process.Pid
 }
+
+// AgentRunning reports whether the agent process is still running.
+func (node *Node) AgentRunning() bool {
+	if node.done == nil {
+		return false
+	}
+	select {
+	case <-node.done:
+		return false
+	default:
+		return true
+	}
+}

@@ -1,0 +1,142 @@
+package ipvs
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+var testSettings = backend.Settings{MasqueradeBit: 14}
+
+func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func ep(s string) model.Endpoint {
+	ap := netip.MustParseAddrPort(s)
+	return model.Endpoint{IP: ap.Addr(), Port: int32(ap.Port()), Ready: true}
+}
+
+func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func tcpKey(s string) VSKey {
+	a := netip.MustParseAddrPort(s)
+	return VSKey{Addr: a.Addr(), Protocol: protoTCP, Port: a.Port()}
+}
+
+// svc builds a TCP service port whose external endpoints equal its cluster ones.
+func svc(name, clusterIP string, port int32, eps ...model.Endpoint) *model.ServicePort {
+	ip := addr(clusterIP)
+	return &model.ServicePort{
+		Key: model.ServicePortKey{
+			ServicePortName: model.ServicePortName{Namespace: "ns", Name: name, Protocol: corev1.ProtocolTCP},
+			Family:          model.FamilyOf(ip),
+		},
+		Protocol: corev1.ProtocolTCP, ClusterIP: ip, Port: port,
+		ClusterEndpoints: eps, ExternalEndpoints: eps,
+	}
+}
+
+func snapOf(sps ...*model.ServicePort) *model.Snapshot {
+	s := &model.Snapshot{
+		Services: map[model.ServicePortKey]*model.ServicePort{},
+		Node: model.NodeInfo{
+			Name: "node",
+			ClusterCIDRs: map[model.Family][]netip.Prefix{
+				model.IPv4: {netip.MustParsePrefix("10.244.0.0/16")},
+			},
+		},
+	}
+	for _, sp := range sps {
+		s.Services[sp.Key] = sp
+	}
+	return s
+}
+
+// with returns a copy of s with sps added or replaced, keeping the other pointers.
+func with(s *model.Snapshot, sps ...*model.ServicePort) *model.Snapshot {
+	c := *s
+	c.Services = map[model.ServicePortKey]*model.ServicePort{}
+	for k, v := range s.Services {
+		c.Services[k] = v
+	}
+	for _, sp := range sps {
+		c.Services[sp.Key] = sp
+	}
+	return &c
+}
+
+// without returns a copy of s without the named service ports.
+func without(s *model.Snapshot, sps ...*model.ServicePort) *model.Snapshot {
+	c := with(s)
+	for _, sp := range sps {
+		delete(c.Services, sp.Key)
+	}
+	return c
+}
+
+// env is a backend over fakes, with a settable clock.
+type env struct {
+	t   *testing.T
+	h   *FakeHandle
+	l   *FakeLinks
+	r   *FakeRules
+	now time.Time
+	b   *Backend
+}
+
+func newEnv(t *testing.T, cfg Config) *env {
+	t.Helper()
+	e := &env{t: t, h: NewFakeHandle(), l: NewFakeLinks(addr("192.168.1.10")), r: &FakeRules{},
+		now: time.Unix(1_000_000, 0)}
+	e.b = e.newBackend(cfg)
+	return e
+}
+
+// newBackend makes another backend over the same fakes: an agent restart.
+func (e *env) newBackend(cfg Config) *Backend {
+	e.t.Helper()
+	b, err := New(testSettings, cfg, []model.Family{model.IPv4, model.IPv6},
+		WithHandle(e.h), WithLinks(e.l), WithRules(e.r), WithClock(func() time.Time { return e.now }))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b
+}
+
+func (e *env) sync(s *model.Snapshot, full bool) backend.SyncResult {
+	e.t.Helper()
+	res, err := e.b.Sync(context.Background(), s, full)
+	if err != nil {
+		e.t.Fatalf("sync: %v", err)
+	}
+	return res
+}
+
+// dests returns a virtual server's destinations with their weights.
+func (e *env) dests(k string) map[netip.AddrPort]int {
+	e.t.Helper()
+	_, ds, ok := e.h.Service(tcpKey(k))
+	if !ok {
+		e.t.Fatalf("no virtual server %s; have %v", k, e.h.Keys())
+	}
+	out := map[netip.AddrPort]int{}
+	for a, d := range ds {
+		out[a] = d.Weight
+	}
+	return out
+}
+
+func (e *env) hasVS(k string) bool {
+	_, _, ok := e.h.Service(tcpKey(k))
+	return ok
+}
+
+func (e *env) dummyAddrs() []netip.Addr {
+	as, _ := e.l.Addrs(dummyName)
+	return as
+}

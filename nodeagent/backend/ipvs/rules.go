@@ -1,0 +1,292 @@
+package ipvs
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+// The companion rules. IPVS only translates destinations; what kube-proxy's
+// IPVS mode adds with iptables, kpo adds too, with a fixed set of chains whose
+// rules match ipsets, so that a service change touches set elements only:
+//
+//	nat    PREROUTING, OUTPUT -> KPO-IPVS-SERVICES
+//	         CLUSTER-IP dst,dst -> KPO-IPVS-CLUSTER-MASQ (RETURN for pod CIDRs, else mark)
+//	         EXTERNAL dst,dst   -> KPO-IPVS-MARK-MASQ (policy Cluster loses the source)
+//	nat    POSTROUTING -> KPO-IPVS-POSTROUTING
+//	         LOOP-BACK dst,dst,src -> MASQUERADE (hairpin: a pod reaching itself)
+//	         marked -> clear the mark, MASQUERADE
+//	filter INPUT, FORWARD, OUTPUT (ctstate NEW) -> KPO-IPVS-SERVICES
+//	         FW dst,dst -> KPO-IPVS-FIREWALL (FW-SRC dst,dst,src RETURN; DROP)
+//	         REJECT dst,dst -> REJECT  (VIP without endpoints)
+//	         DROP dst,dst -> DROP      (policy Local without local endpoints)
+//
+// The chains are KPO-IPVS-* rather than the iptables mode's KPO-*, so that the
+// two modes' cleanups never delete each other's chains. Masquerading needs the
+// sysctl net.ipv4.vs.conntrack=1 (set by prepare): without it IPVS traffic
+// bypasses conntrack and NAT.
+
+// Set names, without the family prefix (KPO- for IPv4, KPO6- for IPv6).
+const (
+	setClusterIP = "CLUSTER-IP"
+	setExternal  = "EXTERNAL"
+	setLoopBack  = "LOOP-BACK"
+	setReject    = "REJECT"
+	setDrop      = "DROP"
+	setFW        = "FW"
+	setFWSrc     = "FW-SRC"
+)
+
+var setTypes = map[string]string{
+	setClusterIP: "hash:ip,port", setExternal: "hash:ip,port", setLoopBack: "hash:ip,port,ip",
+	setReject: "hash:ip,port", setDrop: "hash:ip,port", setFW: "hash:ip,port", setFWSrc: "hash:ip,port,net",
+}
+
+// SetName is the ipset of a family.
+func SetName(f model.Family, set string) string {
+	if f == model.IPv6 {
+		return "KPO6-" + set
+	}
+	return "KPO-" + set
+}
+
+// setEntry is one element of one ipset, in ipset's syntax ("10.0.0.1,tcp:80").
+type setEntry struct {
+	set   string // full name
+	entry string
+}
+
+// setEntries computes a service port's elements in the companion ipsets.
+func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setEntry {
+	proto, ok := protoOf(sp.Protocol)
+	if !ok {
+		return nil
+	}
+	f := sp.Key.Family
+	var out []setEntry
+	add := func(set string, parts ...string) {
+		out = append(out, setEntry{SetName(f, set), strings.Join(parts, ",")})
+	}
+	ipPort := func(a netip.Addr, port int32) string {
+		return a.Unmap().String() + "," + protoName(proto) + ":" + fmt.Sprint(port)
+	}
+	vip := ipPort(sp.ClusterIP, sp.Port)
+	add(setClusterIP, vip)
+	if len(sp.ClusterEndpoints) == 0 {
+		add(setReject, vip)
+	}
+	for _, e := range sp.ClusterEndpoints {
+		add(setLoopBack, ipPort(e.IP, e.Port), e.IP.Unmap().String())
+	}
+	var ext []string
+	for _, ip := range nodeIPs {
+		if sp.NodePort != 0 {
+			ext = append(ext, ipPort(ip, sp.NodePort))
+		}
+	}
+	for _, ip := range sp.ExternalIPs {
+		ext = append(ext, ipPort(ip, sp.Port))
+	}
+	for _, ip := range sp.LoadBalancerIPs {
+		ext = append(ext, ipPort(ip, sp.Port))
+		if len(sp.SourceRanges) > 0 {
+			add(setFW, ipPort(ip, sp.Port))
+			for _, r := range sp.SourceRanges {
+				add(setFWSrc, ipPort(ip, sp.Port), r.Masked().String())
+			}
+		}
+	}
+	for _, e := range ext {
+		switch {
+		case len(sp.ExternalEndpoints) == 0 && sp.ExternalPolicyLocal:
+			add(setDrop, e)
+		case len(sp.ExternalEndpoints) == 0:
+			add(setReject, e)
+		case !sp.ExternalPolicyLocal:
+			add(setExternal, e)
+		}
+	}
+	if !sp.ExternalPolicyLocal {
+		return out
+	}
+	// Policy Local: endpoints may differ from the cluster ones.
+	for _, e := range sp.ExternalEndpoints {
+		if !slices.ContainsFunc(sp.ClusterEndpoints, func(c model.Endpoint) bool { return c.AddrPort() == e.AddrPort() }) {
+			add(setLoopBack, ipPort(e.IP, e.Port), e.IP.Unmap().String())
+		}
+	}
+	return out
+}
+
+// RuleSet is everything the companion rules hold.
+type RuleSet struct {
+	Families []model.Family
+	// Sets: element set by full ipset name; every set of every family is
+	// present, empty or not.
+	Sets map[string]map[string]bool
+	// ClusterCIDRs are the pod networks (detect-local for masquerading).
+	ClusterCIDRs map[model.Family][]netip.Prefix
+}
+
+// Rules programs the companion ipsets and iptables chains. Apply gets the
+// complete desired state each sync; implementations write only what changed
+// since their last successful Apply unless full.
+type Rules interface {
+	Apply(rs *RuleSet, full bool) error
+	Cleanup(families []model.Family) error
+}
+
+// syncRules collects every service port's set entries and applies them.
+func (b *Backend) syncRules(snap *model.Snapshot, full bool) error {
+	rs := &RuleSet{Families: b.families, Sets: map[string]map[string]bool{}, ClusterCIDRs: snap.Node.ClusterCIDRs}
+	for _, f := range b.families {
+		for set := range setTypes {
+			rs.Sets[SetName(f, set)] = map[string]bool{}
+		}
+	}
+	for _, st := range b.svcs {
+		for _, e := range st.sets {
+			rs.Sets[e.set][e.entry] = true
+		}
+	}
+	if err := b.rules.Apply(rs, full); err != nil {
+		return fmt.Errorf("companion rules: %w", err)
+	}
+	return nil
+}
+
+// Chain names (see the layout above).
+const (
+	chainServices     = "KPO-IPVS-SERVICES"
+	chainPostrouting  = "KPO-IPVS-POSTROUTING"
+	chainMarkMasq     = "KPO-IPVS-MARK-MASQ"
+	chainClusterMasq  = "KPO-IPVS-CLUSTER-MASQ"
+	chainFirewall     = "KPO-IPVS-FIREWALL"
+	companionComment  = "kpo ipvs"
+	companionChainPfx = "KPO-IPVS-"
+)
+
+// companionJump is a rule in a built-in chain sending traffic to our chain.
+type companionJump struct{ table, chain, rule string }
+
+var companionJumps = []companionJump{
+	{"nat", "PREROUTING", `-m comment --comment "kpo ipvs" -j ` + chainServices},
+	{"nat", "OUTPUT", `-m comment --comment "kpo ipvs" -j ` + chainServices},
+	{"nat", "POSTROUTING", `-m comment --comment "kpo ipvs" -j ` + chainPostrouting},
+	{"filter", "INPUT", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
+	{"filter", "FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
+	{"filter", "OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
+}
+
+// renderChains renders a family's companion chains for iptables-restore
+// --noflush: declaring a chain flushes it, so the text replaces them whole.
+func renderChains(f model.Family, s backend.Settings, cidrs []netip.Prefix) map[string][]string {
+	mark := fmt.Sprintf("%#x", s.MasqueradeMark())
+	set := func(name string) string { return SetName(f, name) }
+	nat := []string{
+		":" + chainServices + " - [0:0]", ":" + chainPostrouting + " - [0:0]",
+		":" + chainMarkMasq + " - [0:0]", ":" + chainClusterMasq + " - [0:0]",
+		"-A " + chainMarkMasq + " -j MARK --or-mark " + mark,
+		"-A " + chainServices + " -m set --match-set " + set(setClusterIP) + " dst,dst -j " + chainClusterMasq,
+		"-A " + chainServices + " -m set --match-set " + set(setExternal) + " dst,dst -j " + chainMarkMasq,
+	}
+	if !s.MasqueradeAll {
+		// Pod sources keep their address; without pod CIDRs nothing to the
+		// ClusterIP is masqueraded (kube-proxy's behaviour too).
+		for _, c := range cidrs {
+			nat = append(nat, "-A "+chainClusterMasq+" -s "+c.Masked().String()+" -j RETURN")
+		}
+	}
+	if s.MasqueradeAll || len(cidrs) > 0 {
+		nat = append(nat, "-A "+chainClusterMasq+" -j "+chainMarkMasq)
+	}
+	nat = append(nat,
+		"-A "+chainPostrouting+" -m set --match-set "+set(setLoopBack)+" dst,dst,src -j MASQUERADE",
+		"-A "+chainPostrouting+" -m mark ! --mark "+mark+"/"+mark+" -j RETURN",
+		"-A "+chainPostrouting+" -j MARK --xor-mark "+mark,
+		"-A "+chainPostrouting+" -j MASQUERADE",
+	)
+	filter := []string{
+		":" + chainServices + " - [0:0]", ":" + chainFirewall + " - [0:0]",
+		"-A " + chainServices + " -m set --match-set " + set(setFW) + " dst,dst -j " + chainFirewall,
+		"-A " + chainServices + " -m set --match-set " + set(setReject) + " dst,dst -j REJECT",
+		"-A " + chainServices + " -m set --match-set " + set(setDrop) + " dst,dst -j DROP",
+		"-A " + chainFirewall + " -m set --match-set " + set(setFWSrc) + " dst,dst,src -j RETURN",
+		"-A " + chainFirewall + " -j DROP",
+	}
+	return map[string][]string{"nat": nat, "filter": filter}
+}
+
+// ipsetRestore renders the ipset restore script from cur (nil: unknown, the
+// sets are rebuilt and swapped in whole) to want.
+func ipsetRestore(rs *RuleSet, cur map[string]map[string]bool) string {
+	var sb strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(rs.Sets)) {
+		want := rs.Sets[name]
+		fam, typ := "inet", setTypes[strings.TrimPrefix(strings.TrimPrefix(name, "KPO6-"), "KPO-")]
+		if strings.HasPrefix(name, "KPO6-") {
+			fam = "inet6"
+		}
+		have, known := cur[name]
+		if cur == nil || !known {
+			// Swap keeps the set referenced by rules and never empty mid-way.
+			tmp := name + "-T"
+			fmt.Fprintf(&sb, "create %s %s family %s -exist\n", name, typ, fam)
+			fmt.Fprintf(&sb, "create %s %s family %s -exist\nflush %s\n", tmp, typ, fam, tmp)
+			for _, e := range slices.Sorted(maps.Keys(want)) {
+				fmt.Fprintf(&sb, "add %s %s\n", tmp, e)
+			}
+			fmt.Fprintf(&sb, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
+			continue
+		}
+		for _, e := range slices.Sorted(maps.Keys(have)) {
+			if !want[e] {
+				fmt.Fprintf(&sb, "del %s %s -exist\n", name, e)
+			}
+		}
+		for _, e := range slices.Sorted(maps.Keys(want)) {
+			if !have[e] {
+				fmt.Fprintf(&sb, "add %s %s -exist\n", name, e)
+			}
+		}
+	}
+	return sb.String()
+}
+
+// FakeRules records what the backend asked for.
+type FakeRules struct {
+	// Last is the last applied rule set; Applies and Fulls count calls.
+	Last           *RuleSet
+	Applies, Fulls int
+	Cleaned        bool
+	Err            error
+}
+
+// Apply implements Rules.
+func (r *FakeRules) Apply(rs *RuleSet, full bool) error {
+	if r.Err != nil {
+		return r.Err
+	}
+	r.Last, r.Cleaned = rs, false
+	r.Applies++
+	if full {
+		r.Fulls++
+	}
+	return nil
+}
+
+// Cleanup implements Rules.
+func (r *FakeRules) Cleanup([]model.Family) error {
+	r.Last, r.Cleaned = nil, true
+	return nil
+}
+
+// Has reports whether the last rule set has the element.
+func (r *FakeRules) Has(set, entry string) bool {
+	return r.Last != nil && r.Last.Sets[set][entry]
+}

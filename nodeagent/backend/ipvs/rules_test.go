@@ -1,0 +1,145 @@
+package ipvs
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"kpo.dev/kpo/nodeagent/model"
+)
+
+// TestSetEntries checks each service port's contribution to the ipsets that
+// drive masquerade, hairpin, reject, drop and source ranges.
+func TestSetEntries(t *testing.T) {
+	e1 := ep("10.244.1.5:8080")
+	tests := []struct {
+		name string
+		sp   func() *model.ServicePort
+		want []string // "SET entry"
+	}{{
+		name: "clusterIP with an endpoint",
+		sp:   func() *model.ServicePort { return svc("a", "10.96.0.10", 80, e1) },
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5"},
+	}, {
+		name: "no endpoints: reject, external included",
+		sp: func() *model.ServicePort {
+			sp := svc("a", "10.96.0.10", 80)
+			sp.NodePort = 30080
+			return sp
+		},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-REJECT 10.96.0.10,tcp:80", "KPO-REJECT 192.168.1.10,tcp:30080"},
+	}, {
+		name: "policy Cluster: external VIPs masquerade",
+		sp: func() *model.ServicePort {
+			sp := svc("a", "10.96.0.10", 80, e1)
+			sp.ExternalIPs = []netip.Addr{addr("203.0.113.1")}
+			return sp
+		},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-EXTERNAL 203.0.113.1,tcp:80", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5"},
+	}, {
+		name: "policy Local without local endpoints: drop, keep source otherwise",
+		sp: func() *model.ServicePort {
+			sp := svc("a", "10.96.0.10", 80, e1)
+			sp.LoadBalancerIPs = []netip.Addr{addr("198.51.100.7")}
+			sp.ExternalPolicyLocal, sp.ExternalEndpoints = true, nil
+			return sp
+		},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-DROP 198.51.100.7,tcp:80", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5"},
+	}, {
+		name: "source ranges",
+		sp: func() *model.ServicePort {
+			sp := svc("a", "10.96.0.10", 80, e1)
+			sp.LoadBalancerIPs = []netip.Addr{addr("198.51.100.7")}
+			sp.SourceRanges = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+			return sp
+		},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-EXTERNAL 198.51.100.7,tcp:80", "KPO-FW 198.51.100.7,tcp:80",
+			"KPO-FW-SRC 198.51.100.7,tcp:80,192.0.2.0/24", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5"},
+	}, {
+		name: "IPv6 sets",
+		sp:   func() *model.ServicePort { return svc("a", "fd00::10", 53) },
+		want: []string{"KPO6-CLUSTER-IP fd00::10,tcp:53", "KPO6-REJECT fd00::10,tcp:53"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, Config{})
+			e.sync(snapOf(tt.sp()), true)
+			var got []string
+			for name, set := range e.r.Last.Sets {
+				for entry := range set {
+					got = append(got, name+" "+entry)
+				}
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+		})
+	}
+}
+
+func TestRulesFollowPartialSyncs(t *testing.T) {
+	e := newEnv(t, Config{})
+	a := svc("a", "10.96.0.10", 80)
+	s := snapOf(a)
+	e.sync(s, true)
+	if !e.r.Has("KPO-REJECT", "10.96.0.10,tcp:80") {
+		t.Fatal("no reject")
+	}
+	e.sync(with(s, svc("a", "10.96.0.10", 80, ep("10.244.1.5:8080"))), false)
+	if e.r.Has("KPO-REJECT", "10.96.0.10,tcp:80") || e.r.Fulls != 1 {
+		t.Fatalf("reject kept after endpoints appeared, or full count %d", e.r.Fulls)
+	}
+}
+
+func TestRenderChains(t *testing.T) {
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	tests := []struct {
+		name      string
+		masqAll   bool
+		cidrs     []netip.Prefix
+		has, hasn []string
+	}{
+		{name: "detect-local", cidrs: cidrs,
+			has: []string{"-A KPO-IPVS-CLUSTER-MASQ -s 10.244.0.0/16 -j RETURN", "-A KPO-IPVS-CLUSTER-MASQ -j KPO-IPVS-MARK-MASQ",
+				"-A KPO-IPVS-MARK-MASQ -j MARK --or-mark 0x4000", "-A KPO-IPVS-POSTROUTING -m set --match-set KPO-LOOP-BACK dst,dst,src -j MASQUERADE"}},
+		{name: "masquerade all", masqAll: true, cidrs: cidrs,
+			has: []string{"-A KPO-IPVS-CLUSTER-MASQ -j KPO-IPVS-MARK-MASQ"}, hasn: []string{"-s 10.244.0.0/16 -j RETURN"}},
+		{name: "no pod CIDRs: no ClusterIP masquerade", hasn: []string{"-A KPO-IPVS-CLUSTER-MASQ -j"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := testSettings
+			s.MasqueradeAll = tt.masqAll
+			c := renderChains(model.IPv4, s, tt.cidrs)
+			all := strings.Join(append(c["nat"], c["filter"]...), "\n")
+			for _, h := range tt.has {
+				if !strings.Contains(all, h) {
+					t.Errorf("missing %q in\n%s", h, all)
+				}
+			}
+			for _, h := range tt.hasn {
+				if strings.Contains(all, h) {
+					t.Errorf("unexpected %q in\n%s", h, all)
+				}
+			}
+		})
+	}
+}
+
+func TestIPSetRestore(t *testing.T) {
+	rs := &RuleSet{Sets: map[string]map[string]bool{"KPO-REJECT": {"10.96.0.10,tcp:80": true, "10.96.0.11,tcp:80": true}}}
+	full := ipsetRestore(rs, nil)
+	for _, l := range []string{"create KPO-REJECT hash:ip,port family inet -exist", "add KPO-REJECT-T 10.96.0.10,tcp:80",
+		"swap KPO-REJECT-T KPO-REJECT", "destroy KPO-REJECT-T"} {
+		if !strings.Contains(full, l+"\n") {
+			t.Errorf("full restore lacks %q:\n%s", l, full)
+		}
+	}
+	cur := map[string]map[string]bool{"KPO-REJECT": {"10.96.0.10,tcp:80": true, "10.96.0.12,tcp:80": true}}
+	want := "del KPO-REJECT 10.96.0.12,tcp:80 -exist\nadd KPO-REJECT 10.96.0.11,tcp:80 -exist\n"
+	if got := ipsetRestore(rs, cur); got != want {
+		t.Errorf("incremental restore:\n%s\nwant\n%s", got, want)
+	}
+}
