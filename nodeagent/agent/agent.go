@@ -76,6 +76,8 @@ type Agent struct {
 
 	minSync, syncPeriod time.Duration
 	needFull            bool
+	// leftoversRemoved is set once the other modes' rules are gone.
+	leftoversRemoved bool
 	last                *model.Snapshot
 	nodeMu              sync.Mutex
 	node                *corev1.Node
@@ -243,6 +245,9 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	a.status.synced(time.Now(), elapsed, res.Full, counts, res.Rules)
 	a.hc.update(snap)
 	a.clearStaleUDP(ctx, change)
+	if !a.leftoversRemoved {
+		a.leftoversRemoved = a.removeOtherModes(ctx)
+	}
 	if res.Full {
 		// A full sync builds the whole rule set in memory (at 10k Services, tens
 		// of MiB of transaction text) and drops it at once. Return it to the OS
@@ -253,6 +258,33 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	logger.V(2).Info("synced", "full", res.Full, "reason", reason.String(), "servicePorts", counts.ServicePorts,
 		"written", res.ServicePortsWritten, "rules", res.Rules, "duration", elapsed)
 	return nil
+}
+
+// removeOtherModes removes the rules of every other mode, once this mode's rules
+// are in place: make-before-break, so that a mode switch never leaves a moment
+// without rules. (Both sets briefly coexist; each translates the same way, and
+// whichever hook sees a new connection first handles it.) Until this mode has
+// synced once, for instance when the kernel cannot run it, the old rules stay
+// and keep serving.
+func (a *Agent) removeOtherModes(ctx context.Context) bool {
+	logger := klog.FromContext(ctx)
+	done := true
+	for mode, mk := range a.opts.Backends {
+		if mode == a.backend.Mode() {
+			continue
+		}
+		b, err := mk()
+		if err == nil {
+			err = b.Cleanup(ctx)
+		}
+		if err != nil {
+			logger.Error(err, "removing another mode's rules; will retry after the next sync", "mode", mode)
+			done = false
+			continue
+		}
+		logger.V(2).Info("removed leftovers of another mode", "mode", mode)
+	}
+	return done
 }
 
 // clearStaleUDP removes conntrack entries of UDP flows whose endpoint went away,

@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/test/testnet"
+)
+
+// TestModeSwitchMakeBeforeBreak switches a node iptables → nftables → iptables
+// the way a DaemonSet roll does (the old agent stops, the new one starts with
+// the other mode) under a steady load of new TCP connections from a pod, and
+// checks that no request fails and that only the active mode's rules remain.
+func TestModeSwitchMakeBeforeBreak(t *testing.T) {
+	netns.Skip(t)
+	tn := testnet.New(t, api, agentBin, 1, 2)
+	node := tn.Nodes[0]
+	client, server := node.Pods[0], node.Pods[1]
+	node.StartAgent(t, agentConfig(kpov1.ModeIPTables))
+	waitSynced(t, node.Name, kpov1.ModeIPTables)
+	tn.CreateService(t, testnet.ServiceSpec{Name: "switch", ClusterIPs: []string{"10.96.2.1"}, Pods: []*testnet.Pod{server}})
+	expectServer(t, client.NS, "tcp", "10.96.2.1:80", server.Name)
+
+	var failures, total atomic.Int64
+	var firstErrs []string // written by the load goroutine only, read after it ends
+	ctx, cancel := context.WithCancel(context.Background())
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		for ctx.Err() == nil {
+			total.Add(1)
+			if _, err := client.Dial("tcp", "10.96.2.1:80", dialTimeout); err != nil {
+				failures.Add(1)
+				if len(firstErrs) < 5 {
+					firstErrs = append(firstErrs, time.Now().Format("15:04:05.000")+" "+err.Error())
+				}
+			}
+			time.Sleep(10 * time.Millisecond) // the load's request rate, not synchronisation
+		}
+	}()
+
+	for _, mode := range []kpov1.Mode{kpov1.ModeNFTables, kpov1.ModeIPTables} {
+		node.KillAgent()
+		started := time.Now()
+		node.StartAgent(t, agentConfig(mode))
+		waitSyncedAfter(t, node.Name, started)
+		waitSynced(t, node.Name, mode)
+		t.Logf("switch to %s: synced %v after the new agent started", mode, time.Since(started).Round(time.Millisecond))
+		expectServer(t, client.NS, "tcp", "10.96.2.1:80", server.Name)
+		expectOnlyMode(t, node, mode)
+	}
+	cancel()
+	<-loopDone
+	if failures.Load() != 0 || total.Load() < 50 {
+		t.Errorf("%d of %d requests failed across two mode switches; first: %q", failures.Load(), total.Load(), firstErrs)
+	}
+}
+
+// expectOnlyMode polls until the node's kernel holds only the given mode's rules.
+func expectOnlyMode(t *testing.T, node *testnet.Node, mode kpov1.Mode) {
+	t.Helper()
+	deadline := time.Now().Add(settle)
+	for {
+		tables := node.MustRun(t, "nft", "list", "tables")
+		ipt4, _ := node.Run("iptables-save")
+		ipt6, _ := node.Run("ip6tables-save")
+		hasNFT := strings.Contains(tables, " kpo")
+		hasIPT := strings.Contains(ipt4+ipt6, ":KPO-")
+		ok := (mode == kpov1.ModeNFTables && hasNFT && !hasIPT) || (mode == kpov1.ModeIPTables && hasIPT && !hasNFT)
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after switching to %s: nftables kpo tables %v, iptables KPO- chains %v\n%s", mode, hasNFT, hasIPT, tables)
+		}
+		time.Sleep(100 * time.Millisecond) // polling the kernel state, bounded by the deadline
+	}
+}
