@@ -78,9 +78,9 @@ type Agent struct {
 	needFull            bool
 	// leftoversRemoved is set once the other modes' rules are gone.
 	leftoversRemoved bool
-	last                *model.Snapshot
-	nodeMu              sync.Mutex
-	node                *corev1.Node
+	last             *model.Snapshot
+	nodeMu           sync.Mutex
+	node             *corev1.Node
 }
 
 // New validates options and builds an agent.
