@@ -71,6 +71,9 @@ type ProxyConfigurationReconciler struct {
 // only permissions it holds. Holding them is narrower than 'escalate' and 'bind'
 // on cluster roles, which would let the operator grant anything.
 
+// The RBAC rule on proxyconfigurations/finalizers is what lets the operator set
+// owner references with blockOwnerDeletion and its cleanup finalizer.
+
 // Reconcile brings one ProxyConfiguration's objects and status up to date.
 func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	logger := log.FromContext(ctx)
@@ -80,7 +83,10 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if pc.DeletionTimestamp != nil {
-		return reconcile.Result{}, nil
+		return r.finalize(ctx, pc)
+	}
+	if err := r.ensureFinalizer(ctx, pc); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 
 	held, conflicts, err := r.nodeOwnership(ctx, pc)

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
@@ -420,4 +422,44 @@ func TestDeletionGarbageCollectsOwnedObjects(t *testing.T) {
 			return fmt.Errorf("%T %s still exists (err %v)", o, name, err)
 		})
 	}
+}
+
+// TestDeletionWaitsForNodeCleanup: a configuration with a node report stays
+// (finalizer) until the node's agent reports CleanedUp, then goes.
+func TestDeletionWaitsForNodeCleanup(t *testing.T) {
+	needAPIServer(t)
+	sel := uniqueName(t, "")
+	createNode(t, sel+"-a", map[string]string{"test": sel})
+	pc := createConfig(t, sel, sel, nil)
+	apiserver.Eventually(t, wait, func() error {
+		if !controllerutil.ContainsFinalizer(getConfig(t, pc.Name), CleanupFinalizer) {
+			return fmt.Errorf("no %s finalizer", CleanupFinalizer)
+		}
+		return nil
+	})
+	gen := getConfig(t, pc.Name).Generation
+	writeReport(t, sel+"-a", pc.Name, report{generation: gen, mode: kpov1.ModeNFTables, synced: metav1.ConditionTrue})
+	if err := k8s.Delete(testCtx, getConfig(t, pc.Name)); err != nil {
+		t.Fatal(err)
+	}
+	// The agent has not cleaned up: the configuration stays. (A later state must
+	// still hold it: poll a little, then check.)
+	apiserver.Eventually(t, wait, func() error {
+		if getConfig(t, pc.Name).DeletionTimestamp == nil {
+			return errors.New("not being deleted yet")
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // not synchronisation: gives a wrong operator the chance to let it go
+	if c := getConfig(t, pc.Name); !controllerutil.ContainsFinalizer(c, CleanupFinalizer) {
+		t.Fatal("the finalizer went before the node reported CleanedUp")
+	}
+	writeReport(t, sel+"-a", pc.Name, report{generation: gen, synced: metav1.ConditionFalse, reason: kpov1.NodeReasonCleanedUp})
+	apiserver.Eventually(t, wait, func() error {
+		err := k8s.Get(testCtx, types.NamespacedName{Name: pc.Name}, &kpov1.ProxyConfiguration{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there after the node cleaned up: %v", err)
+	})
 }

@@ -69,7 +69,8 @@ func run(ctx context.Context, configFile, kubeconfig, nodeName, healthzAddr, met
 		return err
 	}
 	scheme := kubernetesScheme()
-	c, err := client.New(restCfg, client.Options{Scheme: scheme})
+	// With watch: the agent watches its ProxyConfiguration for deletion.
+	c, err := client.NewWithWatch(restCfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return err
 	}

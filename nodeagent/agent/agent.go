@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -78,9 +79,13 @@ type Agent struct {
 	needFull            bool
 	// leftoversRemoved is set once the other modes' rules are gone.
 	leftoversRemoved bool
-	last             *model.Snapshot
-	nodeMu           sync.Mutex
-	node             *corev1.Node
+	// deleting is set when the ProxyConfiguration is being deleted; cleanedUp once
+	// the rules are gone (the agent then stops syncing).
+	deleting  atomic.Bool
+	cleanedUp bool
+	last      *model.Snapshot
+	nodeMu    sync.Mutex
+	node      *corev1.Node
 }
 
 // New validates options and builds an agent.
@@ -196,6 +201,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); a.status.run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.watchConfiguration(ctx) }()
 	a.runner.Loop(ctx)
 	a.hc.closeAll()
 	wg.Wait()
@@ -214,6 +221,21 @@ func (a *Agent) setNode(n *corev1.Node) {
 // sync is the runner's function: one snapshot, one backend sync.
 func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	logger := klog.FromContext(ctx)
+	if a.deleting.Load() {
+		if a.cleanedUp {
+			// Nothing to sync, and nothing stale: keep /healthz and /livez happy
+			// until the DaemonSet (and this pod) goes.
+			a.health.synced(time.Now())
+			return nil
+		}
+		if err := a.cleanUpForDeletion(ctx); err != nil {
+			logger.Error(err, "removing rules for the deletion of the ProxyConfiguration")
+			return err
+		}
+		a.cleanedUp = true
+		a.health.synced(time.Now())
+		return nil
+	}
 	full := a.needFull || reason != runner.Change
 	if full {
 		a.tracker.MarkAllDirty()
