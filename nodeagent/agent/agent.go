@@ -132,7 +132,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
 	if err := a.backend.Check(ctx); err != nil {
 		a.status.setUnavailable(err)
-		logger.Error(err, "the kernel cannot run the configured mode; rules of other modes are left in place", "mode", a.backend.Mode())
+		logger.Error(err, "the kernel cannot run the configured mode", "mode", a.backend.Mode())
+		a.fallBack(ctx, err)
 	}
 
 	noProxyName, _ := labels.NewRequirement(model.LabelServiceProxyName, selection.DoesNotExist, nil)
@@ -280,6 +281,38 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	logger.V(2).Info("synced", "full", res.Full, "reason", reason.String(), "servicePorts", counts.ServicePorts,
 		"written", res.ServicePortsWritten, "rules", res.Rules, "duration", elapsed)
 	return nil
+}
+
+// fallBack keeps the node serving when the kernel cannot run the configured
+// mode: if the node's last report says it ran another mode, the agent keeps
+// that mode's rules synced (and says so in its status) instead of leaving them
+// to go stale. A node that ran nothing before stays without rules.
+func (a *Agent) fallBack(ctx context.Context, unavailable error) {
+	logger := klog.FromContext(ctx)
+	if a.opts.Client == nil {
+		return
+	}
+	pns := &kpov1.ProxyNodeStatus{}
+	if err := a.opts.Client.Get(ctx, client.ObjectKey{Name: a.opts.NodeName}, pns); err != nil {
+		return
+	}
+	previous := pns.Status.ActiveMode
+	mk, ok := a.opts.Backends[previous]
+	if previous == "" || previous == a.backend.Mode() || !ok {
+		return
+	}
+	b, err := mk()
+	if err == nil {
+		err = b.Check(ctx)
+	}
+	if err != nil {
+		logger.Error(err, "cannot fall back to the previous mode either", "mode", previous)
+		return
+	}
+	logger.Info("keeping the previous mode's rules synced until the configured mode can run",
+		"configured", a.backend.Mode(), "active", previous)
+	a.status.fallBack(previous, unavailable)
+	a.backend = b
 }
 
 // removeOtherModes removes the rules of every other mode, once this mode's rules

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -42,6 +43,9 @@ type statusReporter struct {
 	important bool
 	lastWrite time.Time
 	health    *healthState
+	// unavailable is set when the configured mode cannot run and the agent
+	// keeps another mode (mode) synced instead.
+	unavailable error
 }
 
 func newStatusReporter(c client.Client, node string, cfg *kpov1.AgentConfiguration, mode kpov1.Mode) *statusReporter {
@@ -81,10 +85,7 @@ func (r *statusReporter) setCondition(typ string, status metav1.ConditionStatus,
 func (r *statusReporter) setUnavailable(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	reason := kpov1.NodeReasonModeUnavailable
-	if r.mode == kpov1.ModeIPVS {
-		reason = kpov1.NodeReasonIPVSUnavailable
-	}
+	reason := r.unavailableReason()
 	r.report.LastError = truncate(err.Error())
 	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, reason, err.Error())
 }
@@ -112,8 +113,30 @@ func (r *statusReporter) synced(at time.Time, took time.Duration, full bool, cou
 		r.report.ActiveMode = r.mode
 		r.important = true
 	}
+	if r.unavailable != nil {
+		// Synced, but not in the requested mode: the operator must see why.
+		r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, r.unavailableReason(),
+			fmt.Sprintf("%s mode cannot run here (%v); serving with %s mode, whose rules are synced",
+				r.cfg.Mode, r.unavailable, r.mode))
+		return
+	}
 	r.report.LastError = ""
 	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionTrue, kpov1.NodeReasonSynced, "the kernel holds the rules of the last sync")
+}
+
+// fallBack records that the agent keeps mode synced because the configured mode
+// cannot run.
+func (r *statusReporter) fallBack(mode kpov1.Mode, unavailable error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mode, r.unavailable = mode, unavailable
+}
+
+func (r *statusReporter) unavailableReason() string {
+	if r.cfg.Mode == kpov1.ModeIPVS {
+		return kpov1.NodeReasonIPVSUnavailable
+	}
+	return kpov1.NodeReasonModeUnavailable
 }
 
 func truncate(s string) string {

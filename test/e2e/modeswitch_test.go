@@ -2,12 +2,17 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/test/apiserver"
 	"kpo.dev/kpo/test/netns"
 	"kpo.dev/kpo/test/testnet"
 )
@@ -79,5 +84,60 @@ func expectOnlyMode(t *testing.T, node *testnet.Node, mode kpov1.Mode) {
 			t.Fatalf("after switching to %s: nftables kpo tables %v, iptables KPO- chains %v\n%s", mode, hasNFT, hasIPT, tables)
 		}
 		time.Sleep(100 * time.Millisecond) // polling the kernel state, bounded by the deadline
+	}
+}
+
+// TestUnavailableModeKeepsServing switches a node to ipvs on this kernel, which
+// has no IPVS: the node keeps serving with the mode it ran before, keeps those
+// rules synced (an endpoint change is followed), and says why on its status.
+func TestUnavailableModeKeepsServing(t *testing.T) {
+	netns.Skip(t)
+	if ok, _ := netns.KernelHasIPVS(); ok {
+		t.Skip("this kernel has IPVS")
+	}
+	tn := testnet.New(t, api, agentBin, 1, 3)
+	node := tn.Nodes[0]
+	client, a, b := node.Pods[0], node.Pods[1], node.Pods[2]
+	node.StartAgent(t, agentConfig(kpov1.ModeIPTables))
+	waitSynced(t, node.Name, kpov1.ModeIPTables)
+	svc := tn.CreateService(t, testnet.ServiceSpec{Name: "keep", ClusterIPs: []string{"10.96.3.1"}, Pods: []*testnet.Pod{a}})
+	expectServer(t, client.NS, "tcp", "10.96.3.1:80", a.Name)
+
+	var failures, total atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		for ctx.Err() == nil {
+			total.Add(1)
+			if _, err := client.Dial("tcp", "10.96.3.1:80", dialTimeout); err != nil {
+				failures.Add(1)
+			}
+			time.Sleep(10 * time.Millisecond) // the load's request rate, not synchronisation
+		}
+	}()
+	node.KillAgent()
+	node.StartAgent(t, agentConfig(kpov1.ModeIPVS))
+	apiserver.Eventually(t, 30*time.Second, func() error {
+		pns := &kpov1.ProxyNodeStatus{}
+		if err := api.Client.Get(context.Background(), types.NamespacedName{Name: node.Name}, pns); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(pns.Status.Conditions, kpov1.NodeConditionSynced)
+		if pns.Status.ActiveMode != kpov1.ModeIPTables || pns.Status.RequestedMode != kpov1.ModeIPVS ||
+			c == nil || c.Reason != kpov1.NodeReasonIPVSUnavailable {
+			return fmt.Errorf("status: active %q requested %q, Synced %+v", pns.Status.ActiveMode, pns.Status.RequestedMode, c)
+		}
+		return nil
+	})
+	// The iptables rules are still synced: an endpoint change is followed.
+	tn.SetEndpoints(t, svc, []*testnet.Pod{b}, nil)
+	expectServer(t, client.NS, "tcp", "10.96.3.1:80", b.Name)
+	cancel()
+	<-loopDone
+	expectOnlyMode(t, node, kpov1.ModeIPTables)
+	// Requests during the endpoint change may reach the old pod; none may fail.
+	if failures.Load() != 0 {
+		t.Errorf("%d of %d requests failed while switching to an unavailable mode", failures.Load(), total.Load())
 	}
 }
