@@ -177,6 +177,14 @@ type ProxySettings struct {
 	// IPVS holds settings of the ipvs mode; only allowed when mode is ipvs.
 	// +optional
 	IPVS *IPVSSettings `json:"ipvs,omitempty"`
+
+	// MigrateFromKubeProxy, once kpo's rules are in place on a node, removes what
+	// upstream kube-proxy left there: its iptables chains (KUBE-SERVICES,
+	// KUBE-SVC-*, ... but not kubelet's KUBE-FIREWALL or canaries), its
+	// "kube-proxy" nftables tables and its kube-ipvs0 interface. Stop
+	// kube-proxy first; kpo never touches kube-proxy's rules otherwise.
+	// +optional
+	MigrateFromKubeProxy bool `json:"migrateFromKubeProxy,omitempty"`
 }
 
 // ConntrackSettings are kube-proxy's conntrack settings. A zero value leaves the

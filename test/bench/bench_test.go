@@ -1,0 +1,422 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/test/testnet"
+)
+
+// Sync periods of both proxies: kube-proxy's defaults, so that upstream is
+// measured as it ships, and kpo configured to match.
+const (
+	minSyncPeriod = "1s"
+	syncPeriod    = "30s"
+)
+
+// result is one proxy's figures for one data set and mode.
+type result struct {
+	Impl      string `json:"impl"`
+	Mode      string `json:"mode"`
+	Services  int    `json:"services"`
+	Endpoints int    `json:"endpointsPerService"`
+	// ColdSyncS is process start to the first sync that holds every Service.
+	ColdSyncS float64 `json:"coldSyncSeconds"`
+	// Capped: no complete sync within CapS; ColdSyncS is then the cap.
+	Capped bool    `json:"capped"`
+	CapS   float64 `json:"capSeconds"`
+	// FirstSyncS is how long that first complete sync itself took.
+	FirstSyncS float64 `json:"firstSyncSeconds"`
+	// ColdCPUS is CPU time (process and children) up to the first complete sync.
+	ColdCPUS float64 `json:"coldCPUSeconds"`
+	// ColdChildCPUS is the part of ColdCPUS spent in child processes
+	// (iptables-restore, nft).
+	ColdChildCPUS float64 `json:"coldChildCPUSeconds"`
+	// LoadAvg is the machine's 1-minute load average when the cold sync ended.
+	LoadAvg float64 `json:"loadAverage1m"`
+	// PartialSyncS is the duration of the sync that followed one EndpointSlice
+	// update (from the proxy's own histogram); PartialType says whether the proxy
+	// did it as a partial or a full sync.
+	PartialSyncS float64 `json:"partialSyncSeconds"`
+	PartialType  string  `json:"partialType"`
+	// PartialLatencyS is the update's API call to that sync being done (as seen
+	// by polling the metrics every 10 ms): watch delivery, batching and the sync.
+	PartialLatencyS float64 `json:"partialLatencySeconds"`
+	PartialCPUS     float64 `json:"partialCPUSeconds"`
+	RSSMiB          float64 `json:"rssMiB"`
+	PeakRSSMiB      float64 `json:"peakRSSMiB"`
+	Rules           int     `json:"rules"`
+	RulesetBytes    int     `json:"rulesetBytes"`
+}
+
+var (
+	resultsMu sync.Mutex
+	results   []result
+	// touches numbers the EndpointSlice updates, so each is a real change.
+	touches int
+)
+
+// BenchmarkKubeProxyComparison runs upstream kube-proxy and kpo, one after the
+// other (the machine has few cores; running them together would measure the
+// contention), each in a fresh node namespace, against the same API server and
+// data set, with the same mode and sync periods.
+//
+//	KPO_BENCH_WRITE=1 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
+//
+// KPO_BENCH_SIZES (default "1000x2,10000x2", smallest first: the data set only
+// grows), KPO_BENCH_LARGE=1 (adds 1000x50), KPO_BENCH_MODES (default
+// "nftables,iptables"), KPO_BENCH_CAP (default 5m, per proxy and run).
+func BenchmarkKubeProxyComparison(b *testing.B) {
+	netns.Skip(b)
+	if api == nil {
+		b.Skip("no API server: TestMain starts one only when run with -bench")
+	}
+	cfg := rest.CopyConfig(api.Config)
+	// The loader is 16 workers; client-go's default 5 QPS would make 10k
+	// Services take over an hour.
+	cfg.QPS, cfg.Burst = 1000, 2000
+	l := &loader{kube: kubernetes.NewForConfigOrDie(cfg)}
+	capDur := envDuration(b, "KPO_BENCH_CAP", 5*time.Minute)
+	for _, sz := range sizes(b) {
+		for _, mode := range envList("KPO_BENCH_MODES", "nftables,iptables") {
+			for _, impl := range []string{"kube-proxy", "kpo"} {
+				b.Run(fmt.Sprintf("%dx%d/%s/%s", sz[0], sz[1], mode, impl), func(b *testing.B) {
+					l.ensure(b, sz[0], sz[1])
+					for range b.N {
+						r := measure(b, l, impl, mode, sz[0], sz[1], capDur)
+						b.ReportMetric(r.ColdSyncS, "cold-s")
+						b.ReportMetric(r.FirstSyncS, "first-sync-s")
+						b.ReportMetric(r.PartialSyncS*1000, "partial-ms")
+						b.ReportMetric(r.PartialLatencyS*1000, "change-to-synced-ms")
+						b.ReportMetric(r.ColdCPUS, "cold-cpu-s")
+						b.ReportMetric(r.RSSMiB, "rss-MiB")
+						b.ReportMetric(r.PeakRSSMiB, "peak-rss-MiB")
+						b.ReportMetric(float64(r.Rules), "rules")
+						resultsMu.Lock()
+						results = append(results, r)
+						resultsMu.Unlock()
+					}
+				})
+			}
+		}
+	}
+}
+
+// proxy is one running proxy process and how to read its progress.
+type proxy struct {
+	pid  int
+	logs func() string
+	// exited is closed when the process ends.
+	exited <-chan struct{}
+	// synced finds, in the logs, the first sync that holds all services, and
+	// that sync's duration.
+	synced func(logs string, services int) (time.Duration, bool)
+	// counts reads the number and total seconds of full and partial syncs.
+	counts func(m metrics) (full, partial, partialSum, fullSum float64)
+}
+
+func measure(b *testing.B, l *loader, impl, mode string, services, endpoints int, capDur time.Duration) result {
+	r := result{Impl: impl, Mode: mode, Services: services, Endpoints: endpoints, CapS: capDur.Seconds()}
+	tn := testnet.New(b, api, agentBin, 1, 0)
+	node := tn.Nodes[0]
+	start := time.Now()
+	var p *proxy
+	if impl == "kube-proxy" {
+		p = startKubeProxy(b, node, mode)
+	} else {
+		p = startKpo(b, node, mode)
+	}
+	// Cold sync, bounded by the cap so that a slow run is a figure, not a hang.
+	for {
+		if d, ok := p.synced(p.logs(), services); ok {
+			r.ColdSyncS, r.FirstSyncS = time.Since(start).Seconds(), d.Seconds()
+			break
+		}
+		if time.Since(start) > capDur {
+			r.Capped, r.ColdSyncS = true, capDur.Seconds()
+			break
+		}
+		select {
+		case <-p.exited:
+			b.Fatalf("%s exited before syncing:\n%s", impl, tail(p.logs(), 6000))
+		case <-time.After(50 * time.Millisecond): // polling the logs, bounded by the cap
+		}
+	}
+	ps, err := readProc(p.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.ColdCPUS, r.ColdChildCPUS, r.LoadAvg = ps.CPUSeconds, ps.ChildCPUSeconds, loadAverage()
+	if r.Capped {
+		b.Logf("%s %s: no complete sync of %d services within %v", impl, mode, services, capDur)
+		r.RSSMiB, r.PeakRSSMiB = ps.RSSMiB, ps.PeakRSSMiB
+		return r
+	}
+	r.partial(b, l, node, p)
+	if ps, err = readProc(p.pid); err != nil {
+		b.Fatal(err)
+	}
+	r.RSSMiB, r.PeakRSSMiB = ps.RSSMiB, ps.PeakRSSMiB
+	if r.Rules, r.RulesetBytes, err = ruleset(node.NS, mode); err != nil {
+		b.Logf("counting rules: %v", err)
+	}
+	return r
+}
+
+// partial waits for the proxy to go quiet, updates one EndpointSlice and times
+// the sync that follows.
+func (r *result) partial(b *testing.B, l *loader, node *testnet.Node, p *proxy) {
+	ns := node.NS
+	read := func() (full, part, partSum, fullSum float64) {
+		m, err := scrape(ns, "127.0.0.1:10249")
+		if err != nil {
+			b.Fatalf("%s metrics: %v", r.Impl, err)
+		}
+		return p.counts(m)
+	}
+	// Quiet: no sync for 3 s (longer than minSyncPeriod), so that the sync
+	// measured is the one the update caused, not a leftover of the cold start.
+	f0, p0, ps0, fs0 := read()
+	quietSince, deadline := time.Now(), time.Now().Add(time.Minute)
+	for time.Since(quietSince) < 3*time.Second && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		f, pa, ps, fs := read()
+		if f != f0 || pa != p0 {
+			f0, p0, ps0, fs0, quietSince = f, pa, ps, fs, time.Now()
+		}
+	}
+	cpu0, err := readProc(p.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	resultsMu.Lock()
+	touches++
+	gen := touches
+	resultsMu.Unlock()
+	t0 := time.Now()
+	if err := l.touch(context.Background(), gen%r.Services, gen); err != nil {
+		b.Fatal(err)
+	}
+	for time.Since(t0) < 2*time.Minute {
+		f, pa, ps, fs := read()
+		if f > f0 || pa > p0 {
+			r.PartialLatencyS = time.Since(t0).Seconds()
+			if pa > p0 {
+				r.PartialType, r.PartialSyncS = "partial", ps-ps0
+			} else {
+				r.PartialType, r.PartialSyncS = "full", fs-fs0
+			}
+			cpu1, err := readProc(p.pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			r.PartialCPUS = cpu1.CPUSeconds - cpu0.CPUSeconds
+			return
+		}
+		time.Sleep(10 * time.Millisecond) // polling the metrics, bounded by the loop
+	}
+	b.Errorf("%s: no sync within 2m of an EndpointSlice update", r.Impl)
+}
+
+// kubeProxyDone is kube-proxy's end-of-sync log line (at --v=2). It runs one
+// proxier per IP family; the Services are IPv4, so the IPv4 sync is the one
+// that counts.
+var kubeProxyDone = regexp.MustCompile(`"SyncProxyRules complete".*ipFamily="IPv4".*elapsed="([^"]+)"|"SyncProxyRules complete".*elapsed="([^"]+)".*ipFamily="IPv4"`)
+
+func startKubeProxy(b *testing.B, node *testnet.Node, mode string) *proxy {
+	dir := b.TempDir()
+	kubeconfig := nodeKubeconfig(b, dir)
+	cfg := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: %s
+clusterCIDR: 10.244.0.0/16,fd10:244::/48
+hostnameOverride: %s
+clientConnection:
+  kubeconfig: %s
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 0.0.0.0:10256
+conntrack:
+  maxPerCore: 0
+iptables:
+  minSyncPeriod: %s
+  syncPeriod: %s
+nftables:
+  minSyncPeriod: %s
+  syncPeriod: %s
+logging:
+  verbosity: 2
+`, mode, node.Name, kubeconfig, minSyncPeriod, syncPeriod, minSyncPeriod, syncPeriod)
+	path := filepath.Join(dir, "kube-proxy.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	// There are no conntrack sysctls inside a namespace: maxPerCore 0 leaves them.
+	cmd := node.Command(kubeProxyBin, "--config="+path, "--conntrack-max-per-core=0")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	b.Cleanup(func() {
+		// nsenter execs kube-proxy (no --fork), so this PID is kube-proxy itself.
+		_ = cmd.Process.Kill()
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+		}
+		if b.Failed() {
+			b.Logf("kube-proxy on %s:\n%s", node.Name, tail(logs.String(), 6000))
+		}
+	})
+	return &proxy{pid: cmd.Process.Pid, logs: logs.String, exited: exited,
+		synced: func(s string, _ int) (time.Duration, bool) {
+			// kube-proxy syncs only once its informers have listed every Service
+			// and EndpointSlice, so its first IPv4 sync is complete.
+			m := kubeProxyDone.FindStringSubmatch(s)
+			if m == nil {
+				return 0, false
+			}
+			d, _ := time.ParseDuration(m[1] + m[2])
+			return d, true
+		},
+		counts: func(m metrics) (float64, float64, float64, float64) {
+			return m.sum("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),
+				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"),
+				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum"),
+				m.sum("kubeproxy_sync_full_proxy_rules_duration_seconds_sum")
+		},
+	}
+}
+
+var kpoSynced = regexp.MustCompile(`"synced" full=true reason="[a-z]+" servicePorts=(\d+) written=\d+ rules=\d+ duration="([^"]+)"`)
+
+func startKpo(b *testing.B, node *testnet.Node, mode string) *proxy {
+	cfg := &kpov1.AgentConfiguration{ConfigurationName: "default", ConfigurationGeneration: 1, Mode: kpov1.Mode(mode)}
+	cfg.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "fd10:244::/48"}
+	cfg.MinSyncPeriod, cfg.SyncPeriod = minSyncPeriod, syncPeriod
+	cfg.Default()
+	node.StartAgent(b, cfg)
+	exited := make(chan struct{})
+	pid := node.AgentPID()
+	go func() {
+		// StartAgent keeps the process handle; watch /proc instead.
+		for {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+				close(exited)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+	return &proxy{pid: pid, logs: node.AgentLogs, exited: exited,
+		synced: func(s string, services int) (time.Duration, bool) {
+			// A full sync's log line carries its service-port count: the first with
+			// all of them is the complete one.
+			for _, m := range kpoSynced.FindAllStringSubmatch(s, -1) {
+				if n, _ := strconv.Atoi(m[1]); n >= services {
+					d, _ := time.ParseDuration(m[2])
+					return d, true
+				}
+			}
+			return 0, false
+		},
+		counts: func(m metrics) (float64, float64, float64, float64) {
+			const h = "kpo_sync_proxy_rules_duration_seconds"
+			return m.sum(h+"_count", `type="full"`), m.sum(h+"_count", `type="partial"`),
+				m.sum(h+"_sum", `type="partial"`), m.sum(h+"_sum", `type="full"`)
+		},
+	}
+}
+
+// nodeKubeconfig is the API server's kubeconfig pointed at the proxy testnet
+// runs inside each node namespace (127.0.0.1:6443).
+func nodeKubeconfig(b *testing.B, dir string) string {
+	data, err := os.ReadFile(api.Kubeconfig)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := regexp.MustCompile(`server: \S+`).ReplaceAllString(string(data), "server: https://127.0.0.1:6443")
+	path := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(path, []byte(out), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return path
+}
+
+func sizes(b *testing.B) [][2]int {
+	list := envList("KPO_BENCH_SIZES", "1000x2,10000x2")
+	if os.Getenv("KPO_BENCH_LARGE") == "1" {
+		// After 1000x2 and before 10000x2, which resets the first 1000 to 2.
+		list = append(list[:1], append([]string{"1000x50"}, list[1:]...)...)
+	}
+	var out [][2]int
+	for _, s := range list {
+		a, e, ok := strings.Cut(s, "x")
+		n, err1 := strconv.Atoi(a)
+		m, err2 := strconv.Atoi(e)
+		if !ok || err1 != nil || err2 != nil {
+			b.Fatalf("KPO_BENCH_SIZES: %q is not SERVICESxENDPOINTS", s)
+		}
+		out = append(out, [2]int{n, m})
+	}
+	return out
+}
+
+func envList(key, def string) []string {
+	v := os.Getenv(key)
+	if v == "" {
+		v = def
+	}
+	return strings.Split(v, ",")
+}
+
+func envDuration(b *testing.B, key string, def time.Duration) time.Duration {
+	v := os.Getenv(key)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		b.Fatalf("%s: %v", key, err)
+	}
+	return d
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "...\n" + s[len(s)-n:]
+}

@@ -1,0 +1,79 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+
+	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/test/testnet"
+)
+
+var (
+	api      *apiserver.Env
+	agentBin string
+	// kubeProxyBin is upstream kube-proxy, built by the project (make k8s-binaries).
+	kubeProxyBin string
+)
+
+// TestMain starts the one API server every measurement shares, and only when the
+// benchmarks can run (root, not -short, -bench given): they skip themselves
+// otherwise.
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		// Without -bench only TestRegenerateReport can run: it needs no API
+		// server, and `go test ./...` should not pay for starting one.
+		if os.Geteuid() != 0 || isShort() || !benchmarking() {
+			return m.Run()
+		}
+		var err error
+		if kubeProxyBin, err = apiserver.Binary("kube-proxy"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if api, err = apiserver.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer func() { _ = api.Stop() }()
+		dir, err := os.MkdirTemp("", "kpo-bench-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+		if agentBin, err = testnet.BuildAgent(dir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		code := m.Run()
+		// The report is written once, from everything measured in this run, so
+		// that one command produces one consistent document.
+		if os.Getenv("KPO_BENCH_WRITE") == "1" && len(results) > 0 {
+			if err := writeReport(results); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
+		return code
+	}())
+}
+
+func benchmarking() bool {
+	for _, a := range os.Args {
+		if v, ok := strings.CutPrefix(a, "-test.bench="); ok && v != "" {
+			return true
+		}
+	}
+	return false
+}
+
+func isShort() bool {
+	for _, a := range os.Args {
+		if a == "-test.short" || a == "-test.short=true" {
+			return true
+		}
+	}
+	return false
+}
