@@ -1,0 +1,213 @@
+//go:build vmtest
+
+package inside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"kpo.dev/kpo/nodeagent/backend/ipvs"
+	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/test/netns"
+)
+
+const clusterIP = "10.96.0.10"
+
+func TestCheck(t *testing.T) {
+	e := newEnv(t, 0, ipvs.Config{})
+	if err := e.node(func() error { return e.b.Check(context.Background()) }); err != nil {
+		t.Fatalf("Check on a kernel with IPVS: %v", err)
+	}
+}
+
+// TestClusterIP: a pod reaches the ClusterIP, and rr spreads the connections
+// over the endpoints, which see the pod's own address (no masquerade for
+// pod sources).
+func TestClusterIP(t *testing.T) {
+	e := newEnv(t, 3, ipvs.Config{})
+	e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1), e.ep(2))), true)
+
+	seen := dialN(t, e.top.Pods[0].NS, clusterIP+":80", 6)
+	if seen["pod1"] == 0 || seen["pod2"] == 0 || len(seen) != 2 {
+		t.Fatalf("want both endpoints, got %v", seen)
+	}
+	r, err := e.top.Pods[0].Dial("tcp4", clusterIP+":80", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ClientIP() != e.top.Pods[0].IP4 {
+		t.Errorf("endpoint saw %s, want the pod's own %s", r.ClientIP(), e.top.Pods[0].IP4)
+	}
+	addrs, err := e.top.Node.NL.AddrList(mustLink(t, e, "kpo-ipvs0"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(addrs) != 1 || addrs[0].IP.String() != clusterIP {
+		t.Fatalf("kpo-ipvs0 holds %v, want %s", addrs, clusterIP)
+	}
+}
+
+// TestNoEndpointsRejected: a service without endpoints is refused (the
+// companion REJECT set), not a timeout.
+func TestNoEndpointsRejected(t *testing.T) {
+	e := newEnv(t, 1, ipvs.Config{})
+	sp := svc("empty", clusterIP, 80)
+	sp.NodePort = 30081
+	e.sync(snapOf(sp), true)
+	_, err := e.top.Pods[0].Dial("tcp4", clusterIP+":80", 3*time.Second)
+	if !errors.Is(err, netns.ErrRefused) {
+		t.Fatalf("ClusterIP without endpoints: %v, want refused", err)
+	}
+	_, err = e.top.Client.Dial("tcp4", netns.NodeIP4+":30081", 3*time.Second)
+	if !errors.Is(err, netns.ErrRefused) {
+		t.Fatalf("NodePort without endpoints: %v, want refused", err)
+	}
+}
+
+// TestNodePort: an external client reaches the NodePort on the node's
+// address; with policy Cluster its address is masqueraded.
+func TestNodePort(t *testing.T) {
+	e := newEnv(t, 2, ipvs.Config{})
+	sp := svc("np", clusterIP, 80, e.ep(0), e.ep(1))
+	sp.NodePort = 30080
+	e.sync(snapOf(sp), true)
+	seen := dialN(t, e.top.Client, netns.NodeIP4+":30080", 4)
+	if len(seen) != 2 {
+		t.Fatalf("want both endpoints, got %v", seen)
+	}
+	r, err := e.top.Client.Dial("tcp4", netns.NodeIP4+":30080", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ClientIP() == netns.ClientIP4 {
+		t.Errorf("endpoint saw the client's own address %s: not masqueraded", r.ClientIP())
+	}
+}
+
+// TestClientIPAffinity: with ClientIP affinity every connection of a client
+// lands on the same endpoint.
+func TestClientIPAffinity(t *testing.T) {
+	e := newEnv(t, 4, ipvs.Config{})
+	sp := svc("sticky", clusterIP, 80, e.ep(1), e.ep(2), e.ep(3))
+	sp.AffinityTimeout = time.Minute
+	e.sync(snapOf(sp), true)
+	seen := dialN(t, e.top.Pods[0].NS, clusterIP+":80", 6)
+	if len(seen) != 1 {
+		t.Fatalf("affinity: want one endpoint, got %v", seen)
+	}
+}
+
+// TestGracefulTermination: a removed endpoint with connections first gets
+// weight 0 (no new connections), then is deleted at the termination bound.
+func TestGracefulTermination(t *testing.T) {
+	e := newEnv(t, 3, ipvs.Config{TerminationBound: 2 * time.Second})
+	h := e.ipvsHandle()
+	e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1), e.ep(2))), true)
+	// Connections to both: the closed ones linger in IPVS as inactive.
+	dialN(t, e.top.Pods[0].NS, clusterIP+":80", 4)
+
+	e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1))), false)
+	removed := fmt.Sprintf("%s:%d", e.top.Pods[2].IP4, echoPort)
+	ds := e.dests(h, clusterIP, 80)
+	if w, ok := ds[removed]; !ok || w != 0 {
+		t.Fatalf("removed endpoint: destinations %v, want %s at weight 0", ds, removed)
+	}
+	if e.b.Pending() != 1 {
+		t.Errorf("Pending() = %d, want 1", e.b.Pending())
+	}
+	if seen := dialN(t, e.top.Pods[0].NS, clusterIP+":80", 4); seen["pod2"] != 0 {
+		t.Fatalf("new connections reached the draining endpoint: %v", seen)
+	}
+
+	time.Sleep(2500 * time.Millisecond)
+	e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1))), false)
+	if ds := e.dests(h, clusterIP, 80); len(ds) != 1 {
+		t.Fatalf("after the bound: destinations %v, want only pod1", ds)
+	}
+	if e.b.Pending() != 0 {
+		t.Errorf("Pending() = %d after the bound", e.b.Pending())
+	}
+}
+
+// TestRestartWithoutFlush: a new backend over the same kernel state (an agent
+// restart) changes nothing, and an established connection keeps working.
+func TestRestartWithoutFlush(t *testing.T) {
+	e := newEnv(t, 2, ipvs.Config{})
+	serveLines(t, e.top.Pods[1].NS, ":9090", "lines1")
+	h := e.ipvsHandle()
+	snap := snapOf(svc("lines", clusterIP, 90, model.Endpoint{
+		IP: mustAddr(e.top.Pods[1].IP4), Port: 9090, Ready: true, Local: true}))
+	e.sync(snap, true)
+	c := dialLines(t, e.top.Pods[0].NS, clusterIP+":90")
+	if name, err := c.roundTrip("before"); err != nil || name != "lines1" {
+		t.Fatalf("before restart: %q %v", name, err)
+	}
+	before := e.dests(h, clusterIP, 90)
+
+	e.b = e.newBackend()
+	e.sync(snap, true)
+	// Only reads (docs/ipvs-backend.md, "full sync, state already right"):
+	// GetServices, GetDestinations, EnsureDummy and kpo-ipvs0's address dump;
+	// NodePortIPs is set, so no node address dump. A write would add to it.
+	if ops := e.b.Stats().NetlinkOps; ops != 4 {
+		t.Errorf("restart sync made %d netlink requests, want the 4 reads", ops)
+	}
+	after := e.dests(h, clusterIP, 90)
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Fatalf("restart changed destinations: %v -> %v", before, after)
+	}
+	if name, err := c.roundTrip("after"); err != nil || name != "lines1" {
+		t.Fatalf("established connection after restart: %q %v", name, err)
+	}
+	if name, err := dialLines(t, e.top.Pods[0].NS, clusterIP+":90").roundTrip("new"); err != nil || name != "lines1" {
+		t.Fatalf("new connection after restart: %q %v", name, err)
+	}
+}
+
+// TestCleanup: Cleanup removes kpo's virtual servers, kpo-ipvs0, the chains
+// and the sets, and leaves a foreign virtual server alone.
+func TestCleanup(t *testing.T) {
+	e := newEnv(t, 2, ipvs.Config{})
+	h := e.ipvsHandle()
+	sp := svc("web", clusterIP, 80, e.ep(1))
+	sp.NodePort = 30080
+	e.sync(snapOf(sp, svc("empty", "10.96.0.11", 80)), true)
+	foreign := addForeignVS(t, h, "192.0.2.1", 443)
+	if n := e.vsCount(h); n != 4 {
+		t.Fatalf("before cleanup: %d virtual servers, want 4 (2 ClusterIP, 1 NodePort, 1 foreign)", n)
+	}
+	if out := e.top.Node.MustRun(t, "ipset", "list", "-n"); !strings.Contains(out, "KPO-") {
+		t.Fatalf("no KPO- sets before cleanup: %q", out)
+	}
+
+	if err := e.node(func() error { return e.b.Cleanup(context.Background()) }); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if n := e.vsCount(h); n != 1 {
+		t.Fatalf("after cleanup: %d virtual servers, want only the foreign %v", n, foreign)
+	}
+	if _, err := e.top.Node.NL.LinkByName("kpo-ipvs0"); err == nil {
+		t.Error("kpo-ipvs0 still exists")
+	}
+	for _, table := range []string{"nat", "filter"} {
+		if out := e.top.Node.MustRun(t, "iptables", "-t", table, "-S"); strings.Contains(out, "KPO-IPVS") {
+			t.Errorf("%s table still has kpo rules:\n%s", table, out)
+		}
+	}
+	if out := e.top.Node.MustRun(t, "ipset", "list", "-n"); strings.Contains(out, "KPO") {
+		t.Errorf("sets left: %q", out)
+	}
+}
+
+// TestHostHasIPVS guards the harness: these tests are meaningless on a
+// kernel without IPVS (a broken module list in hack/vm/build.sh).
+func TestHostHasIPVS(t *testing.T) {
+	if _, err := os.Stat("/proc/net/ip_vs"); err != nil {
+		t.Fatalf("no IPVS in the VM's kernel: %v", err)
+	}
+}
