@@ -63,8 +63,8 @@ lint: $(GOLANGCI_LINT) ## golangci-lint.
 build: ## Build the operator and node-agent binaries into bin/.
 	CGO_ENABLED=0 go build -o $(LOCALBIN)/ ./cmd/...
 
-# The tests need these; the demo and the benchmarks add kube-scheduler and kube-proxy.
-TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager
+# The tests need these (kube-proxy: the migration test and the benchmarks); the demo adds kube-scheduler.
+TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager kube-proxy
 
 .PHONY: k8s-binaries
 k8s-binaries: ## Build the Kubernetes binaries the tests run (cached in bin/).

@@ -28,6 +28,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/migrate"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/runner"
 	"kpo.dev/kpo/nodeagent/tracker"
@@ -270,6 +271,15 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	a.clearStaleUDP(ctx, change)
 	if !a.leftoversRemoved {
 		a.leftoversRemoved = a.removeOtherModes(ctx)
+		if a.opts.Config.MigrateFromKubeProxy {
+			// Only now that kpo's rules are in place: make-before-break.
+			if err := migrate.RemoveKubeProxyLeftovers(ctx); err != nil {
+				logger.Error(err, "removing kube-proxy's leftovers; will retry after the next sync")
+				a.leftoversRemoved = false
+			} else {
+				logger.Info("removed kube-proxy's leftovers (migrateFromKubeProxy)")
+			}
+		}
 	}
 	if res.Full {
 		// A full sync builds the whole rule set in memory (at 10k Services, tens

@@ -314,3 +314,7 @@ func (node *Node) AgentRunning() bool {
 		return true
 	}
 }
+
+// Kubeconfig is a kubeconfig for processes in the node namespaces (its server
+// is the in-namespace proxy to the API server).
+func (n *Net) Kubeconfig(t testing.TB) string { return n.kubeconfig(t) }
