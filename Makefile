@@ -94,6 +94,11 @@ demo: ## A local cluster with the operator, agents and a Service (in progress).
 test: verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel.
 	go test ./... -count=1 -timeout 20m
 
+.PHONY: bench
+bench: k8s-binaries ## kpo vs upstream kube-proxy, written to docs/kube-proxy-comparison.md (BENCH=full adds 1k×50).
+	KPO_BENCH_WRITE=1 $(if $(filter full,$(BENCH)),KPO_BENCH_LARGE=1) \
+		go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
+
 .PHONY: test-unit
 test-unit: ## Unit tests only (no API server, no root).
 	go test -short ./... -count=1
