@@ -92,7 +92,8 @@ demo: ## A local cluster with the operator, agents and a Service (in progress).
 
 .PHONY: test
 test: verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel.
-	go test ./... -count=1 -timeout 20m
+	go test ./... -count=1 -timeout 20m 2>&1 | tee $(LOCALBIN)/test.log
+	@echo "packages: $$(grep -c '^ok ' $(LOCALBIN)/test.log) passed, $$(grep -c '^FAIL' $(LOCALBIN)/test.log) failed"
 
 .PHONY: bench
 bench: k8s-binaries ## kpo vs upstream kube-proxy, written to docs/kube-proxy-comparison.md (BENCH=full adds 1k×50).
