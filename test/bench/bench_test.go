@@ -88,13 +88,13 @@ func BenchmarkKubeProxyComparison(b *testing.B) {
 	// The loader is 16 workers; client-go's default 5 QPS would make 10k
 	// Services take over an hour.
 	cfg.QPS, cfg.Burst = 1000, 2000
-	l := &loader{kube: kubernetes.NewForConfigOrDie(cfg)}
+	l := testnet.NewLoader(kubernetes.NewForConfigOrDie(cfg))
 	capDur := envDuration(b, "KPO_BENCH_CAP", 5*time.Minute)
 	for _, sz := range sizes(b) {
 		for _, mode := range envList("KPO_BENCH_MODES", "nftables,iptables") {
 			for _, impl := range []string{"kube-proxy", "kpo"} {
 				b.Run(fmt.Sprintf("%dx%d/%s/%s", sz[0], sz[1], mode, impl), func(b *testing.B) {
-					l.ensure(b, sz[0], sz[1])
+					l.Ensure(b, sz[0], sz[1])
 					for range b.N {
 						r := measure(b, l, impl, mode, sz[0], sz[1], capDur)
 						b.ReportMetric(r.ColdSyncS, "cold-s")
@@ -128,7 +128,7 @@ type proxy struct {
 	counts func(m metrics) (full, partial, partialSum, fullSum float64)
 }
 
-func measure(b *testing.B, l *loader, impl, mode string, services, endpoints int, capDur time.Duration) result {
+func measure(b *testing.B, l *testnet.Loader, impl, mode string, services, endpoints int, capDur time.Duration) result {
 	r := result{Impl: impl, Mode: mode, Services: services, Endpoints: endpoints, CapS: capDur.Seconds()}
 	tn := testnet.New(b, api, agentBin, 1, 0)
 	node := tn.Nodes[0]
@@ -151,7 +151,7 @@ func measure(b *testing.B, l *loader, impl, mode string, services, endpoints int
 		}
 		select {
 		case <-p.exited:
-			b.Fatalf("%s exited before syncing:\n%s", impl, tail(p.logs(), 6000))
+			b.Fatalf("%s exited before syncing:\n%s", impl, testnet.Tail(p.logs(), 6000))
 		case <-time.After(50 * time.Millisecond): // polling the logs, bounded by the cap
 		}
 	}
@@ -178,7 +178,7 @@ func measure(b *testing.B, l *loader, impl, mode string, services, endpoints int
 
 // partial waits for the proxy to go quiet, updates one EndpointSlice and times
 // the sync that follows.
-func (r *result) partial(b *testing.B, l *loader, node *testnet.Node, p *proxy) {
+func (r *result) partial(b *testing.B, l *testnet.Loader, node *testnet.Node, p *proxy) {
 	ns := node.NS
 	read := func() (full, part, partSum, fullSum float64) {
 		m, err := scrape(ns, "127.0.0.1:10249")
@@ -207,7 +207,7 @@ func (r *result) partial(b *testing.B, l *loader, node *testnet.Node, p *proxy) 
 	gen := touches
 	resultsMu.Unlock()
 	t0 := time.Now()
-	if err := l.touch(context.Background(), gen%r.Services, gen); err != nil {
+	if err := l.Touch(context.Background(), gen%r.Services, gen); err != nil {
 		b.Fatal(err)
 	}
 	for time.Since(t0) < 2*time.Minute {
@@ -263,7 +263,7 @@ logging:
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testnet.LockedBuffer{}
 	// There are no conntrack sysctls inside a namespace: maxPerCore 0 leaves them.
 	cmd := node.Command(kubeProxyBin, "--config="+path, "--conntrack-max-per-core=0")
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -280,7 +280,7 @@ logging:
 		case <-time.After(10 * time.Second):
 		}
 		if b.Failed() {
-			b.Logf("kube-proxy on %s:\n%s", node.Name, tail(logs.String(), 6000))
+			b.Logf("kube-proxy on %s:\n%s", node.Name, testnet.Tail(logs.String(), 6000))
 		}
 	})
 	return &proxy{pid: cmd.Process.Pid, logs: logs.String, exited: exited,
@@ -395,28 +395,4 @@ func envDuration(b *testing.B, key string, def time.Duration) time.Duration {
 		b.Fatalf("%s: %v", key, err)
 	}
 	return d
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "...\n" + s[len(s)-n:]
 }

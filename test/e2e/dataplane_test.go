@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,23 +271,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 	})
 
 	t.Run("agent killed: traffic keeps flowing; the restarted agent converges without a gap", func(t *testing.T) {
-		var failures, total atomic.Int64
-		var firstErrs []string // written by the load goroutine only, read after it ends
-		ctx, cancel := context.WithCancel(context.Background())
-		loopDone := make(chan struct{})
-		go func() {
-			defer close(loopDone)
-			for ctx.Err() == nil {
-				total.Add(1)
-				if _, err := n1p1.Dial("tcp", webVIP, dialTimeout); err != nil {
-					failures.Add(1)
-					if len(firstErrs) < 5 {
-						firstErrs = append(firstErrs, time.Now().Format("15:04:05.000")+" "+err.Error())
-					}
-				}
-				time.Sleep(20 * time.Millisecond) // the request rate of the load, not synchronisation
-			}
-		}()
+		ld := startLoad(n1p1.NS, webVIP, 20*time.Millisecond)
 		n1.KillAgent()
 		// While the agent is down, an endpoint change is not programmed, but the
 		// existing rules still serve.
@@ -296,11 +279,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 		n1.StartAgent(t, cfg)
 		waitSyncedAfter(t, n1.Name, time.Now())
 		expectSpread(t, n1p1.NS, "tcp", webVIP, "n1p0", "n2p0")
-		cancel()
-		<-loopDone
-		if failures.Load() != 0 {
-			t.Errorf("%d of %d requests failed across the agent's kill and restart; first: %q", failures.Load(), total.Load(), firstErrs)
-		}
+		ld.stopAndCheck(t, "across the agent's kill and restart", 3)
 	})
 	t.Run("kpo-agent --cleanup removes every kpo rule of every mode", func(t *testing.T) {
 		n2.KillAgent() // a running agent would put its rules back

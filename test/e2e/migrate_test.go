@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,19 +59,7 @@ iptables: {minSyncPeriod: 100ms}
 		t.Fatalf("kube-proxy made no KUBE-SERVICES chain:\n%s", out)
 	}
 
-	var failures, total atomic.Int64
-	ctx, cancel := context.WithCancel(context.Background())
-	loopDone := make(chan struct{})
-	go func() {
-		defer close(loopDone)
-		for ctx.Err() == nil {
-			total.Add(1)
-			if _, err := client.Dial("tcp", "10.96.4.1:80", dialTimeout); err != nil {
-				failures.Add(1)
-			}
-			time.Sleep(10 * time.Millisecond) // the load's request rate, not synchronisation
-		}
-	}()
+	ld := startLoad(client.NS, "10.96.4.1:80", 10*time.Millisecond)
 	stopKubeProxy() // its rules stay and keep serving
 	agentCfg := agentConfig(kpov1.ModeNFTables)
 	agentCfg.MigrateFromKubeProxy = true
@@ -95,9 +81,5 @@ iptables: {minSyncPeriod: 100ms}
 		return nil
 	})
 	expectServer(t, client.NS, "tcp", "10.96.4.1:80", server.Name) // now served by kpo
-	cancel()
-	<-loopDone
-	if failures.Load() != 0 || total.Load() < 20 {
-		t.Errorf("%d of %d requests failed during the migration", failures.Load(), total.Load())
-	}
+	ld.stopAndCheck(t, "during the migration", 20)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,23 +30,7 @@ func TestModeSwitchMakeBeforeBreak(t *testing.T) {
 	tn.CreateService(t, testnet.ServiceSpec{Name: "switch", ClusterIPs: []string{"10.96.2.1"}, Pods: []*testnet.Pod{server}})
 	expectServer(t, client.NS, "tcp", "10.96.2.1:80", server.Name)
 
-	var failures, total atomic.Int64
-	var firstErrs []string // written by the load goroutine only, read after it ends
-	ctx, cancel := context.WithCancel(context.Background())
-	loopDone := make(chan struct{})
-	go func() {
-		defer close(loopDone)
-		for ctx.Err() == nil {
-			total.Add(1)
-			if _, err := client.Dial("tcp", "10.96.2.1:80", dialTimeout); err != nil {
-				failures.Add(1)
-				if len(firstErrs) < 5 {
-					firstErrs = append(firstErrs, time.Now().Format("15:04:05.000")+" "+err.Error())
-				}
-			}
-			time.Sleep(10 * time.Millisecond) // the load's request rate, not synchronisation
-		}
-	}()
+	ld := startLoad(client.NS, "10.96.2.1:80", 10*time.Millisecond)
 
 	for _, mode := range []kpov1.Mode{kpov1.ModeNFTables, kpov1.ModeIPTables} {
 		node.KillAgent()
@@ -59,11 +42,7 @@ func TestModeSwitchMakeBeforeBreak(t *testing.T) {
 		expectServer(t, client.NS, "tcp", "10.96.2.1:80", server.Name)
 		expectOnlyMode(t, node, mode)
 	}
-	cancel()
-	<-loopDone
-	if failures.Load() != 0 || total.Load() < 50 {
-		t.Errorf("%d of %d requests failed across two mode switches; first: %q", failures.Load(), total.Load(), firstErrs)
-	}
+	ld.stopAndCheck(t, "across two mode switches", 50)
 }
 
 // expectOnlyMode polls until the node's kernel holds only the given mode's rules.
@@ -103,19 +82,7 @@ func TestUnavailableModeKeepsServing(t *testing.T) {
 	svc := tn.CreateService(t, testnet.ServiceSpec{Name: "keep", ClusterIPs: []string{"10.96.3.1"}, Pods: []*testnet.Pod{a}})
 	expectServer(t, client.NS, "tcp", "10.96.3.1:80", a.Name)
 
-	var failures, total atomic.Int64
-	ctx, cancel := context.WithCancel(context.Background())
-	loopDone := make(chan struct{})
-	go func() {
-		defer close(loopDone)
-		for ctx.Err() == nil {
-			total.Add(1)
-			if _, err := client.Dial("tcp", "10.96.3.1:80", dialTimeout); err != nil {
-				failures.Add(1)
-			}
-			time.Sleep(10 * time.Millisecond) // the load's request rate, not synchronisation
-		}
-	}()
+	ld := startLoad(client.NS, "10.96.3.1:80", 10*time.Millisecond)
 	node.KillAgent()
 	node.StartAgent(t, agentConfig(kpov1.ModeIPVS))
 	apiserver.Eventually(t, 30*time.Second, func() error {
@@ -133,11 +100,7 @@ func TestUnavailableModeKeepsServing(t *testing.T) {
 	// The iptables rules are still synced: an endpoint change is followed.
 	tn.SetEndpoints(t, svc, []*testnet.Pod{b}, nil)
 	expectServer(t, client.NS, "tcp", "10.96.3.1:80", b.Name)
-	cancel()
-	<-loopDone
-	expectOnlyMode(t, node, kpov1.ModeIPTables)
 	// Requests during the endpoint change may reach the old pod; none may fail.
-	if failures.Load() != 0 {
-		t.Errorf("%d of %d requests failed while switching to an unavailable mode", failures.Load(), total.Load())
-	}
+	ld.stopAndCheck(t, "while switching to an unavailable mode", 10)
+	expectOnlyMode(t, node, kpov1.ModeIPTables)
 }

@@ -44,24 +44,27 @@ func replaceServer(kubeconfig, server string) string {
 	return serverLine.ReplaceAllString(kubeconfig, "server: "+server)
 }
 
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer for a process's output that tests read while
+// the process writes.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
 }
 
-func tail(s string, n int) string {
+// Tail is the last n bytes of s, marked as cut when it is.
+func Tail(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}

@@ -58,7 +58,7 @@ type Node struct {
 	net    *Net
 	agent  *exec.Cmd
 	done   chan struct{}
-	logs   *lockedBuffer
+	logs   *LockedBuffer
 	stopAP func()
 }
 
@@ -255,7 +255,7 @@ func (node *Node) StartAgent(t testing.TB, cfg *kpov1.AgentConfiguration) {
 	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	node.logs = &lockedBuffer{}
+	node.logs = &LockedBuffer{}
 	cmd := node.Command(node.net.agentBin, "--config="+cfgPath, "--kubeconfig="+node.net.kubeconfig(t),
 		"--node-name="+node.Name, "--v=2")
 	cmd.Stdout, cmd.Stderr = node.logs, node.logs
@@ -268,7 +268,7 @@ func (node *Node) StartAgent(t testing.TB, cfg *kpov1.AgentConfiguration) {
 	t.Cleanup(func() {
 		node.KillAgent()
 		if t.Failed() {
-			t.Logf("agent on %s:\n%s", node.Name, tail(node.logs.String(), 6000))
+			t.Logf("agent on %s:\n%s", node.Name, Tail(node.logs.String(), 6000))
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package bench
+package testnet
 
 import (
 	"context"
@@ -14,21 +14,28 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// loader creates Services and EndpointSlices with parallel workers (copied from
-// test/e2e's cold-sync benchmark). The data set only grows: Services cannot
-// be deleted in bulk quickly, so sizes are measured smallest first.
-type loader struct {
+// Loader creates N Services × E endpoints with parallel client-go workers, for
+// benchmarks. The data set only grows (Services cannot be deleted in bulk
+// quickly), so measure sizes smallest first.
+type Loader struct {
 	kube      kubernetes.Interface
 	endpoints map[int]int // endpoints per service index
 }
 
-const benchNamespace = "bench"
+// NewLoader returns a loader writing through kube (give it a high QPS: the
+// loader runs 16 workers).
+func NewLoader(kube kubernetes.Interface) *Loader { return &Loader{kube: kube} }
 
-// remoteNode owns every endpoint: a node that runs neither proxy, so that both
+// BenchNamespace holds the loader's Services.
+const BenchNamespace = "bench"
+const benchNamespace = BenchNamespace
+
+// RemoteNode owns every endpoint: a node that runs neither proxy, so that both
 // proxies see only remote endpoints and neither gets local-endpoint rules.
-const remoteNode = "node-remote"
+const RemoteNode = "node-remote"
 
-func (l *loader) ensure(b *testing.B, services, endpoints int) {
+// Ensure makes services Services exist, each with endpoints endpoints.
+func (l *Loader) Ensure(b testing.TB, services, endpoints int) {
 	b.Helper()
 	ctx := context.Background()
 	if l.endpoints == nil {
@@ -76,7 +83,7 @@ func (l *loader) ensure(b *testing.B, services, endpoints int) {
 }
 
 // one creates service i (if new) and writes its EndpointSlice with n endpoints.
-func (l *loader) one(ctx context.Context, i, n int) error {
+func (l *Loader) one(ctx context.Context, i, n int) error {
 	name := fmt.Sprintf("svc-%d", i)
 	if _, known := l.endpoints[i]; !known {
 		ip := fmt.Sprintf("10.96.%d.%d", 100+i/250, 1+i%250)
@@ -100,7 +107,7 @@ func (l *loader) one(ctx context.Context, i, n int) error {
 		k := i*n + e
 		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
 			Addresses: []string{fmt.Sprintf("10.244.%d.%d", 2+k/250%250, 1+k%250)},
-			NodeName:  ptr.To(remoteNode),
+			NodeName:  ptr.To(RemoteNode),
 		})
 	}
 	slices := l.kube.DiscoveryV1().EndpointSlices(benchNamespace)
@@ -114,9 +121,9 @@ func (l *loader) one(ctx context.Context, i, n int) error {
 	return err
 }
 
-// touch moves the first endpoint of service i to a new address (gen makes it
+// Touch moves the first endpoint of service i to a new address (gen makes it
 // unique), the smallest change that needs a partial sync.
-func (l *loader) touch(ctx context.Context, i, gen int) error {
+func (l *Loader) Touch(ctx context.Context, i, gen int) error {
 	slices := l.kube.DiscoveryV1().EndpointSlices(benchNamespace)
 	s, err := slices.Get(ctx, fmt.Sprintf("svc-%d", i), metav1.GetOptions{})
 	if err != nil {
