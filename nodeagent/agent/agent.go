@@ -269,6 +269,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	a.status.synced(time.Now(), elapsed, res.Full, counts, res.Rules)
 	a.hc.update(snap)
 	a.clearStaleUDP(ctx, change)
+	a.resyncWhileDraining()
 	if !a.leftoversRemoved {
 		a.leftoversRemoved = a.removeOtherModes(ctx)
 		if a.opts.Config.MigrateFromKubeProxy {
@@ -323,6 +324,20 @@ func (a *Agent) fallBack(ctx context.Context, unavailable error) {
 		"configured", a.backend.Mode(), "active", previous)
 	a.status.fallBack(previous, unavailable)
 	a.backend = b
+}
+
+// drainInterval is how soon the agent syncs again while a backend drains
+// removed endpoints (IPVS graceful termination progresses only on syncs).
+const drainInterval = time.Second
+
+// resyncWhileDraining schedules another sync while the backend has removed
+// endpoints still draining, so that they go once their connections end (or at
+// the backend's bound) even when nothing else changes.
+func (a *Agent) resyncWhileDraining() {
+	d, ok := a.backend.(interface{ Pending() int })
+	if ok && d.Pending() > 0 {
+		time.AfterFunc(drainInterval, a.runner.Trigger)
+	}
 }
 
 // removeOtherModes removes the rules of every other mode, once this mode's rules

@@ -305,3 +305,62 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// drainingBackend reports draining endpoints for its first few syncs.
+type drainingBackend struct {
+	recordingBackend
+	draining int
+}
+
+func (b *drainingBackend) Pending() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.draining
+}
+
+func (b *drainingBackend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (backend.SyncResult, error) {
+	res, err := b.recordingBackend.Sync(ctx, snap, full)
+	b.mu.Lock()
+	if b.draining > 0 {
+		b.draining--
+	}
+	b.mu.Unlock()
+	return res, err
+}
+
+// TestAgentResyncsWhileDraining: with nothing changing, the agent keeps syncing
+// while the backend reports draining endpoints, and stops when they are gone.
+func TestAgentResyncsWhileDraining(t *testing.T) {
+	if env == nil {
+		t.Skip("needs kube-apiserver; not run with -short")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	be := &drainingBackend{draining: 3}
+	cfg := &kpov1.AgentConfiguration{ConfigurationName: "drain", Mode: kpov1.ModeNFTables}
+	cfg.MinSyncPeriod, cfg.SyncPeriod = "10ms", "1h"
+	cfg.Default()
+	a, err := New(Options{
+		Config: cfg, NodeName: "drain-node", Kube: kubernetes.NewForConfigOrDie(env.Config),
+		Backends:           map[kpov1.Mode]func() (backend.Backend, error){kpov1.ModeNFTables: func() (backend.Backend, error) { return be, nil }},
+		HealthzBindAddress: freePort(t), MetricsBindAddress: freePort(t),
+	})
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent stopped with %v", err)
+		}
+	}()
+	// The first sync plus one per drain step: 4 syncs without any change.
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		be.mu.Lock()
+		defer be.mu.Unlock()
+		if len(be.syncs) < 4 {
+			return fmt.Errorf("%d syncs, want 4", len(be.syncs))
+		}
+		return nil
+	})
+}
