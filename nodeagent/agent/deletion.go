@@ -77,7 +77,7 @@ func (r *statusReporter) cleanedUp(at time.Time) {
 	t := metav1.NewTime(at)
 	r.report.LastSyncTime = &t
 	r.report.Services, r.report.Endpoints, r.report.Rules = 0, 0, 0
-	r.important = true
+	r.important, r.dirty = true, true
 	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, kpov1.NodeReasonCleanedUp,
 		"the ProxyConfiguration is being deleted; every kpo rule was removed from this node")
 }

@@ -69,7 +69,9 @@ func (r *statusReporter) setNode(n *corev1.Node) {
 	}
 }
 
-// setCondition must be called with mu held (or before the reporter runs).
+// setCondition must be called with mu held (or before the reporter runs). Only
+// a real change marks the report dirty: the Healthy condition is re-evaluated
+// every tick, and an idle node must not rewrite its status for nothing.
 func (r *statusReporter) setCondition(typ string, status metav1.ConditionStatus, reason, msg string) {
 	if len(msg) > 1000 {
 		msg = msg[:997] + "..."
@@ -77,9 +79,8 @@ func (r *statusReporter) setCondition(typ string, status metav1.ConditionStatus,
 	if meta.SetStatusCondition(&r.report.Conditions, metav1.Condition{
 		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: r.cfg.ConfigurationGeneration,
 	}) {
-		r.important = true
+		r.important, r.dirty = true, true
 	}
-	r.dirty = true
 }
 
 func (r *statusReporter) setUnavailable(err error) {
@@ -87,6 +88,7 @@ func (r *statusReporter) setUnavailable(err error) {
 	defer r.mu.Unlock()
 	reason := r.unavailableReason()
 	r.report.LastError = truncate(err.Error())
+	r.dirty = true
 	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, reason, err.Error())
 }
 
@@ -94,6 +96,7 @@ func (r *statusReporter) syncFailed(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.report.LastError = truncate(err.Error())
+	r.dirty = true
 	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, kpov1.NodeReasonSyncFailed, err.Error())
 }
 
@@ -109,6 +112,7 @@ func (r *statusReporter) synced(at time.Time, took time.Duration, full bool, cou
 	r.report.Services = int32(counts.ServicePorts)
 	r.report.Endpoints = int32(counts.Endpoints)
 	r.report.Rules = int32(rules)
+	r.dirty = true // sync time and counts: written at most every refreshInterval
 	if r.report.ActiveMode != r.mode {
 		r.report.ActiveMode = r.mode
 		r.important = true
@@ -165,13 +169,7 @@ func (r *statusReporter) run(ctx context.Context) {
 
 func (r *statusReporter) writeIfDue(ctx context.Context) {
 	r.mu.Lock()
-	if r.health != nil {
-		if ok, why := r.health.fresh(time.Now()); ok {
-			r.setCondition(kpov1.NodeConditionHealthy, metav1.ConditionTrue, kpov1.NodeReasonFresh, "rules are fresh")
-		} else {
-			r.setCondition(kpov1.NodeConditionHealthy, metav1.ConditionFalse, kpov1.NodeReasonStale, why)
-		}
-	}
+	r.refreshHealthLocked()
 	due := r.dirty && r.nodeUID != "" && (r.important || time.Since(r.lastWrite) >= refreshInterval)
 	if !due {
 		r.mu.Unlock()
@@ -188,6 +186,18 @@ func (r *statusReporter) writeIfDue(ctx context.Context) {
 		r.mu.Lock()
 		r.dirty, r.important = true, true
 		r.mu.Unlock()
+	}
+}
+
+// refreshHealthLocked re-evaluates the Healthy condition (mu held).
+func (r *statusReporter) refreshHealthLocked() {
+	if r.health == nil {
+		return
+	}
+	if ok, why := r.health.fresh(time.Now()); ok {
+		r.setCondition(kpov1.NodeConditionHealthy, metav1.ConditionTrue, kpov1.NodeReasonFresh, "rules are fresh")
+	} else {
+		r.setCondition(kpov1.NodeConditionHealthy, metav1.ConditionFalse, kpov1.NodeReasonStale, why)
 	}
 }
 
