@@ -238,10 +238,9 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 		a.health.synced(time.Now())
 		return nil
 	}
+	// A full sync rewrites the kernel from the model; the model itself is always
+	// current (the tracker folds every event in), so it is not rebuilt.
 	full := a.needFull || reason != runner.Change
-	if full {
-		a.tracker.MarkAllDirty()
-	}
 	snap, change := a.tracker.Snapshot()
 	snap.Node = a.nodeInfo()
 	a.metrics.pending.Set(0)

@@ -114,13 +114,6 @@ func (t *Tracker) SetNode(node model.NodeContext) {
 	}
 }
 
-// MarkAllDirty makes the next snapshot rebuild every Service (periodic full sync).
-func (t *Tracker) MarkAllDirty() {
-	t.mu.Lock()
-	t.allDirty = true
-	t.mu.Unlock()
-}
-
 // Pending is the number of Services with changes not yet in a snapshot.
 func (t *Tracker) Pending() int {
 	t.mu.Lock()

@@ -85,11 +85,12 @@ func TestSnapshotRebuildsOnlyWhatChanged(t *testing.T) {
 	}
 }
 
-func TestMarkAllDirtyRebuildsWithoutChanges(t *testing.T) {
-	tr := New(model.NodeContext{Name: "n"}, nil)
+// A zone change rebuilds every Service; those it does not affect keep their pointer.
+func TestFullRebuildKeepsUnchangedPointers(t *testing.T) {
+	tr := New(model.NodeContext{Name: "n", Zone: "a"}, nil)
 	tr.SetService(svc("a", "10.96.0.1"))
 	snap1, _ := tr.Snapshot()
-	tr.MarkAllDirty()
+	tr.SetNode(model.NodeContext{Name: "n", Zone: "b"})
 	snap2, ch := tr.Snapshot()
 	if len(ch.Changed) != 0 || snap2.Services[key("a")] != snap1.Services[key("a")] {
 		t.Errorf("a full rebuild of unchanged input changed something: %+v", ch)
