@@ -216,10 +216,10 @@ func TestStatusAggregatesNodeReports(t *testing.T) {
 	})
 	availableSince := meta.FindStatusCondition(ready.Status.Conditions, kpov1.ConditionAvailable).LastTransitionTime
 
-	// A report that changes nothing visible must not move lastTransitionTime. The
-	// status is stamped to the second, so step past one first.
-	time.Sleep(1100 * time.Millisecond) // not synchronisation: makes a wrongly refreshed timestamp visible
-	writeReport(t, nodes[0], pc.Name, report{generation: gen, mode: kpov1.ModeNFTables, synced: metav1.ConditionTrue, message: "again"})
+	// Condition times have one-second resolution: step past one, so that the
+	// transition below must show a later lastTransitionTime. (That an unchanged
+	// status keeps its time is TestLastTransitionTimeOnlyMovesWithStatus.)
+	time.Sleep(1100 * time.Millisecond) // not synchronisation: separates timestamps
 
 	// One node fails to sync.
 	writeReport(t, nodes[1], pc.Name, report{generation: gen, mode: kpov1.ModeNFTables, synced: metav1.ConditionFalse,
