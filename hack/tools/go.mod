@@ -4,7 +4,10 @@
 // k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every staging
 // module with a local path. This module requires it and points each staging module
 // at the matching published v0.37.x instead (the list is the `=> ./staging` lines of
-// kubernetes v1.37.1 go.mod). Regenerate with hack/gen-tools-mod.sh.
+// kubernetes v1.37.1 go.mod). For another release, regenerate the replace block:
+//   go mod download -json k8s.io/kubernetes@vX | (GoMod file) |
+//   grep '=> ./staging' | awk '{print $1" => "$1" v0.X.Y"}'
+// and run `go mod tidy` here.
 module kpo.dev/hack/tools
 
 go 1.26.0
