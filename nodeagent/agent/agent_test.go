@@ -86,6 +86,23 @@ func TestMain(m *testing.M) {
 	}())
 }
 
+// runAgent runs an agent whose only mode is be until the test ends; cancel
+// stops it, and the agent must then return without error.
+func runAgent(t *testing.T, ctx context.Context, cancel context.CancelFunc, be backend.Backend, opts Options) {
+	t.Helper()
+	opts.Backends = map[kpov1.Mode]func() (backend.Backend, error){be.Mode(): func() (backend.Backend, error) { return be, nil }}
+	a, err := New(opts)
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent stopped with %v", err)
+		}
+	})
+}
+
 func freePort(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -138,21 +155,11 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	cfg.MinSyncPeriod = "50ms"
 	cfg.Default()
 	healthz := freePort(t)
-	a, err := New(Options{
+	runAgent(t, ctx, cancel, be, Options{
 		Config: cfg, NodeName: "agent-node-1", Kube: kube, Client: c,
-		Backends:           map[kpov1.Mode]func() (backend.Backend, error){kpov1.ModeNFTables: func() (backend.Backend, error) { return be, nil }},
 		ConntrackCleaner:   cleaner,
 		HealthzBindAddress: healthz, MetricsBindAddress: freePort(t),
 	})
-	must(t, err)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent stopped with %v", err)
-		}
-	}()
 
 	webKey := model.ServicePortKey{ServicePortName: model.ServicePortName{Namespace: "agent-test", Name: "web", Port: "http", Protocol: corev1.ProtocolUDP}, Family: model.IPv4}
 	apiserver.Eventually(t, 20*time.Second, func() error {
@@ -340,20 +347,10 @@ func TestAgentResyncsWhileDraining(t *testing.T) {
 	cfg := &kpov1.AgentConfiguration{ConfigurationName: "drain", Mode: kpov1.ModeNFTables}
 	cfg.MinSyncPeriod, cfg.SyncPeriod = "10ms", "1h"
 	cfg.Default()
-	a, err := New(Options{
+	runAgent(t, ctx, cancel, be, Options{
 		Config: cfg, NodeName: "drain-node", Kube: kubernetes.NewForConfigOrDie(env.Config),
-		Backends:           map[kpov1.Mode]func() (backend.Backend, error){kpov1.ModeNFTables: func() (backend.Backend, error) { return be, nil }},
 		HealthzBindAddress: freePort(t), MetricsBindAddress: freePort(t),
 	})
-	must(t, err)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent stopped with %v", err)
-		}
-	}()
 	// The first sync plus one per drain step: 4 syncs without any change.
 	apiserver.Eventually(t, 20*time.Second, func() error {
 		be.mu.Lock()
