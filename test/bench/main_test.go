@@ -32,21 +32,12 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if api, err = apiserver.Start(); err != nil {
+		var stop func()
+		if api, agentBin, stop, err = testnet.Start(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer func() { _ = api.Stop() }()
-		dir, err := os.MkdirTemp("", "kpo-bench-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer func() { _ = os.RemoveAll(dir) }()
-		if agentBin, err = testnet.BuildAgent(dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
+		defer stop()
 		code := m.Run()
 		// The report is written once, from everything measured in this run, so
 		// that one command produces one consistent document.

@@ -36,21 +36,12 @@ func TestMain(m *testing.M) {
 			return m.Run() // the tests skip themselves with the reason
 		}
 		var err error
-		if api, err = apiserver.Start(); err != nil {
+		var stop func()
+		if api, agentBin, stop, err = testnet.Start(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer func() { _ = api.Stop() }()
-		dir, err := os.MkdirTemp("", "kpo-e2e-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer func() { _ = os.RemoveAll(dir) }()
-		if agentBin, err = testnet.BuildAgent(dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
+		defer stop()
 		return m.Run()
 	}())
 }
