@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"kpo.dev/kpo/test/netns"
+
+	"kpo.dev/kpo/test/testnet"
 )
 
 // metrics is one Prometheus text scrape: series (name plus labels, as
@@ -103,22 +105,9 @@ const clockTicks = 100
 
 func readProc(pid int) (procStats, error) {
 	var s procStats
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
+	var err error
+	if s.RSSMiB, s.PeakRSSMiB, err = testnet.Memory(pid); err != nil {
 		return s, err
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "VmRSS:":
-			s.RSSMiB = kb / 1024
-		case "VmHWM:":
-			s.PeakRSSMiB = kb / 1024
-		}
 	}
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

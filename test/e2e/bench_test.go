@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"regexp"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -61,7 +59,10 @@ func coldSync(b *testing.B, mode kpov1.Mode, services int) {
 				b.ReportMetric(firstSync.Seconds(), "start-to-synced-s")
 				b.ReportMetric(d.Seconds(), "sync-s")
 				b.ReportMetric(float64(rules), "rules")
-				rss, hwm := memory(b, node.AgentPID())
+				rss, hwm, err := testnet.Memory(node.AgentPID())
+				if err != nil {
+					b.Fatal(err)
+				}
 				b.ReportMetric(rss, "rss-MiB")
 				b.ReportMetric(hwm, "peak-rss-MiB")
 				break
@@ -73,26 +74,4 @@ func coldSync(b *testing.B, mode kpov1.Mode, services int) {
 		time.Sleep(50 * time.Millisecond) // polling the agent's log, bounded by the deadline
 	}
 	node.KillAgent()
-}
-
-// memory reads the agent's resident set size and its peak, in MiB.
-func memory(b *testing.B, pid int) (rss, hwm float64) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		kb, _ := strconv.ParseFloat(f[1], 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = kb / 1024
-		case "VmHWM:":
-			hwm = kb / 1024
-		}
-	}
-	return rss, hwm
 }
