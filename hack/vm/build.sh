@@ -24,7 +24,10 @@ CACHE=$OUT/cache
 # Modules the backend and its companion rules need, by name or alias; their
 # dependencies (nf_conntrack, nf_defrag_*, libcrc32c...) come from modprobe.
 MODULES=(
-	ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_dh ip_vs_sed ip_vs_nq ip_vs_mh
+	# Every scheduler the CR offers that this kernel has: twos came with 6.2,
+	# and TestSchedulers checks that its absence is reported.
+	ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_sh ip_vs_dh
+	ip_vs_sed ip_vs_nq ip_vs_mh ip_vs_fo ip_vs_ovf
 	nf_conntrack nf_nat dummy veth
 	# netlink.NewHandleAt (test/netns) opens NETLINK_XFRM and NETLINK_NETFILTER sockets.
 	xfrm_user nfnetlink
@@ -32,6 +35,11 @@ MODULES=(
 	x_tables ip_tables iptable_nat iptable_filter ip6_tables ip6table_nat ip6table_filter
 	xt_set xt_MASQUERADE xt_mark xt_conntrack xt_comment xt_addrtype xt_multiport xt_tcpudp
 	nf_reject_ipv4 ipt_REJECT nf_reject_ipv6 ip6t_REJECT
+	# iptables-nft (the companion rules through nf_tables): the nat chain type,
+	# nft_compat for the xtables matches and targets it keeps (set, MASQUERADE,
+	# REJECT, MARK...), and the native expressions it may translate to.
+	nf_tables nft_compat nft_chain_nat nft_ct nft_nat nft_masq
+	nft_reject nft_reject_inet nft_reject_ipv4 nft_reject_ipv6
 )
 
 # --- kernel: the package linux-image-amd64 currently depends on -------------
@@ -88,11 +96,18 @@ copy_bin() {
 copy_bin "$(command -v ip)" /usr/sbin/ip
 copy_bin "$(command -v nsenter)" /usr/bin/nsenter
 copy_bin "$(command -v ipset)" /usr/sbin/ipset
-# iptables-legacy: it needs only the x_tables modules (nft would need
-# nf_tables and nft_compat too). The backend runs "iptables"/"ip6tables".
+# Both iptables flavours. The backend runs "iptables"/"ip6tables", which are
+# legacy here (it needs only the x_tables modules); the -legacy and -nft names
+# exist too, and test/vm/inside's TestCompanionRules points "iptables" at
+# either through PATH. The multi-binaries dispatch on their name.
 copy_bin "$(readlink -f /usr/sbin/xtables-legacy-multi)" /usr/sbin/xtables-legacy-multi
-for n in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save; do
-	ln -sf xtables-legacy-multi "$ROOT/usr/sbin/$n"
+copy_bin "$(readlink -f /usr/sbin/xtables-nft-multi)" /usr/sbin/xtables-nft-multi
+for fam in iptables ip6tables; do
+	for s in "" -restore -save; do
+		ln -sf xtables-legacy-multi "$ROOT/usr/sbin/$fam$s"
+		ln -sf xtables-legacy-multi "$ROOT/usr/sbin/$fam-legacy$s"
+		ln -sf xtables-nft-multi "$ROOT/usr/sbin/$fam-nft$s"
+	done
 done
 xtlib=/usr/lib/x86_64-linux-gnu/xtables
 mkdir -p "$ROOT$xtlib" && cp -a "$xtlib"/. "$ROOT$xtlib"/

@@ -5,9 +5,11 @@ package inside
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,25 +27,39 @@ import (
 
 const echoPort = 8080
 
+// dialTimeout bounds a dial that must succeed: generous, since TCG is slow.
+const dialTimeout = 3 * time.Second
+
 var settings = backend.Settings{MasqueradeBit: 14}
 
 // env is a one-node topology with echo servers in its pods and a backend
 // programming the node namespace.
 type env struct {
-	t   *testing.T
-	top *netns.OneNode
-	cfg ipvs.Config
-	b   *ipvs.Backend
+	t    *testing.T
+	top  *netns.OneNode
+	cfg  ipvs.Config
+	fams []model.Family
+	b    *ipvs.Backend
 }
 
 // newEnv builds the topology with pods pods, each serving TCP echo on :8080
-// under its pod name.
+// under its pod name, and an IPv4-only backend.
 func newEnv(t *testing.T, pods int, cfg ipvs.Config) *env {
+	return newEnvFamilies(t, pods, cfg, model.IPv4)
+}
+
+// newEnvFamilies is newEnv with a backend for fams; with IPv6 among them the
+// pods also serve TCP echo on [::]:8080 ("tcp6" listens IPv6-only, so both
+// servers share the port).
+func newEnvFamilies(t *testing.T, pods int, cfg ipvs.Config, fams ...model.Family) *env {
 	t.Helper()
 	netns.Skip(t)
-	e := &env{t: t, top: netns.NewOneNode(t, pods), cfg: cfg}
+	e := &env{t: t, top: netns.NewOneNode(t, pods), cfg: cfg, fams: fams}
 	for _, p := range e.top.Pods {
 		p.ServeEcho(t, "tcp4", fmt.Sprintf(":%d", echoPort), p.PodName)
+		if slices.Contains(fams, model.IPv6) {
+			p.ServeEcho(t, "tcp6", fmt.Sprintf(":%d", echoPort), p.PodName)
+		}
 	}
 	e.b = e.newBackend()
 	return e
@@ -53,7 +69,7 @@ func newEnv(t *testing.T, pods int, cfg ipvs.Config) *env {
 // an agent restart.
 func (e *env) newBackend() *ipvs.Backend {
 	e.t.Helper()
-	b, err := ipvs.New(settings, e.cfg, []model.Family{model.IPv4})
+	b, err := ipvs.New(settings, e.cfg, e.fams)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -84,6 +100,11 @@ func (e *env) ep(i int) model.Endpoint {
 	return model.Endpoint{IP: netip.MustParseAddr(e.top.Pods[i].IP4), Port: echoPort, Ready: true, Local: true}
 }
 
+// ep6 is ep over IPv6.
+func (e *env) ep6(i int) model.Endpoint {
+	return model.Endpoint{IP: netip.MustParseAddr(e.top.Pods[i].IP6), Port: echoPort, Ready: true, Local: true}
+}
+
 // svc is a TCP service port whose cluster and external endpoints are eps.
 func svc(name, clusterIP string, port int32, eps ...model.Endpoint) *model.ServicePort {
 	ip := netip.MustParseAddr(clusterIP)
@@ -97,13 +118,26 @@ func svc(name, clusterIP string, port int32, eps ...model.Endpoint) *model.Servi
 	}
 }
 
+// udp turns a service port of svc into a UDP one.
+func udp(sp *model.ServicePort) *model.ServicePort {
+	sp.Protocol, sp.Key.Protocol = corev1.ProtocolUDP, corev1.ProtocolUDP
+	return sp
+}
+
 func snapOf(sps ...*model.ServicePort) *model.Snapshot {
 	s := &model.Snapshot{
 		Services: map[model.ServicePortKey]*model.ServicePort{},
 		Node: model.NodeInfo{
-			Name:         "node",
-			NodePortIPs:  map[model.Family][]netip.Addr{model.IPv4: {netip.MustParseAddr(netns.NodeIP4)}},
-			ClusterCIDRs: map[model.Family][]netip.Prefix{model.IPv4: {netip.MustParsePrefix("10.244.0.0/16")}},
+			Name: "node",
+			// Both families: a backend ignores the ones it does not program.
+			NodePortIPs: map[model.Family][]netip.Addr{
+				model.IPv4: {netip.MustParseAddr(netns.NodeIP4)},
+				model.IPv6: {netip.MustParseAddr(netns.NodeIP6)},
+			},
+			ClusterCIDRs: map[model.Family][]netip.Prefix{
+				model.IPv4: {netip.MustParsePrefix("10.244.0.0/16")},
+				model.IPv6: {netip.MustParsePrefix("fd10:244::/48")},
+			},
 		},
 	}
 	for _, sp := range sps {
@@ -112,19 +146,43 @@ func snapOf(sps ...*model.ServicePort) *model.Snapshot {
 	return s
 }
 
-// dialN dials addr n times from ns and counts the answering servers.
+// dialN dials addr over TCP/IPv4 n times from ns and counts the answering
+// servers.
 func dialN(t *testing.T, from *netns.NS, addr string, n int) map[string]int {
+	t.Helper()
+	return dialFrom(t, from, "tcp4", "", addr, n)
+}
+
+// dialFrom is dialN over network from a local address ("" for any). Each
+// exchange uses a new socket (a new source port), so a new IPVS connection
+// that the scheduler places, for UDP too.
+func dialFrom(t *testing.T, from *netns.NS, network, local, addr string, n int) map[string]int {
 	t.Helper()
 	seen := map[string]int{}
 	for range n {
-		r, err := from.Dial("tcp4", addr, 3*time.Second)
+		r, err := from.DialFrom(network, local, addr, 3*time.Second)
 		if err != nil {
-			t.Fatalf("dial %s from %s: %v", addr, from.Name, err)
+			t.Fatalf("%s %s from %s %s: %v", network, addr, from.Name, local, err)
 		}
 		seen[r.Server]++
 	}
-	t.Logf("%s from %s: %v", addr, from.Name, seen)
+	t.Logf("%s %s from %s %s: %v", network, addr, from.Name, local, seen)
 	return seen
+}
+
+// mustFail dials once and fails the test unless the error is want
+// (netns.ErrRefused for REJECT, netns.ErrTimeout for DROP). Expected drops
+// wait only a short while: a connection that works answers well within it.
+func mustFail(t *testing.T, from *netns.NS, network, local, addr string, want error) {
+	t.Helper()
+	timeout := 3 * time.Second
+	if want == netns.ErrTimeout {
+		timeout = 1500 * time.Millisecond
+	}
+	r, err := from.DialFrom(network, local, addr, timeout)
+	if !errors.Is(err, want) {
+		t.Fatalf("%s %s from %s %s: reply %+v, error %v; want %v", network, addr, from.Name, local, r, err, want)
+	}
 }
 
 // ipvsHandle opens an IPVS handle in the node namespace, to look at what the
@@ -139,8 +197,8 @@ func (e *env) ipvsHandle() *mobyipvs.Handle {
 	return h
 }
 
-// dests returns the weights of a virtual server's destinations ("ip:port").
-func (e *env) dests(h *mobyipvs.Handle, vip string, port uint16) map[string]int {
+// vs returns the kernel's virtual server on vip:port (any protocol), or nil.
+func (e *env) vs(h *mobyipvs.Handle, vip string, port uint16) *mobyipvs.Service {
 	e.t.Helper()
 	svcs, err := h.GetServices()
 	if err != nil {
@@ -148,18 +206,43 @@ func (e *env) dests(h *mobyipvs.Handle, vip string, port uint16) map[string]int 
 	}
 	for _, s := range svcs {
 		if s.Address.Equal(net.ParseIP(vip)) && s.Port == port {
-			ds, err := h.GetDestinations(s)
-			if err != nil {
-				e.t.Fatal(err)
-			}
-			out := map[string]int{}
-			for _, d := range ds {
-				out[net.JoinHostPort(d.Address.String(), fmt.Sprint(d.Port))] = d.Weight
-			}
-			return out
+			return s
 		}
 	}
 	return nil
+}
+
+// dests returns the weights of a virtual server's destinations ("ip:port"),
+// nil when there is no such virtual server.
+func (e *env) dests(h *mobyipvs.Handle, vip string, port uint16) map[string]int {
+	e.t.Helper()
+	s := e.vs(h, vip, port)
+	if s == nil {
+		return nil
+	}
+	ds, err := h.GetDestinations(s)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, d := range ds {
+		out[net.JoinHostPort(d.Address.String(), fmt.Sprint(d.Port))] = d.Weight
+	}
+	return out
+}
+
+// dummyAddrs lists the addresses on kpo-ipvs0.
+func (e *env) dummyAddrs() []string {
+	e.t.Helper()
+	addrs, err := e.top.Node.NL.AddrList(mustLink(e.t, e, "kpo-ipvs0"), netlink.FAMILY_ALL)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []string
+	for _, a := range addrs {
+		out = append(out, a.IP.String())
+	}
+	return out
 }
 
 // vsCount is how many virtual servers the node's kernel holds.
