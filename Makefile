@@ -63,16 +63,12 @@ lint: $(GOLANGCI_LINT) ## golangci-lint.
 build: ## Build the operator and node-agent binaries into bin/.
 	CGO_ENABLED=0 go build -o $(LOCALBIN)/ ./cmd/...
 
-# The tests need these (kube-proxy: the migration test and the benchmarks); the demo adds kube-scheduler.
-TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager kube-proxy
+# The tests need these (kube-scheduler: the local cluster; kube-proxy: the migration test and the benchmarks).
+TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager kube-scheduler kube-proxy
 
 .PHONY: k8s-binaries
 k8s-binaries: ## Build the Kubernetes binaries the tests run (cached in bin/).
 	hack/build-k8s.sh $(K8S_BIN) $(TEST_K8S_BINARIES)
-
-.PHONY: k8s-binaries-all
-k8s-binaries-all: ## Also build kube-scheduler and kube-proxy.
-	hack/build-k8s.sh $(K8S_BIN)
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine).
@@ -84,14 +80,18 @@ docker-push: ## Push the container image.
 
 ##@ Demo
 
+.PHONY: deps
+deps: ## Install the Debian packages the demo and the tests need (if missing).
+	hack/install-deps.sh
+
 .PHONY: demo
-demo: ## A local cluster with the operator, agents and a Service (in progress).
-	@echo "make demo: the local-cluster demo is not built yet (issue: local cluster, end to end)."; exit 2
+demo: deps k8s-binaries ## A 3-node local cluster: operator, agents, a Service answering through the proxy, a mode switch.
+	go run ./hack/demo $(DEMO_FLAGS)
 
 ##@ Test
 
 .PHONY: test
-test: verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel.
+test: deps verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel.
 	go test ./... -count=1 -timeout 20m 2>&1 | tee $(LOCALBIN)/test.log
 	@echo "packages: $$(grep -c '^ok ' $(LOCALBIN)/test.log) passed, $$(grep -c '^FAIL' $(LOCALBIN)/test.log) failed"
 

@@ -131,11 +131,17 @@ func (e *Env) Stop() error {
 
 // Kubectl runs the project-built kubectl against the API server.
 func (e *Env) Kubectl(ctx context.Context, stdin []byte, args ...string) (string, error) {
+	return Kubectl(ctx, e.Kubeconfig, stdin, args...)
+}
+
+// Kubectl runs the project-built kubectl with kubeconfig; it returns stdout,
+// and an error with stderr if kubectl failed.
+func Kubectl(ctx context.Context, kubeconfig string, stdin []byte, args ...string) (string, error) {
 	bin, err := Binary("kubectl")
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", e.Kubeconfig}, args...)...)
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", kubeconfig}, args...)...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if stdin != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -15,7 +14,7 @@ import (
 // "udp") and addr. Each TCP connection and each UDP datagram is answered with
 // one line: "<name> <client address as the server saw it>". It stops when the
 // test ends.
-func (n *NS) ServeEcho(t testing.TB, network, addr, name string) {
+func (n *NS) ServeEcho(t T, network, addr, name string) {
 	t.Helper()
 	var closer func() error
 	err := n.Do(func() error {
@@ -26,14 +25,14 @@ func (n *NS) ServeEcho(t testing.TB, network, addr, name string) {
 				return err
 			}
 			closer = l.Close
-			go serveTCP(l, name)
+			go ServeTCP(l, name)
 		case "udp", "udp4", "udp6":
 			c, err := net.ListenPacket(network, addr)
 			if err != nil {
 				return err
 			}
 			closer = c.Close
-			go serveUDP(c, name)
+			go ServeUDP(c, name)
 		default:
 			return fmt.Errorf("network %q", network)
 		}
@@ -45,7 +44,9 @@ func (n *NS) ServeEcho(t testing.TB, network, addr, name string) {
 	t.Cleanup(func() { _ = closer() })
 }
 
-func serveTCP(l net.Listener, name string) {
+// ServeTCP answers each connection accepted on l with one line, "<name>
+// <client address>", until l is closed.
+func ServeTCP(l net.Listener, name string) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -59,7 +60,9 @@ func serveTCP(l net.Listener, name string) {
 	}
 }
 
-func serveUDP(c net.PacketConn, name string) {
+// ServeUDP answers each datagram read from c with one line, "<name> <client
+// address>", until c is closed.
+func ServeUDP(c net.PacketConn, name string) {
 	buf := make([]byte, 1500)
 	for {
 		_, from, err := c.ReadFrom(buf)

@@ -40,6 +40,16 @@ func Skip(t testing.TB) {
 	}
 }
 
+// T is the part of testing.TB that the builders here use. Tests pass their
+// *testing.T; programs that build the same networks (the local cluster under
+// hack/) pass a scope whose Fatalf aborts the build and whose Cleanup runs at
+// teardown.
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // NS is one network namespace.
 type NS struct {
 	// Name is the namespace's name under /var/run/netns, usable with `ip netns exec`.
@@ -50,7 +60,7 @@ type NS struct {
 }
 
 // New creates a namespace with lo up; it is deleted when the test ends.
-func New(t testing.TB, name string) *NS {
+func New(t T, name string) *NS {
 	t.Helper()
 	removeStale()
 	full := fmt.Sprintf("%s%d-%s", namePrefix, os.Getpid(), name)
@@ -161,7 +171,7 @@ func (n *NS) ReadSysctl(key string) (string, error) {
 }
 
 // MustSysctl is Sysctl that fails the test.
-func (n *NS) MustSysctl(t testing.TB, key, value string) {
+func (n *NS) MustSysctl(t T, key, value string) {
 	t.Helper()
 	if err := n.Sysctl(key, value); err != nil {
 		t.Fatalf("sysctl %s=%s in %s: %v", key, value, n.Name, err)
@@ -184,17 +194,17 @@ func (n *NS) Run(name string, args ...string) (string, error) {
 }
 
 // MustRun is Run that fails the test.
-func (n *NS) MustRun(t testing.TB, name string, args ...string) string {
+func (n *NS) MustRun(t T, name string, args ...string) string {
 	t.Helper()
 	out, err := n.Run(name, args...)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	return out
 }
 
 // Veth links two namespaces with a veth pair (aName in a, bName in b), both up.
-func Veth(t testing.TB, a *NS, aName string, b *NS, bName string) {
+func Veth(t T, a *NS, aName string, b *NS, bName string) {
 	t.Helper()
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: aName},
@@ -205,20 +215,20 @@ func Veth(t testing.TB, a *NS, aName string, b *NS, bName string) {
 		t.Fatalf("veth %s/%s <-> %s/%s: %v", a.Name, aName, b.Name, bName, err)
 	}
 	if err := a.NL.LinkSetUp(mustLink(a.NL, aName)); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	if err := b.NL.LinkSetUp(mustLink(b.NL, bName)); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 }
 
 // AddAddr adds an address (CIDR notation) to a link. IPv6 addresses skip
 // duplicate address detection, so that they are usable at once.
-func (n *NS) AddAddr(t testing.TB, link, cidr string) {
+func (n *NS) AddAddr(t T, link, cidr string) {
 	t.Helper()
 	addr, err := netlink.ParseAddr(cidr)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	if addr.IP.To4() == nil {
 		addr.Flags |= syscall.IFA_F_NODAD
@@ -229,7 +239,7 @@ func (n *NS) AddAddr(t testing.TB, link, cidr string) {
 }
 
 // Route adds a route: `ip route add <dst> [via <via>] dev <dev>` inside the namespace.
-func (n *NS) Route(t testing.TB, dst, via, dev string) {
+func (n *NS) Route(t T, dst, via, dev string) {
 	t.Helper()
 	args := []string{"route", "add", dst}
 	if via != "" {

@@ -2,7 +2,6 @@ package netns
 
 import (
 	"fmt"
-	"testing"
 )
 
 // Addresses of the one-node topology, from the address plan in
@@ -43,7 +42,7 @@ type OneNode struct {
 
 // NewOneNode builds the topology with pods pods. Everything is removed when
 // the test ends.
-func NewOneNode(t testing.TB, pods int) *OneNode {
+func NewOneNode(t T, pods int) *OneNode {
 	t.Helper()
 	node := New(t, "node")
 	ext := New(t, "ext")
@@ -65,13 +64,7 @@ func NewOneNode(t testing.TB, pods int) *OneNode {
 	}
 
 	// The sink: service and external ranges that no rule translates end here.
-	sinkPeer := New(t, "sink")
-	Veth(t, node, "sink0", sinkPeer, "sink1")
-	node.MustRun(t, "ip", "link", "set", "sink0", "arp", "off")
-	sinkPeer.MustRun(t, "ip", "link", "set", "sink1", "down")
-	for _, dst := range []string{"10.96.0.0/16", "203.0.113.0/24", "fd10:96::/112", "2001:db8:2::/64"} {
-		node.Route(t, dst, "", "sink0")
-	}
+	addSink(t, node, "sink")
 
 	top := &OneNode{Node: node, Client: ext}
 	for i := range pods {
@@ -81,7 +74,7 @@ func NewOneNode(t testing.TB, pods int) *OneNode {
 }
 
 // AddPod adds a pod namespace behind the node and returns it.
-func (o *OneNode) AddPod(t testing.TB, name string) *Pod {
+func (o *OneNode) AddPod(t T, name string) *Pod {
 	t.Helper()
 	n := len(o.Pods)
 	p := &Pod{
@@ -99,7 +92,7 @@ func (o *OneNode) AddPod(t testing.TB, name string) *Pod {
 // veth (link on the node, eth0 in the pod), the node's gateway addresses on the
 // link, a /32 (/128) route to the pod on the node, and the pod's default routes
 // via the gateway.
-func PlugPod(t testing.TB, node *NS, link string, pod *NS, ip4, ip6, gw4, gw6 string) {
+func PlugPod(t T, node *NS, link string, pod *NS, ip4, ip6, gw4, gw6 string) {
 	t.Helper()
 	Veth(t, node, link, pod, "eth0")
 	node.AddAddr(t, link, gw4+"/32")

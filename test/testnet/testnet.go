@@ -17,13 +17,10 @@ package testnet
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,7 +36,7 @@ import (
 type Net struct {
 	t      testing.TB
 	API    *apiserver.Env
-	LAN    *netns.NS
+	LAN    *netns.LAN
 	Client *netns.NS
 	Nodes  []*Node
 	// agentBin is the kpo-agent binary under test.
@@ -76,36 +73,13 @@ type Pod struct {
 func New(t testing.TB, api *apiserver.Env, agentBin string, nodes, podsPerNode int) *Net {
 	t.Helper()
 	n := &Net{t: t, API: api, agentBin: agentBin, dir: t.TempDir()}
-	n.LAN = netns.New(t, "lan")
-	n.LAN.MustRun(t, "ip", "link", "add", "br0", "type", "bridge")
-	n.LAN.MustRun(t, "ip", "link", "set", "br0", "up")
-
-	n.Client = netns.New(t, "client")
-	n.attach(t, n.Client, "c")
-	n.Client.AddAddr(t, "eth0", "198.51.100.200/24")
-	n.Client.AddAddr(t, "eth0", "2001:db8:1::200/64")
-
+	n.LAN = netns.NewLAN(t)
+	n.Client = n.LAN.AddClient(t, 1)
+	byIndex := map[int]*netns.NS{}
 	for i := 1; i <= nodes; i++ {
-		n.addNode(t, i)
+		byIndex[i] = n.addNode(t, i).NS
 	}
-	// Routes between nodes: each node's pod network via that node (a flat pod
-	// network, as a routed CNI plugin makes it). The client reaches services and
-	// external IPs through node 1.
-	for _, a := range n.Nodes {
-		for _, b := range n.Nodes {
-			if a != b {
-				a.Route(t, fmt.Sprintf("10.244.%d.0/24", b.Index), b.IP4, "eth0")
-				a.Route(t, fmt.Sprintf("fd10:244:0:%d::/64", b.Index), b.IP6, "eth0")
-			}
-		}
-	}
-	first := n.Nodes[0]
-	for _, dst := range []string{"10.96.0.0/16", "203.0.113.0/24"} {
-		n.Client.Route(t, dst, first.IP4, "eth0")
-	}
-	for _, dst := range []string{"fd10:96::/112", "2001:db8:2::/64"} {
-		n.Client.Route(t, dst, first.IP6, "eth0")
-	}
+	n.LAN.RoutePods(t, byIndex)
 	for _, node := range n.Nodes {
 		for k := range podsPerNode {
 			node.AddPod(t, fmt.Sprintf("n%dp%d", node.Index, k))
@@ -114,31 +88,9 @@ func New(t testing.TB, api *apiserver.Env, agentBin string, nodes, podsPerNode i
 	return n
 }
 
-// attach plugs a namespace into the LAN bridge with a veth named eth0.
-func (n *Net) attach(t testing.TB, ns *netns.NS, tag string) {
-	port := "p" + tag
-	netns.Veth(t, n.LAN, port, ns, "eth0")
-	n.LAN.MustRun(t, "ip", "link", "set", port, "master", "br0")
-}
-
-func (n *Net) addNode(t testing.TB, i int) {
-	node := &Node{NS: netns.New(t, fmt.Sprintf("node%d", i)), Name: fmt.Sprintf("node-%d", i), Index: i,
-		IP4: fmt.Sprintf("198.51.100.%d", i), IP6: fmt.Sprintf("2001:db8:1::%d", i), net: n}
-	n.attach(t, node.NS, fmt.Sprintf("n%d", i))
-	node.AddAddr(t, "eth0", node.IP4+"/24")
-	node.AddAddr(t, "eth0", node.IP6+"/64")
-	for _, k := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv6/conf/default/forwarding"} {
-		node.MustSysctl(t, k, "1")
-	}
-	// The sink: service and external ranges no rule translates end here, so that
-	// "not proxied" reads as a clean timeout and nothing leaves the sandbox.
-	sink := netns.New(t, fmt.Sprintf("sink%d", i))
-	netns.Veth(t, node.NS, "sink0", sink, "sink1")
-	node.MustRun(t, "ip", "link", "set", "sink0", "arp", "off")
-	sink.MustRun(t, "ip", "link", "set", "sink1", "down")
-	for _, dst := range []string{"10.96.0.0/16", "203.0.113.0/24", "fd10:96::/112", "2001:db8:2::/64"} {
-		node.Route(t, dst, "", "sink0")
-	}
+func (n *Net) addNode(t testing.TB, i int) *Node {
+	node := &Node{NS: n.LAN.AddNode(t, i), Name: fmt.Sprintf("node-%d", i), Index: i,
+		IP4: netns.NodeAddr4(i), IP6: netns.NodeAddr6(i), net: n}
 	node.stopAP = n.proxyAPIServer(t, node.NS)
 	n.Nodes = append(n.Nodes, node)
 
@@ -147,7 +99,7 @@ func (n *Net) addNode(t testing.TB, i int) {
 		ObjectMeta: metav1.ObjectMeta{Name: node.Name, Labels: map[string]string{
 			corev1.LabelHostname: node.Name, corev1.LabelTopologyZone: "zone-a",
 		}},
-		Spec: corev1.NodeSpec{PodCIDRs: []string{fmt.Sprintf("10.244.%d.0/24", i), fmt.Sprintf("fd10:244:0:%d::/64", i)}},
+		Spec: corev1.NodeSpec{PodCIDRs: []string{netns.PodCIDR4(i), netns.PodCIDR6(i)}},
 	}
 	ctx := context.Background()
 	if err := n.API.Client.Create(ctx, obj); err != nil {
@@ -166,6 +118,7 @@ func (n *Net) addNode(t testing.TB, i int) {
 		_ = n.API.Client.Delete(context.Background(), obj)
 		_ = n.API.Client.Delete(context.Background(), &kpov1.ProxyNodeStatus{ObjectMeta: metav1.ObjectMeta{Name: node.Name}})
 	})
+	return node
 }
 
 // AddPod adds a pod namespace behind the node, with echo servers on 8080.
@@ -174,7 +127,7 @@ func (node *Node) AddPod(t testing.TB, name string) *Pod {
 	k := len(node.Pods)
 	p := &Pod{NS: netns.New(t, name), Name: name, Node: node,
 		IP4: fmt.Sprintf("10.244.%d.%d", node.Index, 10+k), IP6: fmt.Sprintf("fd10:244:0:%d::%x", node.Index, 10+k)}
-	gw4, gw6 := fmt.Sprintf("10.244.%d.1", node.Index), fmt.Sprintf("fd10:244:0:%d::1", node.Index)
+	gw4, gw6 := netns.PodGateways(node.Index)
 	netns.PlugPod(t, node.NS, fmt.Sprintf("vp%d", k), p.NS, p.IP4, p.IP6, gw4, gw6)
 	for _, network := range []string{"tcp", "udp"} {
 		p.ServeEcho(t, network, ":8080", name)
@@ -191,36 +144,10 @@ func (n *Net) proxyAPIServer(t testing.TB, ns *netns.NS) func() {
 	if parsed, err := url.Parse(u); err == nil && parsed.Host != "" {
 		u = parsed.Host
 	}
-	var l net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		l, err = net.Listen("tcp", "127.0.0.1:6443")
-		return err
-	}); err != nil {
+	l, err := netns.Forward(ns, "127.0.0.1:6443", nil, u)
+	if err != nil {
 		t.Fatalf("API proxy in %s: %v", ns.Name, err)
 	}
-	var wg sync.WaitGroup
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { _ = c.Close() }()
-				up, err := net.Dial("tcp", u)
-				if err != nil {
-					t.Logf("API proxy in %s: %v", ns.Name, err)
-					return
-				}
-				defer func() { _ = up.Close() }()
-				go func() { _, _ = io.Copy(up, c); _ = up.(*net.TCPConn).CloseWrite() }()
-				_, _ = io.Copy(c, up)
-			}()
-		}
-	}()
 	stop := func() { _ = l.Close() }
 	t.Cleanup(stop)
 	return stop

@@ -1,0 +1,194 @@
+// Command demo is `make demo`: a 3-node local cluster from real Kubernetes
+// components (hack/cluster), kpo's operator deployed with the project's own
+// manifests, the sample ProxyConfiguration, a demo app behind a Service,
+// requests answered through the proxy from a node, a pod and an external
+// client, and a mode switch by editing the CR. It stays up until Ctrl-C.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/cluster"
+	"kpo.dev/kpo/test/netns"
+)
+
+func main() {
+	nodes := flag.Int("nodes", 3, "number of nodes")
+	switchTo := flag.String("switch-to", "iptables", "mode to switch to after the first round (empty: no switch)")
+	exit := flag.Bool("exit", false, "tear down after the demo instead of waiting for Ctrl-C")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fatal(fmt.Errorf("the local cluster needs root (network namespaces, mounts): run as root"))
+	}
+	// Quiet the controller-runtime client's "logger not set" warning.
+	ctrllog.SetLogger(logr.Discard())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *nodes, kpov1.Mode(*switchTo), *exit); err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "demo:", err)
+	os.Exit(1)
+}
+
+// step prints a numbered heading with the time since start.
+var start = time.Now()
+
+func step(format string, args ...any) {
+	fmt.Printf("\n==> [%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func progress(msg string) { fmt.Printf("    [%5.1fs] %s\n", time.Since(start).Seconds(), msg) }
+
+func run(ctx context.Context, nodes int, switchTo kpov1.Mode, exit bool) error {
+	step("building kpo-operator, kpo-agent and the echo server (the local cluster's images)")
+	images, err := cluster.BuildImages(ctx, cluster.Repo("bin/demo-images"))
+	if err != nil {
+		return err
+	}
+
+	step("starting a %d-node local cluster", nodes)
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Images: images, Progress: progress})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		step("tearing down")
+		c.Close()
+	}()
+	if err := c.WaitNodesReady(ctx, 2*time.Minute); err != nil {
+		return err
+	}
+	show(ctx, c, "get", "nodes", "-o", "wide")
+
+	step("deploying the operator: kubectl apply -k hack/demo (config/default + the API server's bootstrap address)")
+	if err := c.DeployOperator(ctx, 3*time.Minute); err != nil {
+		return withLogs(c, err)
+	}
+	step("applying config/samples/ (ProxyConfiguration \"default\", nftables mode)")
+	if _, err := c.Kubectl(ctx, nil, "apply", "-f", cluster.Repo(cluster.SamplesDir)); err != nil {
+		return err
+	}
+	if _, err := c.WaitProxyAvailable(ctx, "default", kpov1.ModeNFTables, 3*time.Minute); err != nil {
+		return withLogs(c, err)
+	}
+	step("deploying the demo app: 3 echo servers behind Service demo/echo (ClusterIP + NodePort 30080, TCP and UDP)")
+	svc, err := c.DeployEcho(ctx, 3, 3*time.Minute)
+	if err != nil {
+		return withLogs(c, err)
+	}
+	show(ctx, c, "get", "pods", "-A", "-o", "wide")
+	round(ctx, c, svc)
+
+	if switchTo != "" {
+		step("switching mode: kubectl patch proxyconfig default --type merge -p '{\"spec\":{\"mode\":\"%s\"}}'", switchTo)
+		began := time.Now()
+		patch := fmt.Sprintf(`{"spec":{"mode":%q}}`, switchTo)
+		if _, err := c.Kubectl(ctx, nil, "patch", "proxyconfig", "default", "--type", "merge", "-p", patch); err != nil {
+			return err
+		}
+		if _, err := c.WaitProxyAvailable(ctx, "default", switchTo, 3*time.Minute); err != nil {
+			return withLogs(c, err)
+		}
+		progress(fmt.Sprintf("Available in %s mode on every node %.1fs after the edit", switchTo, time.Since(began).Seconds()))
+		round(ctx, c, svc)
+	}
+
+	step("the cluster is yours")
+	fmt.Printf(`    export KUBECONFIG=%s
+    %s get proxyconfig -o wide
+    %s get proxynodestatus
+    ip netns exec %s nft list table ip kpo      # a node's rules (nftables mode)
+    ip netns exec %s iptables-save -t nat       # (iptables mode)
+    logs: %s/logs, pods' logs under %s/nodes/<node>/pods
+`, c.Kubeconfig, kubectl(), kubectl(), c.Nodes[0].NS.Name, c.Nodes[0].NS.Name, c.Dir, c.Dir)
+	if exit {
+		return nil
+	}
+	fmt.Println("    Ctrl-C tears everything down.")
+	<-ctx.Done()
+	return nil
+}
+
+// round shows the status objects and sends requests through the proxy.
+func round(ctx context.Context, c *cluster.Cluster, svc *corev1.Service) {
+	show(ctx, c, "get", "proxyconfig", "-o", "wide")
+	show(ctx, c, "get", "proxynodestatus", "-o", "wide")
+	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	node := c.Nodes[len(c.Nodes)-1]
+	request(node.NS, "tcp", vip, fmt.Sprintf("from node %s to ClusterIP %s (TCP)", node.Name, vip))
+	request(node.NS, "udp", vip, fmt.Sprintf("from node %s to ClusterIP %s (UDP)", node.Name, vip))
+	if ns, name := clientPod(ctx, c); ns != nil {
+		request(ns, "tcp", vip, fmt.Sprintf("from pod %s to ClusterIP %s (TCP)", name, vip))
+	}
+	for _, ip := range svc.Spec.ClusterIPs[1:] {
+		request(node.NS, "tcp", net.JoinHostPort(ip, "80"), fmt.Sprintf("from node %s to ClusterIP [%s] (TCP, IPv6)", node.Name, ip))
+	}
+	nodePort := net.JoinHostPort(netns.NodeAddr4(1), "30080")
+	request(c.External, "tcp", nodePort, "from the external client to NodePort "+nodePort)
+}
+
+// clientPod is one of the demo app's pods, to send requests from.
+func clientPod(ctx context.Context, c *cluster.Cluster) (*netns.NS, string) {
+	pods, err := c.Kube.CoreV1().Pods("demo").List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+	if err != nil {
+		return nil, ""
+	}
+	for _, p := range pods.Items {
+		if ns := c.PodNS(p.Namespace, p.Name); ns != nil {
+			return ns, p.Name
+		}
+	}
+	return nil, ""
+}
+
+// request sends five requests and prints who answered.
+func request(from *netns.NS, network, addr, what string) {
+	var answers []string
+	for range 5 {
+		r, err := from.Dial(network, addr, 2*time.Second)
+		if err != nil {
+			answers = append(answers, "ERROR: "+err.Error())
+			continue
+		}
+		answers = append(answers, r.Server)
+	}
+	fmt.Printf("    %-62s → %s\n", what, strings.Join(answers, ", "))
+}
+
+func show(ctx context.Context, c *cluster.Cluster, args ...string) {
+	fmt.Printf("    $ kubectl %s\n", strings.Join(args, " "))
+	out, err := c.Kubectl(ctx, nil, args...)
+	if err != nil {
+		fmt.Printf("    %v\n", err)
+	}
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		fmt.Println("    " + line)
+	}
+}
+
+func kubectl() string { return cluster.Repo(filepath.Join("bin", "k8s-v1.37.1", "kubectl")) }
+
+// withLogs adds where to look to an error.
+func withLogs(c *cluster.Cluster, err error) error {
+	return fmt.Errorf("%w\n%s(control-plane and node-runtime logs: %s/logs; pods' logs: %s/nodes/<node>/pods/; set KPO_CLUSTER_KEEP=1 to keep them)", err,
+		c.DescribePods(context.Background()), c.Dir, c.Dir)
+}
