@@ -96,9 +96,9 @@ test: deps verify-generated vet lint k8s-binaries ## Run every test: lint, unit,
 	@echo "packages: $$(grep -c '^ok ' $(LOCALBIN)/test.log) passed, $$(grep -c '^FAIL' $(LOCALBIN)/test.log) failed"
 
 .PHONY: bench
-bench: k8s-binaries ## kpo vs upstream kube-proxy, written to docs/kube-proxy-comparison.md (BENCH=full adds 1k×50).
+bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comparison section), docs/kube-proxy-comparison.md/.json (BENCH=full adds 5k×50).
 	KPO_BENCH_WRITE=1 $(if $(filter full,$(BENCH)),KPO_BENCH_LARGE=1) \
-		go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
+		nice -n 5 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
 
 .PHONY: test-unit
 test-unit: ## Unit tests only (no API server, no root).

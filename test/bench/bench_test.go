@@ -27,6 +27,21 @@ const (
 	syncPeriod    = "30s"
 )
 
+// Churn: the network programming latency runs, at the sizes in
+// KPO_BENCH_LATENCY_SIZES. Both proxies get minSyncPeriod 1ms there
+// (KPO_BENCH_CHURN_MIN_SYNC): with 1 s, a change waits up to a second for the
+// rate limit, which would measure the setting, not the proxy. Not 0:
+// kube-proxy's configuration defaulting reads 0 as unset and makes it 1 s.
+const (
+	defaultLatencySizes = "10000x2"
+	defaultChurnMinSync = "1ms"
+	defaultChurnRate    = 10.0 // changes per second
+	// defaultChurnSeconds is longer than syncPeriod, so that a periodic resync,
+	// if a proxy did one under churn, would fall into the window.
+	defaultChurnSeconds = 35
+	connectSamples      = 300
+)
+
 // result is one proxy's figures for one data set and mode.
 type result struct {
 	Impl      string `json:"impl"`
@@ -60,11 +75,19 @@ type result struct {
 	PeakRSSMiB      float64 `json:"peakRSSMiB"`
 	Rules           int     `json:"rules"`
 	RulesetBytes    int     `json:"rulesetBytes"`
+	// ConnectFirstUS and ConnectLastUS are the median connect() times (µs) to
+	// the service first and last in the proxy's dispatch order, FirstIP and
+	// LastIP (0 when not measured at this size).
+	ConnectFirstUS float64 `json:"connectFirstMicroseconds,omitempty"`
+	ConnectLastUS  float64 `json:"connectLastMicroseconds,omitempty"`
+	FirstIP        string  `json:"firstServiceIP,omitempty"`
+	LastIP         string  `json:"lastServiceIP,omitempty"`
 }
 
 var (
 	resultsMu sync.Mutex
 	results   []result
+	churns    []churnResult
 	// touches numbers the EndpointSlice updates, so each is a real change.
 	touches int
 )
@@ -77,8 +100,12 @@ var (
 //	KPO_BENCH_WRITE=1 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
 //
 // KPO_BENCH_SIZES (default "1000x2,10000x2", smallest first: the data set only
-// grows), KPO_BENCH_LARGE=1 (adds 1000x50), KPO_BENCH_MODES (default
-// "nftables,iptables"), KPO_BENCH_CAP (default 5m, per proxy and run).
+// grows), KPO_BENCH_LARGE=1 (adds 5000x50), KPO_BENCH_MODES (default
+// "nftables,iptables"), KPO_BENCH_CAP (default 5m, per proxy and run),
+// KPO_BENCH_LATENCY_SIZES (default "10000x2": where connect and churn
+// latencies are measured), KPO_BENCH_CHURN_MIN_SYNC (default 1ms),
+// KPO_BENCH_CHURN_RATE (default 10 per second), KPO_BENCH_CHURN_SECONDS
+// (default 35).
 func BenchmarkKubeProxyComparison(b *testing.B) {
 	netns.Skip(b)
 	if api == nil {
@@ -90,13 +117,18 @@ func BenchmarkKubeProxyComparison(b *testing.B) {
 	cfg.QPS, cfg.Burst = 1000, 2000
 	l := testnet.NewLoader(kubernetes.NewForConfigOrDie(cfg))
 	capDur := envDuration(b, "KPO_BENCH_CAP", 5*time.Minute)
+	latencyAt := map[string]bool{}
+	for _, s := range envList("KPO_BENCH_LATENCY_SIZES", defaultLatencySizes) {
+		latencyAt[s] = true
+	}
 	for _, sz := range sizes(b) {
+		latency := latencyAt[fmt.Sprintf("%dx%d", sz[0], sz[1])]
 		for _, mode := range envList("KPO_BENCH_MODES", "nftables,iptables") {
 			for _, impl := range []string{"kube-proxy", "kpo"} {
 				b.Run(fmt.Sprintf("%dx%d/%s/%s", sz[0], sz[1], mode, impl), func(b *testing.B) {
 					l.Ensure(b, sz[0], sz[1])
 					for range b.N {
-						r := measure(b, l, impl, mode, sz[0], sz[1], capDur)
+						r := measure(b, l, impl, mode, sz[0], sz[1], capDur, latency)
 						b.ReportMetric(r.ColdSyncS, "cold-s")
 						b.ReportMetric(r.FirstSyncS, "first-sync-s")
 						b.ReportMetric(r.PartialSyncS*1000, "partial-ms")
@@ -105,8 +137,28 @@ func BenchmarkKubeProxyComparison(b *testing.B) {
 						b.ReportMetric(r.RSSMiB, "rss-MiB")
 						b.ReportMetric(r.PeakRSSMiB, "peak-rss-MiB")
 						b.ReportMetric(float64(r.Rules), "rules")
+						if latency {
+							b.ReportMetric(r.ConnectFirstUS, "connect-first-us")
+							b.ReportMetric(r.ConnectLastUS, "connect-last-us")
+						}
 						resultsMu.Lock()
 						results = append(results, r)
+						resultsMu.Unlock()
+					}
+				})
+			}
+			if !latency {
+				continue
+			}
+			for _, impl := range []string{"kube-proxy", "kpo"} {
+				b.Run(fmt.Sprintf("%dx%d/%s/%s/churn", sz[0], sz[1], mode, impl), func(b *testing.B) {
+					l.Ensure(b, sz[0], sz[1])
+					for range b.N {
+						c := measureChurn(b, l, impl, mode, sz[0], capDur)
+						b.ReportMetric(c.P50MS, "churn-p50-ms")
+						b.ReportMetric(c.P99MS, "churn-p99-ms")
+						resultsMu.Lock()
+						churns = append(churns, c)
 						resultsMu.Unlock()
 					}
 				})
@@ -128,26 +180,29 @@ type proxy struct {
 	counts func(m metrics) (full, partial, partialSum, fullSum float64)
 }
 
-func measure(b *testing.B, l *testnet.Loader, impl, mode string, services, endpoints int, capDur time.Duration) result {
-	r := result{Impl: impl, Mode: mode, Services: services, Endpoints: endpoints, CapS: capDur.Seconds()}
+// start builds a one-node test network with the backends, starts the proxy
+// with minSync, and waits (at most capDur) for its first complete sync:
+// elapsed is process start to that sync and first the sync's own duration;
+// ok is false when the cap ran out.
+func start(b *testing.B, impl, mode, minSync string, services int, capDur time.Duration) (
+	node *testnet.Node, client *netns.NS, p *proxy, elapsed, first time.Duration, ok bool) {
 	tn := testnet.New(b, api, agentBin, 1, 0)
-	node := tn.Nodes[0]
-	start := time.Now()
-	var p *proxy
+	node = tn.Nodes[0]
+	addBackends(b, node)
+	t0 := time.Now()
 	if impl == "kube-proxy" {
-		p = startKubeProxy(b, node, mode)
+		p = startKubeProxy(b, node, mode, minSync)
 	} else {
-		p = startKpo(b, node, mode)
+		p = startKpo(b, node, mode, minSync)
 	}
+	b.Cleanup(func() { killTree(p.pid) })
 	// Cold sync, bounded by the cap so that a slow run is a figure, not a hang.
 	for {
-		if d, ok := p.synced(p.logs(), services); ok {
-			r.ColdSyncS, r.FirstSyncS = time.Since(start).Seconds(), d.Seconds()
-			break
+		if d, done := p.synced(p.logs(), services); done {
+			return node, tn.Client, p, time.Since(t0), d, true
 		}
-		if time.Since(start) > capDur {
-			r.Capped, r.ColdSyncS = true, capDur.Seconds()
-			break
+		if time.Since(t0) > capDur {
+			return node, tn.Client, p, capDur, 0, false
 		}
 		select {
 		case <-p.exited:
@@ -155,6 +210,12 @@ func measure(b *testing.B, l *testnet.Loader, impl, mode string, services, endpo
 		case <-time.After(50 * time.Millisecond): // polling the logs, bounded by the cap
 		}
 	}
+}
+
+func measure(b *testing.B, l *testnet.Loader, impl, mode string, services, endpoints int, capDur time.Duration, latency bool) result {
+	r := result{Impl: impl, Mode: mode, Services: services, Endpoints: endpoints, CapS: capDur.Seconds()}
+	node, client, p, elapsed, first, ok := start(b, impl, mode, minSyncPeriod, services, capDur)
+	r.ColdSyncS, r.FirstSyncS, r.Capped = elapsed.Seconds(), first.Seconds(), !ok
 	ps, err := readProc(p.pid)
 	if err != nil {
 		b.Fatal(err)
@@ -173,7 +234,94 @@ func measure(b *testing.B, l *testnet.Loader, impl, mode string, services, endpo
 	if r.Rules, r.RulesetBytes, err = ruleset(node.NS, mode); err != nil {
 		b.Logf("counting rules: %v", err)
 	}
+	if latency {
+		r.connect(b, node.NS, newProber(b, client, 1))
+	}
 	return r
+}
+
+// connect measures the first-packet connect latency to the first and the last
+// service of the dispatch order. A sync may reorder the rules (kube-proxy's
+// iptables mode writes KUBE-SERVICES in Go map order), so the order is read
+// again afterwards and the measurement repeated if it moved.
+func (r *result) connect(b *testing.B, ns *netns.NS, p *prober) {
+	for range 3 {
+		order, err := dispatchOrder(ns, r.Impl, r.Mode)
+		if err != nil || len(order) < r.Services {
+			b.Fatalf("%s: dispatch order: %d of %d services, %v", r.Impl, len(order), r.Services, err)
+		}
+		first, last := order[0], order[len(order)-1]
+		f, l, err := connectLatency(p, first, last, connectSamples)
+		if err != nil {
+			b.Fatalf("%s: %v", r.Impl, err)
+		}
+		again, err := dispatchOrder(ns, r.Impl, r.Mode)
+		if err == nil && len(again) > 0 && again[0] == first && again[len(again)-1] == last {
+			r.ConnectFirstUS, r.ConnectLastUS = float64(f.Microseconds()), float64(l.Microseconds())
+			r.FirstIP, r.LastIP = first, last
+			return
+		}
+		b.Logf("%s: the dispatch order changed while measuring; again", r.Impl)
+	}
+	b.Errorf("%s: the dispatch order kept changing", r.Impl)
+}
+
+// measureChurn starts the proxy with the churn settings and measures the
+// network programming latency under steady churn.
+func measureChurn(b *testing.B, l *testnet.Loader, impl, mode string, services int, capDur time.Duration) churnResult {
+	minSync := envList("KPO_BENCH_CHURN_MIN_SYNC", defaultChurnMinSync)[0]
+	rate := envFloat(b, "KPO_BENCH_CHURN_RATE", defaultChurnRate)
+	changes := int(rate * envFloat(b, "KPO_BENCH_CHURN_SECONDS", defaultChurnSeconds))
+	c := churnResult{Impl: impl, Mode: mode, Services: services, MinSyncPeriod: minSync, SyncPeriod: syncPeriod,
+		CapS: capDur.Seconds()}
+	node, client, p, _, _, ok := start(b, impl, mode, minSync, services, capDur)
+	if !ok {
+		b.Logf("%s %s: no complete sync of %d services within %v", impl, mode, services, capDur)
+		c.Capped = true
+		return c
+	}
+	waitQuiet(b, node.NS, p, impl)
+	pr := newProber(b, client, 8)
+	// The data plane works before the clock starts.
+	if r := pr.dial(testnet.BenchServiceIP(0) + ":80"); r.err != nil || r.answer == "" {
+		b.Fatalf("%s: service 0 does not answer: %v", impl, r.err)
+	}
+	cpu0, err := readProc(p.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lat, notLive, actual := churn(b, l, pr, services, changes, rate)
+	cpu1, err := readProc(p.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	c.Changes, c.RatePerS, c.NotLive, c.CPUS = len(lat), actual, notLive, cpu1.CPUSeconds-cpu0.CPUSeconds
+	c.P50MS, c.P99MS, c.MaxMS = ms(percentile(lat, 0.5)), ms(percentile(lat, 0.99)), ms(percentile(lat, 1))
+	return c
+}
+
+// waitQuiet waits (at most a minute) until the proxy has not synced for 3 s
+// (longer than minSyncPeriod), so that a measurement starts from a settled
+// proxy, not in a leftover of its cold start. It returns the sync counters.
+func waitQuiet(b *testing.B, ns *netns.NS, p *proxy, impl string) (full, part, partSum, fullSum float64) {
+	read := func() (float64, float64, float64, float64) {
+		m, err := scrape(ns, "127.0.0.1:10249")
+		if err != nil {
+			b.Fatalf("%s metrics: %v", impl, err)
+		}
+		return p.counts(m)
+	}
+	f0, p0, ps0, fs0 := read()
+	quietSince, deadline := time.Now(), time.Now().Add(time.Minute)
+	for time.Since(quietSince) < 3*time.Second && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond) // polling the metrics, bounded by the deadline
+		f, pa, ps, fs := read()
+		if f != f0 || pa != p0 {
+			f0, p0, ps0, fs0, quietSince = f, pa, ps, fs, time.Now()
+		}
+	}
+	return f0, p0, ps0, fs0
 }
 
 // partial waits for the proxy to go quiet, updates one EndpointSlice and times
@@ -187,17 +335,7 @@ func (r *result) partial(b *testing.B, l *testnet.Loader, node *testnet.Node, p 
 		}
 		return p.counts(m)
 	}
-	// Quiet: no sync for 3 s (longer than minSyncPeriod), so that the sync
-	// measured is the one the update caused, not a leftover of the cold start.
-	f0, p0, ps0, fs0 := read()
-	quietSince, deadline := time.Now(), time.Now().Add(time.Minute)
-	for time.Since(quietSince) < 3*time.Second && time.Now().Before(deadline) {
-		time.Sleep(200 * time.Millisecond)
-		f, pa, ps, fs := read()
-		if f != f0 || pa != p0 {
-			f0, p0, ps0, fs0, quietSince = f, pa, ps, fs, time.Now()
-		}
-	}
+	f0, p0, ps0, fs0 := waitQuiet(b, ns, p, r.Impl)
 	cpu0, err := readProc(p.pid)
 	if err != nil {
 		b.Fatal(err)
@@ -236,7 +374,7 @@ func (r *result) partial(b *testing.B, l *testnet.Loader, node *testnet.Node, p 
 // that counts.
 var kubeProxyDone = regexp.MustCompile(`"SyncProxyRules complete".*ipFamily="IPv4".*elapsed="([^"]+)"|"SyncProxyRules complete".*elapsed="([^"]+)".*ipFamily="IPv4"`)
 
-func startKubeProxy(b *testing.B, node *testnet.Node, mode string) *proxy {
+func startKubeProxy(b *testing.B, node *testnet.Node, mode, minSyncPeriod string) *proxy {
 	dir := b.TempDir()
 	kubeconfig := nodeKubeconfig(b, dir)
 	cfg := fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -305,10 +443,10 @@ logging:
 
 var kpoSynced = regexp.MustCompile(`"synced" full=true reason="[a-z]+" servicePorts=(\d+) written=\d+ rules=\d+ duration="([^"]+)"`)
 
-func startKpo(b *testing.B, node *testnet.Node, mode string) *proxy {
+func startKpo(b *testing.B, node *testnet.Node, mode, minSyncPeriod string) *proxy {
 	cfg := &kpov1.AgentConfiguration{ConfigurationName: "default", ConfigurationGeneration: 1, Mode: kpov1.Mode(mode)}
 	cfg.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "fd10:244::/48"}
-	cfg.MinSyncPeriod, cfg.SyncPeriod = minSyncPeriod, syncPeriod
+	cfg.MinSyncPeriod, cfg.SyncPeriod = kpov1.Duration(minSyncPeriod), syncPeriod
 	cfg.Default()
 	node.StartAgent(b, cfg)
 	exited := make(chan struct{})
@@ -361,8 +499,9 @@ func nodeKubeconfig(b *testing.B, dir string) string {
 func sizes(b *testing.B) [][2]int {
 	list := envList("KPO_BENCH_SIZES", "1000x2,10000x2")
 	if os.Getenv("KPO_BENCH_LARGE") == "1" {
-		// After 1000x2 and before 10000x2, which resets the first 1000 to 2.
-		list = append(list[:1], append([]string{"1000x50"}, list[1:]...)...)
+		// After 1000x2 and before 10000x2, which resets the first 5000 to 2:
+		// 5k Services × 50 = 250k endpoints.
+		list = append(list[:1], append([]string{"5000x50"}, list[1:]...)...)
 	}
 	var out [][2]int
 	for _, s := range list {
@@ -383,6 +522,18 @@ func envList(key, def string) []string {
 		v = def
 	}
 	return strings.Split(v, ",")
+}
+
+func envFloat(b *testing.B, key string, def float64) float64 {
+	v := os.Getenv(key)
+	if v == "" {
+		return def
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f <= 0 {
+		b.Fatalf("%s: %q is not a positive number", key, v)
+	}
+	return f
 }
 
 func envDuration(b *testing.B, key string, def time.Duration) time.Duration {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"kpo.dev/kpo/test/apiserver"
 	"kpo.dev/kpo/test/testnet"
@@ -38,11 +39,12 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer stop()
+		t0 := time.Now()
 		code := m.Run()
 		// The report is written once, from everything measured in this run, so
 		// that one command produces one consistent document.
 		if os.Getenv("KPO_BENCH_WRITE") == "1" && len(results) > 0 {
-			if err := writeReport(results); err != nil {
+			if err := writeReport(results, churns, time.Since(t0)); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}

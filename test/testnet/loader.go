@@ -18,8 +18,11 @@ import (
 // benchmarks. The data set only grows (Services cannot be deleted in bulk
 // quickly), so measure sizes smallest first.
 type Loader struct {
-	kube      kubernetes.Interface
-	endpoints map[int]int // endpoints per service index
+	kube kubernetes.Interface
+	mu   sync.Mutex
+	// endpoints per service index as written by Ensure; -1 marks a service
+	// that Retarget changed, which the next Ensure rewrites.
+	endpoints map[int]int
 }
 
 // NewLoader returns a loader writing through kube (give it a high QPS: the
@@ -63,20 +66,28 @@ func (l *Loader) Ensure(b testing.TB, services, endpoints int) {
 		}()
 	}
 	n := 0
+	l.mu.Lock()
+	var todo []int
 	for i := range services {
 		if l.endpoints[i] != endpoints {
-			work <- i
-			n++
+			todo = append(todo, i)
 		}
+	}
+	l.mu.Unlock()
+	for _, i := range todo {
+		work <- i
+		n++
 	}
 	close(work)
 	wg.Wait()
 	if firstErr != nil {
 		b.Fatal(firstErr)
 	}
+	l.mu.Lock()
 	for i := range services {
 		l.endpoints[i] = endpoints
 	}
+	l.mu.Unlock()
 	if n > 0 {
 		b.Logf("loaded %d services × %d endpoints in %v", services, endpoints, time.Since(start).Round(time.Millisecond))
 	}
@@ -85,8 +96,11 @@ func (l *Loader) Ensure(b testing.TB, services, endpoints int) {
 // one creates service i (if new) and writes its EndpointSlice with n endpoints.
 func (l *Loader) one(ctx context.Context, i, n int) error {
 	name := fmt.Sprintf("svc-%d", i)
-	if _, known := l.endpoints[i]; !known {
-		ip := fmt.Sprintf("10.96.%d.%d", 100+i/250, 1+i%250)
+	l.mu.Lock()
+	_, known := l.endpoints[i]
+	l.mu.Unlock()
+	if !known {
+		ip := BenchServiceIP(i)
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: name},
 			Spec: corev1.ServiceSpec{ClusterIP: ip, ClusterIPs: []string{ip},
@@ -110,6 +124,24 @@ func (l *Loader) one(ctx context.Context, i, n int) error {
 			NodeName:  ptr.To(RemoteNode),
 		})
 	}
+	return l.write(ctx, slice)
+}
+
+// BenchServiceIP is the ClusterIP of the loader's service i (10.96.100.1
+// onwards, 250 to a /24).
+func BenchServiceIP(i int) string { return fmt.Sprintf("10.96.%d.%d", 100+i/250, 1+i%250) }
+
+// ChangedEndpointIP is the gen-th address that Touch and Retarget move
+// endpoints to: 10.244.252.1–10.244.255.250, pod network addresses that Ensure
+// never uses (it stays below 10.244.252.0), so that each is a real change. They
+// repeat after 1000.
+func ChangedEndpointIP(gen int) string {
+	return fmt.Sprintf("10.244.%d.%d", 252+gen/250%4, 1+gen%250)
+}
+
+// write creates or updates an EndpointSlice.
+func (l *Loader) write(ctx context.Context, slice *discoveryv1.EndpointSlice) error {
+	name := slice.Name
 	slices := l.kube.DiscoveryV1().EndpointSlices(benchNamespace)
 	existing, err := slices.Get(ctx, name, metav1.GetOptions{})
 	if err == nil {
@@ -132,7 +164,27 @@ func (l *Loader) Touch(ctx context.Context, i, gen int) error {
 	if len(s.Endpoints) == 0 {
 		return fmt.Errorf("slice %s has no endpoints", s.Name)
 	}
-	s.Endpoints[0].Addresses = []string{fmt.Sprintf("10.245.%d.%d", gen/250%250, 1+gen%250)}
+	s.Endpoints[0].Addresses = []string{ChangedEndpointIP(gen)}
 	_, err = slices.Update(ctx, s, metav1.UpdateOptions{})
 	return err
+}
+
+// Retarget replaces all endpoints of service i with addrs (one
+// EndpointSlice update, as when a Deployment's pods are replaced). The next
+// Ensure restores the service.
+func (l *Loader) Retarget(ctx context.Context, i int, addrs ...string) error {
+	name := fmt.Sprintf("svc-%d", i)
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: name,
+			Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	}
+	for _, a := range addrs {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{a}, NodeName: ptr.To(RemoteNode)})
+	}
+	l.mu.Lock()
+	l.endpoints[i] = -1
+	l.mu.Unlock()
+	return l.write(ctx, slice)
 }
