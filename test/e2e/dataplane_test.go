@@ -262,7 +262,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 	})
 
 	t.Run("agent killed: traffic keeps flowing; the restarted agent converges without a gap", func(t *testing.T) {
-		ld := startLoad(n1p1.NS, webVIP, 20*time.Millisecond)
+		ld := testnet.StartLoad(n1p1.NS, "tcp", webVIP, 20*time.Millisecond)
 		n1.KillAgent()
 		// While the agent is down, an endpoint change is not programmed, but the
 		// existing rules still serve.
@@ -270,7 +270,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 		n1.StartAgent(t, cfg)
 		waitSyncedAfter(t, n1.Name, time.Now())
 		expectSpread(t, n1p1.NS, "tcp", webVIP, "n1p0", "n2p0")
-		ld.stopAndCheck(t, "across the agent's kill and restart", 3)
+		ld.StopAndCheck(t, "across the agent's kill and restart", 3)
 	})
 	t.Run("kpo-agent --cleanup removes every kpo rule of every mode", func(t *testing.T) {
 		n2.KillAgent() // a running agent would put its rules back

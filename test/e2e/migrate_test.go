@@ -59,7 +59,7 @@ iptables: {minSyncPeriod: 100ms}
 		t.Fatalf("kube-proxy made no KUBE-SERVICES chain:\n%s", out)
 	}
 
-	ld := startLoad(client.NS, "10.96.4.1:80", 10*time.Millisecond)
+	ld := testnet.StartLoad(client.NS, "tcp", "10.96.4.1:80", 10*time.Millisecond)
 	stopKubeProxy() // its rules stay and keep serving
 	agentCfg := agentConfig(kpov1.ModeNFTables)
 	agentCfg.MigrateFromKubeProxy = true
@@ -81,5 +81,5 @@ iptables: {minSyncPeriod: 100ms}
 		return nil
 	})
 	expectServer(t, client.NS, "tcp", "10.96.4.1:80", server.Name) // now served by kpo
-	ld.stopAndCheck(t, "during the migration", 20)
+	ld.StopAndCheck(t, "during the migration", 20)
 }

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -30,7 +29,7 @@ func TestModeSwitchMakeBeforeBreak(t *testing.T) {
 	tn.CreateService(t, testnet.ServiceSpec{Name: "switch", ClusterIPs: []string{"10.96.2.1"}, Pods: []*testnet.Pod{server}})
 	expectServer(t, client.NS, "tcp", "10.96.2.1:80", server.Name)
 
-	ld := startLoad(client.NS, "10.96.2.1:80", 10*time.Millisecond)
+	ld := testnet.StartLoad(client.NS, "tcp", "10.96.2.1:80", 10*time.Millisecond)
 
 	for _, mode := range []kpov1.Mode{kpov1.ModeNFTables, kpov1.ModeIPTables} {
 		node.KillAgent()
@@ -42,28 +41,19 @@ func TestModeSwitchMakeBeforeBreak(t *testing.T) {
 		expectServer(t, client.NS, "tcp", "10.96.2.1:80", server.Name)
 		expectOnlyMode(t, node, mode)
 	}
-	ld.stopAndCheck(t, "across two mode switches", 50)
+	ld.StopAndCheck(t, "across two mode switches", 50)
 }
 
 // expectOnlyMode polls until the node's kernel holds only the given mode's rules.
 func expectOnlyMode(t *testing.T, node *testnet.Node, mode kpov1.Mode) {
 	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		tables := node.MustRun(t, "nft", "list", "tables")
-		ipt4, _ := node.Run("iptables-save")
-		ipt6, _ := node.Run("ip6tables-save")
-		hasNFT := strings.Contains(tables, " kpo")
-		hasIPT := strings.Contains(ipt4+ipt6, ":KPO-")
-		ok := (mode == kpov1.ModeNFTables && hasNFT && !hasIPT) || (mode == kpov1.ModeIPTables && hasIPT && !hasNFT)
-		if ok {
-			return
+	apiserver.Eventually(t, settle, func() error {
+		objects, err := testnet.KpoObjects(node.NS)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after switching to %s: nftables kpo tables %v, iptables KPO- chains %v\n%s", mode, hasNFT, hasIPT, tables)
-		}
-		time.Sleep(100 * time.Millisecond) // polling the kernel state, bounded by the deadline
-	}
+		return testnet.OnlyMode(objects, string(mode))
+	})
 }
 
 // TestUnavailableModeKeepsServing switches a node to ipvs on this kernel, which
@@ -82,7 +72,7 @@ func TestUnavailableModeKeepsServing(t *testing.T) {
 	svc := tn.CreateService(t, testnet.ServiceSpec{Name: "keep", ClusterIPs: []string{"10.96.3.1"}, Pods: []*testnet.Pod{a}})
 	expectServer(t, client.NS, "tcp", "10.96.3.1:80", a.Name)
 
-	ld := startLoad(client.NS, "10.96.3.1:80", 10*time.Millisecond)
+	ld := testnet.StartLoad(client.NS, "tcp", "10.96.3.1:80", 10*time.Millisecond)
 	node.KillAgent()
 	node.StartAgent(t, agentConfig(kpov1.ModeIPVS))
 	apiserver.Eventually(t, 30*time.Second, func() error {
@@ -101,6 +91,6 @@ func TestUnavailableModeKeepsServing(t *testing.T) {
 	tn.SetEndpoints(t, svc, []*testnet.Pod{b}, nil)
 	expectServer(t, client.NS, "tcp", "10.96.3.1:80", b.Name)
 	// Requests during the endpoint change may reach the old pod; none may fail.
-	ld.stopAndCheck(t, "while switching to an unavailable mode", 10)
+	ld.StopAndCheck(t, "while switching to an unavailable mode", 10)
 	expectOnlyMode(t, node, kpov1.ModeIPTables)
 }
