@@ -263,6 +263,10 @@ func agentContainer(pc *kpov1.ProxyConfiguration, image string, opts Options) *c
 		// writes sysctls (conntrack limits, route_localnet, IPVS strict ARP), and
 		// container runtimes mount /proc/sys read-only in unprivileged containers.
 		WithSecurityContext(corev1ac.SecurityContext().WithPrivileged(true)).
+		// The startup probe polls every second until the first sync is done, so the
+		// pod turns ready (and a rolling update moves on to the next node) about a
+		// second after its rules are in place rather than at the next 10 s probe.
+		WithStartupProbe(probe("/healthz", 300).WithPeriodSeconds(1).WithTimeoutSeconds(1)).
 		WithLivenessProbe(probe("/livez", 6)).
 		WithReadinessProbe(probe("/healthz", 3)).
 		WithVolumeMounts(

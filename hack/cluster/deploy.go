@@ -181,3 +181,19 @@ func (c *Cluster) DescribePods(ctx context.Context) string {
 	}
 	return b.String()
 }
+
+// WaitDaemonSet waits until a DaemonSet's pods are all updated and available.
+func (c *Cluster) WaitDaemonSet(ctx context.Context, namespace, name string, timeout time.Duration) error {
+	return poll(ctx, timeout, "daemonset "+namespace+"/"+name, func(ctx context.Context) error {
+		var ds appsv1.DaemonSet
+		if err := c.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &ds); err != nil {
+			return err
+		}
+		st := ds.Status
+		if st.ObservedGeneration < ds.Generation || st.DesiredNumberScheduled == 0 ||
+			st.UpdatedNumberScheduled < st.DesiredNumberScheduled || st.NumberAvailable < st.DesiredNumberScheduled {
+			return fmt.Errorf("%d desired, %d updated, %d available", st.DesiredNumberScheduled, st.UpdatedNumberScheduled, st.NumberAvailable)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,116 @@
+// Package cluster_test is kpo's whole-system suite: one local cluster of real
+// Kubernetes components (hack/cluster: kube-apiserver, etcd,
+// kube-controller-manager, kube-scheduler, and a node runtime per node), the
+// operator deployed from config/, the sample ProxyConfiguration and the demo
+// app, and then mode switches, restarts and deletion under load, checked by
+// real packets and by each node's kernel state.
+//
+// The tests share the cluster and run in order (Go runs a package's tests
+// sequentially); the deletion test runs last.
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/cluster"
+)
+
+var (
+	lc  *cluster.Cluster
+	svc *corev1.Service
+	// setupErr is why the cluster did not come up (the tests fail with it).
+	setupErr error
+)
+
+func TestMain(m *testing.M) {
+	ctrllog.SetLogger(logr.Discard())
+	// Root and the Kubernetes binaries are checked by the tests (netns.Skip);
+	// a short run skips the whole suite.
+	if os.Geteuid() != 0 || isShort() {
+		os.Exit(m.Run())
+	}
+	stop := func() {}
+	lc, svc, stop, setupErr = start()
+	code := m.Run()
+	stop()
+	os.Exit(code)
+}
+
+func isShort() bool {
+	for _, a := range os.Args {
+		if a == "-test.short=true" || a == "-test.short" {
+			return true
+		}
+	}
+	return false
+}
+
+// start brings up the cluster the tests share, as `make demo` does.
+func start() (*cluster.Cluster, *corev1.Service, func(), error) {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "kpo-cluster-images-")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cleanDir := func() { _ = os.RemoveAll(dir) }
+	images, err := cluster.BuildImages(ctx, dir)
+	if err != nil {
+		cleanDir()
+		return nil, nil, nil, err
+	}
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: 3, Images: images})
+	if err != nil {
+		cleanDir()
+		return nil, nil, nil, err
+	}
+	stop := func() { c.Close(); cleanDir() }
+	fail := func(err error) (*cluster.Cluster, *corev1.Service, func(), error) {
+		err = fmt.Errorf("%w\n%s", err, c.DescribePods(ctx))
+		stop()
+		return nil, nil, nil, err
+	}
+	if err := c.WaitNodesReady(ctx, 2*time.Minute); err != nil {
+		return fail(err)
+	}
+	if err := c.DeployOperator(ctx, 3*time.Minute); err != nil {
+		return fail(err)
+	}
+	if _, err := c.Kubectl(ctx, nil, "apply", "-f", cluster.Repo(cluster.SamplesDir)); err != nil {
+		return fail(err)
+	}
+	if _, err := c.WaitProxyAvailable(ctx, "default", kpov1.ModeNFTables, 3*time.Minute); err != nil {
+		return fail(err)
+	}
+	s, err := c.DeployEcho(ctx, 3, 3*time.Minute)
+	if err != nil {
+		return fail(err)
+	}
+	return c, s, stop, nil
+}
+
+// need skips without root and fails if the shared cluster did not come up.
+func need(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("whole-system test: needs root (network namespaces, mounts)")
+	}
+	if testing.Short() {
+		t.Skip("whole-system test: not run with -short")
+	}
+	if setupErr != nil {
+		t.Fatalf("the local cluster did not come up: %v", setupErr)
+	}
+	if lc == nil {
+		t.Fatal("no local cluster")
+	}
+	return lc
+}
