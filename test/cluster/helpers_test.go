@@ -26,17 +26,25 @@ const settle = 2 * time.Minute
 // loadInterval is each load's pause between requests.
 const loadInterval = 20 * time.Millisecond
 
-// loads starts the steady load of the mode-switch and restart tests: new TCP
-// connections and UDP requests from a pod to the ClusterIP, and from the
-// external client to the NodePort.
+// loads starts the steady load of the mode-switch and restart tests, on two
+// Services: new TCP connections and UDP requests from a pod to the first's
+// ClusterIP and to the second's, and from the external client to the first's
+// NodePort.
 func loads(t *testing.T, c *cluster.Cluster) []*testnet.Load {
 	t.Helper()
 	pod := clientPod(t, c)
+	second, err := c.Kube.CoreV1().Services("demo").Get(context.Background(), secondService, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
+	vip2 := net.JoinHostPort(second.Spec.ClusterIP, "81")
 	nodePort := net.JoinHostPort(netns.NodeAddr4(1), "30080")
 	return []*testnet.Load{
 		testnet.StartLoad(pod, "tcp", vip, loadInterval),
 		testnet.StartLoad(pod, "udp", vip, loadInterval),
+		testnet.StartLoad(pod, "tcp", vip2, loadInterval),
+		testnet.StartLoad(pod, "udp", vip2, loadInterval),
 		testnet.StartLoad(c.External, "tcp", nodePort, loadInterval),
 		testnet.StartLoad(c.External, "udp", nodePort, loadInterval),
 	}

@@ -18,11 +18,16 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/hack/cluster"
 )
+
+// secondService is a second Service on the demo app's pods (port 81).
+const secondService = "echo-b"
 
 var (
 	lc  *cluster.Cluster
@@ -92,6 +97,20 @@ func start() (*cluster.Cluster, *corev1.Service, func(), error) {
 	}
 	s, err := c.DeployEcho(ctx, 3, 3*time.Minute)
 	if err != nil {
+		return fail(err)
+	}
+	// A second Service on the same pods, so that the loads cover several Services.
+	second := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: secondService, Namespace: "demo"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "echo"}, Ports: []corev1.ServicePort{
+			{Name: "tcp", Protocol: corev1.ProtocolTCP, Port: 81, TargetPort: intstr.FromInt32(8080)},
+			{Name: "udp", Protocol: corev1.ProtocolUDP, Port: 81, TargetPort: intstr.FromInt32(8080)},
+		}},
+	}
+	if err := c.Client.Create(ctx, second); err != nil {
+		return fail(err)
+	}
+	if err := c.WaitReadyEndpoints(ctx, "demo", secondService, 3, time.Minute); err != nil {
 		return fail(err)
 	}
 	return c, s, stop, nil
