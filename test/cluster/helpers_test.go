@@ -119,8 +119,8 @@ type rollWatch struct {
 	maxUnavailable int
 	// worst describes the agent pods when maxUnavailable was reached.
 	worst string
-	stop           context.CancelFunc
-	done           chan struct{}
+	stop  context.CancelFunc
+	done  chan struct{}
 }
 
 func watchRoll(c *cluster.Cluster, mode kpov1.Mode) *rollWatch {
