@@ -130,6 +130,10 @@ func run(ctx context.Context, nodes int, switchTo kpov1.Mode, exit bool) error {
 
 // round shows the status objects and sends requests through the proxy.
 func round(ctx context.Context, c *cluster.Cluster, svc *corev1.Service) {
+	// The agents refresh their counts every 10 s: wait until they include the
+	// demo app (the kubernetes Service's port, and echo's TCP and UDP ports in
+	// both families), so that the table below is current.
+	waitCounts(ctx, c, 5)
 	show(ctx, c, "get", "proxyconfig", "-o", "wide")
 	show(ctx, c, "get", "proxynodestatus", "-o", "wide")
 	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
@@ -144,6 +148,25 @@ func round(ctx context.Context, c *cluster.Cluster, svc *corev1.Service) {
 	}
 	nodePort := net.JoinHostPort(netns.NodeAddr4(1), "30080")
 	request(c.External, "tcp", nodePort, "from the external client to NodePort "+nodePort)
+}
+
+// waitCounts waits (at most 15 s) until every node reports at least n service ports.
+func waitCounts(ctx context.Context, c *cluster.Cluster, n int32) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		var reports kpov1.ProxyNodeStatusList
+		if err := c.Client.List(ctx, &reports); err == nil && len(reports.Items) == len(c.Nodes) {
+			low := false
+			for _, r := range reports.Items {
+				low = low || r.Status.Services < n
+			}
+			if !low {
+				return
+			}
+		}
+		time.Sleep(500 * time.Millisecond) // polling the reports, bounded by the timeout
+	}
 }
 
 // clientPod is one of the demo app's pods, to send requests from.
