@@ -29,8 +29,8 @@ func TestCleanStaleKillsACrashedRunsProcesses(t *testing.T) {
 	if err := orphan.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- orphan.Wait() }()
+	exited := make(chan struct{})
+	go func() { _ = orphan.Wait(); close(exited) }()
 	t.Cleanup(func() { _ = orphan.Process.Kill() })
 	crashed.recordProcess(orphan.Process.Pid, "sleep")
 	mountPoint := filepath.Join(t.TempDir(), "var", "run", "secrets")

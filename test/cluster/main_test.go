@@ -43,10 +43,12 @@ func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 || isShort() {
 		os.Exit(m.Run())
 	}
-	stop := func() {}
+	var stop func()
 	lc, svc, stop, setupErr = start()
 	code := m.Run()
-	stop()
+	if stop != nil {
+		stop()
+	}
 	os.Exit(code)
 }
 
