@@ -28,6 +28,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/conntrack"
 	"kpo.dev/kpo/nodeagent/migrate"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/runner"
@@ -58,11 +59,10 @@ type Options struct {
 // ConntrackCleaner deletes conntrack entries that would keep UDP flows pinned to
 // endpoints that are gone (UDP has no connection to break).
 type ConntrackCleaner interface {
-	// ClearEndpoint deletes flows from a service VIP:port to a removed endpoint IP.
-	ClearEndpoint(vip netip.Addr, port int32, endpoint netip.Addr) error
-	// ClearVIP deletes every flow to a VIP:port (when a service gains its first
-	// endpoint: earlier flows were rejected and cached as such).
-	ClearVIP(vip netip.Addr, port int32) error
+	// Clear deletes the UDP flows matching any of flows: those to a removed
+	// endpoint, and every flow of a service that gains its first endpoint
+	// (earlier datagrams were rejected and the entry caches that).
+	Clear(flows []conntrack.Flow) error
 }
 
 // Agent is one node's service proxy.
@@ -367,42 +367,50 @@ func (a *Agent) removeOtherModes(ctx context.Context) bool {
 }
 
 // clearStaleUDP removes conntrack entries of UDP flows whose endpoint went away,
-// and of UDP services that gained their first endpoint.
+// and of UDP services that gained their first endpoint: to the service's VIPs
+// and to its NodePort.
 func (a *Agent) clearStaleUDP(ctx context.Context, change tracker.Change) {
 	if a.opts.ConntrackCleaner == nil {
 		return
 	}
-	logger := klog.FromContext(ctx)
+	var flows []conntrack.Flow
+	// add selects sp's flows (all of them, or those DNATed to one endpoint).
+	add := func(sp *model.ServicePort, endpoint netip.Addr) {
+		for _, vip := range vips(sp) {
+			flows = append(flows, conntrack.Flow{Dst: vip, Port: sp.Port, Endpoint: endpoint})
+		}
+		if sp.NodePort != 0 {
+			flows = append(flows, conntrack.Flow{IPv6: sp.ClusterIP.Is6(), Port: sp.NodePort, Endpoint: endpoint})
+		}
+	}
 	for _, sp := range change.Changed {
 		if sp.Protocol != corev1.ProtocolUDP {
 			continue
 		}
 		prev := change.Previous[sp.Key]
-		for _, vip := range vips(sp) {
-			if prev == nil || len(prev.ClusterEndpoints) == 0 {
-				if len(sp.ClusterEndpoints) > 0 {
-					if err := a.opts.ConntrackCleaner.ClearVIP(vip, sp.Port); err != nil {
-						logger.Error(err, "clearing conntrack", "vip", vip)
-					}
-				}
-				continue
+		if prev == nil || len(prev.ClusterEndpoints) == 0 {
+			if len(sp.ClusterEndpoints) > 0 {
+				add(sp, netip.Addr{})
 			}
-			for _, gone := range removedEndpoints(prev.ClusterEndpoints, sp.ClusterEndpoints) {
-				if err := a.opts.ConntrackCleaner.ClearEndpoint(vip, sp.Port, gone); err != nil {
-					logger.Error(err, "clearing conntrack", "vip", vip, "endpoint", gone)
-				}
-			}
+			continue
+		}
+		for _, gone := range removedEndpoints(prev.ClusterEndpoints, sp.ClusterEndpoints) {
+			add(sp, gone)
 		}
 	}
 	for _, sp := range change.Removed {
 		if sp.Protocol != corev1.ProtocolUDP {
 			continue
 		}
-		for _, vip := range vips(sp) {
-			for _, gone := range removedEndpoints(sp.ClusterEndpoints, nil) {
-				_ = a.opts.ConntrackCleaner.ClearEndpoint(vip, sp.Port, gone)
-			}
+		for _, gone := range removedEndpoints(sp.ClusterEndpoints, nil) {
+			add(sp, gone)
 		}
+	}
+	if len(flows) == 0 {
+		return
+	}
+	if err := a.opts.ConntrackCleaner.Clear(flows); err != nil {
+		klog.FromContext(ctx).Error(err, "clearing stale UDP conntrack entries", "flows", len(flows))
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"sync"
 	"testing"
@@ -23,6 +22,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/conntrack"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/apiserver"
 )
@@ -278,13 +278,16 @@ type recordingCleaner struct {
 	endpoints []string
 }
 
-func (r *recordingCleaner) ClearEndpoint(_ netip.Addr, _ int32, ep netip.Addr) error {
+func (r *recordingCleaner) Clear(flows []conntrack.Flow) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.endpoints = append(r.endpoints, ep.String())
+	for _, f := range flows {
+		if f.Endpoint.IsValid() {
+			r.endpoints = append(r.endpoints, f.Endpoint.String())
+		}
+	}
 	return nil
 }
-func (r *recordingCleaner) ClearVIP(netip.Addr, int32) error { return nil }
 func (r *recordingCleaner) cleared(ip string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()

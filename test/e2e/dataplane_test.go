@@ -261,6 +261,18 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 		expectServerFrom(t, n2p1.NS, "udp", from, "10.96.1.11:80", "n1p1")
 	})
 
+	udpNodePort := tn.CreateService(t, testnet.ServiceSpec{Name: "dns-np", ClusterIPs: []string{"10.96.1.12"}, Protocol: corev1.ProtocolUDP,
+		Pods: []*testnet.Pod{n1p0}, Mutate: func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeNodePort }})
+	t.Run("UDP NodePort keeps working after its endpoint is replaced (stale conntrack cleared)", func(t *testing.T) {
+		// The external client, from a fixed port, to node 1's NodePort: a flow
+		// whose conntrack entry names no VIP, only the NodePort.
+		addr := net.JoinHostPort(tn.Nodes[0].IP4, strconv.Itoa(int(udpNodePort.Spec.Ports[0].NodePort)))
+		from := "198.51.100.200:5354"
+		expectServerFrom(t, tn.Client, "udp", from, addr, "n1p0")
+		tn.SetEndpoints(t, udpNodePort, []*testnet.Pod{n1p1}, nil)
+		expectServerFrom(t, tn.Client, "udp", from, addr, "n1p1")
+	})
+
 	t.Run("agent killed: traffic keeps flowing; the restarted agent converges without a gap", func(t *testing.T) {
 		ld := testnet.StartLoad(n1p1.NS, "tcp", webVIP, 20*time.Millisecond)
 		n1.KillAgent()
