@@ -1,11 +1,13 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,13 +101,14 @@ var (
 //
 //	KPO_BENCH_WRITE=1 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
 //
-// KPO_BENCH_SIZES (default "1000x2,10000x2", smallest first: the data set only
-// grows), KPO_BENCH_LARGE=1 (adds 5000x50), KPO_BENCH_MODES (default
+// KPO_BENCH_SIZES (default "1000x2,1000x50,10000x2"; measured in ascending order
+// of Services, see sizes), KPO_BENCH_LARGE=1 (adds 5000x50), KPO_BENCH_MODES (default
 // "nftables,iptables"), KPO_BENCH_CAP (default 5m, per proxy and run),
 // KPO_BENCH_LATENCY_SIZES (default "10000x2": where connect and churn
 // latencies are measured), KPO_BENCH_CHURN_MIN_SYNC (default 1ms),
 // KPO_BENCH_CHURN_RATE (default 10 per second), KPO_BENCH_CHURN_SECONDS
-// (default 35).
+// (default 35). Then kpo's IPVS figures from the VM: see benchIPVSInVM
+// (KPO_BENCH_IPVS_VM, KPO_BENCH_IPVS_VM_SIZES, KPO_BENCH_IPVS_VM_TIMEOUT).
 func BenchmarkKubeProxyComparison(b *testing.B) {
 	netns.Skip(b)
 	if api == nil {
@@ -165,6 +168,7 @@ func BenchmarkKubeProxyComparison(b *testing.B) {
 			}
 		}
 	}
+	benchIPVSInVM(b)
 }
 
 // proxy is one running proxy process and how to read its progress.
@@ -496,24 +500,45 @@ func nodeKubeconfig(b *testing.B, dir string) string {
 	return path
 }
 
+// defaultSizes is the short variant: the 1k × 2, 1k × 50 and 10k × 2.
+const defaultSizes = "1000x2,1000x50,10000x2"
+
+// sizes are the data sets to measure, in ascending order of Services (stable:
+// sizes with as many Services keep their order). The loader cannot delete
+// Services, so a smaller count after a larger one would leave the proxies
+// syncing the larger; the endpoints per Service can go both ways, since Ensure
+// rewrites every EndpointSlice whose count differs (1000x50 → 10000x2 puts the
+// first 1000 back to 2). KPO_BENCH_LARGE=1 adds 5000x50 (250k endpoints): it
+// lands between the 1000s and 10000x2.
 func sizes(b *testing.B) [][2]int {
-	list := envList("KPO_BENCH_SIZES", "1000x2,10000x2")
+	list := envList("KPO_BENCH_SIZES", defaultSizes)
 	if os.Getenv("KPO_BENCH_LARGE") == "1" {
-		// After 1000x2 and before 10000x2, which resets the first 5000 to 2:
-		// 5k Services × 50 = 250k endpoints.
-		list = append(list[:1], append([]string{"5000x50"}, list[1:]...)...)
+		list = append(list, "5000x50")
 	}
-	var out [][2]int
-	for _, s := range list {
-		a, e, ok := strings.Cut(s, "x")
-		n, err1 := strconv.Atoi(a)
-		m, err2 := strconv.Atoi(e)
-		if !ok || err1 != nil || err2 != nil {
-			b.Fatalf("KPO_BENCH_SIZES: %q is not SERVICESxENDPOINTS", s)
-		}
-		out = append(out, [2]int{n, m})
+	out, err := parseSizes(list)
+	if err != nil {
+		b.Fatalf("KPO_BENCH_SIZES: %v", err)
 	}
 	return out
+}
+
+// parseSizes parses SERVICESxENDPOINTS items, drops repeats, and orders them
+// as sizes says.
+func parseSizes(list []string) ([][2]int, error) {
+	var out [][2]int
+	for _, s := range list {
+		a, e, ok := strings.Cut(strings.TrimSpace(s), "x")
+		n, err1 := strconv.Atoi(a)
+		m, err2 := strconv.Atoi(e)
+		if !ok || err1 != nil || err2 != nil || n <= 0 || m <= 0 {
+			return nil, fmt.Errorf("%q is not SERVICESxENDPOINTS (both positive)", s)
+		}
+		if !slices.Contains(out, [2]int{n, m}) {
+			out = append(out, [2]int{n, m})
+		}
+	}
+	slices.SortStableFunc(out, func(x, y [2]int) int { return cmp.Compare(x[0], y[0]) })
+	return out, nil
 }
 
 func envList(key, def string) []string {

@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 		// The report is written once, from everything measured in this run, so
 		// that one command produces one consistent document.
 		if os.Getenv("KPO_BENCH_WRITE") == "1" && len(results) > 0 {
-			if err := writeReport(results, churns, time.Since(t0)); err != nil {
+			if err := writeReport(results, churns, vmReport, time.Since(t0)); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return 1
 			}

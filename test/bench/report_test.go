@@ -56,7 +56,8 @@ func describeMachine() machine {
 func command() string {
 	var env []string
 	for _, k := range []string{"KPO_BENCH_SIZES", "KPO_BENCH_LARGE", "KPO_BENCH_MODES", "KPO_BENCH_CAP",
-		"KPO_BENCH_LATENCY_SIZES", "KPO_BENCH_CHURN_MIN_SYNC", "KPO_BENCH_CHURN_RATE", "KPO_BENCH_CHURN_SECONDS"} {
+		"KPO_BENCH_LATENCY_SIZES", "KPO_BENCH_CHURN_MIN_SYNC", "KPO_BENCH_CHURN_RATE", "KPO_BENCH_CHURN_SECONDS",
+		"KPO_BENCH_IPVS_VM", "KPO_BENCH_IPVS_VM_SIZES", "KPO_BENCH_IPVS_VM_TIMEOUT"} {
 		if v := os.Getenv(k); v != "" {
 			env = append(env, k+"="+v)
 		}
@@ -97,16 +98,27 @@ type report struct {
 	Machine machine       `json:"machine"`
 	Results []result      `json:"results"`
 	Churn   []churnResult `json:"churn,omitempty"`
+	// IPVSVM is kpo's IPVS figures from the VM, or why there are none.
+	IPVSVM *ipvsVMReport `json:"ipvsVM,omitempty"`
 	// WallS is how long the whole run took.
 	WallS float64 `json:"wallSeconds,omitempty"`
 }
 
-func docsDir() string { return filepath.Join(apiserver.RepoRoot(), "docs") }
+// docsDir is where the report goes: the repository's docs, or
+// KPO_BENCH_DOCS_DIR (a scratch copy, for trying the harness out without
+// touching the committed figures; benchmarks.md gets its section appended
+// there if it has none).
+func docsDir() string {
+	if d := os.Getenv("KPO_BENCH_DOCS_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join(apiserver.RepoRoot(), "docs")
+}
 
 // writeReport writes docs/kube-proxy-comparison.md and .json, and the
 // comparison section of docs/benchmarks.md, from this run.
-func writeReport(rs []result, cs []churnResult, wall time.Duration) error {
-	rep := report{Command: command(), Machine: describeMachine(), Results: rs, Churn: cs, WallS: wall.Seconds()}
+func writeReport(rs []result, cs []churnResult, ipvs *ipvsVMReport, wall time.Duration) error {
+	rep := report{Command: command(), Machine: describeMachine(), Results: rs, Churn: cs, IPVSVM: ipvs, WallS: wall.Seconds()}
 	raw, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err
@@ -269,6 +281,7 @@ func writeMarkdown(rep report) error {
 		w("\n")
 		churnTable(w, rep.Churn, k.mode, k.svc)
 	}
+	ipvsSection(w, rep.IPVSVM)
 	w("## Caveats\n\n")
 	w("- One run per figure, on a shared 2-core machine: expect run-to-run noise of tens of\n")
 	w("  percent on the small figures; the orders of magnitude are what is stable.\n")

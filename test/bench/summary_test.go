@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -108,7 +110,9 @@ func mark(ok bool) string {
 func writeSummary(rep report) error {
 	path := filepath.Join(docsDir(), "benchmarks.md")
 	data, err := os.ReadFile(path)
-	if err != nil {
+	// A scratch KPO_BENCH_DOCS_DIR may start without it.
+	scratch := errors.Is(err, fs.ErrNotExist) && os.Getenv("KPO_BENCH_DOCS_DIR") != ""
+	if err != nil && !scratch {
 		return err
 	}
 	doc := string(data)
@@ -117,6 +121,9 @@ func writeSummary(rep report) error {
 	if !ok || !ok2 {
 		// No section yet: append one.
 		before, after = strings.TrimRight(doc, "\n")+"\n\n", "\n"
+		if doc == "" {
+			before = ""
+		}
 	}
 	var sb strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&sb, format, a...) }
@@ -186,8 +193,10 @@ func writeSummary(rep report) error {
 			row("connect, last / first", lastFirst, 2, false)
 		}
 	}
+	ipvsRows(w, rep.IPVSVM)
 	w("\nConnect times (first packet: SYN through the rules to the SYN-ACK, median of 300) move with the\n")
 	w("machine's state from run to run; *last / first*, measured within one run, is the figure to compare.\n\n")
+	ipvsSummaryNote(w, rep.IPVSVM)
 	if len(rep.Churn) > 0 {
 		c0 := rep.Churn[0]
 		w("Network programming latency under steady churn: %s Services, one Service's endpoints replaced\n", short(c0.Services))

@@ -15,8 +15,11 @@ import (
 )
 
 // Loader creates N Services × E endpoints with parallel client-go workers, for
-// benchmarks. The data set only grows (Services cannot be deleted in bulk
-// quickly), so measure sizes smallest first.
+// benchmarks. The number of Services only grows (they cannot be deleted in
+// bulk quickly), so measure sizes in ascending order of Services; the
+// endpoints per Service may go up or down: Ensure rewrites every EndpointSlice
+// of the first N whose endpoint count differs (1000×50 then 10000×2 puts the
+// first 1000 back to 2 endpoints).
 type Loader struct {
 	kube kubernetes.Interface
 	mu   sync.Mutex
@@ -37,13 +40,22 @@ const benchNamespace = BenchNamespace
 // proxies see only remote endpoints and neither gets local-endpoint rules.
 const RemoteNode = "node-remote"
 
-// Ensure makes services Services exist, each with endpoints endpoints.
+// Ensure makes services Services exist, each with endpoints endpoints (growing
+// or shrinking their EndpointSlices). Services beyond services that an earlier
+// call created stay as they were: callers go in ascending order of services.
 func (l *Loader) Ensure(b testing.TB, services, endpoints int) {
 	b.Helper()
 	ctx := context.Background()
 	if l.endpoints == nil {
 		l.endpoints = map[int]int{}
 		_, _ = l.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: benchNamespace}}, metav1.CreateOptions{})
+	}
+	l.mu.Lock()
+	have := len(l.endpoints)
+	l.mu.Unlock()
+	if have > services {
+		b.Fatalf("the loader holds %d Services and cannot delete them: measure sizes in ascending order of Services (%d after %d)",
+			have, services, have)
 	}
 	start := time.Now()
 	work := make(chan int)
