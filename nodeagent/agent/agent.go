@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -287,6 +289,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 		// now rather than at the scavenger's pace: full syncs are rare (start,
 		// syncPeriod, after failures), and node memory is the cluster's.
 		debug.FreeOSMemory()
+		writeHeapProfile(logger)
 	}
 	logger.V(2).Info("synced", "full", res.Full, "reason", reason.String(), "servicePorts", counts.ServicePorts,
 		"written", res.ServicePortsWritten, "rules", res.Rules, "duration", elapsed)
@@ -513,4 +516,23 @@ func unwrap[T any](o any) (T, bool) {
 	}
 	var zero T
 	return zero, false
+}
+
+// writeHeapProfile writes the heap profile after a full sync to the file named
+// by $KPO_AGENT_HEAP_PROFILE, if set: what the memory figures of the
+// benchmarks are made of (go tool pprof -sample_index=inuse_space).
+func writeHeapProfile(logger klog.Logger) {
+	path := os.Getenv("KPO_AGENT_HEAP_PROFILE")
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		logger.Error(err, "heap profile")
+		return
+	}
+	defer func() { _ = f.Close() }()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		logger.Error(err, "heap profile")
+	}
 }
