@@ -3,6 +3,7 @@ package nftables
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -28,6 +29,7 @@ type Kernel interface {
 type realKernel struct {
 	tx   knftables.Interface
 	list map[knftables.Family]knftables.Interface
+	nl   nlConn
 }
 
 // newRealKernel fails when nft is missing or cannot talk to the kernel.
@@ -45,8 +47,59 @@ func newRealKernel() (*realKernel, error) {
 }
 
 func (k *realKernel) NewTransaction() *knftables.Transaction { return k.tx.NewTransaction() }
+
+// Run feeds tx to `nft -f -` as knftables would, but with consecutive element
+// additions to the same set or map merged into one statement: nft parses and
+// evaluates every statement on its own, and a full sync is mostly elements
+// (the flat layout). Measured on 10k services: 0.67 s for one statement per
+// element, 0.36 s merged (TestExperimentValidate).
 func (k *realKernel) Run(ctx context.Context, tx *knftables.Transaction) error {
-	return k.tx.Run(ctx, tx)
+	text := tx.String()
+	if i := strings.Index(text, "# ERROR: "); i >= 0 {
+		return errors.New(strings.TrimSpace(text[i+len("# ERROR: "):]))
+	}
+	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(mergeElements(text))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// mergeElements rewrites runs of "add element F T S { E }" lines with the same
+// F T S into "add element F T S { E1, E2, … }". Order is kept, and nothing
+// but consecutive additions is merged, so the transaction means the same.
+func mergeElements(text string) string {
+	var b strings.Builder
+	b.Grow(len(text))
+	cur := "" // "add element F T S {" of the open statement
+	for line := range strings.Lines(text) {
+		line = strings.TrimSuffix(line, "\n")
+		head, elem, ok := strings.Cut(line, " { ")
+		if ok && strings.HasPrefix(line, "add element ") && strings.HasSuffix(elem, " }") {
+			elem = strings.TrimSuffix(elem, " }")
+			if head == cur {
+				b.WriteString(",\n\t")
+			} else {
+				if cur != "" {
+					b.WriteString(" }\n")
+				}
+				cur = head
+				b.WriteString(head + " { ")
+			}
+			b.WriteString(elem)
+			continue
+		}
+		if cur != "" {
+			b.WriteString(" }\n")
+			cur = ""
+		}
+		b.WriteString(line + "\n")
+	}
+	if cur != "" {
+		b.WriteString(" }\n")
+	}
+	return b.String()
 }
 func (k *realKernel) Check(ctx context.Context, tx *knftables.Transaction) error {
 	return k.tx.Check(ctx, tx)
@@ -130,7 +183,7 @@ type netlinkKernel interface {
 	newBatch() (*nlBatch, error)
 }
 
-func (k *realKernel) newBatch() (*nlBatch, error) { return newNLBatch() }
+func (k *realKernel) newBatch() (*nlBatch, error) { return k.nl.batch() }
 
 // objWriter receives a sync's service objects, in transaction order: a
 // knftables transaction (full syncs, the fake) or a netlink batch.
@@ -161,10 +214,18 @@ func (w *knftWriter) addRule(fi famInfo, chain, rule string) {
 	w.tx.Add(&knftables.Rule{Family: fi.family, Table: tableName, Chain: chain, Rule: rule})
 }
 func (w *knftWriter) delElem(fi famInfo, e elemDef) {
-	w.tx.Delete(&knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key})
+	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key}
+	if isSet(e.mapName) {
+		el.Map, el.Set = "", e.mapName
+	}
+	w.tx.Delete(el)
 }
 func (w *knftWriter) addElem(fi famInfo, e elemDef) {
-	w.tx.Add(&knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}})
+	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}}
+	if isSet(e.mapName) {
+		el.Map, el.Set, el.Value = "", e.mapName, nil
+	}
+	w.tx.Add(el)
 }
 func (w *knftWriter) delChain(fi famInfo, name string) {
 	w.tx.Delete(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
