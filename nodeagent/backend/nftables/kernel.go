@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -48,59 +51,73 @@ func newRealKernel() (*realKernel, error) {
 
 func (k *realKernel) NewTransaction() *knftables.Transaction { return k.tx.NewTransaction() }
 
-// Run feeds tx to `nft -f -` as knftables would, but with consecutive element
-// additions to the same set or map merged into one statement: nft parses and
-// evaluates every statement on its own, and a full sync is mostly elements
-// (the flat layout). Measured on 10k services: 0.67 s for one statement per
-// element, 0.36 s merged (TestExperimentValidate).
+// Run feeds tx to `nft -f -`.
 func (k *realKernel) Run(ctx context.Context, tx *knftables.Transaction) error {
+	return k.runBulk(ctx, tx, nil)
+}
+
+// runBulk feeds tx and then the bulk element additions to one `nft -f -`
+// (one transaction). The bulk elements bypass knftables' objects: a cold sync
+// is mostly elements (the flat layout), and nft parses and evaluates every
+// statement on its own, so one statement per map instead of one per element
+// halves nft's time (10k services: 0.67 s → 0.36 s, TestExperimentValidate);
+// knftables' per-element validation and formatting were half of the Go side.
+func (k *realKernel) runBulk(ctx context.Context, tx *knftables.Transaction, bulk *bulkElems) error {
 	text := tx.String()
 	if i := strings.Index(text, "# ERROR: "); i >= 0 {
 		return errors.New(strings.TrimSpace(text[i+len("# ERROR: "):]))
 	}
+	in := io.Reader(strings.NewReader(text))
+	if bulk != nil {
+		in = io.MultiReader(in, bulk.reader())
+	}
 	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(mergeElements(text))
+	cmd.Stdin = in
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
 
-// mergeElements rewrites runs of "add element F T S { E }" lines with the same
-// F T S into "add element F T S { E1, E2, … }". Order is kept, and nothing
-// but consecutive additions is merged, so the transaction means the same.
-func mergeElements(text string) string {
-	var b strings.Builder
-	b.Grow(len(text))
-	cur := "" // "add element F T S {" of the open statement
-	for line := range strings.Lines(text) {
-		line = strings.TrimSuffix(line, "\n")
-		head, elem, ok := strings.Cut(line, " { ")
-		if ok && strings.HasPrefix(line, "add element ") && strings.HasSuffix(elem, " }") {
-			elem = strings.TrimSuffix(elem, " }")
-			if head == cur {
-				b.WriteString(",\n\t")
-			} else {
-				if cur != "" {
-					b.WriteString(" }\n")
-				}
-				cur = head
-				b.WriteString(head + " { ")
-			}
-			b.WriteString(elem)
-			continue
-		}
-		if cur != "" {
-			b.WriteString(" }\n")
-			cur = ""
-		}
-		b.WriteString(line + "\n")
-	}
-	if cur != "" {
-		b.WriteString(" }\n")
-	}
-	return b.String()
+// bulkElems collects element additions as nft text, one statement per set or
+// map. Additions only refer to chains that exist by the end of the
+// transaction's other commands, so they can go last.
+type bulkElems struct {
+	stmts map[string]*strings.Builder // "ip kpo endpoints" → "e1,\n\te2…"
 }
+
+func (b *bulkElems) add(fi famInfo, e elemDef) {
+	name := string(fi.family) + " " + tableName + " " + e.mapName
+	sb := b.stmts[name]
+	if sb == nil {
+		if b.stmts == nil {
+			b.stmts = map[string]*strings.Builder{}
+		}
+		sb = &strings.Builder{}
+		b.stmts[name] = sb
+	} else {
+		sb.WriteString(",\n\t")
+	}
+	for i, k := range e.key {
+		if i > 0 {
+			sb.WriteString(" . ")
+		}
+		sb.WriteString(k)
+	}
+	if e.value != "" {
+		sb.WriteString(" : ")
+		sb.WriteString(e.value)
+	}
+}
+
+func (b *bulkElems) reader() io.Reader {
+	var rs []io.Reader
+	for _, name := range slices.Sorted(maps.Keys(b.stmts)) {
+		rs = append(rs, strings.NewReader("add element "+name+" { "), strings.NewReader(b.stmts[name].String()), strings.NewReader(" }\n"))
+	}
+	return io.MultiReader(rs...)
+}
+
 func (k *realKernel) Check(ctx context.Context, tx *knftables.Transaction) error {
 	return k.tx.Check(ctx, tx)
 }
@@ -198,7 +215,12 @@ type objWriter interface {
 	delSet(fi famInfo, name string)
 }
 
-type knftWriter struct{ tx *knftables.Transaction }
+// knftWriter writes to a knftables transaction; with bulk set (full syncs on
+// the real kernel), element additions go there instead.
+type knftWriter struct {
+	tx   *knftables.Transaction
+	bulk *bulkElems
+}
 
 func (w *knftWriter) addSet(fi famInfo, s setDef) {
 	w.tx.Add(&knftables.Set{Family: fi.family, Table: tableName, Name: s.name, Type: fi.addrT,
@@ -221,6 +243,10 @@ func (w *knftWriter) delElem(fi famInfo, e elemDef) {
 	w.tx.Delete(el)
 }
 func (w *knftWriter) addElem(fi famInfo, e elemDef) {
+	if w.bulk != nil {
+		w.bulk.add(fi, e)
+		return
+	}
 	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}}
 	if isSet(e.mapName) {
 		el.Map, el.Set, el.Value = "", e.mapName, nil

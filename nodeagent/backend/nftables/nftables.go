@@ -236,8 +236,17 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 	}
 	if next == nil {
 		tx := b.kernel.NewTransaction()
-		next, written = build(&knftWriter{tx: tx}, tx)
-		if err := b.kernel.Run(ctx, tx); err != nil {
+		w := &knftWriter{tx: tx}
+		rk, bulk := b.kernel.(*realKernel)
+		if bulk && full {
+			w.bulk = &bulkElems{}
+		}
+		next, written = build(w, tx)
+		run := b.kernel.Run
+		if w.bulk != nil {
+			run = func(ctx context.Context, tx *knftables.Transaction) error { return rk.runBulk(ctx, tx, w.bulk) }
+		}
+		if err := run(ctx, tx); err != nil {
 			b.synced = nil
 			return backend.SyncResult{}, fmt.Errorf("nftables transaction: %w", err)
 		}
@@ -430,8 +439,8 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 	for _, a := range newHairpin {
 		w.addElem(fi, hairpinElem(a))
 	}
-	// Additions, grouped by map on a full sync: the real kernel's Run merges
-	// consecutive additions to one map into one nft statement.
+	// Additions, grouped by map on a full sync: readable, and for the real
+	// kernel they become one statement per map anyway (bulkElems).
 	var byMap map[string][]elemDef
 	if full {
 		byMap = map[string][]elemDef{}
