@@ -33,6 +33,9 @@ const (
 	mapNoEndpointServices  = "no-endpoint-services"
 	mapNoEndpointNodePorts = "no-endpoint-nodeports"
 	mapFirewallIPs         = "firewall-ips"
+	mapEndpoints           = "endpoints"
+	mapNodePortEndpoints   = "nodeport-endpoints"
+	setHairpin             = "hairpin"
 
 	setClusterCIDRs = "cluster-cidrs"
 	setNodePortIPs  = "nodeport-ips"
@@ -115,6 +118,9 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 			fmt.Sprintf("meta mark set meta mark or %s", mark),
 		}},
 		{name: chainMasquerading, rules: []string{
+			// Hairpin (see renderService): the translated packet goes back to
+			// the pod that sent it.
+			fmt.Sprintf("%s saddr . %s daddr @%s jump %s", ipKW, ipKW, setHairpin, chainMarkMasq),
 			fmt.Sprintf("meta mark & %s == 0 return", mark),
 			// Clear the bit: the packet may be forwarded into another tunnel or
 			// proxy that uses marks of its own.
@@ -146,7 +152,7 @@ func isBase(name string) bool {
 	switch name {
 	case chainServices, chainFirewallCheck, chainEndpointsCheck, chainMarkMasq, chainMasquerading, chainReject,
 		mapServiceIPs, mapServiceNodePorts, mapNoEndpointServices, mapNoEndpointNodePorts, mapFirewallIPs,
-		setClusterCIDRs, setNodePortIPs:
+		mapEndpoints, mapNodePortEndpoints, setHairpin, setClusterCIDRs, setNodePortIPs:
 		return true
 	}
 	for _, bc := range baseChains {
@@ -161,15 +167,25 @@ func isBase(name string) bool {
 // chains; linkBase then re-adds their rules. All chains are created before any
 // rule refers to them (the kernel resolves jump targets per rule).
 //
-// (Measured: adding the hooked chains' rules last, so that the table is
-// unreachable while the per-service rules go in, changes nothing measurable;
-// nft's own parsing and cache dominate, see docs/nftables-backend.md.)
+// inKernel are the table's chains and sets/maps the kernel holds (full sync;
+// nil for a fresh table). Every chain is flushed first: the rules go away
+// before anything they refer to is deleted or recreated, and the later
+// rewrites need no flush of their own.
 //
-// The verdict maps are flushed only when flushMaps (full sync): a full sync
-// re-adds every element, which repairs drift without listing them.
-func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps bool) {
+// The maps are flushed only when flushMaps (full sync): a full sync re-adds
+// every element, which repairs drift without listing them.
+func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps bool, inKernel *staleObjects) {
 	fam, tbl := fi.family, tableName
 	tx.Add(&knftables.Table{Family: fam, Name: tbl, Comment: knftables.PtrTo("kpo service proxy")})
+	haveMap := map[string]bool{}
+	if inKernel != nil {
+		for _, c := range inKernel.chains {
+			tx.Flush(&knftables.Chain{Family: fam, Table: tbl, Name: c})
+		}
+		for _, s := range inKernel.sets {
+			haveMap[s] = true
+		}
+	}
 
 	keyAddr := fi.addrT + " . inet_proto . inet_service : verdict"
 	keyPort := "inet_proto . inet_service : verdict"
@@ -181,6 +197,33 @@ func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps 
 		if flushMaps {
 			tx.Flush(&knftables.Map{Family: fam, Table: tbl, Name: m.name})
 		}
+	}
+	// The endpoint maps: typeof, because numgen's value has no named type
+	// ("integer" has no size in a concatenation, "mark" is refused as a
+	// different type). The "mod 1" is only the key's type; each pick chain
+	// draws with its own modulus.
+	//
+	// nft 1.0.6 cannot rebuild the value's typeof "ip daddr . th dport" from
+	// the kernel ("conflicting protocols specified: ip vs. th"), so it refuses
+	// any rule that uses such a map when the map came from the kernel rather
+	// than from the same transaction. A full sync therefore deletes and
+	// recreates them (their elements are all rewritten anyway; the chains
+	// using them were flushed above). ("tcp dport" would rebuild, but then nft
+	// adds a "meta l4proto tcp" dependency to every rule using the map.)
+	// Partial syncs go over netlink and never ask nft.
+	ip := fi.ipKW
+	for _, m := range []struct{ name, typ string }{
+		{mapEndpoints, ip + " daddr . meta l4proto . th dport . numgen random mod 1 : " + ip + " daddr . th dport"},
+		{mapNodePortEndpoints, "meta l4proto . th dport . numgen random mod 1 : " + ip + " daddr . th dport"},
+	} {
+		if haveMap[m.name] {
+			tx.Delete(&knftables.Map{Family: fam, Table: tbl, Name: m.name})
+		}
+		tx.Add(&knftables.Map{Family: fam, Table: tbl, Name: m.name, TypeOf: m.typ})
+	}
+	tx.Add(&knftables.Set{Family: fam, Table: tbl, Name: setHairpin, Type: fi.addrT + " . " + fi.addrT})
+	if flushMaps {
+		tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: setHairpin})
 	}
 	for _, name := range []string{setClusterCIDRs, setNodePortIPs} {
 		set := &knftables.Set{Family: fam, Table: tbl, Name: name, Type: fi.addrT}
@@ -195,11 +238,12 @@ func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps 
 			}
 		}
 	}
-	createFixedChains(tx, fi, b)
+	createFixedChains(tx, fi, b, inKernel != nil)
 }
 
-// createFixedChains adds (hooking the base chains) and flushes the fixed chains.
-func createFixedChains(tx *knftables.Transaction, fi famInfo, b *baseObjects) {
+// createFixedChains adds (hooking the base chains) and, unless flushed already,
+// flushes the fixed chains.
+func createFixedChains(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushed bool) {
 	fam, tbl := fi.family, tableName
 	for _, c := range b.chains {
 		ch := &knftables.Chain{Family: fam, Table: tbl, Name: c.name}
@@ -209,7 +253,9 @@ func createFixedChains(tx *knftables.Transaction, fi famInfo, b *baseObjects) {
 			}
 		}
 		tx.Add(ch)
-		tx.Flush(&knftables.Chain{Family: fam, Table: tbl, Name: c.name})
+		if !flushed {
+			tx.Flush(&knftables.Chain{Family: fam, Table: tbl, Name: c.name})
+		}
 	}
 }
 

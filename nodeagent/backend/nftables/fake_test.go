@@ -57,38 +57,54 @@ func TestRendering(t *testing.T) {
 		want []string // substrings of the fake's dump
 	}{
 		{"cluster IP, two endpoints", svc("two", "10.96.0.1", 80, ep("10.244.1.10", 8080, true), ep("10.244.2.10", 8080, false)), []string{
-			"add element ip kpo service-ips { 10.96.0.1 . tcp . 80 : goto svc-",
-			"saddr != @cluster-cidrs jump mark-for-masquerade",
-			"numgen random mod 2 0 goto ep-",
-			"ip saddr 10.244.1.10 jump mark-for-masquerade",
-			"meta l4proto tcp dnat to 10.244.2.10:8080",
+			"add element ip kpo service-ips { 10.96.0.1 . tcp . 80 : goto pick-cluster-2 }",
+			"add rule ip kpo pick-cluster-2 ip saddr != @cluster-cidrs jump mark-for-masquerade",
+			"add rule ip kpo pick-cluster-2 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints",
+			"add element ip kpo endpoints { 10.96.0.1 . tcp . 80 . 0 : 10.244.1.10 . 8080 }",
+			"add element ip kpo endpoints { 10.96.0.1 . tcp . 80 . 1 : 10.244.2.10 . 8080 }",
+			"add element ip kpo hairpin { 10.244.1.10 . 10.244.1.10 }",
+			"add element ip kpo hairpin { 10.244.2.10 . 10.244.2.10 }",
+			"add rule ip kpo masquerading ip saddr . ip daddr @hairpin jump mark-for-masquerade",
 		}},
 		{"no endpoints rejects", svc("none", "10.96.0.9", 80), []string{
 			"add element ip kpo no-endpoint-services { 10.96.0.9 . tcp . 80 : goto reject-chain }",
 		}},
 		{"nodeport masquerades", np, []string{
-			"add element ip kpo service-nodeports { tcp . 30080 : goto ext-",
+			"add element ip kpo service-nodeports { tcp . 30080 : goto pick-nodeport-2 }",
+			"add rule ip kpo pick-nodeport-2 jump mark-for-masquerade",
+			"add rule ip kpo pick-nodeport-2 dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-endpoints",
+			"add element ip kpo nodeport-endpoints { tcp . 30080 . 1 : 10.244.2.10 . 8080 }",
 			"fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
 		}},
 		{"eTP Local", local, []string{
-			"add element ip kpo service-ips { 203.0.113.5 . tcp . 80 : goto ext-",
-			"ip saddr @cluster-cidrs goto svc-",
-			"fib saddr type local jump mark-for-masquerade",
-			"fib saddr type local goto svc-",
+			"add element ip kpo service-ips { 203.0.113.5 . tcp . 80 : goto pick-external-local-1-2 }",
+			// Slot 0: the local endpoint; 1-2: every endpoint, for pods and the node.
+			"add element ip kpo endpoints { 203.0.113.5 . tcp . 80 . 0 : 10.244.1.10 . 8080 }",
+			"add element ip kpo endpoints { 203.0.113.5 . tcp . 80 . 2 : 10.244.2.10 . 8080 }",
+			"add rule ip kpo pick-external-local-1-2 ip saddr @cluster-cidrs dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 1 map @endpoints",
+			"add rule ip kpo pick-external-local-1-2 fib saddr type local jump mark-for-masquerade",
+			"add rule ip kpo pick-external-local-1-2 fib saddr type local dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 1 map @endpoints",
+			"add rule ip kpo pick-external-local-1-2 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints",
 		}},
-		{"eTP Local without local endpoints drops", noLocal, []string{"drop"}},
+		{"eTP Local without local endpoints drops", noLocal, []string{
+			"add element ip kpo service-nodeports { tcp . 30081 : goto pick-nodeport-local-0-1 }",
+			"add rule ip kpo pick-nodeport-local-0-1 drop",
+		}},
 		{"affinity", aff, []string{
+			"add element ip kpo service-ips { 10.96.0.5 . tcp . 80 : goto svc-",
 			"flags dynamic,timeout ; timeout 10800s",
 			"update @aff-",
 			"ip saddr @aff-",
+			"meta l4proto tcp dnat to 10.244.1.10:8080",
 		}},
 		{"source ranges", lb, []string{
 			"add element ip kpo firewall-ips { 203.0.113.6 . tcp . 80 : goto fw-",
 			"ip saddr 198.51.100.0/25 return",
 		}},
 		{"IPv6", v6, []string{
-			"add element ip6 kpo service-ips { fd10:96::7 . tcp . 80 : goto svc-",
-			"dnat to [fd10:244:0:1::a]:8080",
+			"add element ip6 kpo service-ips { fd10:96::7 . tcp . 80 : goto pick-cluster-1 }",
+			"add element ip6 kpo endpoints { fd10:96::7 . tcp . 80 . 0 : fd10:244:0:1::a . 8080 }",
+			"add rule ip6 kpo pick-cluster-1 dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @endpoints",
 		}},
 	}
 	for _, tc := range tests {
@@ -111,13 +127,13 @@ func TestMasqueradeAllAndNoClusterCIDRs(t *testing.T) {
 	s.MasqueradeAll = true
 	b, _ := New(s, []model.Family{model.IPv4}, WithKernel(k))
 	mustSync(t, b, snapshot(testNode, svc("a", "10.96.0.1", 80, ep("10.244.1.10", 80, true))), true)
-	if !strings.Contains(dump(k), "add rule ip kpo svc-") || !strings.Contains(dump(k), "-a-tcp jump mark-for-masquerade") {
+	if !strings.Contains(dump(k), "add rule ip kpo pick-cluster-1 jump mark-for-masquerade") {
 		t.Errorf("masqueradeAll: no unconditional mark:\n%s", dump(k))
 	}
 	k2 := NewFakeKernel()
 	b2, _ := New(testSettings, []model.Family{model.IPv4}, WithKernel(k2))
 	mustSync(t, b2, snapshot(model.NodeInfo{}, svc("a", "10.96.0.1", 80, ep("10.244.1.10", 80, true))), true)
-	if strings.Contains(dump(k2), "-a-tcp jump mark-for-masquerade") || strings.Contains(dump(k2), "@cluster-cidrs jump") {
+	if strings.Contains(dump(k2), "pick-cluster-1 jump mark-for-masquerade") || strings.Contains(dump(k2), "@cluster-cidrs jump") {
 		t.Errorf("no cluster CIDRs: cluster traffic must not be masqueraded:\n%s", dump(k2))
 	}
 }
@@ -147,14 +163,24 @@ func TestPartialSyncTouchesOnlyChanged(t *testing.T) {
 	if res2.ServicePortsWritten != 1 || res2.Full {
 		t.Fatalf("partial: %+v", res2)
 	}
+	// Only elements of svc7 (ClusterIP 10.96.0.7, NodePort 30007): no chain,
+	// no rule, so the kernel has no reason to validate the table.
 	txt := k.LastTransaction.String()
 	for _, line := range strings.Split(strings.TrimSpace(txt), "\n") {
-		if !strings.Contains(line, "svc7") {
-			t.Errorf("partial sync touched another service: %s", line)
+		svc7 := strings.Contains(line, "10.96.0.7 ") || strings.Contains(line, " 30007 ") ||
+			strings.Contains(line, "hairpin { 10.244.0.15 . ") || strings.Contains(line, "hairpin { 10.244.200.1 . ")
+		if !strings.Contains(line, " element ") || !svc7 {
+			t.Errorf("partial sync wrote more than svc7's elements: %s", line)
 		}
 	}
-	if !strings.Contains(txt, "delete chain ip kpo ep-") || !strings.Contains(txt, "10.244.200.1") {
-		t.Errorf("expected the old endpoint chain deleted and the new one added:\n%s", txt)
+	for _, want := range []string{
+		"delete element ip kpo endpoints { 10.96.0.7 . tcp . 80 . 1 }",
+		"add element ip kpo endpoints { 10.96.0.7 . tcp . 80 . 1 : 10.244.200.1 . 8080 }",
+		"add element ip kpo nodeport-endpoints { tcp . 30007 . 1 : 10.244.200.1 . 8080 }",
+	} {
+		if !strings.Contains(txt, want) {
+			t.Errorf("missing %q in\n%s", want, txt)
+		}
 	}
 	if countOps(k.LastTransaction) > 20 {
 		t.Errorf("partial sync has %d operations", countOps(k.LastTransaction))
@@ -186,15 +212,20 @@ func TestRemovalAndKindChanges(t *testing.T) {
 	d := dump(k)
 	if !strings.Contains(d, "no-endpoint-services { 10.96.0.1 . tcp . 80 : goto reject-chain }") ||
 		!strings.Contains(d, "no-endpoint-nodeports { tcp . 30001 : goto reject-chain }") ||
-		strings.Contains(d, "service-ips { 10.96.0.1 ") || strings.Contains(d, "-default-a-tcp") {
+		strings.Contains(d, "service-ips { 10.96.0.1 ") || strings.Contains(d, "endpoints { 10.96.0.1 ") ||
+		strings.Contains(d, "endpoints { tcp . 30001 ") {
 		t.Errorf("after losing endpoints:\n%s", d)
+	}
+	// Its pick chain for the NodePort has no user left; the cluster one does (c).
+	if strings.Contains(d, "pick-nodeport-1") || !strings.Contains(d, "add chain ip kpo pick-cluster-1") {
+		t.Errorf("pick chains not collected:\n%s", d)
 	}
 	mustSync(t, b, snapshot(testNode, c), false)
 	d = dump(k)
 	if strings.Contains(d, "10.96.0.1 ") || strings.Contains(d, "30001") {
 		t.Errorf("removed service still present:\n%s", d)
 	}
-	if !strings.Contains(d, "10.96.0.3 . tcp . 80 : goto svc-") {
+	if !strings.Contains(d, "10.96.0.3 . tcp . 80 : goto pick-cluster-1") {
 		t.Errorf("other service gone:\n%s", d)
 	}
 }
@@ -269,5 +300,30 @@ func TestNodeChangeForcesFull(t *testing.T) {
 	res, err := b.Sync(context.Background(), s2, false)
 	if err != nil || !res.Full {
 		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+// TestHairpinShared: two services with the same local endpoint share its
+// hairpin element; it goes with the last of them.
+func TestHairpinShared(t *testing.T) {
+	b, k := newFake(t)
+	a := svc("a", "10.96.0.1", 80, ep("10.244.1.10", 8080, true))
+	c := svc("c", "10.96.0.3", 81, ep("10.244.1.10", 8081, true))
+	const elem = "add element ip kpo hairpin { 10.244.1.10 . 10.244.1.10 }"
+	mustSync(t, b, snapshot(testNode, a, c), true)
+	mustSync(t, b, snapshot(testNode, c), false)
+	if !strings.Contains(dump(k), elem) {
+		t.Errorf("hairpin element gone with one of its two services:\n%s", dump(k))
+	}
+	mustSync(t, b, snapshot(testNode), false)
+	if strings.Contains(dump(k), "element ip kpo hairpin") {
+		t.Errorf("hairpin element left:\n%s", dump(k))
+	}
+	// And a full sync from scratch agrees with the partial ones.
+	res, _ := b.Sync(context.Background(), snapshot(testNode, a), false)
+	b2, _ := newFake(t)
+	res2, _ := b2.Sync(context.Background(), snapshot(testNode, a), true)
+	if res.Rules != res2.Rules {
+		t.Errorf("rules after partial syncs %d != full %d", res.Rules, res2.Rules)
 	}
 }

@@ -3,7 +3,11 @@ package nftables
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"maps"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -28,6 +32,7 @@ type Kernel interface {
 type realKernel struct {
 	tx   knftables.Interface
 	list map[knftables.Family]knftables.Interface
+	nl   nlConn
 }
 
 // newRealKernel fails when nft is missing or cannot talk to the kernel.
@@ -45,9 +50,74 @@ func newRealKernel() (*realKernel, error) {
 }
 
 func (k *realKernel) NewTransaction() *knftables.Transaction { return k.tx.NewTransaction() }
+
+// Run feeds tx to `nft -f -`.
 func (k *realKernel) Run(ctx context.Context, tx *knftables.Transaction) error {
-	return k.tx.Run(ctx, tx)
+	return k.runBulk(ctx, tx, nil)
 }
+
+// runBulk feeds tx and then the bulk element additions to one `nft -f -`
+// (one transaction). The bulk elements bypass knftables' objects: a cold sync
+// is mostly elements (the flat layout), and nft parses and evaluates every
+// statement on its own, so one statement per map instead of one per element
+// halves nft's time (10k services: 0.67 s → 0.36 s, TestExperimentValidate);
+// knftables' per-element validation and formatting were half of the Go side.
+func (k *realKernel) runBulk(ctx context.Context, tx *knftables.Transaction, bulk *bulkElems) error {
+	text := tx.String()
+	if i := strings.Index(text, "# ERROR: "); i >= 0 {
+		return errors.New(strings.TrimSpace(text[i+len("# ERROR: "):]))
+	}
+	in := io.Reader(strings.NewReader(text))
+	if bulk != nil {
+		in = io.MultiReader(in, bulk.reader())
+	}
+	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
+	cmd.Stdin = in
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// bulkElems collects element additions as nft text, one statement per set or
+// map. Additions only refer to chains that exist by the end of the
+// transaction's other commands, so they can go last.
+type bulkElems struct {
+	stmts map[string]*strings.Builder // "ip kpo endpoints" → "e1,\n\te2…"
+}
+
+func (b *bulkElems) add(fi famInfo, e elemDef) {
+	name := string(fi.family) + " " + tableName + " " + e.mapName
+	sb := b.stmts[name]
+	if sb == nil {
+		if b.stmts == nil {
+			b.stmts = map[string]*strings.Builder{}
+		}
+		sb = &strings.Builder{}
+		b.stmts[name] = sb
+	} else {
+		sb.WriteString(",\n\t")
+	}
+	for i, k := range e.key {
+		if i > 0 {
+			sb.WriteString(" . ")
+		}
+		sb.WriteString(k)
+	}
+	if e.value != "" {
+		sb.WriteString(" : ")
+		sb.WriteString(e.value)
+	}
+}
+
+func (b *bulkElems) reader() io.Reader {
+	var rs []io.Reader
+	for _, name := range slices.Sorted(maps.Keys(b.stmts)) {
+		rs = append(rs, strings.NewReader("add element "+name+" { "), strings.NewReader(b.stmts[name].String()), strings.NewReader(" }\n"))
+	}
+	return io.MultiReader(rs...)
+}
+
 func (k *realKernel) Check(ctx context.Context, tx *knftables.Transaction) error {
 	return k.tx.Check(ctx, tx)
 }
@@ -130,7 +200,7 @@ type netlinkKernel interface {
 	newBatch() (*nlBatch, error)
 }
 
-func (k *realKernel) newBatch() (*nlBatch, error) { return newNLBatch() }
+func (k *realKernel) newBatch() (*nlBatch, error) { return k.nl.batch() }
 
 // objWriter receives a sync's service objects, in transaction order: a
 // knftables transaction (full syncs, the fake) or a netlink batch.
@@ -145,7 +215,12 @@ type objWriter interface {
 	delSet(fi famInfo, name string)
 }
 
-type knftWriter struct{ tx *knftables.Transaction }
+// knftWriter writes to a knftables transaction; with bulk set (full syncs on
+// the real kernel), element additions go there instead.
+type knftWriter struct {
+	tx   *knftables.Transaction
+	bulk *bulkElems
+}
 
 func (w *knftWriter) addSet(fi famInfo, s setDef) {
 	w.tx.Add(&knftables.Set{Family: fi.family, Table: tableName, Name: s.name, Type: fi.addrT,
@@ -161,10 +236,22 @@ func (w *knftWriter) addRule(fi famInfo, chain, rule string) {
 	w.tx.Add(&knftables.Rule{Family: fi.family, Table: tableName, Chain: chain, Rule: rule})
 }
 func (w *knftWriter) delElem(fi famInfo, e elemDef) {
-	w.tx.Delete(&knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key})
+	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key}
+	if isSet(e.mapName) {
+		el.Map, el.Set = "", e.mapName
+	}
+	w.tx.Delete(el)
 }
 func (w *knftWriter) addElem(fi famInfo, e elemDef) {
-	w.tx.Add(&knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}})
+	if w.bulk != nil {
+		w.bulk.add(fi, e)
+		return
+	}
+	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}}
+	if isSet(e.mapName) {
+		el.Map, el.Set, el.Value = "", e.mapName, nil
+	}
+	w.tx.Add(el)
 }
 func (w *knftWriter) delChain(fi famInfo, name string) {
 	w.tx.Delete(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})

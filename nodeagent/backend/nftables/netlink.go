@@ -18,9 +18,9 @@ import (
 //
 // Why: every `nft` run first dumps the whole table into its cache, so a
 // 20-line partial transaction cost ~0.2–0.6 s at 10k services. A partial sync
-// only touches service objects (service chains and their rules, affinity sets,
-// elements of the shared maps), so only those need a netlink encoding; the
-// fixed objects are still written by knftables on full syncs.
+// only touches service objects (elements of the shared maps and sets, pick
+// chains, the chains of services with affinity), so only those need a netlink
+// encoding; the fixed objects are still written by knftables on full syncs.
 //
 // Rules stay nft syntax (render.go is the single source of truth, and the fake
 // and `nft list` review keep working): ruleExprs translates the small grammar
@@ -34,16 +34,56 @@ import (
 type nlBatch struct {
 	c   *gnft.Conn
 	err error // first translation error; the batch must not be sent
+	// broken is called when the batch failed: the socket may hold replies
+	// the next batch must not read.
+	broken func()
 }
 
-func newNLBatch() (*nlBatch, error) {
-	// Not a lasting connection: each Flush dials a socket in the calling
-	// thread's network namespace, like the `nft` that knftables execs.
-	c, err := gnft.New(gnft.WithSockOptions(bigBuffers))
+// nlConn is the lasting netlink socket partial syncs use.
+//
+// Lasting, because closing a NETLINK_NETFILTER socket is slow after a commit
+// that deleted anything: the kernel's release notifier (nft_rcv_nl_event)
+// flushes the pending destroy work, which waits for an RCU grace period
+// (synchronize_rcu): 6–15 ms here, more than the whole commit of an endpoint
+// change (measured, TestExperimentValidate). The socket belongs to the network
+// namespace it was opened in; the backend runs nft (full syncs) in the calling
+// thread's namespace, so the socket is reopened when that namespace changes.
+type nlConn struct {
+	c  *gnft.Conn
+	ns uint64 // inode of the namespace the socket was opened in
+}
+
+func threadNetNS() (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+func (n *nlConn) batch() (*nlBatch, error) {
+	ns, err := threadNetNS()
 	if err != nil {
 		return nil, err
 	}
-	return &nlBatch{c: c}, nil
+	if n.c != nil && n.ns != ns {
+		n.close()
+	}
+	if n.c == nil {
+		c, err := gnft.New(gnft.AsLasting(), gnft.WithSockOptions(bigBuffers))
+		if err != nil {
+			return nil, err
+		}
+		n.c, n.ns = c, ns
+	}
+	return &nlBatch{c: n.c, broken: n.close}, nil
+}
+
+func (n *nlConn) close() {
+	if n.c != nil {
+		_ = n.c.CloseLasting()
+		n.c = nil
+	}
 }
 
 func (w *nlBatch) fail(err error) {
@@ -96,7 +136,7 @@ func (w *nlBatch) addRule(fi famInfo, chain, rule string) {
 }
 
 func (w *nlBatch) delElem(fi famInfo, e elemDef) {
-	key, err := elemKey(fi, e.key)
+	key, err := elemKey(fi, e.mapName, e.key)
 	if err != nil {
 		w.fail(err)
 		return
@@ -107,17 +147,24 @@ func (w *nlBatch) delElem(fi famInfo, e elemDef) {
 }
 
 func (w *nlBatch) addElem(fi famInfo, e elemDef) {
-	key, err := elemKey(fi, e.key)
+	key, err := elemKey(fi, e.mapName, e.key)
 	if err != nil {
 		w.fail(err)
 		return
 	}
-	v, err := verdict(strings.Fields(e.value))
+	el := gnft.SetElement{Key: key}
+	switch {
+	case isSet(e.mapName):
+	case isDataMap(e.mapName):
+		el.Val, err = elemValue(fi, e.value)
+	default:
+		el.VerdictData, err = verdict(strings.Fields(e.value))
+	}
 	if err != nil {
 		w.fail(err)
 		return
 	}
-	if err := w.c.SetAddElements(&gnft.Set{Table: nlTable(fi), Name: e.mapName, IsMap: true}, []gnft.SetElement{{Key: key, VerdictData: v}}); err != nil {
+	if err := w.c.SetAddElements(&gnft.Set{Table: nlTable(fi), Name: e.mapName, IsMap: !isSet(e.mapName)}, []gnft.SetElement{el}); err != nil {
 		w.fail(err)
 	}
 }
@@ -128,7 +175,11 @@ func (w *nlBatch) flush() error {
 	if w.err != nil {
 		return w.err
 	}
-	return w.c.Flush()
+	err := w.c.Flush()
+	if err != nil && w.broken != nil {
+		w.broken()
+	}
+	return err
 }
 
 // errGrammar marks a rule or element that ruleExprs/elemKey do not know.
@@ -158,7 +209,8 @@ func addrLen(fi famInfo) uint32 {
 //
 //	ip saddr [!=] (@set | addr | prefix) ; fib saddr type local ;
 //	numgen random mod N K ; meta l4proto P ; update @set { ip saddr } ;
-//	dnat to addr:port ; jump|goto CHAIN ; drop ; return ; accept
+//	dnat to addr:port ; dnat ip to <concatenation> map @M (dnatMap) ;
+//	jump|goto CHAIN ; drop ; return ; accept
 //
 // into the expressions nft emits (register 1 for every match; dnat loads the
 // address into register 1 and the port into register 2).
@@ -212,6 +264,14 @@ func ruleExprs(fi famInfo, rule string) ([]expr.Any, error) {
 			t[i+2] == "{" && t[i+3] == fi.ipKW && t[i+4] == "saddr" && t[i+5] == "}":
 			out = append(out, saddr(fi, addrLen(fi)), &expr.Dynset{SrcRegKey: 1, SetName: t[i+1][1:], Operation: unix.NFT_DYNSET_OP_UPDATE})
 			i += 6
+		case t[i] == "dnat" && i+3 < len(t) && t[i+1] == fi.ipKW && t[i+2] == "to":
+			// dnat ip to <key> map @m: the pick chains' endpoint choice.
+			e, n, err := dnatMap(fi, t[i+3:])
+			if err != nil {
+				return nil, grammarErr(rule)
+			}
+			out = append(out, e...)
+			i += 3 + n
 		case t[i] == "dnat" && i+2 < len(t) && t[i+1] == "to":
 			ap, err := netip.ParseAddrPort(t[i+2])
 			if err != nil {
@@ -235,6 +295,83 @@ func ruleExprs(fi famInfo, rule string) ([]expr.Any, error) {
 		}
 	}
 	return out, nil
+}
+
+// reg is the register nft 1.0.6 uses for the concatenation field at byte
+// offset off: a 16-byte register (NFT_REG_1…4) when off is 16-aligned, a
+// 4-byte one (NFT_REG32_00…) otherwise. Both name the same storage; this only
+// keeps `nft --debug=netlink list` identical to what nft writes.
+func reg(off uint32) uint32 {
+	if off%16 == 0 {
+		return 1 + off/16
+	}
+	return 8 + off/4
+}
+
+// dnatMap translates "<field> . … . numgen random mod N [offset K] map @M"
+// (fields: ip daddr, meta l4proto, th dport) into the key's loads, the lookup
+// and the nat expression; it returns the number of tokens used.
+func dnatMap(fi famInfo, t []string) ([]expr.Any, int, error) {
+	var out []expr.Any
+	off := uint32(0)
+	i := 0
+	for {
+		switch {
+		case i+1 < len(t) && t[i] == fi.ipKW && t[i+1] == "daddr":
+			o := uint32(16)
+			if fi.ipKW == "ip6" {
+				o = 24
+			}
+			out = append(out, &expr.Payload{DestRegister: reg(off), Base: expr.PayloadBaseNetworkHeader, Offset: o, Len: addrLen(fi)})
+			off += addrLen(fi)
+			i += 2
+		case i+1 < len(t) && t[i] == "meta" && t[i+1] == "l4proto":
+			out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg(off)})
+			off += 4
+			i += 2
+		case i+1 < len(t) && t[i] == "th" && t[i+1] == "dport":
+			out = append(out, &expr.Payload{DestRegister: reg(off), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+			off += 4
+			i += 2
+		case i+3 < len(t) && t[i] == "numgen" && t[i+1] == "random" && t[i+2] == "mod":
+			n, err := strconv.ParseUint(t[i+3], 10, 32)
+			if err != nil {
+				return nil, 0, err
+			}
+			ng := &expr.Numgen{Register: reg(off), Modulus: uint32(n), Type: unix.NFT_NG_RANDOM}
+			i += 4
+			if i+1 < len(t) && t[i] == "offset" {
+				k, err := strconv.ParseUint(t[i+1], 10, 32)
+				if err != nil {
+					return nil, 0, err
+				}
+				ng.Offset = uint32(k)
+				i += 2
+			}
+			out = append(out, ng)
+			off += 4
+		default:
+			return nil, 0, grammarErr(strings.Join(t, " "))
+		}
+		if i < len(t) && t[i] == "." {
+			i++
+			continue
+		}
+		break
+	}
+	if i+1 >= len(t) || t[i] != "map" || !strings.HasPrefix(t[i+1], "@") {
+		return nil, 0, grammarErr(strings.Join(t, " "))
+	}
+	nfproto := uint32(unix.NFPROTO_IPV4)
+	if fi.ipKW == "ip6" {
+		nfproto = unix.NFPROTO_IPV6
+	}
+	// The map's value is "address . port": the address at register 1, the
+	// port right after it.
+	portReg := reg(addrLen(fi))
+	out = append(out, &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: t[i+1][1:]},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto, RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: portReg, RegProtoMax: portReg, Specified: true})
+	return out, i + 2, nil
 }
 
 // prefixMatch matches the source address against addr or prefix the way nft
@@ -286,10 +423,20 @@ func verdict(t []string) (*expr.Verdict, error) {
 	return nil, grammarErr(strings.Join(t, " "))
 }
 
-// elemKey encodes a map key ("addr . proto . port" or "proto . port"): each
-// field of a concatenation takes a multiple of 4 bytes, in network order.
-func elemKey(fi famInfo, key []string) ([]byte, error) {
+// elemKey encodes a key of the named map or set ("addr . proto . port",
+// "proto . port", "addr . addr", and for the endpoint maps a slot last): each
+// field of a concatenation takes a multiple of 4 bytes, in network order but
+// for the slot, which numgen writes in host order.
+func elemKey(fi famInfo, mapName string, key []string) ([]byte, error) {
 	var b []byte
+	if isDataMap(mapName) && len(key) > 0 {
+		head, err := elemKey(fi, "", key[:len(key)-1])
+		slot, err2 := strconv.ParseUint(key[len(key)-1], 10, 32)
+		if err != nil || err2 != nil {
+			return nil, grammarErr(strings.Join(key, " . "))
+		}
+		return binary.NativeEndian.AppendUint32(head, uint32(slot)), nil
+	}
 	for _, f := range key {
 		if p, ok := protoNums[f]; ok {
 			b = append(b, p, 0, 0, 0)
@@ -307,6 +454,17 @@ func elemKey(fi famInfo, key []string) ([]byte, error) {
 		b = append(b, 0, 0)
 	}
 	return b, nil
+}
+
+// elemValue encodes a data map value "addr . port".
+func elemValue(fi famInfo, v string) ([]byte, error) {
+	a, p, ok := strings.Cut(v, " . ")
+	addr, err := netip.ParseAddr(a)
+	port, err2 := strconv.ParseUint(p, 10, 16)
+	if !ok || err != nil || err2 != nil || uint32(len(addr.AsSlice())) != addrLen(fi) {
+		return nil, grammarErr(v)
+	}
+	return append(binary.BigEndian.AppendUint16(addr.AsSlice(), uint16(port)), 0, 0), nil
 }
 
 // bigBuffers lets one sendmsg carry a whole batch, as nft does (it raises

@@ -37,7 +37,15 @@ func variety(fam model.Family) []*model.ServicePort {
 	n.NodePort = 30003
 	d := svc("d", ip("10.96.0.4", "fd10:96::4"), 80, e1)
 	d.ExternalPolicyLocal, d.ExternalEndpoints, d.NodePort = true, nil, 30004
-	return []*model.ServicePort{a, l, n, d}
+	// b: a without affinity (flat), with eTP=Local and no cluster endpoints.
+	b := *a
+	b.Key.Name, b.ClusterIP, b.NodePort = "b", netip.MustParseAddr(ip("10.96.0.5", "fd10:96::5")), 30005
+	b.AffinityTimeout = 0
+	c := b
+	c.Key.Name, c.ClusterIP, c.NodePort = "c", netip.MustParseAddr(ip("10.96.0.6", "fd10:96::6")), 30006
+	c.ExternalPolicyLocal, c.ClusterEndpoints, c.ExternalEndpoints = true, nil, []model.Endpoint{e0}
+	c.ExternalIPs, c.LoadBalancerIPs, c.SourceRanges = nil, nil, nil
+	return []*model.ServicePort{a, l, n, d, &b, &c}
 }
 
 // TestNetlinkGrammar: everything renderService emits has a netlink encoding,
@@ -49,7 +57,11 @@ func TestNetlinkGrammar(t *testing.T) {
 			rc := &renderCtx{fi: fi, masqAll: masqAll, haveClusterCI: !masqAll}
 			for _, sp := range variety(fam) {
 				o := renderService(rc, sp)
-				for _, c := range o.chains {
+				chains := slices.Clone(o.chains)
+				for _, c := range o.classes {
+					chains = append(chains, chainDef{name: c.name(), rules: classRules(rc, c)})
+				}
+				for _, c := range chains {
 					for _, r := range c.rules {
 						if _, err := ruleExprs(fi, r); err != nil {
 							t.Errorf("%s: %v", c.name, err)
@@ -57,8 +69,13 @@ func TestNetlinkGrammar(t *testing.T) {
 					}
 				}
 				for _, e := range o.elems {
-					if _, err := elemKey(fi, e.key); err != nil {
+					if _, err := elemKey(fi, e.mapName, e.key); err != nil {
 						t.Error(err)
+					}
+					if isDataMap(e.mapName) {
+						if _, err := elemValue(fi, e.value); err != nil {
+							t.Error(err)
+						}
 					}
 				}
 			}
@@ -237,19 +254,21 @@ func TestKernelNetlinkPartial(t *testing.T) {
 		sameTables(t, "partial vs. full resync", before, listKpo(t, node))
 	})
 	t.Run("FailedBatchKeepsRules", func(t *testing.T) {
-		// A foreign rule still jumping to an endpoint chain that the next
-		// partial sync deletes: the kernel refuses that deletion (EBUSY),
-		// which must abort the whole batch.
-		epChain := endpointChainName(late.Key, e1)
-		node.MustRun(t, "nft", "insert rule ip kpo services ip daddr 192.0.2.99 jump "+epChain)
+		// A foreign rule still jumping to a pick chain that the next partial
+		// sync deletes (late's only user of it loses an endpoint): the
+		// kernel refuses that deletion (EBUSY), which must abort the whole
+		// batch.
+		pick := class{kind: nodePortLocalK, m: 1, n: 2}.name()
+		node.MustRun(t, "nft", "insert rule ip kpo services ip daddr 192.0.2.99 jump "+pick)
 		before := listKpo(t, node)
 		late2 := *late
 		late2.ClusterEndpoints = []model.Endpoint{e0}
 		extra := svc("extra", "10.96.0.31", 80, e0)
 		s3 := withSnap(s2, &late2, extra)
-		// Also remove a service: the full sync that follows must delete its
-		// chains as stale ones (svc- still jumping to ep- until flushed).
-		delete(s3.Services, c2.Key)
+		// Also remove a service with chains of its own (affinity): the full
+		// sync that follows must delete them as stale ones (svc- still
+		// jumping to ep- until flushed).
+		delete(s3.Services, aff2.Key)
 		if err := node.Do(func() error { _, err := b.Sync(context.Background(), s3, false); return err }); err == nil {
 			t.Fatal("want the batch to fail")
 		}
@@ -268,7 +287,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 			t.Errorf("foreign rule left:\n%s", out)
 		}
 		spread(t, client, "10.96.0.31:80", "pod0")
-		if out := node.MustRun(t, "nft", "list", "table", "ip", "kpo"); strings.Contains(out, serviceChainName(c2.Key)) {
+		if out := node.MustRun(t, "nft", "list", "table", "ip", "kpo"); strings.Contains(out, serviceChainName(aff2.Key)) || strings.Contains(out, pick) {
 			t.Errorf("removed service's chains left after the full sync")
 		}
 	})

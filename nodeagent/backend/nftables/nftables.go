@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 
@@ -45,15 +46,22 @@ type syncedState struct {
 type famState struct {
 	base     *baseObjects
 	services map[model.ServicePortKey]*svcState
-	rules    int
-	// pending are a partial sync's changes to services (nil: removed),
-	// applied once the kernel took the sync. services is shared with the
-	// previous state until then: copying a 10k-entry map every partial sync
-	// cost more (allocation, GC) than the rest of the Go side.
-	pending map[model.ServicePortKey]*svcState
+	// Users of the shared objects: pick chains and hairpin set elements
+	// exist while their count is positive.
+	classes map[class]int
+	hairpin map[netip.Addr]int
+	rules   int
+	// pending are a partial sync's changes to services (nil: removed), and
+	// pendingClasses/pendingHairpin the changes of the counts, applied once
+	// the kernel took the sync. The maps are shared with the previous state
+	// until then: copying a 10k-entry map every partial sync cost more
+	// (allocation, GC) than the rest of the Go side.
+	pending        map[model.ServicePortKey]*svcState
+	pendingClasses map[class]int
+	pendingHairpin map[netip.Addr]int
 }
 
-// apply commits pending into services.
+// apply commits the pending changes.
 func (f *famState) apply() {
 	for k, s := range f.pending {
 		if s == nil {
@@ -62,7 +70,29 @@ func (f *famState) apply() {
 			f.services[k] = s
 		}
 	}
-	f.pending = nil
+	addCounts(f.classes, f.pendingClasses)
+	addCounts(f.hairpin, f.pendingHairpin)
+	f.pending, f.pendingClasses, f.pendingHairpin = nil, nil, nil
+}
+
+func addCounts[K comparable](m, delta map[K]int) {
+	for k, d := range delta {
+		if m[k]+d == 0 {
+			delete(m, k)
+		} else {
+			m[k] += d
+		}
+	}
+}
+
+// countUses adds (sign 1) or removes (-1) o's uses of the shared objects.
+func countUses(o *svcObjects, sign int, classes map[class]int, hairpin map[netip.Addr]int) {
+	for _, c := range o.classes {
+		classes[c] += sign
+	}
+	for _, a := range o.hairpin {
+		hairpin[a] += sign
+	}
 }
 
 type svcState struct {
@@ -110,7 +140,7 @@ func (b *Backend) Check(ctx context.Context) error {
 	for _, fam := range b.families {
 		fi := fams[fam]
 		base := renderBase(fi, fam, b.settings, &model.NodeInfo{})
-		writeBase(tx, fi, base, true)
+		writeBase(tx, fi, base, true, nil)
 		linkBase(tx, fi, base)
 	}
 	if err := b.kernel.Check(ctx, tx); err != nil {
@@ -167,7 +197,8 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 			} else {
 				fi := fams[fam]
 				base = renderBase(fi, fam, b.settings, &snap.Node)
-				writeBase(tx, fi, base, true)
+				st := stale[fam]
+				writeBase(tx, fi, base, true, &st)
 				linkBase(tx, fi, base)
 			}
 			nf, n := b.syncFamily(w, fam, snap, pf, base, stale[fam])
@@ -205,8 +236,17 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 	}
 	if next == nil {
 		tx := b.kernel.NewTransaction()
-		next, written = build(&knftWriter{tx: tx}, tx)
-		if err := b.kernel.Run(ctx, tx); err != nil {
+		w := &knftWriter{tx: tx}
+		rk, bulk := b.kernel.(*realKernel)
+		if bulk && full {
+			w.bulk = &bulkElems{}
+		}
+		next, written = build(w, tx)
+		run := b.kernel.Run
+		if w.bulk != nil {
+			run = func(ctx context.Context, tx *knftables.Transaction) error { return rk.runBulk(ctx, tx, w.bulk) }
+		}
+		if err := run(ctx, tx); err != nil {
 			b.synced = nil
 			return backend.SyncResult{}, fmt.Errorf("nftables transaction: %w", err)
 		}
@@ -226,16 +266,11 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 // staleObjects are names found in the kernel (full sync only).
 type staleObjects struct {
 	chains, sets []string
-	inKernel     map[string]bool // chains
 }
 
 func (b *Backend) kernelObjects(ctx context.Context, fam model.Family) (staleObjects, error) {
 	chains, sets, err := b.kernel.Objects(ctx, fams[fam].family)
-	st := staleObjects{chains: chains, sets: sets, inKernel: make(map[string]bool, len(chains))}
-	for _, c := range chains {
-		st.inKernel[c] = true
-	}
-	return st, err
+	return staleObjects{chains: chains, sets: sets}, err
 }
 
 // syncFamily writes one family's service objects to w. pf is the family's previous
@@ -249,7 +284,8 @@ func (b *Backend) kernelObjects(ctx context.Context, fam model.Family) (staleObj
 func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot, pf *famState, base *baseObjects, stale staleObjects) (*famState, int) {
 	fi := fams[fam]
 	rc := &renderCtx{fi: fi, masqAll: b.settings.masqAll, haveClusterCI: len(snap.Node.ClusterCIDRs[fam]) > 0}
-	nf := &famState{base: base, services: map[model.ServicePortKey]*svcState{}}
+	nf := &famState{base: base, services: map[model.ServicePortKey]*svcState{},
+		classes: map[class]int{}, hairpin: map[netip.Addr]int{}}
 	full := pf == nil
 
 	type change struct {
@@ -259,6 +295,8 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 	var changes []change
 	if !full {
 		nf.services, nf.pending = pf.services, map[model.ServicePortKey]*svcState{}
+		nf.classes, nf.hairpin = pf.classes, pf.hairpin
+		nf.pendingClasses, nf.pendingHairpin = map[class]int{}, map[netip.Addr]int{}
 	}
 	kept := 0 // previous ports still in the snapshot
 	for k, sp := range snap.Services {
@@ -296,7 +334,59 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 	// ports are sorted (sorting all keys costs more than a partial sync).
 	slices.SortFunc(changes, func(a, c change) int { return cmpString(a.name, c.name) })
 
-	// Sets and chains first.
+	// Shared objects: which pick chains and hairpin elements appear (count
+	// from 0 to positive) and disappear (back to 0).
+	var newClasses, goneClasses []class
+	var newHairpin, goneHairpin []netip.Addr
+	if full {
+		for _, s := range nf.services {
+			countUses(s.objs, 1, nf.classes, nf.hairpin)
+		}
+		newClasses = slices.Collect(maps.Keys(nf.classes))
+		newHairpin = slices.Collect(maps.Keys(nf.hairpin))
+	} else {
+		for _, c := range changes {
+			if c.old != nil {
+				countUses(c.old, -1, nf.pendingClasses, nf.pendingHairpin)
+			}
+			if c.new != nil {
+				countUses(c.new, 1, nf.pendingClasses, nf.pendingHairpin)
+			}
+		}
+		for c, d := range nf.pendingClasses {
+			switch before := nf.classes[c]; {
+			case before == 0 && d > 0:
+				newClasses = append(newClasses, c)
+			case before > 0 && before+d == 0:
+				goneClasses = append(goneClasses, c)
+			}
+		}
+		for a, d := range nf.pendingHairpin {
+			switch before := nf.hairpin[a]; {
+			case before == 0 && d > 0:
+				newHairpin = append(newHairpin, a)
+			case before > 0 && before+d == 0:
+				goneHairpin = append(goneHairpin, a)
+			}
+		}
+	}
+	byName := func(a, c class) int { return cmpString(a.name(), c.name()) }
+	slices.SortFunc(newClasses, byName)
+	slices.SortFunc(goneClasses, byName)
+	slices.SortFunc(newHairpin, netip.Addr.Compare)
+	slices.SortFunc(goneHairpin, netip.Addr.Compare)
+	hairpinElem := func(a netip.Addr) elemDef {
+		return elemDef{mapName: setHairpin, key: []string{a.String(), a.String()}}
+	}
+
+	// Sets and chains first, pick chains with their rules (they only refer
+	// to fixed objects).
+	for _, c := range newClasses {
+		w.addChain(fi, c.name())
+		for _, r := range classRules(rc, c) {
+			w.addRule(fi, c.name(), r)
+		}
+	}
 	for _, c := range changes {
 		if c.new == nil {
 			continue
@@ -307,10 +397,9 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		}
 		for _, ch := range c.new.chains {
 			w.addChain(fi, ch.name)
-			// Only a chain the kernel already holds needs a flush: on a cold
-			// sync that saves nft one line in five (nft's parsing is most of
-			// a full sync's cost, see docs/nftables-backend.md).
-			if (full && stale.inKernel[ch.name]) || c.old != nil {
+			// A full sync flushed every chain the kernel holds (writeBase);
+			// a partial one flushes the chains it rewrites.
+			if c.old != nil {
 				w.flushChain(fi, ch.name)
 			}
 		}
@@ -344,8 +433,26 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 			}
 		}
 	}
+	for _, a := range goneHairpin {
+		w.delElem(fi, hairpinElem(a))
+	}
+	for _, a := range newHairpin {
+		w.addElem(fi, hairpinElem(a))
+	}
+	// Additions, grouped by map on a full sync: readable, and for the real
+	// kernel they become one statement per map anyway (bulkElems).
+	var byMap map[string][]elemDef
+	if full {
+		byMap = map[string][]elemDef{}
+	}
 	for _, c := range changes {
 		if c.new == nil {
+			continue
+		}
+		if full {
+			for _, e := range c.new.elems {
+				byMap[e.mapName] = append(byMap[e.mapName], e)
+			}
 			continue
 		}
 		oldElems := map[string]string{}
@@ -361,10 +468,18 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 			w.addElem(fi, e)
 		}
 	}
+	for _, m := range slices.Sorted(maps.Keys(byMap)) {
+		for _, e := range byMap[m] {
+			w.addElem(fi, e)
+		}
+	}
 
 	// Stale chains and sets, last.
 	wantChains, wantSets := map[string]bool{}, map[string]bool{}
 	if full {
+		for c := range nf.classes {
+			wantChains[c.name()] = true
+		}
 		for _, s := range nf.services {
 			for _, ch := range s.objs.chains {
 				wantChains[ch.name] = true
@@ -376,16 +491,12 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		// Stale chains may still jump to each other (a removed service's
 		// svc- chain to its ep- chains), and the kernel refuses to delete a
 		// chain that is still referenced at that point of the transaction
-		// (EBUSY). Flushing them all first drops those references.
-		var gone []string
+		// (EBUSY). writeBase flushed them all first, which drops those
+		// references.
 		for _, n := range stale.chains {
 			if !wantChains[n] && !isBase(n) {
-				gone = append(gone, n)
-				w.flushChain(fi, n)
+				w.delChain(fi, n)
 			}
-		}
-		for _, n := range gone {
-			w.delChain(fi, n)
 		}
 		for _, n := range stale.sets {
 			if !wantSets[n] && !isBase(n) {
@@ -420,11 +531,23 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 				}
 			}
 		}
+		// Pick chains nobody uses any more, after the elements that pointed
+		// at them are gone.
+		for _, c := range goneClasses {
+			w.delChain(fi, c.name())
+		}
 	}
 
 	nf.rules = nf.base.nRules
 	if !full {
 		nf.rules = pf.rules
+		for _, c := range newClasses {
+			nf.rules += len(classRules(rc, c))
+		}
+		for _, c := range goneClasses {
+			nf.rules -= len(classRules(rc, c))
+		}
+		nf.rules += len(newHairpin) - len(goneHairpin)
 		for _, c := range changes {
 			if c.old != nil {
 				nf.rules -= c.old.count()
@@ -437,6 +560,10 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		for _, s := range nf.services {
 			nf.rules += s.objs.count()
 		}
+		for c := range nf.classes {
+			nf.rules += len(classRules(rc, c))
+		}
+		nf.rules += len(nf.hairpin)
 	}
 	n := 0
 	for _, c := range changes {

@@ -3,6 +3,7 @@ package nftables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,7 +29,9 @@ type setDef struct {
 	timeout int64 // seconds
 }
 
-// elemDef is an element of one of the table's shared verdict maps.
+// elemDef is an element of one of the table's shared maps or sets: value is
+// a verdict ("goto X") for verdict maps, "addr . port" for the data maps and
+// empty for a set.
 type elemDef struct {
 	mapName string
 	key     []string
@@ -37,11 +40,15 @@ type elemDef struct {
 
 func (e elemDef) id() string { return e.mapName + "|" + strings.Join(e.key, " . ") }
 
-// svcObjects is everything one ServicePort owns in its family's table.
+// svcObjects is everything one ServicePort owns in its family's table, and
+// what it uses of the shared objects (pick chains, hairpin set elements: kept
+// while at least one service uses them).
 type svcObjects struct {
-	chains []chainDef
-	sets   []setDef
-	elems  []elemDef
+	chains  []chainDef
+	sets    []setDef
+	elems   []elemDef
+	classes []class
+	hairpin []netip.Addr
 }
 
 // count is what the service contributes to SyncResult.Rules.
@@ -82,173 +89,210 @@ func dnatTarget(ep model.Endpoint) string {
 	return ep.AddrPort().String()
 }
 
-// renderService renders one ServicePort. Layout (kube-proxy's, minus the
-// anonymous vmaps, see docs/nftables-backend.md):
+// The flat layout (docs/nftables-backend.md, "Flat layout"). A service
+// without affinity owns no chain: its VIPs are elements of the verdict maps,
+// pointing at a shared "pick" chain chosen by the kind of traffic and the
+// endpoint counts, and its endpoints are elements of a data map:
 //
-//	service-ips       ClusterIP . proto . port   : goto svc-…
-//	service-ips       extIP/LBIP . proto . port  : goto ext-…
-//	service-nodeports proto . nodePort           : goto ext-…
-//	firewall-ips      LBIP . proto . port        : goto fw-…   (source ranges)
-//	no-endpoint-*     … : goto reject-chain (nothing to send to)
-//	svc-…  [masquerade off-cluster sources] [affinity] random endpoint choice
-//	ext-…  [masquerade | eTP=Local short-circuits] endpoint choice | drop
-//	ep-…   hairpin masquerade, [affinity update], dnat
-func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
-	o := &svcObjects{}
-	k := sp.Key
+//	service-ips          VIP . proto . port               : goto pick-cluster-N | pick-external-N | pick-external-local-M-N
+//	service-nodeports    proto . nodePort                 : goto pick-nodeport-N | pick-nodeport-local-M-N
+//	endpoints            VIP . proto . port . slot        : endpoint IP . port
+//	nodeport-endpoints   proto . nodePort . slot          : endpoint IP . port
+//	hairpin              endpoint IP . endpoint IP        (masqueraded in postrouting)
+//	pick-cluster-N       [masquerade off-cluster sources] dnat to <daddr . proto . dport . numgen random mod N> map @endpoints
+//
+// Why: an endpoint change is then a change of data-map elements only, which
+// does not make the kernel validate the whole table at commit (it does for
+// any new rule with a verdict, nat, fib… expression and any new jump/goto map
+// element: nft_table_validate walks every chain reachable from every base
+// chain, 20 ms at 10k services in the per-service-chain layout). And a cold
+// sync is mostly element lines, which nft parses far faster than chains and
+// rules. Slots are 0…N-1 (offset M for the short-circuit choice of
+// externalTrafficPolicy Local, whose local endpoints take slots 0…M-1), and
+// `numgen random mod N` draws them uniformly, as kube-proxy's vmap does.
+
+// Data maps and sets the flat layout fills (see base.go for their types).
+func isDataMap(name string) bool { return name == mapEndpoints || name == mapNodePortEndpoints }
+func isSet(name string) bool     { return name == setHairpin }
+
+// class is a shared pick chain: the kind of traffic and the endpoint counts.
+type class struct {
+	kind string // clusterK, externalK, nodePortK, externalLocalK, nodePortLocalK
+	m, n int    // m: local endpoints (…-local kinds), n: endpoints
+}
+
+const (
+	clusterK       = "cluster"
+	externalK      = "external"
+	nodePortK      = "nodeport"
+	externalLocalK = "external-local"
+	nodePortLocalK = "nodeport-local"
+)
+
+func (c class) name() string {
+	if c.kind == externalLocalK || c.kind == nodePortLocalK {
+		return fmt.Sprintf("pick-%s-%d-%d", c.kind, c.m, c.n)
+	}
+	return fmt.Sprintf("pick-%s-%d", c.kind, c.n)
+}
+
+// classRules renders a pick chain.
+func classRules(rc *renderCtx, c class) []string {
 	ipKW := rc.fi.ipKW
-	proto := protoOf(sp)
-	port := itoa(int64(sp.Port))
-	timeout := int64(sp.AffinityTimeout.Seconds())
-	if sp.AffinityTimeout > 0 && timeout == 0 {
-		timeout = 1
-	}
-
-	// Endpoint chains, shared by the cluster and external choices.
-	epChain := map[netip.AddrPort]string{}
-	affSet := map[netip.AddrPort]string{}
-	addEP := func(ep model.Endpoint) {
-		ak := ep.AddrPort()
-		if _, ok := epChain[ak]; ok {
-			return
+	nodePort := c.kind == nodePortK || c.kind == nodePortLocalK
+	// dnat picks slot off…off+n-1 of the service's endpoints. A lookup miss
+	// (no such slot) ends the rule without a verdict; nothing follows but
+	// the chain's end, i.e. no translation.
+	dnat := func(n, off int) string {
+		key, m := ipKW+" daddr . meta l4proto . th dport", mapEndpoints
+		if nodePort {
+			key, m = "meta l4proto . th dport", mapNodePortEndpoints
 		}
-		name := endpointChainName(k, ep)
-		epChain[ak] = name
-		c := chainDef{name: name}
-		// Hairpin: a pod reaching itself through the service must be
-		// masqueraded, or it would answer itself directly and drop the reply.
-		c.rules = append(c.rules, fmt.Sprintf("%s saddr %s jump %s", ipKW, ep.IP, chainMarkMasq))
-		if timeout > 0 {
-			set := affinitySetName(k, ep, timeout)
-			affSet[ak] = set
-			o.sets = append(o.sets, setDef{name: set, timeout: timeout})
-			c.rules = append(c.rules, fmt.Sprintf("update @%s { %s saddr }", set, ipKW))
+		s := fmt.Sprintf("dnat %s to %s . numgen random mod %d", ipKW, key, n)
+		if off > 0 {
+			s += fmt.Sprintf(" offset %d", off)
 		}
-		c.rules = append(c.rules, fmt.Sprintf("meta l4proto %s dnat to %s", proto, dnatTarget(ep)))
-		o.chains = append(o.chains, c)
+		return s + " map @" + m
 	}
-	for _, ep := range sp.ClusterEndpoints {
-		addEP(ep)
-	}
-	for _, ep := range sp.ExternalEndpoints {
-		addEP(ep)
-	}
-
-	// choose appends the affinity lookups and the uniform random choice.
-	//
-	// Uniform choice without a set: rule i (of n) matches with probability
-	// 1/(n-i) given the previous ones did not, as iptables' statistic chains do.
-	// kube-proxy uses `numgen random mod n vmap { … }`, but each anonymous set
-	// costs the kernel a scan of every set name in the table when it allocates
-	// "__mapN" (nf_tables_set_alloc_name): 10k services took 20 s of kernel
-	// time. A shared named vmap (`numgen … offset k vmap @m`) is no better:
-	// the commit-time loop check walks the whole map for every rule using it.
-	choose := func(c *chainDef, eps []model.Endpoint) {
-		if timeout > 0 {
-			for _, ep := range eps {
-				ak := ep.AddrPort()
-				c.rules = append(c.rules, fmt.Sprintf("%s saddr @%s goto %s", ipKW, affSet[ak], epChain[ak]))
-			}
-		}
-		n := len(eps)
-		for i, ep := range eps {
-			target := epChain[ep.AddrPort()]
-			if i == n-1 {
-				c.rules = append(c.rules, "goto "+target)
-			} else {
-				c.rules = append(c.rules, fmt.Sprintf("numgen random mod %d 0 goto %s", n-i, target))
-			}
-		}
-	}
-
-	svc := serviceChainName(k)
-	hasCluster := len(sp.ClusterEndpoints) > 0
-	if hasCluster {
-		c := chainDef{name: svc}
+	var r []string
+	switch c.kind {
+	case clusterK:
 		switch {
 		case rc.masqAll:
-			c.rules = append(c.rules, "jump "+chainMarkMasq)
+			r = append(r, "jump "+chainMarkMasq)
 		case rc.haveClusterCI:
-			c.rules = append(c.rules, fmt.Sprintf("%s saddr != @%s jump %s", ipKW, setClusterCIDRs, chainMarkMasq))
+			r = append(r, fmt.Sprintf("%s saddr != @%s jump %s", ipKW, setClusterCIDRs, chainMarkMasq))
 		}
-		choose(&c, sp.ClusterEndpoints)
-		o.chains = append(o.chains, c)
-		o.elems = append(o.elems, elemDef{mapServiceIPs, []string{sp.ClusterIP.String(), proto, port}, "goto " + svc})
-	} else {
-		o.elems = append(o.elems, elemDef{mapNoEndpointServices, []string{sp.ClusterIP.String(), proto, port}, "goto " + chainReject})
+		r = append(r, dnat(c.n, 0))
+	case externalK, nodePortK:
+		r = append(r, "jump "+chainMarkMasq, dnat(c.n, 0))
+	case externalLocalK, nodePortLocalK:
+		if c.n > 0 {
+			// Pods and the node itself may use any endpoint (kube-proxy's
+			// short-circuit), with the cluster choice's masquerading; the
+			// node's own traffic is masqueraded so that the reply comes back
+			// through this node.
+			if rc.haveClusterCI {
+				if rc.masqAll {
+					r = append(r, fmt.Sprintf("%s saddr @%s jump %s", ipKW, setClusterCIDRs, chainMarkMasq))
+				}
+				r = append(r, fmt.Sprintf("%s saddr @%s %s", ipKW, setClusterCIDRs, dnat(c.n, c.m)))
+			}
+			r = append(r, "fib saddr type local jump "+chainMarkMasq, "fib saddr type local "+dnat(c.n, c.m))
+		}
+		if c.m > 0 {
+			r = append(r, dnat(c.m, 0))
+		} else {
+			// No local endpoint: drop, so that the load balancer's health
+			// check (not a reject) steers traffic elsewhere.
+			r = append(r, "drop")
+		}
+	}
+	return r
+}
+
+// renderService renders one ServicePort: into chains of its own with ClientIP
+// affinity (renderChains), flat otherwise.
+func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
+	if sp.AffinityTimeout > 0 {
+		return renderChains(rc, sp)
+	}
+	o := &svcObjects{}
+	proto := protoOf(sp)
+	port := itoa(int64(sp.Port))
+	slots := func(m string, key []string, off int, eps []model.Endpoint) {
+		for i, ep := range eps {
+			k := append(slices.Clip(key), strconv.Itoa(off+i))
+			o.elems = append(o.elems, elemDef{m, k, ep.IP.String() + " . " + itoa(int64(ep.Port))})
+		}
+	}
+	// Hairpin: a pod reaching itself through the service must be masqueraded,
+	// or it would answer itself directly and drop the reply. Postrouting sees
+	// the translated packet: source == destination == the endpoint. Every
+	// endpoint, as before (and as kube-proxy does), not only those marked
+	// Local: a pod whose EndpointSlice entry lacks this node's name still
+	// sends through this node. (Local ones only would save a third of the
+	// elements at 50 endpoints per service; measured in
+	// docs/nftables-backend.md.)
+	for _, eps := range [][]model.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints} {
+		for _, ep := range eps {
+			if !slices.Contains(o.hairpin, ep.IP) {
+				o.hairpin = append(o.hairpin, ep.IP)
+			}
+		}
+	}
+	use := func(c class) string {
+		if !slices.Contains(o.classes, c) {
+			o.classes = append(o.classes, c)
+		}
+		return "goto " + c.name()
 	}
 
+	nC, nX := len(sp.ClusterEndpoints), len(sp.ExternalEndpoints)
+	clusterKey := []string{sp.ClusterIP.String(), proto, port}
+	if nC > 0 {
+		o.elems = append(o.elems, elemDef{mapServiceIPs, clusterKey, use(class{kind: clusterK, n: nC})})
+		slots(mapEndpoints, clusterKey, 0, sp.ClusterEndpoints)
+	} else {
+		o.elems = append(o.elems, elemDef{mapNoEndpointServices, clusterKey, "goto " + chainReject})
+	}
 	if !sp.HasExternal() {
 		return o
 	}
-	// Where external traffic goes: an ext- chain, or nowhere (reject).
-	extTarget := ""
-	switch {
-	case !sp.ExternalPolicyLocal && len(sp.ExternalEndpoints) > 0:
-		c := chainDef{name: externalChainName(k)}
-		c.rules = append(c.rules, "jump "+chainMarkMasq)
-		choose(&c, sp.ExternalEndpoints)
-		o.chains = append(o.chains, c)
-		extTarget = c.name
-	case sp.ExternalPolicyLocal && (hasCluster || len(sp.ExternalEndpoints) > 0):
-		c := chainDef{name: externalChainName(k)}
-		if hasCluster {
-			// Pods and the node itself may use any endpoint (kube-proxy's
-			// short-circuit); the node's own traffic is masqueraded so that the
-			// reply comes back through this node.
-			if rc.haveClusterCI {
-				c.rules = append(c.rules, fmt.Sprintf("%s saddr @%s goto %s", ipKW, setClusterCIDRs, svc))
-			}
-			c.rules = append(c.rules, "fib saddr type local jump "+chainMarkMasq)
-			c.rules = append(c.rules, "fib saddr type local goto "+svc)
-		}
-		if len(sp.ExternalEndpoints) > 0 {
-			choose(&c, sp.ExternalEndpoints)
-		} else {
-			// No local endpoint: drop, so that the load balancer's health check
-			// (not a reject) steers traffic elsewhere.
-			c.rules = append(c.rules, "drop")
-		}
-		o.chains = append(o.chains, c)
-		extTarget = c.name
-	}
 
-	vip := func(ip string) {
-		if extTarget != "" {
-			o.elems = append(o.elems, elemDef{mapServiceIPs, []string{ip, proto, port}, "goto " + extTarget})
-		} else {
-			o.elems = append(o.elems, elemDef{mapNoEndpointServices, []string{ip, proto, port}, "goto " + chainReject})
+	// External traffic: the pick chain for an address and for a NodePort, or
+	// none (reject). fill writes one external destination's slots.
+	var addrC, npC *class
+	var fill func(m string, key []string)
+	switch {
+	case !sp.ExternalPolicyLocal && nX > 0:
+		addrC, npC = &class{kind: externalK, n: nX}, &class{kind: nodePortK, n: nX}
+		fill = func(m string, key []string) { slots(m, key, 0, sp.ExternalEndpoints) }
+	case sp.ExternalPolicyLocal && (nC > 0 || nX > 0):
+		addrC, npC = &class{kind: externalLocalK, m: nX, n: nC}, &class{kind: nodePortLocalK, m: nX, n: nC}
+		fill = func(m string, key []string) {
+			slots(m, key, 0, sp.ExternalEndpoints)
+			slots(m, key, nX, sp.ClusterEndpoints)
 		}
 	}
-	for _, ip := range sp.ExternalIPs {
-		vip(ip.String())
-	}
-	for _, ip := range sp.LoadBalancerIPs {
-		vip(ip.String())
+	for _, ip := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
+		key := []string{ip.String(), proto, port}
+		if addrC == nil {
+			o.elems = append(o.elems, elemDef{mapNoEndpointServices, key, "goto " + chainReject})
+			continue
+		}
+		o.elems = append(o.elems, elemDef{mapServiceIPs, key, use(*addrC)})
+		fill(mapEndpoints, key)
 	}
 	if sp.NodePort != 0 {
-		np := itoa(int64(sp.NodePort))
-		if extTarget != "" {
-			o.elems = append(o.elems, elemDef{mapServiceNodePorts, []string{proto, np}, "goto " + extTarget})
+		key := []string{proto, itoa(int64(sp.NodePort))}
+		if npC == nil {
+			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, key, "goto " + chainReject})
 		} else {
-			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, []string{proto, np}, "goto " + chainReject})
+			o.elems = append(o.elems, elemDef{mapServiceNodePorts, key, use(*npC)})
+			fill(mapNodePortEndpoints, key)
 		}
 	}
-
-	// Source ranges: checked before DNAT in a filter chain (drop is a filter
-	// decision), one rule per range so that no anonymous set is needed.
-	if len(sp.LoadBalancerIPs) > 0 && len(sp.SourceRanges) > 0 {
-		c := chainDef{name: firewallChainName(k)}
-		for _, r := range sp.SourceRanges {
-			c.rules = append(c.rules, fmt.Sprintf("%s saddr %s return", ipKW, r.Masked()))
-		}
-		c.rules = append(c.rules, "drop")
-		o.chains = append(o.chains, c)
-		for _, ip := range sp.LoadBalancerIPs {
-			o.elems = append(o.elems, elemDef{mapFirewallIPs, []string{ip.String(), proto, port}, "goto " + c.name})
-		}
-	}
+	renderFirewall(rc, sp, o)
 	return o
+}
+
+// renderFirewall renders the source ranges: checked before DNAT in a filter
+// chain of the service's own (drop is a filter decision), one rule per range
+// so that no anonymous set is needed. Rare, and untouched by endpoint changes.
+func renderFirewall(rc *renderCtx, sp *model.ServicePort, o *svcObjects) {
+	if len(sp.LoadBalancerIPs) == 0 || len(sp.SourceRanges) == 0 {
+		return
+	}
+	c := chainDef{name: firewallChainName(sp.Key)}
+	for _, r := range sp.SourceRanges {
+		c.rules = append(c.rules, fmt.Sprintf("%s saddr %s return", rc.fi.ipKW, r.Masked()))
+	}
+	c.rules = append(c.rules, "drop")
+	o.chains = append(o.chains, c)
+	for _, ip := range sp.LoadBalancerIPs {
+		o.elems = append(o.elems, elemDef{mapFirewallIPs, []string{ip.String(), protoOf(sp), itoa(int64(sp.Port))}, "goto " + c.name})
+	}
 }
 
 func secs(s int64) time.Duration { return time.Duration(s) * time.Second }
