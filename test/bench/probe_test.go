@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -159,13 +160,16 @@ func ruleset(ns *netns.NS, mode string) (rules, bytes int, err error) {
 			return 0, 0, err
 		}
 		dumps = append(dumps, out)
-		// The JSON form has one object per rule; the text form has no reliable
-		// way to tell a rule line from a line of set elements.
+		// Rules and set/map elements both: a layout that keeps endpoints in
+		// maps (kpo's) and one that keeps them in rules (kube-proxy's) are then
+		// counted alike. The JSON form tells them apart; the text form cannot.
 		js, err := ns.Run("nft", "-j", "list", "ruleset")
 		if err != nil {
 			return 0, 0, err
 		}
-		rules = strings.Count(js, `{"rule":`)
+		if rules, err = nftObjects(js); err != nil {
+			return 0, 0, err
+		}
 	} else {
 		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
 			out, err := ns.Run(tool)
@@ -184,4 +188,33 @@ func ruleset(ns *netns.NS, mode string) (rules, bytes int, err error) {
 		bytes += len(d)
 	}
 	return rules, bytes, nil
+}
+
+// nftObjects counts the rules and the set and map elements of `nft -j list
+// ruleset` output.
+func nftObjects(js string) (int, error) {
+	var doc struct {
+		Nftables []map[string]json.RawMessage `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(js), &doc); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, obj := range doc.Nftables {
+		if _, ok := obj["rule"]; ok {
+			n++
+		}
+		for _, kind := range []string{"set", "map"} {
+			if raw, ok := obj[kind]; ok {
+				var set struct {
+					Elem []json.RawMessage `json:"elem"`
+				}
+				if err := json.Unmarshal(raw, &set); err != nil {
+					return 0, err
+				}
+				n += len(set.Elem)
+			}
+		}
+	}
+	return n, nil
 }

@@ -265,7 +265,7 @@ func writeMarkdown(rep report) error {
 		row("CPU for the change (s)", func(r result) float64 { return r.PartialCPUS }, 1, 2)
 		row("RSS (MiB)", func(r result) float64 { return r.RSSMiB }, 1, 1)
 		row("peak RSS (MiB)", func(r result) float64 { return r.PeakRSSMiB }, 1, 1)
-		row("rules", func(r result) float64 { return float64(r.Rules) }, 1, 0)
+		row("rules + set/map elements", func(r result) float64 { return float64(r.Rules) }, 1, 0)
 		row("ruleset (KiB)", func(r result) float64 { return float64(r.RulesetBytes) }, 1.0/1024, 0)
 		row("load average at cold sync", func(r result) float64 { return r.LoadAvg }, 1, 2)
 		if up.ConnectFirstUS > 0 || kp.ConnectFirstUS > 0 {

@@ -186,7 +186,7 @@ func writeSummary(rep report) error {
 		row("RSS / peak RSS (MiB)", func(r result) float64 { return r.PeakRSSMiB }, 0, false)
 		// RSS and peak in one cell would not parse as a number: overwrite the cells.
 		fixRSS(&sb, up, upOK, kp, kpOK)
-		row("rules", func(r result) float64 { return float64(r.Rules) }, 0, true)
+		row("rules + set/map elements", func(r result) float64 { return float64(r.Rules) }, 0, true)
 		if up.ConnectFirstUS > 0 || kp.ConnectFirstUS > 0 {
 			row("connect, first service (µs)", func(r result) float64 { return r.ConnectFirstUS }, 0, true)
 			row("connect, last service (µs)", func(r result) float64 { return r.ConnectLastUS }, 0, true)
