@@ -75,6 +75,20 @@ func (f *famState) apply() {
 	f.pending, f.pendingClasses, f.pendingHairpin = nil, nil, nil
 }
 
+// usageChanges lists the shared objects whose use count the pending deltas
+// take from zero to positive (to create) and from positive to zero (to delete).
+func usageChanges[K comparable](counts, deltas map[K]int) (appear, vanish []K) {
+	for k, d := range deltas {
+		switch before := counts[k]; {
+		case before == 0 && d > 0:
+			appear = append(appear, k)
+		case before > 0 && before+d == 0:
+			vanish = append(vanish, k)
+		}
+	}
+	return appear, vanish
+}
+
 func addCounts[K comparable](m, delta map[K]int) {
 	for k, d := range delta {
 		if m[k]+d == 0 {
@@ -353,22 +367,8 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 				countUses(c.new, 1, nf.pendingClasses, nf.pendingHairpin)
 			}
 		}
-		for c, d := range nf.pendingClasses {
-			switch before := nf.classes[c]; {
-			case before == 0 && d > 0:
-				newClasses = append(newClasses, c)
-			case before > 0 && before+d == 0:
-				goneClasses = append(goneClasses, c)
-			}
-		}
-		for a, d := range nf.pendingHairpin {
-			switch before := nf.hairpin[a]; {
-			case before == 0 && d > 0:
-				newHairpin = append(newHairpin, a)
-			case before > 0 && before+d == 0:
-				goneHairpin = append(goneHairpin, a)
-			}
-		}
+		newClasses, goneClasses = usageChanges(nf.classes, nf.pendingClasses)
+		newHairpin, goneHairpin = usageChanges(nf.hairpin, nf.pendingHairpin)
 	}
 	byName := func(a, c class) int { return cmpString(a.name(), c.name()) }
 	slices.SortFunc(newClasses, byName)
