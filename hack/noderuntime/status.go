@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 )
 
 // ConditionIgnored is the pod condition listing the fields this runtime does
@@ -153,7 +154,7 @@ func (c *container) status(setupErr string) corev1.ContainerStatus {
 	cs := corev1.ContainerStatus{
 		Name: c.spec.Name, Image: c.spec.Image, ImageID: "kpo-noderuntime://" + c.spec.Image,
 		RestartCount: c.restarts, Ready: c.ready && c.proc != nil,
-		Started: ptrBool(c.proc != nil && c.startup),
+		Started: ptr.To(c.proc != nil && c.startup),
 	}
 	switch {
 	case c.proc != nil:
@@ -173,5 +174,3 @@ func (c *container) status(setupErr string) corev1.ContainerStatus {
 	}
 	return cs
 }
-
-func ptrBool(b bool) *bool { return &b }

@@ -61,9 +61,9 @@ func (r *Runtime) writeVolumes(ctx context.Context, pod *corev1.Pod, dir string,
 	return vs, nil
 }
 
-// hostPath checks or creates a hostPath volume's path per its type. Paths it
-// creates are left to the ledger's cleanup only if they are mount points;
-// a DirectoryOrCreate path is the node's own business, as on a real node.
+// hostPath checks or creates a hostPath volume's path per its type. A path it
+// creates is recorded in the run's ledger, so that teardown removes it again
+// if it is still empty (the nodes share this machine's file system).
 func (r *Runtime) hostPath(h *corev1.HostPathVolumeSource) (string, error) {
 	st, err := os.Stat(h.Path)
 	t := ptr.Deref(h.Type, corev1.HostPathUnset)
