@@ -1,9 +1,9 @@
 package bench
 
 import (
+	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +25,8 @@ func TestMain(m *testing.M) {
 	os.Exit(func() int {
 		// Without -bench only TestRegenerateReport can run: it needs no API
 		// server, and `go test ./...` should not pay for starting one.
-		if os.Geteuid() != 0 || isShort() || !benchmarking() {
+		flag.Parse() // for testing.Short and -test.bench
+		if os.Geteuid() != 0 || testing.Short() || flag.Lookup("test.bench").Value.String() == "" {
 			return m.Run()
 		}
 		var err error
@@ -51,22 +52,4 @@ func TestMain(m *testing.M) {
 		}
 		return code
 	}())
-}
-
-func benchmarking() bool {
-	for _, a := range os.Args {
-		if v, ok := strings.CutPrefix(a, "-test.bench="); ok && v != "" {
-			return true
-		}
-	}
-	return false
-}
-
-func isShort() bool {
-	for _, a := range os.Args {
-		if a == "-test.short" || a == "-test.short=true" {
-			return true
-		}
-	}
-	return false
 }

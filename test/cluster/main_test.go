@@ -11,6 +11,7 @@ package cluster_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"testing"
@@ -40,7 +41,8 @@ func TestMain(m *testing.M) {
 	ctrllog.SetLogger(logr.Discard())
 	// Root and the Kubernetes binaries are checked by the tests (netns.Skip);
 	// a short run skips the whole suite.
-	if os.Geteuid() != 0 || isShort() {
+	flag.Parse() // for testing.Short
+	if os.Geteuid() != 0 || testing.Short() {
 		os.Exit(m.Run())
 	}
 	var stop func()
@@ -50,15 +52,6 @@ func TestMain(m *testing.M) {
 		stop()
 	}
 	os.Exit(code)
-}
-
-func isShort() bool {
-	for _, a := range os.Args {
-		if a == "-test.short=true" || a == "-test.short" {
-			return true
-		}
-	}
-	return false
 }
 
 // start brings up the cluster the tests share, as `make demo` does.

@@ -6,6 +6,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -32,7 +33,8 @@ var (
 
 func TestMain(m *testing.M) {
 	os.Exit(func() int {
-		if os.Geteuid() != 0 || isShort() {
+		flag.Parse() // for testing.Short
+		if os.Geteuid() != 0 || testing.Short() {
 			return m.Run() // the tests skip themselves with the reason
 		}
 		var err error
@@ -44,15 +46,6 @@ func TestMain(m *testing.M) {
 		defer stop()
 		return m.Run()
 	}())
-}
-
-func isShort() bool {
-	for _, a := range os.Args {
-		if a == "-test.short" || a == "-test.short=true" {
-			return true
-		}
-	}
-	return false
 }
 
 // settle bounds how long a change may take to reach the kernel: minSyncPeriod is
