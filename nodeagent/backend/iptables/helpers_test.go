@@ -7,10 +7,9 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 var testSettings = backend.Settings{MasqueradeBit: 14}
@@ -24,44 +23,15 @@ func ep(s string, local bool) model.Endpoint {
 
 // svc builds a TCP service port whose external endpoints equal its cluster ones.
 func svc(name, clusterIP string, port int32, eps ...model.Endpoint) *model.ServicePort {
-	ip := addr(clusterIP)
-	sp := &model.ServicePort{
-		Key: model.ServicePortKey{
-			ServicePortName: model.ServicePortName{Namespace: "ns", Name: name, Protocol: corev1.ProtocolTCP},
-			Family:          model.FamilyOf(ip),
-		},
-		Protocol: corev1.ProtocolTCP, ClusterIP: ip, Port: port,
-		ClusterEndpoints: eps, ExternalEndpoints: eps,
-	}
-	return sp
+	return modeltest.ServicePort("ns", name, clusterIP, port, eps...)
 }
 
 func snapOf(sps ...*model.ServicePort) *model.Snapshot {
-	s := &model.Snapshot{
-		Services: map[model.ServicePortKey]*model.ServicePort{},
-		Node: model.NodeInfo{
-			Name: "node",
-			ClusterCIDRs: map[model.Family][]netip.Prefix{
-				model.IPv4: {netip.MustParsePrefix("10.244.0.0/16")},
-				model.IPv6: {netip.MustParsePrefix("fd10:244::/48")},
-			},
-		},
-	}
-	for _, sp := range sps {
-		s.Services[sp.Key] = sp
-	}
-	return s
+	return modeltest.Snapshot(model.NodeInfo{Name: "node", ClusterCIDRs: modeltest.PodNetworks()}, sps...)
 }
 
 // clone copies a snapshot's map, keeping the ServicePort pointers.
-func clone(s *model.Snapshot) *model.Snapshot {
-	c := *s
-	c.Services = map[model.ServicePortKey]*model.ServicePort{}
-	for k, v := range s.Services {
-		c.Services[k] = v
-	}
-	return &c
-}
+func clone(s *model.Snapshot) *model.Snapshot { return modeltest.With(s) }
 
 func newFakeBackend(t testing.TB, settings backend.Settings) (*Backend, *Fake) {
 	t.Helper()

@@ -6,10 +6,9 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 var testSettings = backend.Settings{MasqueradeBit: 14}
@@ -30,53 +29,23 @@ func tcpKey(s string) VSKey {
 
 // svc builds a TCP service port whose external endpoints equal its cluster ones.
 func svc(name, clusterIP string, port int32, eps ...model.Endpoint) *model.ServicePort {
-	ip := addr(clusterIP)
-	return &model.ServicePort{
-		Key: model.ServicePortKey{
-			ServicePortName: model.ServicePortName{Namespace: "ns", Name: name, Protocol: corev1.ProtocolTCP},
-			Family:          model.FamilyOf(ip),
-		},
-		Protocol: corev1.ProtocolTCP, ClusterIP: ip, Port: port,
-		ClusterEndpoints: eps, ExternalEndpoints: eps,
-	}
+	return modeltest.ServicePort("ns", name, clusterIP, port, eps...)
 }
 
 func snapOf(sps ...*model.ServicePort) *model.Snapshot {
-	s := &model.Snapshot{
-		Services: map[model.ServicePortKey]*model.ServicePort{},
-		Node: model.NodeInfo{
-			Name: "node",
-			ClusterCIDRs: map[model.Family][]netip.Prefix{
-				model.IPv4: {netip.MustParsePrefix("10.244.0.0/16")},
-			},
-		},
-	}
-	for _, sp := range sps {
-		s.Services[sp.Key] = sp
-	}
-	return s
+	return modeltest.Snapshot(model.NodeInfo{Name: "node", ClusterCIDRs: map[model.Family][]netip.Prefix{
+		model.IPv4: modeltest.PodNetworks()[model.IPv4],
+	}}, sps...)
 }
 
 // with returns a copy of s with sps added or replaced, keeping the other pointers.
 func with(s *model.Snapshot, sps ...*model.ServicePort) *model.Snapshot {
-	c := *s
-	c.Services = map[model.ServicePortKey]*model.ServicePort{}
-	for k, v := range s.Services {
-		c.Services[k] = v
-	}
-	for _, sp := range sps {
-		c.Services[sp.Key] = sp
-	}
-	return &c
+	return modeltest.With(s, sps...)
 }
 
 // without returns a copy of s without the named service ports.
 func without(s *model.Snapshot, sps ...*model.ServicePort) *model.Snapshot {
-	c := with(s)
-	for _, sp := range sps {
-		delete(c.Services, sp.Key)
-	}
-	return c
+	return modeltest.Without(s, sps...)
 }
 
 // env is a backend over fakes, with a settable clock.

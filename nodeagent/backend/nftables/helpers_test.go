@@ -8,6 +8,7 @@ import (
 
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 var testSettings = backend.Settings{MasqueradeBit: 14}
@@ -22,39 +23,18 @@ func ep(ip string, port int32, local bool) model.Endpoint {
 
 // svc builds a TCP ServicePort; mutate the result for the other fields.
 func svc(name, clusterIP string, port int32, eps ...model.Endpoint) *model.ServicePort {
-	ip := netip.MustParseAddr(clusterIP)
-	return &model.ServicePort{
-		Key: key("default", name, model.FamilyOf(ip)), Protocol: corev1.ProtocolTCP,
-		ClusterIP: ip, Port: port, ClusterEndpoints: eps, ExternalEndpoints: eps,
-	}
+	return modeltest.ServicePort("default", name, clusterIP, port, eps...)
 }
 
 func snapshot(node model.NodeInfo, sps ...*model.ServicePort) *model.Snapshot {
-	s := &model.Snapshot{Services: map[model.ServicePortKey]*model.ServicePort{}, Node: node}
-	for _, sp := range sps {
-		s.Services[sp.Key] = sp
-	}
-	return s
+	return modeltest.Snapshot(node, sps...)
 }
 
 func withSnap(s *model.Snapshot, sps ...*model.ServicePort) *model.Snapshot {
-	n := &model.Snapshot{Services: map[model.ServicePortKey]*model.ServicePort{}, Node: s.Node}
-	for k, v := range s.Services {
-		n.Services[k] = v
-	}
-	for _, sp := range sps {
-		n.Services[sp.Key] = sp
-	}
-	return n
+	return modeltest.With(s, sps...)
 }
 
-var testNode = model.NodeInfo{
-	Name: "node",
-	ClusterCIDRs: map[model.Family][]netip.Prefix{
-		model.IPv4: {netip.MustParsePrefix("10.244.0.0/16")},
-		model.IPv6: {netip.MustParsePrefix("fd10:244::/48")},
-	},
-}
+var testNode = model.NodeInfo{Name: "node", ClusterCIDRs: modeltest.PodNetworks()}
 
 // bigSnapshot has n services with eps endpoints each (IPv4).
 func bigSnapshot(n, eps int) *model.Snapshot {

@@ -22,6 +22,7 @@ import (
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
 )
 
@@ -107,15 +108,7 @@ func (e *env) ep6(i int) model.Endpoint {
 
 // svc is a TCP service port whose cluster and external endpoints are eps.
 func svc(name, clusterIP string, port int32, eps ...model.Endpoint) *model.ServicePort {
-	ip := netip.MustParseAddr(clusterIP)
-	return &model.ServicePort{
-		Key: model.ServicePortKey{
-			ServicePortName: model.ServicePortName{Namespace: "ns", Name: name, Protocol: corev1.ProtocolTCP},
-			Family:          model.FamilyOf(ip),
-		},
-		Protocol: corev1.ProtocolTCP, ClusterIP: ip, Port: port,
-		ClusterEndpoints: eps, ExternalEndpoints: eps,
-	}
+	return modeltest.ServicePort("ns", name, clusterIP, port, eps...)
 }
 
 // udp turns a service port of svc into a UDP one.
@@ -125,25 +118,15 @@ func udp(sp *model.ServicePort) *model.ServicePort {
 }
 
 func snapOf(sps ...*model.ServicePort) *model.Snapshot {
-	s := &model.Snapshot{
-		Services: map[model.ServicePortKey]*model.ServicePort{},
-		Node: model.NodeInfo{
-			Name: "node",
-			// Both families: a backend ignores the ones it does not program.
-			NodePortIPs: map[model.Family][]netip.Addr{
-				model.IPv4: {netip.MustParseAddr(netns.NodeIP4)},
-				model.IPv6: {netip.MustParseAddr(netns.NodeIP6)},
-			},
-			ClusterCIDRs: map[model.Family][]netip.Prefix{
-				model.IPv4: {netip.MustParsePrefix("10.244.0.0/16")},
-				model.IPv6: {netip.MustParsePrefix("fd10:244::/48")},
-			},
+	return modeltest.Snapshot(model.NodeInfo{
+		Name: "node",
+		// Both families: a backend ignores the ones it does not program.
+		NodePortIPs: map[model.Family][]netip.Addr{
+			model.IPv4: {netip.MustParseAddr(netns.NodeIP4)},
+			model.IPv6: {netip.MustParseAddr(netns.NodeIP6)},
 		},
-	}
-	for _, sp := range sps {
-		s.Services[sp.Key] = sp
-	}
-	return s
+		ClusterCIDRs: modeltest.PodNetworks(),
+	}, sps...)
 }
 
 // dialN dials addr over TCP/IPv4 n times from ns and counts the answering
