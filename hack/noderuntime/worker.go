@@ -321,11 +321,9 @@ func ignored(pod *corev1.Pod) []string {
 				add("securityContext seccomp/AppArmor/SELinux profiles")
 			}
 		}
-		if len(c.Ports) > 0 {
-			for _, p := range c.Ports {
-				if p.HostPort != 0 && !pod.Spec.HostNetwork {
-					add("ports.hostPort")
-				}
+		for _, p := range c.Ports {
+			if p.HostPort != 0 && !pod.Spec.HostNetwork {
+				add("ports.hostPort")
 			}
 		}
 	}
