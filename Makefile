@@ -91,9 +91,24 @@ demo: deps k8s-binaries ## A 3-node local cluster: operator, agents, a Service a
 ##@ Test
 
 .PHONY: test
-test: deps verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel.
+test: deps verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
+	@rm -f $(LOCALBIN)/conformance.log
 	go test ./... -count=1 -timeout 20m 2>&1 | tee $(LOCALBIN)/test.log
+	@cat $(LOCALBIN)/conformance.log 2>/dev/null || true
 	@echo "packages: $$(grep -c '^ok ' $(LOCALBIN)/test.log) passed, $$(grep -c '^FAIL' $(LOCALBIN)/test.log) failed"
+
+# The full differential run against upstream kube-proxy: the hand-written table,
+# the settings variants and CONFORMANCE_RANDOM generated cases per mode.
+CONFORMANCE_RANDOM ?= 1000
+CONFORMANCE_SEED ?= 1
+
+.PHONY: conformance
+conformance: deps k8s-binaries ## kpo vs upstream kube-proxy on the same objects, every mode: the table + 1,000 random cases per mode (docs/conformance.md).
+	@rm -f $(LOCALBIN)/conformance.log
+	@status=0; KPO_CONFORMANCE_RANDOM=$(CONFORMANCE_RANDOM) KPO_CONFORMANCE_SEED=$(CONFORMANCE_SEED) \
+		go test ./test/conformance/ -count=1 -v -timeout 600m > $(LOCALBIN)/conformance-test.log 2>&1 || status=$$?; \
+	grep -E '^(--- |DIFF|ok|FAIL)' $(LOCALBIN)/conformance-test.log; \
+	echo "full log: $(LOCALBIN)/conformance-test.log"; cat $(LOCALBIN)/conformance.log; exit $$status
 
 .PHONY: bench
 bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comparison section), docs/kube-proxy-comparison.md/.json (BENCH=full adds 5k×50).

@@ -65,10 +65,18 @@ func (l *LAN) Attach(t T, ns *NS, tag string) {
 // and external ranges through node via.
 func (l *LAN) AddClient(t T, via int) *NS {
 	t.Helper()
-	c := New(t, "client")
-	l.Attach(t, c, "c")
-	c.AddAddr(t, "eth0", "198.51.100.200/24")
-	c.AddAddr(t, "eth0", "2001:db8:1::200/64")
+	return l.AddClientAt(t, "client", via, 200)
+}
+
+// AddClientAt adds an external client named name at host number host of the
+// node network (198.51.100.<host>, 2001:db8:1::<host>), reaching the service
+// and external ranges through node via. Hosts 200 and up are clients.
+func (l *LAN) AddClientAt(t T, name string, via, host int) *NS {
+	t.Helper()
+	c := New(t, name)
+	l.Attach(t, c, fmt.Sprintf("c%d", host))
+	c.AddAddr(t, "eth0", fmt.Sprintf("198.51.100.%d/24", host))
+	c.AddAddr(t, "eth0", fmt.Sprintf("2001:db8:1::%d/64", host))
 	for _, dst := range serviceAndExternal {
 		gw := NodeAddr4(via)
 		if strings.Contains(dst, ":") {

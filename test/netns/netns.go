@@ -75,6 +75,10 @@ func New(t T, name string) *NS {
 	// Otherwise REJECTs (ICMP errors) turn into timeouts under the rate limit.
 	ns.MustSysctl(t, "net/ipv4/icmp_ratelimit", "0")
 	ns.MustSysctl(t, "net/ipv6/icmp/ratelimit", "0")
+	// And the namespace-wide ICMP budget (1000/s, burst 50, both families):
+	// a test that probes in parallel would see some rejects time out.
+	ns.MustSysctl(t, "net/ipv4/icmp_msgs_per_sec", "1000000")
+	ns.MustSysctl(t, "net/ipv4/icmp_msgs_burst", "1000000")
 	// No duplicate address detection: addresses (link-local ones too) are usable at
 	// once instead of "tentative" for a second or two.
 	ns.MustSysctl(t, "net/ipv6/conf/default/accept_dad", "0")

@@ -1,0 +1,85 @@
+package conformance
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/test/testnet"
+)
+
+var (
+	api          *apiserver.Env
+	agentBin     string
+	kubeProxyBin string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(func() int {
+		flag.Parse() // for testing.Short
+		if os.Geteuid() != 0 || testing.Short() {
+			return m.Run() // the tests skip themselves with the reason
+		}
+		var err error
+		if kubeProxyBin, err = apiserver.Binary("kube-proxy"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		var stop func()
+		if api, agentBin, stop, err = testnet.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer stop()
+		return m.Run()
+	}())
+}
+
+// modes are the modes compared ($KPO_CONFORMANCE_MODES, comma-separated).
+func modes() []kpov1.Mode {
+	v := os.Getenv("KPO_CONFORMANCE_MODES")
+	if v == "" {
+		return []kpov1.Mode{kpov1.ModeNFTables, kpov1.ModeIPTables}
+	}
+	var out []kpov1.Mode
+	for _, m := range strings.Split(v, ",") {
+		out = append(out, kpov1.Mode(strings.TrimSpace(m)))
+	}
+	return out
+}
+
+func newSuite(t *testing.T) *Suite {
+	t.Helper()
+	netns.Skip(t)
+	w := NewWorld(t, api, agentBin)
+	return &Suite{World: w, API: api, Ref: &kubeProxy{bin: kubeProxyBin}, Kpo: &kpoAgent{bin: agentBin}}
+}
+
+// summaryFile collects the closing lines of every run (bin/conformance.log),
+// which `make test` and `make conformance` print at the end.
+var summaryMu sync.Mutex
+
+func record(t *testing.T, r *Result) {
+	t.Helper()
+	line := r.Summary()
+	fmt.Println(line)
+	summaryMu.Lock()
+	defer summaryMu.Unlock()
+	path := filepath.Join(apiserver.RepoRoot(), "bin", "conformance.log")
+	if f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+		_, _ = fmt.Fprintln(f, line)
+		_ = f.Close()
+	}
+	if len(r.Diffs) > 0 {
+		t.Errorf("%s\n%s", line, r.Report())
+	} else if len(r.Unstable) > 0 || len(r.Accepted) > 0 {
+		t.Logf("%s", r.Report())
+	}
+}
