@@ -161,6 +161,7 @@ func agentRules(pc *kpov1.ProxyConfiguration) []*rbacv1ac.PolicyRuleApplyConfigu
 	return []*rbacv1ac.PolicyRuleApplyConfiguration{
 		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("services", "nodes").WithVerbs(read...),
 		rbacv1ac.PolicyRule().WithAPIGroups("discovery.k8s.io").WithResources("endpointslices").WithVerbs(read...),
+		rbacv1ac.PolicyRule().WithAPIGroups("networking.k8s.io").WithResources("servicecidrs").WithVerbs(read...),
 		rbacv1ac.PolicyRule().WithAPIGroups("", "events.k8s.io").WithResources("events").WithVerbs("create", "patch", "update"),
 		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxyconfigurations").
 			WithResourceNames(pc.Name).WithVerbs(read...),

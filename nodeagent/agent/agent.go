@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"runtime/debug"
@@ -33,6 +34,7 @@ import (
 	"kpo.dev/kpo/nodeagent/conntrack"
 	"kpo.dev/kpo/nodeagent/migrate"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/nodeports"
 	"kpo.dev/kpo/nodeagent/runner"
 	"kpo.dev/kpo/nodeagent/tracker"
 )
@@ -87,8 +89,10 @@ type Agent struct {
 	deleting  atomic.Bool
 	cleanedUp bool
 	last      *model.Snapshot
-	nodeMu    sync.Mutex
-	node      *corev1.Node
+	// serviceCIDRs are the cluster's service ranges.
+	serviceCIDRs serviceCIDRs
+	nodeMu       sync.Mutex
+	node         *corev1.Node
 }
 
 // New validates options and builds an agent.
@@ -119,6 +123,7 @@ func New(opts Options) (*Agent, error) {
 		metrics: newMetrics(),
 		hc:      newHealthCheckServers(),
 	}
+	a.serviceCIDRs.byName = map[string][]string{}
 	a.tracker = tracker.New(model.NodeContext{Name: opts.NodeName}, func() {
 		a.metrics.pending.Set(float64(a.tracker.Pending()))
 		a.runner.Trigger()
@@ -186,6 +191,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	synced := []cache.InformerSynced{svcReg.HasSynced, sliceReg.HasSynced, nodeReg.HasSynced}
+	if servesServiceCIDRs(a.opts.Kube.Discovery()) {
+		reg, err := svcFactory.Networking().V1().ServiceCIDRs().Informer().AddEventHandler(a.serviceCIDRs.handler(a.runner.Trigger))
+		if err != nil {
+			return err
+		}
+		synced = append(synced, reg.HasSynced)
+	}
 
 	if err := a.serve(ctx); err != nil {
 		return err
@@ -197,7 +210,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// and a restarting agent would cut traffic. (The informers' own HasSynced is
 	// not enough: it says the store is filled, while the handlers may still be
 	// receiving the initial events.)
-	if !cache.WaitForCacheSync(ctx.Done(), svcReg.HasSynced, sliceReg.HasSynced, nodeReg.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
 	}
 	logger.Info("caches synced; syncing rules", "mode", a.backend.Mode(), "minSyncPeriod", a.minSync, "syncPeriod", a.syncPeriod)
@@ -451,39 +464,29 @@ func (a *Agent) nodeInfo() model.NodeInfo {
 	a.nodeMu.Lock()
 	node := a.node
 	a.nodeMu.Unlock()
+	var setting []string
 	for _, npa := range a.opts.Config.NodePortAddresses {
-		if npa == "primary" {
-			if node == nil {
-				continue
-			}
-			for _, addr := range node.Status.Addresses {
-				if addr.Type != corev1.NodeInternalIP {
-					continue
-				}
-				if ip, err := netip.ParseAddr(addr.Address); err == nil {
-					f := model.FamilyOf(ip)
-					info.NodePortIPs[f] = append(info.NodePortIPs[f], ip)
-				}
-			}
-			continue
-		}
-		// A CIDR: the node's addresses in it. The backends match addresses, so
-		// resolve from the Node's reported addresses.
-		p, err := netip.ParsePrefix(string(npa))
-		if err != nil || node == nil {
-			continue
-		}
-		for _, addr := range node.Status.Addresses {
-			if ip, err := netip.ParseAddr(addr.Address); err == nil && p.Contains(ip) {
-				f := model.FamilyOf(ip)
-				info.NodePortIPs[f] = append(info.NodePortIPs[f], ip)
-			}
-		}
+		setting = append(setting, string(npa))
 	}
-	if len(a.opts.Config.NodePortAddresses) == 0 {
-		info.NodePortIPs = nil // every local address
-	}
+	info.NodePortIPs = nodeports.Resolve(setting, a.opts.Config.Mode, node, localAddrs())
+	info.ServiceCIDRs = a.serviceCIDRs.prefixes()
 	return info
+}
+
+// localAddrs are the addresses of the node's interfaces (the agent runs in
+// the node's network namespace).
+func localAddrs() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
 }
 
 func hasTaint(n *corev1.Node, key string) bool {

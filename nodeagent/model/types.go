@@ -141,6 +141,9 @@ type NodeInfo struct {
 	// NodePortIPs are the addresses that accept NodePort traffic, by family. Nil
 	// for a family means "every local address" (the default of nodePortAddresses).
 	NodePortIPs map[Family][]netip.Addr
+	// ServiceCIDRs are the cluster's service ranges (ServiceCIDR objects) by
+	// family: traffic to an address in them that no Service holds is dropped.
+	ServiceCIDRs map[Family][]netip.Prefix
 	// ClusterCIDRs are the pod networks, by family: traffic from elsewhere is
 	// masqueraded (detect-local).
 	ClusterCIDRs map[Family][]netip.Prefix

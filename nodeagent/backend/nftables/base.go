@@ -2,6 +2,8 @@ package nftables
 
 import (
 	"fmt"
+	"net/netip"
+	"strings"
 
 	"sigs.k8s.io/knftables"
 
@@ -27,6 +29,7 @@ const (
 	chainMarkMasq       = "mark-for-masquerade"
 	chainMasquerading   = "masquerading"
 	chainReject         = "reject-chain"
+	chainClusterIPs     = "cluster-ips-check"
 
 	mapServiceIPs          = "service-ips"
 	mapServiceNodePorts    = "service-nodeports"
@@ -39,6 +42,7 @@ const (
 
 	setClusterCIDRs = "cluster-cidrs"
 	setNodePortIPs  = "nodeport-ips"
+	setClusterIPs   = "cluster-ips"
 )
 
 // baseChain describes a hooked chain.
@@ -47,7 +51,7 @@ type baseChain struct {
 	typ      knftables.BaseChainType
 	hook     knftables.BaseChainHook
 	priority knftables.BaseChainPriority
-	rule     string
+	rules    []string
 }
 
 // baseChains are the chains hooked into netfilter. Priorities follow
@@ -55,14 +59,19 @@ type baseChain struct {
 // no-endpoint reject runs in filter hooks (reject is not allowed in nat chains)
 // on new connections only.
 var baseChains = []baseChain{
-	{chainNatPrerouting, knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority, "jump " + chainServices},
-	{chainNatOutput, knftables.NATType, knftables.OutputHook, knftables.DNATPriority, "jump " + chainServices},
-	{chainNatPostrouting, knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, "jump " + chainMasquerading},
-	{chainFilterPreDNAT, knftables.FilterType, knftables.PreroutingHook, knftables.DNATPriority + "-10", "ct state new jump " + chainFirewallCheck},
-	{chainFilterOutPre, knftables.FilterType, knftables.OutputHook, knftables.DNATPriority + "-10", "ct state new jump " + chainFirewallCheck},
-	{chainFilterInput, knftables.FilterType, knftables.InputHook, knftables.FilterPriority, "ct state new jump " + chainEndpointsCheck},
-	{chainFilterForward, knftables.FilterType, knftables.ForwardHook, knftables.FilterPriority, "ct state new jump " + chainEndpointsCheck},
-	{chainFilterOutput, knftables.FilterType, knftables.OutputHook, knftables.FilterPriority, "ct state new jump " + chainEndpointsCheck},
+	{chainNatPrerouting, knftables.NATType, knftables.PreroutingHook, knftables.DNATPriority, []string{"jump " + chainServices}},
+	{chainNatOutput, knftables.NATType, knftables.OutputHook, knftables.DNATPriority, []string{"jump " + chainServices}},
+	{chainNatPostrouting, knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, []string{"jump " + chainMasquerading}},
+	{chainFilterPreDNAT, knftables.FilterType, knftables.PreroutingHook, knftables.DNATPriority + "-10", []string{"ct state new jump " + chainFirewallCheck}},
+	{chainFilterOutPre, knftables.FilterType, knftables.OutputHook, knftables.DNATPriority + "-10", []string{"ct state new jump " + chainFirewallCheck}},
+	{chainFilterInput, knftables.FilterType, knftables.InputHook, knftables.FilterPriority, []string{"ct state new jump " + chainEndpointsCheck}},
+	// After the no-endpoint check, what is still addressed to a ClusterIP (a
+	// port the service does not serve) or to the service ranges (an address
+	// no service holds) is refused or dropped, as kube-proxy v1.37 does.
+	{chainFilterForward, knftables.FilterType, knftables.ForwardHook, knftables.FilterPriority,
+		[]string{"ct state new jump " + chainEndpointsCheck, "ct state new jump " + chainClusterIPs}},
+	{chainFilterOutput, knftables.FilterType, knftables.OutputHook, knftables.FilterPriority,
+		[]string{"ct state new jump " + chainEndpointsCheck, "ct state new jump " + chainClusterIPs}},
 }
 
 // baseObjects are the table's fixed chains, maps and sets for one family and
@@ -128,9 +137,10 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 			"masquerade fully-random",
 		}},
 		{name: chainReject, rules: []string{"reject"}},
+		{name: chainClusterIPs, rules: clusterIPsCheckRules(ipKW, node.ServiceCIDRs[fam])},
 	}
 	for _, bc := range baseChains {
-		b.chains = append(b.chains, chainDef{name: bc.name, rules: []string{bc.rule}})
+		b.chains = append(b.chains, chainDef{name: bc.name, rules: bc.rules})
 	}
 	for _, c := range b.chains {
 		b.nRules += len(c.rules)
@@ -139,6 +149,21 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 		b.nRules += len(e)
 	}
 	return b
+}
+
+// clusterIPsCheckRules refuse traffic to a ClusterIP on a port no service
+// serves, and drop traffic to addresses of the service ranges (the cluster's
+// ServiceCIDRs) that no service holds (kube-proxy's cluster-ips-check).
+func clusterIPsCheckRules(ipKW string, serviceCIDRs []netip.Prefix) []string {
+	rules := []string{fmt.Sprintf("%s daddr @%s reject", ipKW, setClusterIPs)}
+	if len(serviceCIDRs) > 0 {
+		var cidrs []string
+		for _, p := range serviceCIDRs {
+			cidrs = append(cidrs, p.Masked().String())
+		}
+		rules = append(rules, fmt.Sprintf("%s daddr { %s } drop", ipKW, strings.Join(cidrs, ", ")))
+	}
+	return rules
 }
 
 // settingsView is the part of backend.Settings that shapes rules.
@@ -151,8 +176,8 @@ type settingsView struct {
 func isBase(name string) bool {
 	switch name {
 	case chainServices, chainFirewallCheck, chainEndpointsCheck, chainMarkMasq, chainMasquerading, chainReject,
-		mapServiceIPs, mapServiceNodePorts, mapNoEndpointServices, mapNoEndpointNodePorts, mapFirewallIPs,
-		mapEndpoints, mapNodePortEndpoints, setHairpin, setClusterCIDRs, setNodePortIPs:
+		chainClusterIPs, mapServiceIPs, mapServiceNodePorts, mapNoEndpointServices, mapNoEndpointNodePorts,
+		mapFirewallIPs, mapEndpoints, mapNodePortEndpoints, setHairpin, setClusterCIDRs, setNodePortIPs, setClusterIPs:
 		return true
 	}
 	for _, bc := range baseChains {
@@ -221,9 +246,16 @@ func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps 
 		}
 		tx.Add(&knftables.Map{Family: fam, Table: tbl, Name: m.name, TypeOf: m.typ})
 	}
-	tx.Add(&knftables.Set{Family: fam, Table: tbl, Name: setHairpin, Type: fi.addrT + " . " + fi.addrT})
-	if flushMaps {
-		tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: setHairpin})
+	// Sets whose elements the services own (use-counted: a ClusterIP serves
+	// several ports, an endpoint several services).
+	for _, set := range []*knftables.Set{
+		{Family: fam, Table: tbl, Name: setHairpin, Type: fi.addrT + " . " + fi.addrT},
+		{Family: fam, Table: tbl, Name: setClusterIPs, Type: fi.addrT},
+	} {
+		tx.Add(set)
+		if flushMaps {
+			tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: set.Name})
+		}
 	}
 	for _, name := range []string{setClusterCIDRs, setNodePortIPs} {
 		set := &knftables.Set{Family: fam, Table: tbl, Name: name, Type: fi.addrT}

@@ -62,9 +62,14 @@ func TestRendering(t *testing.T) {
 			"add rule ip kpo pick-cluster-2 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints",
 			"add element ip kpo endpoints { 10.96.0.1 . tcp . 80 . 0 : 10.244.1.10 . 8080 }",
 			"add element ip kpo endpoints { 10.96.0.1 . tcp . 80 . 1 : 10.244.2.10 . 8080 }",
+			// Hairpin for the local endpoint only (kube-proxy's hairpin-connections).
 			"add element ip kpo hairpin { 10.244.1.10 . 10.244.1.10 }",
-			"add element ip kpo hairpin { 10.244.2.10 . 10.244.2.10 }",
 			"add rule ip kpo masquerading ip saddr . ip daddr @hairpin jump mark-for-masquerade",
+			// Other ports of the ClusterIP are refused.
+			"add element ip kpo cluster-ips { 10.96.0.1 }",
+			"add rule ip kpo cluster-ips-check ip daddr @cluster-ips reject",
+			// Addresses of the service range no service holds are dropped.
+			"add rule ip kpo cluster-ips-check ip daddr { 10.96.0.0/16 } drop",
 		}},
 		{"no endpoints rejects", svc("none", "10.96.0.9", 80), []string{
 			"add element ip kpo no-endpoint-services { 10.96.0.9 . tcp . 80 : goto reject-chain }",
@@ -116,6 +121,9 @@ func TestRendering(t *testing.T) {
 				if !strings.Contains(d, w) {
 					t.Errorf("missing %q in\n%s", w, d)
 				}
+			}
+			if strings.Contains(d, "hairpin { 10.244.2.10") {
+				t.Errorf("a remote endpoint in the hairpin set:\n%s", d)
 			}
 		})
 	}

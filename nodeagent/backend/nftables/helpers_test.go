@@ -34,7 +34,7 @@ func withSnap(s *model.Snapshot, sps ...*model.ServicePort) *model.Snapshot {
 	return modeltest.With(s, sps...)
 }
 
-var testNode = model.NodeInfo{Name: "node", ClusterCIDRs: modeltest.PodNetworks()}
+var testNode = model.NodeInfo{Name: "node", ClusterCIDRs: modeltest.PodNetworks(), ServiceCIDRs: modeltest.ServiceNetworks()}
 
 // bigSnapshot has n services with eps endpoints each (IPv4).
 func bigSnapshot(n, eps int) *model.Snapshot {

@@ -218,7 +218,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 		if _, err := client.Dial("tcp", "203.0.113.16:80", 500*time.Millisecond); !errors.Is(err, netns.ErrTimeout) {
 			t.Errorf("source ranges: want a drop, got %v", err)
 		}
-		spread(t, pod1.NS, "203.0.113.16:80", "pod0", "pod1")
+		spread(t, pod0.NS, "203.0.113.16:80", "pod0", "pod1")
 	})
 	t.Run("RemovedServiceGone", func(t *testing.T) {
 		if _, err := client.Dial("tcp", net.JoinHostPort(netns.NodeIP4, "30012"), dialTimeout); !errors.Is(err, netns.ErrRefused) {

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/netip"
 	"reflect"
 	"slices"
 
@@ -46,19 +45,19 @@ type syncedState struct {
 type famState struct {
 	base     *baseObjects
 	services map[model.ServicePortKey]*svcState
-	// Users of the shared objects: pick chains and hairpin set elements
+	// Users of the shared objects: pick chains and shared set elements
 	// exist while their count is positive.
 	classes map[class]int
-	hairpin map[netip.Addr]int
+	shared  map[sharedElem]int
 	rules   int
 	// pending are a partial sync's changes to services (nil: removed), and
-	// pendingClasses/pendingHairpin the changes of the counts, applied once
+	// pendingClasses/pendingShared the changes of the counts, applied once
 	// the kernel took the sync. The maps are shared with the previous state
 	// until then: copying a 10k-entry map every partial sync cost more
 	// (allocation, GC) than the rest of the Go side.
 	pending        map[model.ServicePortKey]*svcState
 	pendingClasses map[class]int
-	pendingHairpin map[netip.Addr]int
+	pendingShared  map[sharedElem]int
 }
 
 // apply commits the pending changes.
@@ -71,8 +70,8 @@ func (f *famState) apply() {
 		}
 	}
 	addCounts(f.classes, f.pendingClasses)
-	addCounts(f.hairpin, f.pendingHairpin)
-	f.pending, f.pendingClasses, f.pendingHairpin = nil, nil, nil
+	addCounts(f.shared, f.pendingShared)
+	f.pending, f.pendingClasses, f.pendingShared = nil, nil, nil
 }
 
 // usageChanges lists the shared objects whose use count the pending deltas
@@ -100,12 +99,12 @@ func addCounts[K comparable](m, delta map[K]int) {
 }
 
 // countUses adds (sign 1) or removes (-1) o's uses of the shared objects.
-func countUses(o *svcObjects, sign int, classes map[class]int, hairpin map[netip.Addr]int) {
+func countUses(o *svcObjects, sign int, classes map[class]int, shared map[sharedElem]int) {
 	for _, c := range o.classes {
 		classes[c] += sign
 	}
-	for _, a := range o.hairpin {
-		hairpin[a] += sign
+	for _, e := range o.shared {
+		shared[e] += sign
 	}
 }
 
@@ -299,7 +298,7 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 	fi := fams[fam]
 	rc := &renderCtx{fi: fi, masqAll: b.settings.masqAll, haveClusterCI: len(snap.Node.ClusterCIDRs[fam]) > 0}
 	nf := &famState{base: base, services: map[model.ServicePortKey]*svcState{},
-		classes: map[class]int{}, hairpin: map[netip.Addr]int{}}
+		classes: map[class]int{}, shared: map[sharedElem]int{}}
 	full := pf == nil
 
 	type change struct {
@@ -309,8 +308,8 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 	var changes []change
 	if !full {
 		nf.services, nf.pending = pf.services, map[model.ServicePortKey]*svcState{}
-		nf.classes, nf.hairpin = pf.classes, pf.hairpin
-		nf.pendingClasses, nf.pendingHairpin = map[class]int{}, map[netip.Addr]int{}
+		nf.classes, nf.shared = pf.classes, pf.shared
+		nf.pendingClasses, nf.pendingShared = map[class]int{}, map[sharedElem]int{}
 	}
 	kept := 0 // previous ports still in the snapshot
 	for k, sp := range snap.Services {
@@ -348,36 +347,39 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 	// ports are sorted (sorting all keys costs more than a partial sync).
 	slices.SortFunc(changes, func(a, c change) int { return cmpString(a.name, c.name) })
 
-	// Shared objects: which pick chains and hairpin elements appear (count
-	// from 0 to positive) and disappear (back to 0).
+	// Shared objects: which pick chains and set elements appear (count from
+	// 0 to positive) and disappear (back to 0).
 	var newClasses, goneClasses []class
-	var newHairpin, goneHairpin []netip.Addr
+	var newShared, goneShared []sharedElem
 	if full {
 		for _, s := range nf.services {
-			countUses(s.objs, 1, nf.classes, nf.hairpin)
+			countUses(s.objs, 1, nf.classes, nf.shared)
 		}
 		newClasses = slices.Collect(maps.Keys(nf.classes))
-		newHairpin = slices.Collect(maps.Keys(nf.hairpin))
+		newShared = slices.Collect(maps.Keys(nf.shared))
 	} else {
 		for _, c := range changes {
 			if c.old != nil {
-				countUses(c.old, -1, nf.pendingClasses, nf.pendingHairpin)
+				countUses(c.old, -1, nf.pendingClasses, nf.pendingShared)
 			}
 			if c.new != nil {
-				countUses(c.new, 1, nf.pendingClasses, nf.pendingHairpin)
+				countUses(c.new, 1, nf.pendingClasses, nf.pendingShared)
 			}
 		}
 		newClasses, goneClasses = usageChanges(nf.classes, nf.pendingClasses)
-		newHairpin, goneHairpin = usageChanges(nf.hairpin, nf.pendingHairpin)
+		newShared, goneShared = usageChanges(nf.shared, nf.pendingShared)
 	}
 	byName := func(a, c class) int { return cmpString(a.name(), c.name()) }
 	slices.SortFunc(newClasses, byName)
 	slices.SortFunc(goneClasses, byName)
-	slices.SortFunc(newHairpin, netip.Addr.Compare)
-	slices.SortFunc(goneHairpin, netip.Addr.Compare)
-	hairpinElem := func(a netip.Addr) elemDef {
-		return elemDef{mapName: setHairpin, key: []string{a.String(), a.String()}}
+	bySetAddr := func(a, c sharedElem) int {
+		if a.set != c.set {
+			return cmpString(a.set, c.set)
+		}
+		return a.addr.Compare(c.addr)
 	}
+	slices.SortFunc(newShared, bySetAddr)
+	slices.SortFunc(goneShared, bySetAddr)
 
 	// Sets and chains first, pick chains with their rules (they only refer
 	// to fixed objects).
@@ -433,11 +435,11 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 			}
 		}
 	}
-	for _, a := range goneHairpin {
-		w.delElem(fi, hairpinElem(a))
+	for _, e := range goneShared {
+		w.delElem(fi, e.elem())
 	}
-	for _, a := range newHairpin {
-		w.addElem(fi, hairpinElem(a))
+	for _, e := range newShared {
+		w.addElem(fi, e.elem())
 	}
 	// Additions, grouped by map on a full sync: readable, and for the real
 	// kernel they become one statement per map anyway (bulkElems).
@@ -547,7 +549,7 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		for _, c := range goneClasses {
 			nf.rules -= len(classRules(rc, c))
 		}
-		nf.rules += len(newHairpin) - len(goneHairpin)
+		nf.rules += len(newShared) - len(goneShared)
 		for _, c := range changes {
 			if c.old != nil {
 				nf.rules -= c.old.count()
@@ -563,7 +565,7 @@ func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot
 		for c := range nf.classes {
 			nf.rules += len(classRules(rc, c))
 		}
-		nf.rules += len(nf.hairpin)
+		nf.rules += len(nf.shared)
 	}
 	n := 0
 	for _, c := range changes {

@@ -41,14 +41,54 @@ type elemDef struct {
 func (e elemDef) id() string { return e.mapName + "|" + strings.Join(e.key, " . ") }
 
 // svcObjects is everything one ServicePort owns in its family's table, and
-// what it uses of the shared objects (pick chains, hairpin set elements: kept
-// while at least one service uses them).
+// what it uses of the shared objects (pick chains, elements of the hairpin
+// and cluster-ips sets: kept while at least one service uses them).
 type svcObjects struct {
 	chains  []chainDef
 	sets    []setDef
 	elems   []elemDef
 	classes []class
-	hairpin []netip.Addr
+	shared  []sharedElem
+}
+
+// sharedElem is an element of a set that several service ports may need: a
+// ClusterIP serves every port of its Service, an endpoint may back several.
+type sharedElem struct {
+	set  string // setHairpin or setClusterIPs
+	addr netip.Addr
+}
+
+// elem renders the element: the hairpin set's key is the endpoint twice
+// (source and translated destination).
+func (e sharedElem) elem() elemDef {
+	if e.set == setHairpin {
+		return elemDef{mapName: e.set, key: []string{e.addr.String(), e.addr.String()}}
+	}
+	return elemDef{mapName: e.set, key: []string{e.addr.String()}}
+}
+
+func (o *svcObjects) share(set string, addr netip.Addr) {
+	if e := (sharedElem{set, addr}); !slices.Contains(o.shared, e) {
+		o.shared = append(o.shared, e)
+	}
+}
+
+// shareCommon adds what every rendering of sp shares: its ClusterIP (whose
+// other ports are refused) and the hairpin elements of its local endpoints.
+// A pod reaching itself through the service must be masqueraded, or it would
+// answer itself directly and drop the reply; postrouting sees the translated
+// packet, source == destination == the endpoint. Only local endpoints, as
+// kube-proxy (its hairpin-connections set): only they send through this node
+// without having been translated by their own node first.
+func (o *svcObjects) shareCommon(sp *model.ServicePort) {
+	o.share(setClusterIPs, sp.ClusterIP)
+	for _, eps := range [][]model.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints} {
+		for _, ep := range eps {
+			if ep.Local {
+				o.share(setHairpin, ep.IP)
+			}
+		}
+	}
 }
 
 // count is what the service contributes to SyncResult.Rules.
@@ -113,7 +153,7 @@ func dnatTarget(ep model.Endpoint) string {
 
 // Data maps and sets the flat layout fills (see base.go for their types).
 func isDataMap(name string) bool { return name == mapEndpoints || name == mapNodePortEndpoints }
-func isSet(name string) bool     { return name == setHairpin }
+func isSet(name string) bool     { return name == setHairpin || name == setClusterIPs }
 
 // class is a shared pick chain: the kind of traffic and the endpoint counts.
 type class struct {
@@ -206,21 +246,7 @@ func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 			o.elems = append(o.elems, elemDef{m, k, ep.IP.String() + " . " + itoa(int64(ep.Port))})
 		}
 	}
-	// Hairpin: a pod reaching itself through the service must be masqueraded,
-	// or it would answer itself directly and drop the reply. Postrouting sees
-	// the translated packet: source == destination == the endpoint. Every
-	// endpoint, as before (and as kube-proxy does), not only those marked
-	// Local: a pod whose EndpointSlice entry lacks this node's name still
-	// sends through this node. (Local ones only would save a third of the
-	// elements at 50 endpoints per service; measured in
-	// docs/nftables-backend.md.)
-	for _, eps := range [][]model.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints} {
-		for _, ep := range eps {
-			if !slices.Contains(o.hairpin, ep.IP) {
-				o.hairpin = append(o.hairpin, ep.IP)
-			}
-		}
-	}
+	o.shareCommon(sp)
 	use := func(c class) string {
 		if !slices.Contains(o.classes, c) {
 			o.classes = append(o.classes, c)

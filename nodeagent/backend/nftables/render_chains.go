@@ -20,9 +20,10 @@ import (
 //	no-endpoint-*     … : goto reject-chain (nothing to send to)
 //	svc-…  [masquerade off-cluster sources] [affinity] random endpoint choice
 //	ext-…  [masquerade | eTP=Local short-circuits] endpoint choice | drop
-//	ep-…   hairpin masquerade, [affinity update], dnat
+//	ep-…   [affinity update], dnat
 func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 	o := &svcObjects{}
+	o.shareCommon(sp) // hairpin through the shared set, as the flat layout
 	k := sp.Key
 	ipKW := rc.fi.ipKW
 	proto := protoOf(sp)
@@ -43,9 +44,6 @@ func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 		name := endpointChainName(k, ep)
 		epChain[ak] = name
 		c := chainDef{name: name}
-		// Hairpin: a pod reaching itself through the service must be
-		// masqueraded, or it would answer itself directly and drop the reply.
-		c.rules = append(c.rules, fmt.Sprintf("%s saddr %s jump %s", ipKW, ep.IP, chainMarkMasq))
 		if timeout > 0 {
 			set := affinitySetName(k, ep, timeout)
 			affSet[ak] = set

@@ -33,6 +33,14 @@ func PodNetworks() map[model.Family][]netip.Prefix {
 	}
 }
 
+// ServiceNetworks are the address plan's service ranges, by family.
+func ServiceNetworks() map[model.Family][]netip.Prefix {
+	return map[model.Family][]netip.Prefix{
+		model.IPv4: {netip.MustParsePrefix("10.96.0.0/16")},
+		model.IPv6: {netip.MustParsePrefix("fd10:96::/112")},
+	}
+}
+
 // Snapshot is a snapshot of node with sps.
 func Snapshot(node model.NodeInfo, sps ...*model.ServicePort) *model.Snapshot {
 	return With(&model.Snapshot{Node: node}, sps...)
