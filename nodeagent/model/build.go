@@ -107,7 +107,7 @@ func buildServicePort(svc *corev1.Service, port *corev1.ServicePort, clusterIP n
 	}
 
 	all := collectEndpoints(port, family, endpointSlices, node)
-	resolveEndpoints(sp, all, topologyMode(svc), node)
+	resolveEndpoints(sp, all, node)
 	return sp
 }
 
@@ -206,24 +206,26 @@ func slicePort(slice *discoveryv1.EndpointSlice, port *corev1.ServicePort) (int3
 }
 
 // resolveEndpoints applies readiness fallback, topology and traffic policies,
-// with kube-proxy's semantics (pkg/proxy/topology.go):
-//   - ready endpoints; when none is ready, the serving-terminating ones, so that
-//     a rolling update's last pods still answer;
-//   - topology hints narrow the cluster-wide set when every endpoint carries
-//     them and some fit this node or zone;
-//   - internalTrafficPolicy Local keeps local endpoints for ClusterIP traffic;
-//   - externalTrafficPolicy Local keeps local endpoints for external traffic.
-func resolveEndpoints(sp *ServicePort, all []candidate, mode string, node NodeContext) {
-	usable := readyOrTerminating(all)
-	cluster := applyTopology(usable, mode, node)
-
+// with kube-proxy's semantics (pkg/proxy/topology.go CategorizeEndpoints):
+//   - the cluster-wide set: ready endpoints, narrowed by topology hints when
+//     they apply; when none is ready, the serving-terminating ones (a rolling
+//     update's last pods still answer), without topology;
+//   - the local set: this node's ready endpoints, or else its
+//     serving-terminating ones;
+//   - internalTrafficPolicy Local gives ClusterIP traffic the local set,
+//     externalTrafficPolicy Local gives external traffic the local set, and
+//     external traffic from this node's pods and from the node itself the
+//     cluster-wide set (ShortCircuitEndpoints).
+func resolveEndpoints(sp *ServicePort, all []candidate, node NodeContext) {
+	cluster := clusterWide(all, node)
 	local := readyOrTerminating(filter(all, func(c candidate) bool { return c.Local }))
 	for _, c := range all {
 		if c.Local && c.Ready {
 			sp.LocalEndpointCount++
 		}
 	}
-
+	// The cluster-wide set is empty only when no endpoint anywhere is usable.
+	sp.HasEndpoints = len(cluster) > 0
 	if sp.InternalPolicyLocal {
 		sp.ClusterEndpoints = endpoints(local)
 	} else {
@@ -233,6 +235,7 @@ func resolveEndpoints(sp *ServicePort, all []candidate, mode string, node NodeCo
 	case !sp.HasExternal():
 	case sp.ExternalPolicyLocal:
 		sp.ExternalEndpoints = endpoints(local)
+		sp.ShortCircuitEndpoints = endpoints(cluster)
 	default:
 		// External traffic with the Cluster policy goes cluster-wide, even when
 		// the internal policy is Local.
@@ -248,37 +251,53 @@ func readyOrTerminating(cs []candidate) []candidate {
 	return filter(cs, func(c candidate) bool { return c.serving && c.terminating })
 }
 
-// topologyMode is the Service's topology preference: its trafficDistribution,
-// or "Auto" from the older annotation.
-func topologyMode(svc *corev1.Service) string {
-	if svc.Spec.TrafficDistribution != nil && *svc.Spec.TrafficDistribution != "" {
-		return *svc.Spec.TrafficDistribution
+// clusterWide is kube-proxy's cluster endpoint set: the ready endpoints
+// available for this node's topology, or, when none is ready, the serving
+// and terminating ones.
+func clusterWide(all []candidate, node NodeContext) []candidate {
+	ready := filter(all, func(c candidate) bool { return c.Ready })
+	if len(ready) == 0 {
+		return filter(all, func(c candidate) bool { return c.serving && c.terminating })
 	}
-	if v := svc.Annotations[AnnotationTopologyMode]; strings.EqualFold(v, "auto") {
-		return "Auto"
+	switch topologyFromHints(ready, node) {
+	case byNode:
+		return filter(ready, func(c candidate) bool { return slices.Contains(c.nodeHints, node.Name) })
+	case byZone:
+		return filter(ready, func(c candidate) bool { return slices.Contains(c.zoneHints, node.Zone) })
 	}
-	return ""
+	return ready
 }
 
-func applyTopology(cs []candidate, mode string, node NodeContext) []candidate {
-	if mode == "" || len(cs) == 0 {
-		return cs
+type topology int
+
+const (
+	noTopology topology = iota
+	byNode
+	byZone
+)
+
+// topologyFromHints says which hints narrow the ready endpoints: hints are
+// used whenever the EndpointSlices carry them, whatever the Service asks for
+// (the EndpointSlice controller sets them from trafficDistribution or the
+// topology annotation), all-or-nothing: node hints when every ready endpoint
+// has them and one is for this node, else zone hints when every ready
+// endpoint has them and one is for this node's zone (kube-proxy's
+// topologyModeFromHints).
+func topologyFromHints(ready []candidate, node NodeContext) topology {
+	allNode, allZone, forNode, forZone := true, true, false, false
+	for _, c := range ready {
+		allNode = allNode && len(c.nodeHints) > 0
+		allZone = allZone && len(c.zoneHints) > 0
+		forNode = forNode || slices.Contains(c.nodeHints, node.Name)
+		forZone = forZone || (node.Zone != "" && slices.Contains(c.zoneHints, node.Zone))
 	}
-	// Hints are all-or-nothing: one endpoint without them means the
-	// EndpointSlice controller has not (or could not) assign them.
-	if mode == corev1.ServiceTrafficDistributionPreferSameNode &&
-		!slices.ContainsFunc(cs, func(c candidate) bool { return len(c.nodeHints) == 0 }) {
-		if same := filter(cs, func(c candidate) bool { return slices.Contains(c.nodeHints, node.Name) }); len(same) > 0 {
-			return same
-		}
+	switch {
+	case allNode && forNode:
+		return byNode
+	case allZone && forZone:
+		return byZone
 	}
-	if node.Zone == "" || slices.ContainsFunc(cs, func(c candidate) bool { return len(c.zoneHints) == 0 }) {
-		return cs
-	}
-	if same := filter(cs, func(c candidate) bool { return slices.Contains(c.zoneHints, node.Zone) }); len(same) > 0 {
-		return same
-	}
-	return cs
+	return noTopology
 }
 
 func filter(cs []candidate, keep func(candidate) bool) []candidate {

@@ -118,8 +118,48 @@ type ServicePort struct {
 	// ExternalEndpoints serve external traffic; with the Local policy these are
 	// the local endpoints only. Empty means "drop" (Local) or "reject" (Cluster).
 	ExternalEndpoints []Endpoint
+	// ShortCircuitEndpoints, with the external policy Local only, serve external
+	// traffic from this node's pods (source kept) and from the node itself
+	// (masqueraded): every usable endpoint, as if the traffic had gone out to
+	// the load balancer and come back (kube-proxy's short-circuit, which uses
+	// its cluster endpoints whatever the internal policy).
+	ShortCircuitEndpoints []Endpoint
+	// HasEndpoints: some endpoint, on any node, is usable. Traffic that finds
+	// its endpoint set empty is refused when there is none at all, and dropped
+	// when a policy Local leaves this node without one (EmptyVerdict).
+	HasEndpoints bool
 	// LocalEndpointCount is what the healthCheckNodePort server reports.
 	LocalEndpointCount int
+}
+
+// Verdict is what happens to traffic with no endpoint to go to.
+type Verdict int
+
+const (
+	// Reject refuses (TCP reset, ICMP port unreachable): the service has no
+	// usable endpoint at all.
+	Reject Verdict = iota
+	// Drop: a traffic policy Local and no endpoint on this node, while other
+	// nodes have some. A refusal would reset the connections of clients that
+	// a load balancer's health check is about to steer elsewhere.
+	Drop
+)
+
+func (v Verdict) String() string {
+	if v == Drop {
+		return "drop"
+	}
+	return "reject"
+}
+
+// EmptyVerdict is the verdict for traffic whose endpoint set is empty, as
+// kube-proxy decides it (pkg/proxy/nftables/proxier.go: reject with no
+// endpoints at all, else drop).
+func (sp *ServicePort) EmptyVerdict() Verdict {
+	if sp.HasEndpoints {
+		return Drop
+	}
+	return Reject
 }
 
 // HasExternal reports whether the port accepts traffic other than to its ClusterIP.

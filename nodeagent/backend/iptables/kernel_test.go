@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
 )
 
@@ -103,8 +104,7 @@ func testRealKernel(t *testing.T, v Variant) {
 	ext := svc("ext", "10.96.0.12", 80, both...)
 	ext.NodePort, ext.ExternalIPs, ext.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.5")}, []netip.Addr{addr("203.0.113.6")}
 	local := svc("local", "10.96.0.13", 80, both...)
-	local.ExternalEndpoints = []model.Endpoint{podEP(p0, false)}
-	local.ExternalPolicyLocal, local.NodePort = true, 30081
+	modeltest.LocalPolicy(local, podEP(p0, false)).NodePort = 30081
 	sticky := svc("sticky", "10.96.0.14", 80, both...)
 	sticky.AffinityTimeout = time.Minute
 	fenced := svc("fenced", "10.96.0.15", 80, both...)

@@ -42,6 +42,7 @@ const (
 type serviceChains struct {
 	svc string // load balances over ClusterEndpoints
 	svx string // load balances over ExternalEndpoints when they differ
+	scc string // load balances over ShortCircuitEndpoints when they differ from both
 	ext string // external traffic: masquerade / policy Local short-circuits
 	fw  string // load-balancer source ranges
 }
@@ -54,6 +55,7 @@ func chainsForKey(key string) serviceChains {
 	return serviceChains{
 		svc: "KPO-SVC-" + h,
 		svx: "KPO-SVX-" + h,
+		scc: "KPO-SCC-" + h,
 		ext: "KPO-EXT-" + h,
 		fw:  "KPO-FW-" + h,
 	}

@@ -57,6 +57,14 @@ type renderer struct {
 	probs        map[int]string
 }
 
+// emptyVerdict renders what happens to traffic with no endpoint to go to.
+func (r *renderer) emptyVerdict(sp *model.ServicePort) string {
+	if sp.EmptyVerdict() == model.Drop {
+		return "-j DROP"
+	}
+	return r.rejectWith(sp.Protocol)
+}
+
 func (r *renderer) rejectWith(p corev1.Protocol) string {
 	switch {
 	case p == corev1.ProtocolTCP:
@@ -179,6 +187,8 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 	}
 
 	// Cluster traffic: masquerade sources outside the pod network (or all).
+	// In the SVC chain the rule matches the ClusterIP, as kube-proxy's, so
+	// that external traffic sharing the chain keeps its source.
 	clusterMasq := ""
 	switch {
 	case r.settings.MasqueradeAll:
@@ -193,33 +203,46 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 	// expensive for iptables-nft; rules are not.
 	inline := hasCluster && !affinity && !sp.HasExternal() && len(sp.ClusterEndpoints) <= maxInlineEndpoints
 	if hasCluster && !inline {
-		out.nat = append(out.nat, lb(names.svc, sp.ClusterEndpoints, clusterMasq))
+		c := lb(names.svc, sp.ClusterEndpoints, "")
+		if clusterMasq != "" {
+			c.rules = append([]string{"-d " + hostCIDR(sp.ClusterIP) + " " + pp + " -j " + clusterMasq}, c.rules...)
+		}
+		out.nat = append(out.nat, c)
 	}
 
-	// External traffic (node ports, external IPs, load-balancer IPs).
+	// External traffic (node ports, external IPs, load-balancer IPs). The
+	// chains choosing among an endpoint set are shared when the sets are
+	// equal: SVC (cluster), SVX (external), SCC (short-circuit).
 	extTarget := "" // chain external traffic enters, "" when none
 	if sp.HasExternal() {
-		var extLB string
-		if len(sp.ExternalEndpoints) > 0 {
-			if hasCluster && sameEndpoints(sp.ExternalEndpoints, sp.ClusterEndpoints) {
-				extLB = names.svc
-			} else {
-				out.nat = append(out.nat, lb(names.svx, sp.ExternalEndpoints, ""))
-				extLB = names.svx
+		chainOf := func(eps []model.Endpoint, own string) string {
+			switch {
+			case len(eps) == 0:
+				return ""
+			case hasCluster && sameEndpoints(eps, sp.ClusterEndpoints):
+				return names.svc
 			}
+			out.nat = append(out.nat, lb(own, eps, ""))
+			return own
 		}
+		extLB := chainOf(sp.ExternalEndpoints, names.svx)
 		ext := chain{name: names.ext}
 		if sp.ExternalPolicyLocal {
-			if hasCluster {
-				// Pods and the node itself reach external VIPs through the
-				// cluster endpoints, as kube-proxy does: otherwise a node without
-				// local endpoints would black-hole its own pods' traffic.
+			if sc := sp.ShortCircuitEndpoints; len(sc) > 0 {
+				scLB := extLB
+				if !sameEndpoints(sc, sp.ExternalEndpoints) {
+					scLB = chainOf(sc, names.scc)
+				}
+				// Pods and the node itself reach external VIPs through every
+				// usable endpoint, as kube-proxy does: otherwise a node without
+				// local endpoints would black-hole its own pods' traffic. Pods
+				// keep their source; the node's own traffic is masqueraded.
 				for _, c := range r.clusterCIDRs {
-					ext.rules = append(ext.rules, "-s "+c.String()+" -j "+names.svc)
+					ext.rules = append(ext.rules, "-s "+c.String()+" -j "+scLB)
 				}
 				ext.rules = append(ext.rules,
 					"-m addrtype --src-type LOCAL -j "+chainMarkMasq,
-					"-m addrtype --src-type LOCAL -j "+names.svc)
+					"-m addrtype --src-type LOCAL -j "+scLB)
 			}
 			// Outside clients: local endpoints only, source preserved.
 			if extLB != "" {
@@ -246,19 +269,14 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 			"-d " + hostCIDR(sp.ClusterIP) + " " + pp + " -j " + names.svc})
 	} else {
 		out.filterDispatch = append(out.filterDispatch, dispatchRule{bucketOf(sp.ClusterIP),
-			"-d " + hostCIDR(sp.ClusterIP) + " " + pp + " " + r.rejectWith(sp.Protocol)})
+			"-d " + hostCIDR(sp.ClusterIP) + " " + pp + " " + r.emptyVerdict(sp)})
 	}
 	// What the filter table does with external traffic nat did not translate:
-	// reject when the service has no endpoints at all for it, drop when the
-	// policy is Local and this node has none (as kube-proxy: the load balancer's
-	// health check steers clients away, a RST would break their connections).
+	// reject when the service has no endpoints at all, drop when a policy
+	// Local leaves this node without one (the model decides).
 	noExt := ""
 	if len(sp.ExternalEndpoints) == 0 {
-		if sp.ExternalPolicyLocal {
-			noExt = "-j DROP"
-		} else {
-			noExt = r.rejectWith(sp.Protocol)
-		}
+		noExt = r.emptyVerdict(sp)
 	}
 	for _, ip := range sp.ExternalIPs {
 		if extTarget != "" {

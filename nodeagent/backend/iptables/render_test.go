@@ -11,6 +11,7 @@ import (
 
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 func approx(t *testing.T, what string, got map[NATResult]float64, want map[NATResult]float64) {
@@ -106,9 +107,8 @@ func TestBehaviour(t *testing.T) {
 	}, {
 		name: "policy Local",
 		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, e1, e2)
-			sp.ExternalEndpoints = []model.Endpoint{e1}
-			sp.ExternalPolicyLocal, sp.NodePort, sp.LoadBalancerIPs = true, 30080, []netip.Addr{addr("203.0.113.6")}
+			sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, e1, e2), e1)
+			sp.NodePort, sp.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.6")}
 			return sp
 		},
 		traces: []trace{
@@ -120,11 +120,25 @@ func TestBehaviour(t *testing.T) {
 			{name: "remote pod hairpin", hook: "PREROUTING", p: local(pkt("10.244.2.20", node, 30080)), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", true))},
 		},
 	}, {
+		// External and cluster endpoints are the same set, so external traffic
+		// shares the SVC chain: its masquerade matches the ClusterIP only. (It
+		// did not: outside clients lost their source address.)
+		name: "policy Local, every endpoint local",
+		sp: func() *model.ServicePort {
+			sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, e1), e1)
+			sp.NodePort, sp.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.6")}
+			return sp
+		},
+		traces: []trace{
+			{name: "outside client keeps source", hook: "PREROUTING", p: local(pkt(client, node, 30080)), want: one(res("10.244.1.10:8080", false))},
+			{name: "outside client LB keeps source", hook: "PREROUTING", p: pkt(client, "203.0.113.6", 80), want: one(res("10.244.1.10:8080", false))},
+			{name: "ClusterIP from outside masqueraded", hook: "PREROUTING", p: pkt(client, "10.96.0.10", 80), want: one(res("10.244.1.10:8080", true))},
+		},
+	}, {
 		name: "policy Local without local endpoints drops",
 		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, e2)
-			sp.ExternalEndpoints = nil
-			sp.ExternalPolicyLocal, sp.NodePort = true, 30080
+			sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, e2))
+			sp.NodePort = 30080
 			return sp
 		},
 		traces: []trace{
@@ -191,7 +205,7 @@ func TestRenderedRules(t *testing.T) {
 	names := chainsFor(sp.Key)
 	s1, s2, s3 := sepChain(sp.Key, sp.ClusterEndpoints[0]), sepChain(sp.Key, sp.ClusterEndpoints[1]), sepChain(sp.Key, sp.ClusterEndpoints[2])
 	want := []string{
-		"-j KPO-CLUSTER-MASQ",
+		"-d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KPO-CLUSTER-MASQ",
 		"-m recent --name " + s1 + " --rcheck --seconds 10800 --reap -j " + s1,
 		"-m recent --name " + s2 + " --rcheck --seconds 10800 --reap -j " + s2,
 		"-m recent --name " + s3 + " --rcheck --seconds 10800 --reap -j " + s3,

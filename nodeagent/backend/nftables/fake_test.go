@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/knftables"
 
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 func newFake(t *testing.T) (*Backend, *FakeKernel) {
@@ -37,12 +38,10 @@ func TestRendering(t *testing.T) {
 	np := svc("np", "10.96.0.2", 80, ep("10.244.1.10", 8080, true), ep("10.244.2.10", 8080, false))
 	np.NodePort = 30080
 	local := svc("local", "10.96.0.3", 80, ep("10.244.1.10", 8080, true), ep("10.244.2.10", 8080, false))
-	local.ExternalPolicyLocal = true
-	local.ExternalEndpoints = local.ClusterEndpoints[:1]
+	modeltest.LocalPolicy(local, local.ClusterEndpoints[0])
 	local.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.5")}
 	noLocal := svc("nolocal", "10.96.0.4", 80, ep("10.244.2.10", 8080, false))
-	noLocal.ExternalPolicyLocal = true
-	noLocal.ExternalEndpoints = nil
+	modeltest.LocalPolicy(noLocal)
 	noLocal.NodePort = 30081
 	aff := svc("aff", "10.96.0.5", 80, ep("10.244.1.10", 8080, true))
 	aff.AffinityTimeout = 3 * time.Hour
@@ -215,7 +214,7 @@ func TestRemovalAndKindChanges(t *testing.T) {
 	mustSync(t, b, s1, true)
 	// a loses its endpoints (reject), then goes away.
 	a2 := *a
-	a2.ClusterEndpoints, a2.ExternalEndpoints = nil, nil
+	a2.ClusterEndpoints, a2.ExternalEndpoints, a2.HasEndpoints = nil, nil, false
 	mustSync(t, b, withSnap(s1, &a2), false)
 	d := dump(k)
 	if !strings.Contains(d, "no-endpoint-services { 10.96.0.1 . tcp . 80 : goto reject-chain }") ||

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
 )
 
@@ -81,8 +82,7 @@ func TestKernel(t *testing.T) {
 	ext.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.13")}
 	ext.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.113")}
 	local := svc("local", "10.96.0.14", 80, both...)
-	local.ExternalPolicyLocal = true
-	local.ExternalEndpoints = []model.Endpoint{e0}
+	modeltest.LocalPolicy(local, e0)
 	local.NodePort = 30014
 	local.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.14")}
 	aff := svc("aff", "10.96.0.15", 80, both...)

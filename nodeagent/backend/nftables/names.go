@@ -64,6 +64,11 @@ func serviceChainName(k model.ServicePortKey) string  { return truncate("svc-" +
 func externalChainName(k model.ServicePortKey) string { return truncate("ext-" + svcBase(k)) }
 func firewallChainName(k model.ServicePortKey) string { return truncate("fw-" + svcBase(k)) }
 
+// clusterPolicyChainName is the short-circuit choice of a service with both
+// traffic policies Local (kube-proxy's cluster policy chain), when it differs
+// from the service chain.
+func clusterPolicyChainName(k model.ServicePortKey) string { return truncate("cpc-" + svcBase(k)) }
+
 // endpointChainName is per service port and endpoint (kube-proxy's
 // "endpoint-HASH-ns/name/port__ip/port").
 func endpointChainName(k model.ServicePortKey, ep model.Endpoint) string {

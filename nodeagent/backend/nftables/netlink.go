@@ -190,11 +190,11 @@ func grammarErr(what string) error { return fmt.Errorf("%w: %q", errGrammar, wha
 var protoNums = map[string]byte{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}
 
 // saddr returns the payload load of the family's source address.
-func saddr(fi famInfo, length uint32) *expr.Payload {
-	off := uint32(12)
-	if fi.ipKW == "ip6" {
-		off = 8
-	}
+func saddr(fi famInfo, length uint32) *expr.Payload { return addrField(fi, "saddr", length) }
+
+// addrField loads the family's source ("saddr") or destination address.
+func addrField(fi famInfo, field string, length uint32) *expr.Payload {
+	off := map[string]uint32{"ip saddr": 12, "ip daddr": 16, "ip6 saddr": 8, "ip6 daddr": 24}[fi.ipKW+" "+field]
 	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: length}
 }
 
@@ -219,7 +219,8 @@ func ruleExprs(fi famInfo, rule string) ([]expr.Any, error) {
 	var out []expr.Any
 	for i := 0; i < len(t); {
 		switch {
-		case t[i] == fi.ipKW && i+2 < len(t) && t[i+1] == "saddr":
+		case t[i] == fi.ipKW && i+2 < len(t) && (t[i+1] == "saddr" || t[i+1] == "daddr"):
+			field := t[i+1]
 			i += 2
 			op := expr.CmpOpEq
 			if t[i] == "!=" {
@@ -232,10 +233,10 @@ func ruleExprs(fi famInfo, rule string) ([]expr.Any, error) {
 			v := t[i]
 			i++
 			if set, ok := strings.CutPrefix(v, "@"); ok {
-				out = append(out, saddr(fi, addrLen(fi)), &expr.Lookup{SourceRegister: 1, SetName: set, Invert: op == expr.CmpOpNeq})
+				out = append(out, addrField(fi, field, addrLen(fi)), &expr.Lookup{SourceRegister: 1, SetName: set, Invert: op == expr.CmpOpNeq})
 				continue
 			}
-			m, err := prefixMatch(fi, v, op)
+			m, err := prefixMatch(fi, field, v, op)
 			if err != nil {
 				return nil, err
 			}
@@ -377,7 +378,7 @@ func dnatMap(fi famInfo, t []string) ([]expr.Any, int, error) {
 // prefixMatch matches the source address against addr or prefix the way nft
 // does: a byte-aligned prefix loads only its bytes; any other (and /0) loads
 // the whole address and masks it.
-func prefixMatch(fi famInfo, v string, op expr.CmpOp) ([]expr.Any, error) {
+func prefixMatch(fi famInfo, field, v string, op expr.CmpOp) ([]expr.Any, error) {
 	var p netip.Prefix
 	var err error
 	if strings.Contains(v, "/") {
@@ -395,13 +396,13 @@ func prefixMatch(fi famInfo, v string, op expr.CmpOp) ([]expr.Any, error) {
 	bits := p.Bits()
 	full := p.Addr().AsSlice()
 	if bits > 0 && bits%8 == 0 {
-		return []expr.Any{saddr(fi, uint32(bits/8)), &expr.Cmp{Op: op, Register: 1, Data: full[:bits/8]}}, nil
+		return []expr.Any{addrField(fi, field, uint32(bits/8)), &expr.Cmp{Op: op, Register: 1, Data: full[:bits/8]}}, nil
 	}
 	mask := make([]byte, len(full))
 	for b := 0; b < bits; b++ {
 		mask[b/8] |= 0x80 >> (b % 8)
 	}
-	return []expr.Any{saddr(fi, uint32(len(full))),
+	return []expr.Any{addrField(fi, field, uint32(len(full))),
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(full)), Mask: mask, Xor: make([]byte, len(full))},
 		&expr.Cmp{Op: op, Register: 1, Data: full}}, nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
 )
 
@@ -179,7 +180,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 	fw2 := *fw
 	fw2.SourceRanges = []netip.Prefix{netip.MustParsePrefix("10.240.0.0/12")}
 	late := svc("late", "10.96.0.30", 80, e0, e1)
-	late.ExternalPolicyLocal, late.ExternalEndpoints, late.NodePort = true, []model.Endpoint{e0}, 30030
+	modeltest.LocalPolicy(late, e0).NodePort = 30030
 	v62 := *v6
 	v62.ClusterEndpoints, v62.ExternalEndpoints = []model.Endpoint{e61}, []model.Endpoint{e61}
 	s2 := snapshot(testNode, &c2, &aff2, &fw2, late, &v62)
@@ -263,6 +264,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 		before := listKpo(t, node)
 		late2 := *late
 		late2.ClusterEndpoints = []model.Endpoint{e0}
+		late2.ShortCircuitEndpoints = late2.ClusterEndpoints
 		extra := svc("extra", "10.96.0.31", 80, e0)
 		s3 := withSnap(s2, &late2, extra)
 		// Also remove a service with chains of its own (affinity): the full

@@ -82,13 +82,23 @@ func (o *svcObjects) share(set string, addr netip.Addr) {
 // without having been translated by their own node first.
 func (o *svcObjects) shareCommon(sp *model.ServicePort) {
 	o.share(setClusterIPs, sp.ClusterIP)
-	for _, eps := range [][]model.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints} {
+	for _, eps := range [][]model.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints, sp.ShortCircuitEndpoints} {
 		for _, ep := range eps {
 			if ep.Local {
 				o.share(setHairpin, ep.IP)
 			}
 		}
 	}
+}
+
+// emptyVerdict is what the no-endpoint maps do with traffic whose endpoint
+// set is empty: refuse it, or drop it when a policy Local leaves this node
+// without endpoints while others have some (the model decides).
+func emptyVerdict(sp *model.ServicePort) string {
+	if sp.EmptyVerdict() == model.Drop {
+		return "drop"
+	}
+	return "goto " + chainReject
 }
 
 // count is what the service contributes to SyncResult.Rules.
@@ -208,14 +218,13 @@ func classRules(rc *renderCtx, c class) []string {
 		r = append(r, "jump "+chainMarkMasq, dnat(c.n, 0))
 	case externalLocalK, nodePortLocalK:
 		if c.n > 0 {
-			// Pods and the node itself may use any endpoint (kube-proxy's
-			// short-circuit), with the cluster choice's masquerading; the
+			// Pods and the node itself use the short-circuit endpoints, as if
+			// the traffic had gone out to the load balancer and come back.
+			// Pods keep their source (kube-proxy never masquerades it here,
+			// even with masqueradeAll: that applies to ClusterIP traffic); the
 			// node's own traffic is masqueraded so that the reply comes back
 			// through this node.
 			if rc.haveClusterCI {
-				if rc.masqAll {
-					r = append(r, fmt.Sprintf("%s saddr @%s jump %s", ipKW, setClusterCIDRs, chainMarkMasq))
-				}
 				r = append(r, fmt.Sprintf("%s saddr @%s %s", ipKW, setClusterCIDRs, dnat(c.n, c.m)))
 			}
 			r = append(r, "fib saddr type local jump "+chainMarkMasq, "fib saddr type local "+dnat(c.n, c.m))
@@ -254,37 +263,38 @@ func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 		return "goto " + c.name()
 	}
 
-	nC, nX := len(sp.ClusterEndpoints), len(sp.ExternalEndpoints)
+	nC, nX, nSC := len(sp.ClusterEndpoints), len(sp.ExternalEndpoints), len(sp.ShortCircuitEndpoints)
 	clusterKey := []string{sp.ClusterIP.String(), proto, port}
 	if nC > 0 {
 		o.elems = append(o.elems, elemDef{mapServiceIPs, clusterKey, use(class{kind: clusterK, n: nC})})
 		slots(mapEndpoints, clusterKey, 0, sp.ClusterEndpoints)
 	} else {
-		o.elems = append(o.elems, elemDef{mapNoEndpointServices, clusterKey, "goto " + chainReject})
+		o.elems = append(o.elems, elemDef{mapNoEndpointServices, clusterKey, emptyVerdict(sp)})
 	}
 	if !sp.HasExternal() {
 		return o
 	}
 
 	// External traffic: the pick chain for an address and for a NodePort, or
-	// none (reject). fill writes one external destination's slots.
+	// none (no endpoint anywhere: reject). fill writes one external
+	// destination's slots.
 	var addrC, npC *class
 	var fill func(m string, key []string)
 	switch {
 	case !sp.ExternalPolicyLocal && nX > 0:
 		addrC, npC = &class{kind: externalK, n: nX}, &class{kind: nodePortK, n: nX}
 		fill = func(m string, key []string) { slots(m, key, 0, sp.ExternalEndpoints) }
-	case sp.ExternalPolicyLocal && (nC > 0 || nX > 0):
-		addrC, npC = &class{kind: externalLocalK, m: nX, n: nC}, &class{kind: nodePortLocalK, m: nX, n: nC}
+	case sp.ExternalPolicyLocal && (nSC > 0 || nX > 0):
+		addrC, npC = &class{kind: externalLocalK, m: nX, n: nSC}, &class{kind: nodePortLocalK, m: nX, n: nSC}
 		fill = func(m string, key []string) {
 			slots(m, key, 0, sp.ExternalEndpoints)
-			slots(m, key, nX, sp.ClusterEndpoints)
+			slots(m, key, nX, sp.ShortCircuitEndpoints)
 		}
 	}
 	for _, ip := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
 		key := []string{ip.String(), proto, port}
 		if addrC == nil {
-			o.elems = append(o.elems, elemDef{mapNoEndpointServices, key, "goto " + chainReject})
+			o.elems = append(o.elems, elemDef{mapNoEndpointServices, key, emptyVerdict(sp)})
 			continue
 		}
 		o.elems = append(o.elems, elemDef{mapServiceIPs, key, use(*addrC)})
@@ -293,7 +303,7 @@ func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 	if sp.NodePort != 0 {
 		key := []string{proto, itoa(int64(sp.NodePort))}
 		if npC == nil {
-			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, key, "goto " + chainReject})
+			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, key, emptyVerdict(sp)})
 		} else {
 			o.elems = append(o.elems, elemDef{mapServiceNodePorts, key, use(*npC)})
 			fill(mapNodePortEndpoints, key)

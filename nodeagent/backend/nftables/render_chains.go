@@ -3,6 +3,7 @@ package nftables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"kpo.dev/kpo/nodeagent/model"
 )
@@ -59,6 +60,9 @@ func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 	for _, ep := range sp.ExternalEndpoints {
 		addEP(ep)
 	}
+	for _, ep := range sp.ShortCircuitEndpoints {
+		addEP(ep)
+	}
 
 	// choose appends the affinity lookups and the uniform random choice.
 	//
@@ -91,17 +95,20 @@ func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 	hasCluster := len(sp.ClusterEndpoints) > 0
 	if hasCluster {
 		c := chainDef{name: svc}
+		// Masquerade matches the ClusterIP, as kube-proxy's: external traffic
+		// short-circuited through this chain keeps its source.
+		vip := fmt.Sprintf("%s daddr %s", ipKW, sp.ClusterIP)
 		switch {
 		case rc.masqAll:
-			c.rules = append(c.rules, "jump "+chainMarkMasq)
+			c.rules = append(c.rules, vip+" jump "+chainMarkMasq)
 		case rc.haveClusterCI:
-			c.rules = append(c.rules, fmt.Sprintf("%s saddr != @%s jump %s", ipKW, setClusterCIDRs, chainMarkMasq))
+			c.rules = append(c.rules, fmt.Sprintf("%s %s saddr != @%s jump %s", vip, ipKW, setClusterCIDRs, chainMarkMasq))
 		}
 		choose(&c, sp.ClusterEndpoints)
 		o.chains = append(o.chains, c)
 		o.elems = append(o.elems, elemDef{mapServiceIPs, []string{sp.ClusterIP.String(), proto, port}, "goto " + svc})
 	} else {
-		o.elems = append(o.elems, elemDef{mapNoEndpointServices, []string{sp.ClusterIP.String(), proto, port}, "goto " + chainReject})
+		o.elems = append(o.elems, elemDef{mapNoEndpointServices, []string{sp.ClusterIP.String(), proto, port}, emptyVerdict(sp)})
 	}
 
 	if !sp.HasExternal() {
@@ -116,18 +123,23 @@ func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 		choose(&c, sp.ExternalEndpoints)
 		o.chains = append(o.chains, c)
 		extTarget = c.name
-	case sp.ExternalPolicyLocal && (hasCluster || len(sp.ExternalEndpoints) > 0):
+	case sp.ExternalPolicyLocal && sp.HasEndpoints:
 		c := chainDef{name: externalChainName(k)}
-		if hasCluster {
-			// Pods and the node itself may use any endpoint (kube-proxy's
-			// short-circuit); the node's own traffic is masqueraded so that the
-			// reply comes back through this node.
-			if rc.haveClusterCI {
-				c.rules = append(c.rules, fmt.Sprintf("%s saddr @%s goto %s", ipKW, setClusterCIDRs, svc))
-			}
-			c.rules = append(c.rules, "fib saddr type local jump "+chainMarkMasq)
-			c.rules = append(c.rules, "fib saddr type local goto "+svc)
+		// Pods and the node itself short-circuit to every usable endpoint
+		// (the service chain when it holds them); the node's own traffic is
+		// masqueraded so that the reply comes back through this node.
+		sc := svc
+		if !slices.Equal(sp.ShortCircuitEndpoints, sp.ClusterEndpoints) {
+			sc = clusterPolicyChainName(k)
+			cpc := chainDef{name: sc}
+			choose(&cpc, sp.ShortCircuitEndpoints)
+			o.chains = append(o.chains, cpc)
 		}
+		if rc.haveClusterCI {
+			c.rules = append(c.rules, fmt.Sprintf("%s saddr @%s goto %s", ipKW, setClusterCIDRs, sc))
+		}
+		c.rules = append(c.rules, "fib saddr type local jump "+chainMarkMasq)
+		c.rules = append(c.rules, "fib saddr type local goto "+sc)
 		if len(sp.ExternalEndpoints) > 0 {
 			choose(&c, sp.ExternalEndpoints)
 		} else {
@@ -143,7 +155,7 @@ func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 		if extTarget != "" {
 			o.elems = append(o.elems, elemDef{mapServiceIPs, []string{ip, proto, port}, "goto " + extTarget})
 		} else {
-			o.elems = append(o.elems, elemDef{mapNoEndpointServices, []string{ip, proto, port}, "goto " + chainReject})
+			o.elems = append(o.elems, elemDef{mapNoEndpointServices, []string{ip, proto, port}, emptyVerdict(sp)})
 		}
 	}
 	for _, ip := range sp.ExternalIPs {
@@ -157,7 +169,7 @@ func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 		if extTarget != "" {
 			o.elems = append(o.elems, elemDef{mapServiceNodePorts, []string{proto, np}, "goto " + extTarget})
 		} else {
-			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, []string{proto, np}, "goto " + chainReject})
+			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, []string{proto, np}, emptyVerdict(sp)})
 		}
 	}
 

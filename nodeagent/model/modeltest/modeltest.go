@@ -21,8 +21,18 @@ func ServicePort(namespace, name, clusterIP string, port int32, eps ...model.End
 			Family:          model.FamilyOf(ip),
 		},
 		Protocol: corev1.ProtocolTCP, ClusterIP: ip, Port: port,
-		ClusterEndpoints: eps, ExternalEndpoints: eps,
+		ClusterEndpoints: eps, ExternalEndpoints: eps, HasEndpoints: len(eps) > 0,
 	}
+}
+
+// LocalPolicy gives sp externalTrafficPolicy Local, as the model resolves it:
+// external traffic goes to local, pods and the node short-circuit to the
+// cluster endpoints.
+func LocalPolicy(sp *model.ServicePort, local ...model.Endpoint) *model.ServicePort {
+	sp.ExternalPolicyLocal = true
+	sp.ShortCircuitEndpoints = sp.ClusterEndpoints
+	sp.ExternalEndpoints = local
+	return sp
 }
 
 // PodNetworks are the address plan's pod networks, as a node's cluster CIDRs.
