@@ -33,8 +33,10 @@ type AgentConfiguration struct {
 	ProxySettings `json:",inline"`
 }
 
-// ParseAgentConfiguration reads an agent configuration file and fills in kube-proxy's
-// defaults for anything left empty, so that the agent never runs on zero values.
+// ParseAgentConfiguration reads an agent configuration file, fills in kube-proxy's
+// defaults for anything left empty, so that the agent never runs on zero values,
+// and validates it with the CRD's rules (Validate), so that the agent never runs
+// on values the API server would refuse.
 func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 	cfg := &AgentConfiguration{}
 	if err := yaml.UnmarshalStrict(data, cfg); err != nil {
@@ -48,11 +50,8 @@ func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 		cfg.Mode = ModeIPTables
 	}
 	cfg.Default()
-	if _, err := cfg.SyncPeriodDuration(); err != nil {
-		return nil, err
-	}
-	if _, err := cfg.MinSyncPeriodDuration(); err != nil {
-		return nil, err
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid agent configuration: %w", err)
 	}
 	return cfg, nil
 }
