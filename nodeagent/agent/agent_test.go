@@ -219,9 +219,12 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		return nil
 	})
 
-	// healthz answers 200 while rules are fresh.
+	// healthz answers 200 while rules are fresh; readyz too, after a sync.
 	if code := get(t, "http://"+healthz+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d", code)
+	}
+	if code := get(t, "http://"+healthz+ReadyPath); code != http.StatusOK {
+		t.Errorf("%s = %d after a successful sync", ReadyPath, code)
 	}
 
 	// The kernel refuses a sync: reported, with the error.
@@ -259,8 +262,51 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		if code := get(t, "http://"+healthz+"/livez"); code != http.StatusOK {
 			return fmt.Errorf("/livez = %d", code)
 		}
+		if code := get(t, "http://"+healthz+ReadyPath); code != http.StatusOK {
+			return fmt.Errorf("%s = %d while the node is being deleted", ReadyPath, code)
+		}
 		return nil
 	})
+}
+
+// TestAgentThatCannotSyncIsNotReady: an agent whose every sync fails reports
+// why in its ProxyNodeStatus and stays unready (the DaemonSet's probes use
+// /readyz, so a roll stops there), while /healthz answers as kube-proxy's
+// does for a proxy that has not synced yet: 200.
+func TestAgentThatCannotSyncIsNotReady(t *testing.T) {
+	if env == nil {
+		t.Skip("needs kube-apiserver; not run with -short")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := env.Client
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "unready-node"}}
+	must(t, c.Create(ctx, node))
+	be := &recordingBackend{fail: errors.New("nft: Error: Could not process rule: Invalid argument")}
+	cfg := &kpov1.AgentConfiguration{ConfigurationName: "unready", ConfigurationGeneration: 2, Mode: kpov1.ModeNFTables}
+	cfg.Default()
+	healthz := freePort(t)
+	runAgent(t, ctx, cancel, be, Options{
+		Config: cfg, NodeName: node.Name, Kube: kubernetes.NewForConfigOrDie(env.Config), Client: c,
+		HealthzBindAddress: healthz, MetricsBindAddress: freePort(t),
+	})
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		pns := &kpov1.ProxyNodeStatus{}
+		if err := c.Get(ctx, types.NamespacedName{Name: node.Name}, pns); err != nil {
+			return err
+		}
+		cond := meta.FindStatusCondition(pns.Status.Conditions, kpov1.NodeConditionSynced)
+		if cond == nil || cond.Reason != kpov1.NodeReasonSyncFailed || pns.Status.ConfigurationGeneration != 2 {
+			return fmt.Errorf("failure not reported: %+v", pns.Status)
+		}
+		return nil
+	})
+	if code := get(t, "http://"+healthz+ReadyPath); code != http.StatusServiceUnavailable {
+		t.Errorf("%s = %d while every sync fails, want 503", ReadyPath, code)
+	}
+	if code := get(t, "http://"+healthz+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz = %d before the first sync, want 200 as kube-proxy", code)
+	}
 }
 
 func inNamespace(snap *model.Snapshot, ns string) int {
