@@ -14,6 +14,11 @@ const AgentConfigKey = "config.yaml"
 // AgentConfigKind is the kind written into the agent configuration file.
 const AgentConfigKind = "AgentConfiguration"
 
+// AgentReadyPath is the agent's readiness endpoint on its healthz port: 503
+// until the agent's first successful sync. The operator's DaemonSet probes it,
+// so that a configuration that cannot sync stops a rolling update.
+const AgentReadyPath = "/readyz"
+
 // AgentConfiguration is the node agent's configuration file. The operator renders it
 // from a ProxyConfiguration into a ConfigMap; the agent reads it at start. It is the
 // whole contract between the two: the agent never needs the CR itself.

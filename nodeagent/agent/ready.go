@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"time"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
 )
 
 // ReadyPath is the agent's readiness endpoint, which the DaemonSet's startup
@@ -15,7 +17,7 @@ import (
 // successful sync (of the configuration it was started with: a new
 // configuration is a new pod), so that a configuration that cannot sync stops
 // the roll at the first maxUnavailable nodes instead of reaching every node.
-const ReadyPath = "/readyz"
+const ReadyPath = kpov1.AgentReadyPath
 
 // readiness is what /readyz answers.
 type readiness struct {
