@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -155,9 +156,12 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	cfg.MinSyncPeriod = "50ms"
 	cfg.Default()
 	healthz := freePort(t)
+	conntrackSysctls := &kpov1.ConntrackSysctls{Applied: []string{"net.netfilter.nf_conntrack_tcp_timeout_established=86400"},
+		Failed: []string{"net.netfilter.nf_conntrack_max=131072: permission denied"}}
 	runAgent(t, ctx, cancel, be, Options{
 		Config: cfg, NodeName: "agent-node-1", Kube: kube, Client: c,
 		ConntrackCleaner:   cleaner,
+		ConntrackSysctls:   conntrackSysctls,
 		HealthzBindAddress: healthz, MetricsBindAddress: freePort(t),
 	})
 
@@ -194,6 +198,9 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	})
 	if pns.Status.Configuration != "default" || pns.Status.ConfigurationGeneration != 3 || pns.Status.Rules != 14 {
 		t.Errorf("report %+v", pns.Status)
+	}
+	if !equality.Semantic.DeepEqual(pns.Status.Conntrack, conntrackSysctls) {
+		t.Errorf("conntrack report %+v, want %+v", pns.Status.Conntrack, conntrackSysctls)
 	}
 	if refs := pns.OwnerReferences; len(refs) != 1 || refs[0].Kind != "Node" || refs[0].UID != node.UID {
 		t.Errorf("owner references %+v, want the Node", refs)
