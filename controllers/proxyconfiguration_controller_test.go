@@ -65,7 +65,7 @@ func TestConfigurationRendersAgentObjects(t *testing.T) {
 	if len(c.Env) != 1 || c.Env[0].Name != "NODE_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("env %+v, want NODE_NAME from spec.nodeName", c.Env)
 	}
-	if c.LivenessProbe.HTTPGet.Port.IntValue() != 10256 || c.ReadinessProbe.HTTPGet.Path != "/healthz" {
+	if c.LivenessProbe.HTTPGet.Port.IntValue() != 10256 || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
 		t.Errorf("probes: liveness %+v readiness %+v", c.LivenessProbe.HTTPGet, c.ReadinessProbe.HTTPGet)
 	}
 	mounts := map[string]bool{}

@@ -51,6 +51,14 @@ func TestComputeStatus(t *testing.T) {
 		{"one failing sync", statusInputs{heldNodes: []string{"a", "b"}, reports: map[string]*kpov1.ProxyNodeReport{
 			"a": ready, "b": nodeReport(4, kpov1.ModeNFTables, metav1.ConditionFalse, kpov1.NodeReasonSyncFailed)}},
 			want{2, 2, 1, "nftables", "False", "False", "True", kpov1.NodeReasonSyncFailed, 1}},
+		// A configuration that cannot sync: its first agent is never ready, so
+		// the DaemonSet's roll stops there; the others still run the previous
+		// generation. The CR says which node fails and why.
+		{"roll stopped at the first node", statusInputs{heldNodes: []string{"a", "b", "c"}, reports: map[string]*kpov1.ProxyNodeReport{
+			"a": nodeReport(4, kpov1.ModeNFTables, metav1.ConditionFalse, kpov1.NodeReasonSyncFailed),
+			"b": nodeReport(3, kpov1.ModeNFTables, metav1.ConditionTrue, kpov1.NodeReasonSynced),
+			"c": nodeReport(3, kpov1.ModeNFTables, metav1.ConditionTrue, kpov1.NodeReasonSynced)}},
+			want{3, 1, 0, "nftables", "False", "True", "True", kpov1.NodeReasonSyncFailed, 1}},
 		{"kernel lacks the mode", statusInputs{heldNodes: []string{"a"}, reports: map[string]*kpov1.ProxyNodeReport{"a": ipvsMissing}},
 			want{1, 1, 0, "iptables", "False", "False", "True", kpov1.NodeReasonModeUnavailable, 1}},
 		{"mixed failures", statusInputs{heldNodes: []string{"a", "b"}, reports: map[string]*kpov1.ProxyNodeReport{

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -22,76 +23,121 @@ import (
 )
 
 // TestInvalidConfigurationsAreRejected checks every validation rule of the CRD on
-// the real API server: the create fails, and the message names the field.
+// the real API server: the create fails, and the message names the field. The
+// agent's own check (kpov1.ValidateSettings, which refuses a configuration file
+// the API server would have refused) must refuse the same settings with the
+// same field and words; rules on the pod or the name, which the agent never
+// sees, are marked podOnly.
 func TestInvalidConfigurationsAreRejected(t *testing.T) {
 	needAPIServer(t)
 	for _, tc := range []struct {
-		name   string
-		mutate func(*kpov1.ProxyConfiguration)
-		want   []string // substrings of the API server's error
+		name    string
+		mutate  func(*kpov1.ProxyConfiguration)
+		want    []string // substrings of the API server's error (and of ValidateSettings')
+		podOnly bool
 	}{
+		// The findings of the settings review: each was accepted before.
+		{"zero sync periods", func(pc *kpov1.ProxyConfiguration) { pc.Spec.SyncPeriod, pc.Spec.MinSyncPeriod = "0s", "0s" },
+			[]string{"spec.syncPeriod", "spec.syncPeriod must be between 1s and 24h"}, false},
+		{"syncPeriod whose double overflows", func(pc *kpov1.ProxyConfiguration) { pc.Spec.SyncPeriod = "1300000h" },
+			[]string{"spec.syncPeriod", "spec.syncPeriod must be between 1s and 24h"}, false},
+		{"syncPeriod beyond Go's duration range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.SyncPeriod = "9999999999h" },
+			[]string{"spec.syncPeriod", "spec.syncPeriod must be between 1s and 24h"}, false},
+		{"ipvs timeout beyond Go's duration range", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.Mode = kpov1.ModeIPVS
+			pc.Spec.IPVS = &kpov1.IPVSSettings{TCPTimeout: "3000000h"}
+		}, []string{"spec.ipvs.tcpTimeout", "must be at most 576h"}, false},
+		{"ipvs fin timeout beyond the kernel's", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.Mode = kpov1.ModeIPVS
+			pc.Spec.IPVS = &kpov1.IPVSSettings{TCPFinTimeout: "600h"}
+		}, []string{"spec.ipvs.tcpFinTimeout", "must be at most 576h"}, false},
+		{"ipvs udp timeout with a fraction of a second", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.Mode = kpov1.ModeIPVS
+			pc.Spec.IPVS = &kpov1.IPVSSettings{UDPTimeout: "1500ms"}
+		}, []string{"spec.ipvs.udpTimeout", "must be a whole number of seconds"}, false},
+		{"iptables masquerade bit of kubelet's drop mark", func(pc *kpov1.ProxyConfiguration) { pc.Spec.IPTables.MasqueradeBit = ptr.To[int32](15) },
+			[]string{"spec.iptables.masqueradeBit", "must not be 15: kubelet's KUBE-MARK-DROP"}, false},
+		{"nftables masquerade bit of kubelet's drop mark", func(pc *kpov1.ProxyConfiguration) { pc.Spec.NFTables.MasqueradeBit = ptr.To[int32](15) },
+			[]string{"spec.nftables.masqueradeBit", "must not be 15: kubelet's KUBE-MARK-DROP"}, false},
+		{"syncPeriod below a second", func(pc *kpov1.ProxyConfiguration) { pc.Spec.SyncPeriod, pc.Spec.MinSyncPeriod = "500ms", "0" },
+			[]string{"spec.syncPeriod", "spec.syncPeriod must be between 1s and 24h"}, false},
+		{"minSyncPeriod above a day", func(pc *kpov1.ProxyConfiguration) { pc.Spec.MinSyncPeriod = "25h" },
+			[]string{"spec.minSyncPeriod", "spec.minSyncPeriod must be at most 24h"}, false},
+		{"conntrack established timeout beyond the kernel's", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.TCPEstablishedTimeout = "577h" },
+			[]string{"spec.conntrack.tcpEstablishedTimeout", "must be at most 576h"}, false},
+		{"conntrack close-wait timeout beyond Go's range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.TCPCloseWaitTimeout = "99999999999h" },
+			[]string{"spec.conntrack.tcpCloseWaitTimeout", "must be at most 576h"}, false},
+		{"conntrack udp timeout with a fraction of a second", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.UDPTimeout = "30.5s" },
+			[]string{"spec.conntrack.udpTimeout", "must be a whole number of seconds"}, false},
+		{"conntrack udp stream timeout beyond the kernel's", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.UDPStreamTimeout = "1000h" },
+			[]string{"spec.conntrack.udpStreamTimeout", "must be at most 576h"}, false},
+		{"conntrack min negative", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.Min = ptr.To[int32](-1) },
+			[]string{"spec.conntrack.min", "greater than or equal to 0"}, false},
+
+		// Rules that existed before.
 		{"unknown mode", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Mode = "userspace" },
-			[]string{"spec.mode", `Unsupported value: "userspace"`}},
+			[]string{"spec.mode", `Unsupported value: "userspace"`}, false},
 		{"ipvs settings without ipvs mode", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.Mode = kpov1.ModeNFTables
 			pc.Spec.IPVS = &kpov1.IPVSSettings{StrictARP: true}
-		}, []string{"spec.ipvs", "spec.ipvs may only be set when spec.mode is ipvs"}},
+		}, []string{"spec.ipvs", "spec.ipvs may only be set when spec.mode is ipvs"}, false},
 		{"minSyncPeriod above syncPeriod", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.SyncPeriod, pc.Spec.MinSyncPeriod = "10s", "1m"
-		}, []string{"spec.minSyncPeriod", "must not be longer than spec.syncPeriod"}},
+		}, []string{"spec.minSyncPeriod", "must not be longer than spec.syncPeriod"}, false},
 		{"syncPeriod not a duration", func(pc *kpov1.ProxyConfiguration) { pc.Spec.SyncPeriod = "soon" },
-			[]string{"spec.syncPeriod", "should match"}},
+			[]string{"spec.syncPeriod", "should match"}, false},
 		{"conntrack timeout not a duration", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.UDPTimeout = "5 minutes" },
-			[]string{"spec.conntrack.udpTimeout", "should match"}},
+			[]string{"spec.conntrack.udpTimeout", "should match"}, false},
 		{"cluster CIDR invalid", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "10.244.0.0/33"}
 		},
-			[]string{"spec.clusterCIDRs[1]", "must be a valid CIDR"}},
+			[]string{"spec.clusterCIDRs[1]", "must be a valid CIDR"}, false},
 		{"cluster CIDR is an IP", func(pc *kpov1.ProxyConfiguration) { pc.Spec.ClusterCIDRs = []kpov1.CIDR{"fd10:244::1"} },
-			[]string{"spec.clusterCIDRs[0]", "must be a valid CIDR"}},
+			[]string{"spec.clusterCIDRs[0]", "must be a valid CIDR"}, false},
 		{"nodePort address invalid", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.NodePortAddresses = []kpov1.NodePortAddress{"primary", "eth0"}
 		},
-			[]string{"spec.nodePortAddresses[1]", "must be a valid CIDR or the word primary"}},
+			[]string{"spec.nodePortAddresses[1]", "must be a valid CIDR or the word primary"}, false},
 		{"healthz port above range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.HealthzPort = 70000 },
-			[]string{"spec.healthzPort", "less than or equal to 65535"}},
+			[]string{"spec.healthzPort", "less than or equal to 65535"}, false},
 		{"metrics port below range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.MetricsPort = -1 },
-			[]string{"spec.metricsPort", "greater than or equal to 1"}},
+			[]string{"spec.metricsPort", "greater than or equal to 1"}, false},
 		{"healthz and metrics on one port", func(pc *kpov1.ProxyConfiguration) { pc.Spec.HealthzPort, pc.Spec.MetricsPort = 9000, 9000 },
-			[]string{"spec.metricsPort", "must differ"}},
+			[]string{"spec.metricsPort", "must differ"}, false},
 		{"iptables masquerade bit above 31", func(pc *kpov1.ProxyConfiguration) { pc.Spec.IPTables.MasqueradeBit = ptr.To[int32](32) },
-			[]string{"spec.iptables.masqueradeBit", "less than or equal to 31"}},
+			[]string{"spec.iptables.masqueradeBit", "less than or equal to 31"}, false},
 		{"nftables masquerade bit below 0", func(pc *kpov1.ProxyConfiguration) { pc.Spec.NFTables.MasqueradeBit = ptr.To[int32](-1) },
-			[]string{"spec.nftables.masqueradeBit", "greater than or equal to 0"}},
+			[]string{"spec.nftables.masqueradeBit", "greater than or equal to 0"}, false},
 		{"conntrack maxPerCore negative", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Conntrack.MaxPerCore = ptr.To[int32](-5) },
-			[]string{"spec.conntrack.maxPerCore", "greater than or equal to 0"}},
+			[]string{"spec.conntrack.maxPerCore", "greater than or equal to 0"}, false},
 		{"ipvs scheduler unknown", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.Mode = kpov1.ModeIPVS
 			pc.Spec.IPVS = &kpov1.IPVSSettings{Scheduler: "random"}
-		}, []string{"spec.ipvs.scheduler", `Unsupported value: "random"`}},
+		}, []string{"spec.ipvs.scheduler", `Unsupported value: "random"`}, false},
 		{"ipvs exclude CIDR invalid", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.Mode = kpov1.ModeIPVS
 			pc.Spec.IPVS = &kpov1.IPVSSettings{ExcludeCIDRs: []kpov1.CIDR{"203.0.113.0/24", "everything"}}
-		}, []string{"spec.ipvs.excludeCIDRs[1]", "must be a valid CIDR"}},
+		}, []string{"spec.ipvs.excludeCIDRs[1]", "must be a valid CIDR"}, false},
 		{"maxUnavailable zero", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.Agent.UpdateStrategy.MaxUnavailable = ptr.To(intstr.FromInt32(0))
-		}, []string{"spec.agent.updateStrategy.maxUnavailable", "must be a positive count or a percentage"}},
+		}, []string{"spec.agent.updateStrategy.maxUnavailable", "must be a positive count or a percentage"}, true},
 		{"maxUnavailable bad percentage", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.Agent.UpdateStrategy.MaxUnavailable = ptr.To(intstr.FromString("150%"))
-		}, []string{"spec.agent.updateStrategy.maxUnavailable", "must be a positive count or a percentage"}},
+		}, []string{"spec.agent.updateStrategy.maxUnavailable", "must be a positive count or a percentage"}, true},
 		{"log level above 10", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Agent.LogLevel = 11 },
-			[]string{"spec.agent.logLevel", "less than or equal to 10"}},
+			[]string{"spec.agent.logLevel", "less than or equal to 10"}, true},
 		{"pull policy unknown", func(pc *kpov1.ProxyConfiguration) { pc.Spec.Agent.ImagePullPolicy = "Sometimes" },
-			[]string{"spec.agent.imagePullPolicy", `Unsupported value: "Sometimes"`}},
+			[]string{"spec.agent.imagePullPolicy", `Unsupported value: "Sometimes"`}, true},
 		{"name too long", func(pc *kpov1.ProxyConfiguration) { pc.Name = strings.Repeat("n", 53) },
-			[]string{"metadata.name must be at most 52 characters"}},
+			[]string{"metadata.name must be at most 52 characters"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pc := &kpov1.ProxyConfiguration{
-				ObjectMeta: metav1.ObjectMeta{Name: "invalid-" + strings.ReplaceAll(tc.name, " ", "-")},
+				ObjectMeta: metav1.ObjectMeta{Name: objectName("invalid-" + tc.name)},
 				Spec:       kpov1.ProxyConfigurationSpec{NodeSelector: map[string]string{"test": "validation"}},
 			}
 			tc.mutate(pc)
+			mode, settings := pc.Spec.Mode, pc.Spec.ProxySettings.DeepCopy()
 			err := k8s.Create(testCtx, pc)
 			if err == nil {
 				_ = k8s.Delete(testCtx, pc)
@@ -100,6 +146,29 @@ func TestInvalidConfigurationsAreRejected(t *testing.T) {
 			for _, want := range tc.want {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("error %q does not contain %q", err, want)
+				}
+			}
+			if tc.podOnly {
+				return
+			}
+			// The agent's check, on the settings as the API server would have
+			// defaulted them.
+			if mode == "" {
+				mode = kpov1.ModeIPTables
+			}
+			settings.Default()
+			agentErr := kpov1.ValidateSettings(mode, settings, field.NewPath("spec")).ToAggregate()
+			if agentErr == nil {
+				t.Fatalf("ValidateSettings accepted what the API server refused (%v)", err)
+			}
+			for _, want := range tc.want {
+				// The CRD's messages repeat the field ("spec.x must ..."), the
+				// agent's name it once, before the value.
+				if path, rest, ok := strings.Cut(want, " "); ok && strings.HasPrefix(path, "spec.") {
+					want = rest
+				}
+				if !strings.Contains(agentErr.Error(), want) {
+					t.Errorf("ValidateSettings' error %q does not contain %q", agentErr, want)
 				}
 			}
 		})
@@ -124,6 +193,45 @@ func TestInvalidConfigurationsAreRejected(t *testing.T) {
 		}
 		_ = k8s.Delete(testCtx, pc)
 	})
+
+	t.Run("the bounds themselves", func(t *testing.T) {
+		pc := &kpov1.ProxyConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: "valid-bounds"},
+			Spec: kpov1.ProxyConfigurationSpec{
+				Mode:         kpov1.ModeIPVS,
+				NodeSelector: map[string]string{"test": "validation"},
+				ProxySettings: kpov1.ProxySettings{
+					SyncPeriod: "24h", MinSyncPeriod: "0",
+					Conntrack: kpov1.ConntrackSettings{MaxPerCore: ptr.To[int32](0), TCPEstablishedTimeout: "576h",
+						TCPCloseWaitTimeout: "0", UDPTimeout: "1.5m", UDPStreamTimeout: "2073600s", TCPBeLiberal: true},
+					IPTables: kpov1.IPTablesSettings{MasqueradeBit: ptr.To[int32](31)},
+					NFTables: kpov1.NFTablesSettings{MasqueradeBit: ptr.To[int32](0)},
+					IPVS:     &kpov1.IPVSSettings{TCPTimeout: "576h", TCPFinTimeout: "1s", UDPTimeout: "0"},
+				},
+			},
+		}
+		settings := pc.Spec.ProxySettings.DeepCopy()
+		if err := k8s.Create(testCtx, pc); err != nil {
+			t.Fatalf("a valid configuration was rejected: %v", err)
+		}
+		_ = k8s.Delete(testCtx, pc)
+		settings.Default()
+		if err := kpov1.ValidateSettings(kpov1.ModeIPVS, settings, field.NewPath("spec")).ToAggregate(); err != nil {
+			t.Errorf("ValidateSettings refused what the API server accepted: %v", err)
+		}
+	})
+}
+
+// objectName makes a test case's name a valid object name of at most 52
+// characters (the CRD's own limit).
+func objectName(s string) string {
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(s))
+	return strings.Trim(name[:min(len(name), 52)], "-")
 }
 
 // TestKubectlApplyOfInvalidEditChangesNothing is the user's view: kubectl apply of

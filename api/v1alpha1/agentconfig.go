@@ -14,6 +14,11 @@ const AgentConfigKey = "config.yaml"
 // AgentConfigKind is the kind written into the agent configuration file.
 const AgentConfigKind = "AgentConfiguration"
 
+// AgentReadyPath is the agent's readiness endpoint on its healthz port: 503
+// until the agent's first successful sync. The operator's DaemonSet probes it,
+// so that a configuration that cannot sync stops a rolling update.
+const AgentReadyPath = "/readyz"
+
 // AgentConfiguration is the node agent's configuration file. The operator renders it
 // from a ProxyConfiguration into a ConfigMap; the agent reads it at start. It is the
 // whole contract between the two: the agent never needs the CR itself.
@@ -33,8 +38,10 @@ type AgentConfiguration struct {
 	ProxySettings `json:",inline"`
 }
 
-// ParseAgentConfiguration reads an agent configuration file and fills in kube-proxy's
-// defaults for anything left empty, so that the agent never runs on zero values.
+// ParseAgentConfiguration reads an agent configuration file, fills in kube-proxy's
+// defaults for anything left empty, so that the agent never runs on zero values,
+// and validates it with the CRD's rules (Validate), so that the agent never runs
+// on values the API server would refuse.
 func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 	cfg := &AgentConfiguration{}
 	if err := yaml.UnmarshalStrict(data, cfg); err != nil {
@@ -48,11 +55,8 @@ func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 		cfg.Mode = ModeIPTables
 	}
 	cfg.Default()
-	if _, err := cfg.SyncPeriodDuration(); err != nil {
-		return nil, err
-	}
-	if _, err := cfg.MinSyncPeriodDuration(); err != nil {
-		return nil, err
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid agent configuration: %w", err)
 	}
 	return cfg, nil
 }

@@ -135,13 +135,18 @@ type ProxySettings struct {
 	// +optional
 	NodePortAddresses []NodePortAddress `json:"nodePortAddresses,omitempty"`
 
-	// SyncPeriod is the longest time between two full resyncs of the rules.
+	// SyncPeriod is the longest time between two full resyncs of the rules,
+	// between 1s and 24h. Rules count as stale after twice this without a
+	// successful sync.
 	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="spec.syncPeriod must be between 1s and 24h"
 	// +optional
 	SyncPeriod Duration `json:"syncPeriod,omitempty"`
 
 	// MinSyncPeriod is the shortest time between two syncs; changes arriving faster are batched.
+	// 0 syncs every change at once (as kube-proxy); at most syncPeriod.
 	// +kubebuilder:default="1s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="spec.minSyncPeriod must be at most 24h"
 	// +optional
 	MinSyncPeriod Duration `json:"minSyncPeriod,omitempty"`
 
@@ -187,10 +192,12 @@ type ProxySettings struct {
 	MigrateFromKubeProxy bool `json:"migrateFromKubeProxy,omitempty"`
 }
 
-// ConntrackSettings are kube-proxy's conntrack settings. A zero value leaves the
-// kernel's setting alone.
+// ConntrackSettings are kube-proxy's conntrack settings, applied by the agent at
+// start as kube-proxy applies them. A zero value leaves the kernel's setting alone.
 type ConntrackSettings struct {
-	// MaxPerCore is the number of conntrack entries allowed per CPU core.
+	// MaxPerCore is the number of conntrack entries allowed per CPU core:
+	// net.netfilter.nf_conntrack_max becomes maxPerCore × CPUs (at least min,
+	// at most 1048576 as in kube-proxy). 0 leaves nf_conntrack_max alone and ignores min.
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:default=32768
 	// +optional
@@ -202,30 +209,50 @@ type ConntrackSettings struct {
 	// +optional
 	Min *int32 `json:"min,omitempty"`
 
-	// TCPEstablishedTimeout is how long an idle established TCP connection is tracked.
+	// TCPEstablishedTimeout is how long an idle established TCP connection is tracked
+	// (net.netfilter.nf_conntrack_tcp_timeout_established). 0 keeps the kernel's.
 	// +kubebuilder:default="24h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('576h')",message="spec.conntrack.tcpEstablishedTimeout must be at most 576h (24 days; the kernel refuses much more)"
+	// +kubebuilder:validation:XValidation:rule="int(duration(self)) % 1000000000 == 0",message="spec.conntrack.tcpEstablishedTimeout must be a whole number of seconds (the kernel counts in seconds)"
 	// +optional
 	TCPEstablishedTimeout Duration `json:"tcpEstablishedTimeout,omitempty"`
 
-	// TCPCloseWaitTimeout is how long a TCP connection in CLOSE_WAIT is tracked.
+	// TCPCloseWaitTimeout is how long a TCP connection in CLOSE_WAIT is tracked
+	// (net.netfilter.nf_conntrack_tcp_timeout_close_wait). 0 keeps the kernel's.
 	// +kubebuilder:default="1h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('576h')",message="spec.conntrack.tcpCloseWaitTimeout must be at most 576h (24 days; the kernel refuses much more)"
+	// +kubebuilder:validation:XValidation:rule="int(duration(self)) % 1000000000 == 0",message="spec.conntrack.tcpCloseWaitTimeout must be a whole number of seconds (the kernel counts in seconds)"
 	// +optional
 	TCPCloseWaitTimeout Duration `json:"tcpCloseWaitTimeout,omitempty"`
 
-	// UDPTimeout is how long an idle, unreplied UDP flow is tracked. 0 keeps the kernel's.
+	// TCPBeLiberal, when true, makes conntrack accept TCP packets outside the
+	// window instead of marking them INVALID (net.netfilter.nf_conntrack_tcp_be_liberal=1).
+	// False leaves the kernel's setting alone, as kube-proxy does.
+	// +optional
+	TCPBeLiberal bool `json:"tcpBeLiberal,omitempty"`
+
+	// UDPTimeout is how long an idle, unreplied UDP flow is tracked
+	// (net.netfilter.nf_conntrack_udp_timeout). 0 keeps the kernel's.
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('576h')",message="spec.conntrack.udpTimeout must be at most 576h (24 days; the kernel refuses much more)"
+	// +kubebuilder:validation:XValidation:rule="int(duration(self)) % 1000000000 == 0",message="spec.conntrack.udpTimeout must be a whole number of seconds (the kernel counts in seconds)"
 	// +optional
 	UDPTimeout Duration `json:"udpTimeout,omitempty"`
 
-	// UDPStreamTimeout is how long an idle UDP stream (replied flow) is tracked. 0 keeps the kernel's.
+	// UDPStreamTimeout is how long an idle UDP stream (replied flow) is tracked
+	// (net.netfilter.nf_conntrack_udp_timeout_stream). 0 keeps the kernel's.
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('576h')",message="spec.conntrack.udpStreamTimeout must be at most 576h (24 days; the kernel refuses much more)"
+	// +kubebuilder:validation:XValidation:rule="int(duration(self)) % 1000000000 == 0",message="spec.conntrack.udpStreamTimeout must be a whole number of seconds (the kernel counts in seconds)"
 	// +optional
 	UDPStreamTimeout Duration `json:"udpStreamTimeout,omitempty"`
 }
 
 // IPTablesSettings are settings of the iptables mode.
 type IPTablesSettings struct {
-	// MasqueradeBit is the bit of the packet mark that flags packets to masquerade.
+	// MasqueradeBit is the bit of the packet mark that flags packets to masquerade:
+	// 0 to 31, but not 15, the bit of kubelet's KUBE-MARK-DROP.
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=31
+	// +kubebuilder:validation:XValidation:rule="self != 15",message="spec.iptables.masqueradeBit must not be 15: kubelet's KUBE-MARK-DROP uses that bit (0x8000)"
 	// +kubebuilder:default=14
 	// +optional
 	MasqueradeBit *int32 `json:"masqueradeBit,omitempty"`
@@ -238,9 +265,11 @@ type IPTablesSettings struct {
 
 // NFTablesSettings are settings of the nftables mode.
 type NFTablesSettings struct {
-	// MasqueradeBit is the bit of the packet mark that flags packets to masquerade.
+	// MasqueradeBit is the bit of the packet mark that flags packets to masquerade:
+	// 0 to 31, but not 15, the bit of kubelet's KUBE-MARK-DROP.
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=31
+	// +kubebuilder:validation:XValidation:rule="self != 15",message="spec.nftables.masqueradeBit must not be 15: kubelet's KUBE-MARK-DROP uses that bit (0x8000)"
 	// +kubebuilder:default=14
 	// +optional
 	MasqueradeBit *int32 `json:"masqueradeBit,omitempty"`
@@ -263,14 +292,20 @@ type IPVSSettings struct {
 	StrictARP bool `json:"strictARP,omitempty"`
 
 	// TCPTimeout is IPVS's idle timeout of TCP sessions. 0 keeps the kernel's.
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('576h')",message="spec.ipvs.tcpTimeout must be at most 576h (24 days; the kernel refuses much more)"
+	// +kubebuilder:validation:XValidation:rule="int(duration(self)) % 1000000000 == 0",message="spec.ipvs.tcpTimeout must be a whole number of seconds (the kernel counts in seconds)"
 	// +optional
 	TCPTimeout Duration `json:"tcpTimeout,omitempty"`
 
 	// TCPFinTimeout is IPVS's timeout of TCP sessions after FIN. 0 keeps the kernel's.
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('576h')",message="spec.ipvs.tcpFinTimeout must be at most 576h (24 days; the kernel refuses much more)"
+	// +kubebuilder:validation:XValidation:rule="int(duration(self)) % 1000000000 == 0",message="spec.ipvs.tcpFinTimeout must be a whole number of seconds (the kernel counts in seconds)"
 	// +optional
 	TCPFinTimeout Duration `json:"tcpFinTimeout,omitempty"`
 
 	// UDPTimeout is IPVS's timeout of UDP flows. 0 keeps the kernel's.
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('576h')",message="spec.ipvs.udpTimeout must be at most 576h (24 days; the kernel refuses much more)"
+	// +kubebuilder:validation:XValidation:rule="int(duration(self)) % 1000000000 == 0",message="spec.ipvs.udpTimeout must be a whole number of seconds (the kernel counts in seconds)"
 	// +optional
 	UDPTimeout Duration `json:"udpTimeout,omitempty"`
 

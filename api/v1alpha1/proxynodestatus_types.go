@@ -73,6 +73,10 @@ type ProxyNodeReport struct {
 	// +optional
 	LastError string `json:"lastError,omitempty"`
 
+	// Conntrack says which conntrack sysctls of spec.conntrack the agent set at start.
+	// +optional
+	Conntrack *ConntrackSysctls `json:"conntrack,omitempty"`
+
 	// AgentVersion is the version of the agent binary.
 	// +kubebuilder:validation:MaxLength=64
 	// +optional
@@ -118,4 +122,22 @@ type ProxyNodeStatusList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ProxyNodeStatus `json:"items"`
+}
+
+// ConntrackSysctls is what the agent did with spec.conntrack when it started,
+// as "name=value" (sysctl names such as net.netfilter.nf_conntrack_max).
+type ConntrackSysctls struct {
+	// Applied are the settings the kernel now holds.
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=128
+	// +listType=atomic
+	// +optional
+	Applied []string `json:"applied,omitempty"`
+	// Failed are the settings the agent could not apply, each with the reason
+	// (for example nf_conntrack_max, which only the host's network namespace may set).
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MaxLength=512
+	// +listType=atomic
+	// +optional
+	Failed []string `json:"failed,omitempty"`
 }

@@ -20,6 +20,7 @@ import (
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backends"
 	"kpo.dev/kpo/nodeagent/conntrack"
+	"kpo.dev/kpo/nodeagent/sysctl"
 )
 
 func main() {
@@ -49,8 +50,10 @@ func run(ctx context.Context, configFile, kubeconfig, nodeName, healthzAddr, met
 	}
 	cfg := &kpov1.AgentConfiguration{Mode: kpov1.ModeIPTables}
 	if err == nil {
+		// Parsing validates with the CRD's rules: a file the API server would
+		// have refused stops the agent here, naming the fields.
 		if cfg, err = kpov1.ParseAgentConfiguration(data); err != nil {
-			return err
+			return fmt.Errorf("%s: %w", configFile, err)
 		}
 	}
 	if cleanup {
@@ -74,6 +77,9 @@ func run(ctx context.Context, configFile, kubeconfig, nodeName, healthzAddr, met
 	if err != nil {
 		return err
 	}
+	// spec.conntrack, as kube-proxy applies it before its first sync; what
+	// could not be set is reported, not fatal (see package sysctl).
+	conntrackSysctls := sysctl.ApplyConntrack(ctx, &cfg.Conntrack, sysctl.NumCPU(), sysctl.Host)
 	factories := map[kpov1.Mode]func() (backend.Backend, error){}
 	for m, f := range backends.All(cfg) {
 		factories[m] = f
@@ -81,6 +87,7 @@ func run(ctx context.Context, configFile, kubeconfig, nodeName, healthzAddr, met
 	a, err := agent.New(agent.Options{
 		Config: cfg, NodeName: nodeName, Kube: kube, Client: c, Backends: factories,
 		ConntrackCleaner:   conntrack.Cleaner{},
+		ConntrackSysctls:   &conntrackSysctls,
 		HealthzBindAddress: healthzAddr, MetricsBindAddress: metricsAddr,
 	})
 	if err != nil {

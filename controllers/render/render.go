@@ -16,6 +16,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
@@ -108,6 +109,19 @@ func AgentConfiguration(pc *kpov1.ProxyConfiguration) *kpov1.AgentConfiguration 
 func Render(pc *kpov1.ProxyConfiguration, opts Options) (*Objects, error) {
 	if opts.Namespace == "" {
 		return nil, fmt.Errorf("render: no namespace")
+	}
+	// The agent refuses a configuration file that fails these rules: refuse it
+	// here, before anything rolls (the CR then says Degraded, ApplyFailed, with
+	// the fields). The API server applies the same rules, unless the CRD
+	// installed is older than the operator.
+	settings := pc.Spec.ProxySettings.DeepCopy()
+	settings.Default()
+	mode := pc.Spec.Mode
+	if mode == "" {
+		mode = kpov1.ModeIPTables
+	}
+	if err := kpov1.ValidateSettings(mode, settings, field.NewPath("spec")).ToAggregate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
 	image := pc.Spec.Agent.Image
 	if image == "" {
@@ -264,12 +278,17 @@ func agentContainer(pc *kpov1.ProxyConfiguration, image string, opts Options) *c
 		// writes sysctls (conntrack limits, route_localnet, IPVS strict ARP), and
 		// container runtimes mount /proc/sys read-only in unprivileged containers.
 		WithSecurityContext(corev1ac.SecurityContext().WithPrivileged(true)).
-		// The startup probe polls every second until the first sync is done, so the
-		// pod turns ready (and a rolling update moves on to the next node) about a
-		// second after its rules are in place rather than at the next 10 s probe.
-		WithStartupProbe(probe("/healthz", 300).WithPeriodSeconds(1).WithTimeoutSeconds(1)).
+		// Readiness is the agent's /readyz: 503 until its first successful sync.
+		// A rolling update replaces maxUnavailable agents and waits for them to
+		// turn ready, so a configuration that cannot sync stops at the first
+		// node(s), whose ProxyNodeStatus says why (and the CR's Degraded), instead
+		// of reaching every node. (/healthz, as kube-proxy's, is 200 before the
+		// first sync.) The startup probe polls every second until then, so the pod
+		// turns ready about a second after its rules are in place rather than at
+		// the next 10 s probe; after 300 s without a sync the kubelet restarts it.
+		WithStartupProbe(probe(kpov1.AgentReadyPath, 300).WithPeriodSeconds(1).WithTimeoutSeconds(1)).
 		WithLivenessProbe(probe("/livez", 6)).
-		WithReadinessProbe(probe("/healthz", 3)).
+		WithReadinessProbe(probe(kpov1.AgentReadyPath, 3)).
 		WithVolumeMounts(
 			corev1ac.VolumeMount().WithName("config").WithMountPath(AgentConfigDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName("xtables-lock").WithMountPath("/run/xtables.lock"),

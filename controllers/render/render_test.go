@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -134,6 +136,50 @@ func TestRenderErrors(t *testing.T) {
 	}
 	if _, err := Render(sample(), Options{DefaultAgentImage: "img"}); err == nil {
 		t.Error("no namespace: want an error")
+	}
+}
+
+// TestInvalidSettingsRenderNothing: settings the agent would refuse (say,
+// stored under an older CRD without today's rules) are refused before any
+// object is rendered, with the field's name, so nothing rolls out.
+func TestInvalidSettingsRenderNothing(t *testing.T) {
+	pc := sample()
+	pc.Spec.SyncPeriod, pc.Spec.MinSyncPeriod = "0s", "0s"
+	pc.Spec.NFTables.MasqueradeBit = ptr.To[int32](15)
+	objs, err := Render(pc, Options{Namespace: "kpo-system", DefaultAgentImage: "img"})
+	if err == nil || objs != nil {
+		t.Fatalf("rendered %v, want an error", objs)
+	}
+	for _, want := range []string{"invalid configuration", "spec.syncPeriod", "spec.nftables.masqueradeBit"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+}
+
+// TestProbesGateTheRollOnReadyz: the pods turn ready only through /readyz
+// (503 until the agent's first successful sync), so that a rolling update
+// waits for a working node; liveness stays on /livez, which (as kube-proxy's)
+// is healthy while the agent starts.
+func TestProbesGateTheRollOnReadyz(t *testing.T) {
+	pc := sample()
+	pc.Spec.HealthzPort = 20256
+	objs, err := Render(pc, Options{Namespace: "kpo-system", DefaultAgentImage: "img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := objs.DaemonSet.Spec.Template.Spec.Containers[0]
+	for name, p := range map[string]*corev1ac.ProbeApplyConfiguration{"startup": c.StartupProbe, "readiness": c.ReadinessProbe} {
+		if p == nil || *p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.IntValue() != 20256 {
+			t.Errorf("%s probe %+v, want GET /readyz on the healthz port", name, p)
+		}
+	}
+	if p := c.LivenessProbe; p == nil || *p.HTTPGet.Path != "/livez" {
+		t.Errorf("liveness probe %+v, want /livez", p)
+	}
+	ru := objs.DaemonSet.Spec.UpdateStrategy
+	if *ru.Type != "RollingUpdate" || ru.RollingUpdate.MaxUnavailable.String() != "10%" {
+		t.Errorf("update strategy %+v, want a rolling update bounded by spec.agent.updateStrategy", ru)
 	}
 }
 

@@ -54,6 +54,9 @@ type Options struct {
 	Backends map[kpov1.Mode]func() (backend.Backend, error)
 	// ConntrackCleaner removes stale UDP flows; nil disables it.
 	ConntrackCleaner ConntrackCleaner
+	// ConntrackSysctls is what applying spec.conntrack at start did, for the
+	// ProxyNodeStatus (package sysctl); nil reports nothing.
+	ConntrackSysctls *kpov1.ConntrackSysctls
 	// HealthzBindAddress and MetricsBindAddress override the ports of the config
 	// (tests use 127.0.0.1:0). Empty means the config's ports.
 	HealthzBindAddress string
@@ -101,6 +104,9 @@ func New(opts Options) (*Agent, error) {
 	if cfg == nil || opts.NodeName == "" || opts.Kube == nil {
 		return nil, errors.New("agent: config, node name and a Kubernetes client are required")
 	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent: invalid configuration: %w", err)
+	}
 	minSync, err := cfg.MinSyncPeriodDuration()
 	if err != nil {
 		return nil, err
@@ -131,6 +137,7 @@ func New(opts Options) (*Agent, error) {
 	a.runner = runner.New(a.sync, minSync, syncPeriod, max(syncPeriod, 30*time.Second), nil)
 	a.status = newStatusReporter(opts.Client, opts.NodeName, cfg, be.Mode())
 	a.status.health = a.health
+	a.status.report.Conntrack = opts.ConntrackSysctls
 	return a, nil
 }
 

@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -155,9 +156,12 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	cfg.MinSyncPeriod = "50ms"
 	cfg.Default()
 	healthz := freePort(t)
+	conntrackSysctls := &kpov1.ConntrackSysctls{Applied: []string{"net.netfilter.nf_conntrack_tcp_timeout_established=86400"},
+		Failed: []string{"net.netfilter.nf_conntrack_max=131072: permission denied"}}
 	runAgent(t, ctx, cancel, be, Options{
 		Config: cfg, NodeName: "agent-node-1", Kube: kube, Client: c,
 		ConntrackCleaner:   cleaner,
+		ConntrackSysctls:   conntrackSysctls,
 		HealthzBindAddress: healthz, MetricsBindAddress: freePort(t),
 	})
 
@@ -195,6 +199,9 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	if pns.Status.Configuration != "default" || pns.Status.ConfigurationGeneration != 3 || pns.Status.Rules != 14 {
 		t.Errorf("report %+v", pns.Status)
 	}
+	if !equality.Semantic.DeepEqual(pns.Status.Conntrack, conntrackSysctls) {
+		t.Errorf("conntrack report %+v, want %+v", pns.Status.Conntrack, conntrackSysctls)
+	}
 	if refs := pns.OwnerReferences; len(refs) != 1 || refs[0].Kind != "Node" || refs[0].UID != node.UID {
 		t.Errorf("owner references %+v, want the Node", refs)
 	}
@@ -219,9 +226,12 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		return nil
 	})
 
-	// healthz answers 200 while rules are fresh.
+	// healthz answers 200 while rules are fresh; readyz too, after a sync.
 	if code := get(t, "http://"+healthz+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d", code)
+	}
+	if code := get(t, "http://"+healthz+ReadyPath); code != http.StatusOK {
+		t.Errorf("%s = %d after a successful sync", ReadyPath, code)
 	}
 
 	// The kernel refuses a sync: reported, with the error.
@@ -259,8 +269,51 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		if code := get(t, "http://"+healthz+"/livez"); code != http.StatusOK {
 			return fmt.Errorf("/livez = %d", code)
 		}
+		if code := get(t, "http://"+healthz+ReadyPath); code != http.StatusOK {
+			return fmt.Errorf("%s = %d while the node is being deleted", ReadyPath, code)
+		}
 		return nil
 	})
+}
+
+// TestAgentThatCannotSyncIsNotReady: an agent whose every sync fails reports
+// why in its ProxyNodeStatus and stays unready (the DaemonSet's probes use
+// /readyz, so a roll stops there), while /healthz answers as kube-proxy's
+// does for a proxy that has not synced yet: 200.
+func TestAgentThatCannotSyncIsNotReady(t *testing.T) {
+	if env == nil {
+		t.Skip("needs kube-apiserver; not run with -short")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := env.Client
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "unready-node"}}
+	must(t, c.Create(ctx, node))
+	be := &recordingBackend{fail: errors.New("nft: Error: Could not process rule: Invalid argument")}
+	cfg := &kpov1.AgentConfiguration{ConfigurationName: "unready", ConfigurationGeneration: 2, Mode: kpov1.ModeNFTables}
+	cfg.Default()
+	healthz := freePort(t)
+	runAgent(t, ctx, cancel, be, Options{
+		Config: cfg, NodeName: node.Name, Kube: kubernetes.NewForConfigOrDie(env.Config), Client: c,
+		HealthzBindAddress: healthz, MetricsBindAddress: freePort(t),
+	})
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		pns := &kpov1.ProxyNodeStatus{}
+		if err := c.Get(ctx, types.NamespacedName{Name: node.Name}, pns); err != nil {
+			return err
+		}
+		cond := meta.FindStatusCondition(pns.Status.Conditions, kpov1.NodeConditionSynced)
+		if cond == nil || cond.Reason != kpov1.NodeReasonSyncFailed || pns.Status.ConfigurationGeneration != 2 {
+			return fmt.Errorf("failure not reported: %+v", pns.Status)
+		}
+		return nil
+	})
+	if code := get(t, "http://"+healthz+ReadyPath); code != http.StatusServiceUnavailable {
+		t.Errorf("%s = %d while every sync fails, want 503", ReadyPath, code)
+	}
+	if code := get(t, "http://"+healthz+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz = %d before the first sync, want 200 as kube-proxy", code)
+	}
 }
 
 func inNamespace(snap *model.Snapshot, ns string) int {

@@ -29,8 +29,15 @@ type healthState struct {
 }
 
 func newHealthState(syncPeriod time.Duration) *healthState {
-	// Two sync periods without a successful sync means the rules are stale.
-	return &healthState{started: time.Now(), timeout: 2 * syncPeriod}
+	return &healthState{started: time.Now(), timeout: staleAfter(syncPeriod)}
+}
+
+// staleAfter is how long rules stay fresh without a successful sync: two sync
+// periods, as kube-proxy's healthTimeout. Validation bounds syncPeriod to
+// 1s–24h; the bound is held there anyway (a doubled syncPeriod of 1300000h
+// overflowed into a negative bound, and /healthz answered 503 forever).
+func staleAfter(syncPeriod time.Duration) time.Duration {
+	return 2 * min(max(syncPeriod, time.Second), 24*time.Hour)
 }
 
 func (h *healthState) synced(t time.Time) {
@@ -80,7 +87,7 @@ func (h *healthState) serveHTTP(checkNode bool) http.HandlerFunc {
 	}
 }
 
-// serve starts the healthz and metrics servers.
+// serve starts the healthz (with /livez and /readyz) and metrics servers.
 func (a *Agent) serve(ctx context.Context) error {
 	healthz := a.opts.HealthzBindAddress
 	if healthz == "" {
@@ -93,6 +100,7 @@ func (a *Agent) serve(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("/healthz", a.health.serveHTTP(true))
 	mux.Handle("/livez", a.health.serveHTTP(false))
+	mux.Handle(ReadyPath, a.health.readyHandler(time.Now))
 	if err := listenAndServe(ctx, healthz, mux); err != nil {
 		return fmt.Errorf("healthz server: %w", err)
 	}

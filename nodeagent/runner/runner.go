@@ -31,6 +31,20 @@ func (r Reason) String() string {
 // Func is the work; an error schedules a retry.
 type Func func(ctx context.Context, reason Reason) error
 
+// Bounds the runner holds its intervals to, whatever it is given. Validation
+// keeps the agent's settings well inside them (syncPeriod 1s–24h); these make
+// the loop itself safe with any value: it never spins, and no deadline or
+// doubled backoff comes near time.Duration's overflow.
+const (
+	// periodFloor is the shortest maxInterval: with a zero one every moment
+	// would be due and the loop would never wait.
+	periodFloor = time.Second
+	// backoffFloor is the shortest retry delay after a failure.
+	backoffFloor = 100 * time.Millisecond
+	// intervalCeiling is the longest interval of any kind.
+	intervalCeiling = 365 * 24 * time.Hour
+)
+
 // Runner calls a Func with bounded frequency.
 type Runner struct {
 	fn          Func
@@ -42,13 +56,16 @@ type Runner struct {
 }
 
 // New returns a runner. maxBackoff bounds the retry delay after failures.
+// Intervals are held to sane bounds (see periodFloor and intervalCeiling):
+// maxInterval to [1s, 1 year], minInterval to [0, maxInterval], maxBackoff to
+// [max(minInterval, 100ms), 1 year].
 func New(fn Func, minInterval, maxInterval, maxBackoff time.Duration, clk clock.Clock) *Runner {
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	if maxBackoff < minInterval {
-		maxBackoff = minInterval
-	}
+	maxInterval = min(max(maxInterval, periodFloor), intervalCeiling)
+	minInterval = min(max(minInterval, 0), maxInterval)
+	maxBackoff = min(max(maxBackoff, minInterval, backoffFloor), intervalCeiling)
 	return &Runner{fn: fn, minInterval: minInterval, maxInterval: maxInterval, maxBackoff: maxBackoff,
 		clock: clk, trigger: make(chan struct{}, 1)}
 }
@@ -70,6 +87,11 @@ func (r *Runner) Loop(ctx context.Context) {
 		retryAt  time.Time
 	)
 	for {
+		// Checked before every run, not only while waiting: a run that is
+		// due at once must not keep the loop from seeing the end.
+		if ctx.Err() != nil {
+			return
+		}
 		now := r.clock.Now()
 		// When is the next run due, and why?
 		due, reason := lastRun.Add(r.maxInterval), Periodic
@@ -106,9 +128,10 @@ func (r *Runner) Loop(ctx context.Context) {
 	}
 }
 
-// backoff doubles from minInterval (at least 100ms) up to maxBackoff.
+// backoff doubles from minInterval (at least 100ms) up to maxBackoff. (d stays
+// below maxBackoff, at most a year, before doubling: it cannot overflow.)
 func (r *Runner) backoff(failures int) time.Duration {
-	d := max(r.minInterval, 100*time.Millisecond)
+	d := max(r.minInterval, backoffFloor)
 	for i := 1; i < failures && d < r.maxBackoff; i++ {
 		d *= 2
 	}
