@@ -181,34 +181,50 @@ func New() *Arbiter {
 // claimsOf lists what sp claims: its ClusterIP, load-balancer and external
 // IPs with its port, and its NodePort.
 func claimsOf(sp *model.ServicePort) []keyClaim {
+	out := make([]keyClaim, 0, 2+len(sp.LoadBalancerIPs)+len(sp.ExternalIPs))
+	forEachClaim(sp, func(kc keyClaim) { out = append(out, kc) })
+	return out
+}
+
+func forEachClaim(sp *model.ServicePort, f func(keyClaim)) {
 	vip := func(a netip.Addr, s Source) keyClaim {
 		return keyClaim{Key{Addr: a, Protocol: sp.Protocol, Port: sp.Port}, s}
 	}
-	out := make([]keyClaim, 0, 2+len(sp.LoadBalancerIPs)+len(sp.ExternalIPs))
-	out = append(out, vip(sp.ClusterIP, ClusterIP))
+	f(vip(sp.ClusterIP, ClusterIP))
 	for _, a := range sp.LoadBalancerIPs {
-		out = append(out, vip(a, LoadBalancerIP))
+		f(vip(a, LoadBalancerIP))
 	}
 	for _, a := range sp.ExternalIPs {
-		out = append(out, vip(a, ExternalIP))
+		f(vip(a, ExternalIP))
 	}
 	if sp.NodePort != 0 {
-		out = append(out, keyClaim{Key{Family: sp.Key.Family, Protocol: sp.Protocol, Port: sp.NodePort}, NodePort})
+		f(keyClaim{Key{Family: sp.Key.Family, Protocol: sp.Protocol, Port: sp.NodePort}, NodePort})
 	}
-	return out
+}
+
+// claims reports whether sp claims exactly cs (without allocating: Set
+// asks this of every rebuilt port).
+func claims(sp *model.ServicePort, cs []keyClaim) bool {
+	i, same := 0, true
+	forEachClaim(sp, func(kc keyClaim) {
+		same = same && i < len(cs) && cs[i] == kc
+		i++
+	})
+	return same && i == len(cs)
 }
 
 // Set records sp's claims (new, or replacing its previous ones); created is
 // its Service's creationTimestamp. Claims equal to the previous ones change
 // nothing, so an endpoint change costs no arbitration.
 func (a *Arbiter) Set(sp *model.ServicePort, created time.Time) {
-	cs := claimsOf(sp)
-	if e := a.entries[sp.Key]; e != nil {
-		if e.created.Equal(created) && slices.Equal(e.claims, cs) {
-			return
-		}
+	e := a.entries[sp.Key]
+	if e != nil && e.created.Equal(created) && claims(sp, e.claims) {
+		return
+	}
+	if e != nil {
 		a.drop(sp.Key, e)
 	}
+	cs := claimsOf(sp)
 	a.entries[sp.Key] = &entry{created: created, claims: cs}
 	for _, kc := range cs {
 		a.claims[kc.key] = append(a.claims[kc.key], claim{port: sp.Key, source: kc.source})
