@@ -16,18 +16,18 @@ const (
 // kube-proxy does with the same input.
 const (
 	// Service fields.
-	ReasonInvalidClusterIP          = "InvalidClusterIP"
-	ReasonDuplicateClusterIPFamily  = "DuplicateClusterIPFamily"
-	ReasonInvalidPort               = "InvalidPort"
-	ReasonInvalidProtocol           = "InvalidProtocol"
-	ReasonDuplicatePort             = "DuplicatePort"
-	ReasonInvalidNodePort           = "InvalidNodePort"
-	ReasonInvalidHealthCheckPort    = "InvalidHealthCheckNodePort"
-	ReasonInvalidExternalIP         = "InvalidExternalIP"
-	ReasonInvalidLoadBalancerIP     = "InvalidLoadBalancerIP"
-	ReasonInvalidLoadBalancerIPMode = "InvalidLoadBalancerIPMode"
-	ReasonInvalidSourceRange        = "InvalidSourceRange"
-	ReasonInvalidAffinityTimeout    = "InvalidAffinityTimeout"
+	ReasonInvalidClusterIP           = "InvalidClusterIP"
+	ReasonDuplicateClusterIPFamily   = "DuplicateClusterIPFamily"
+	ReasonInvalidPort                = "InvalidPort"
+	ReasonInvalidProtocol            = "InvalidProtocol"
+	ReasonDuplicatePort              = "DuplicatePort"
+	ReasonInvalidNodePort            = "InvalidNodePort"
+	ReasonInvalidHealthCheckNodePort = "InvalidHealthCheckNodePort"
+	ReasonInvalidExternalIP          = "InvalidExternalIP"
+	ReasonInvalidLoadBalancerIP      = "InvalidLoadBalancerIP"
+	ReasonInvalidLoadBalancerIPMode  = "InvalidLoadBalancerIPMode"
+	ReasonInvalidSourceRange         = "InvalidSourceRange"
+	ReasonInvalidAffinityTimeout     = "InvalidAffinityTimeout"
 
 	// EndpointSlice fields.
 	ReasonInvalidEndpointPort     = "InvalidEndpointPort"
@@ -53,10 +53,6 @@ type Rejection struct {
 	Reason    string
 	// Message says what exactly was skipped and why.
 	Message string
-}
-
-func (r Rejection) String() string {
-	return fmt.Sprintf("%s %s/%s: %s: %s", r.Kind, r.Namespace, r.Name, r.Reason, r.Message)
 }
 
 // CompareRejections orders rejections by object, then reason and message: the

@@ -54,22 +54,20 @@ func parseIP(s string) (netip.Addr, bool) {
 // surrounding blanks trimmed), masked.
 func parsePrefix(s string) (netip.Prefix, bool) {
 	s = strings.TrimSpace(s)
-	if p, err := netip.ParsePrefix(s); err == nil {
-		if p.Addr().Is4In6() {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		return p.Masked(), p.IsValid()
-	}
-	_, n, err := netutils.ParseCIDRSloppy(s)
+	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, false
+		_, n, err := netutils.ParseCIDRSloppy(s)
+		if err != nil {
+			return netip.Prefix{}, false
+		}
+		a, _ := netip.AddrFromSlice(n.IP)
+		ones, _ := n.Mask.Size()
+		p = netip.PrefixFrom(a, ones)
 	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	ones, _ := n.Mask.Size()
-	if a.Is4In6() {
-		a = a.Unmap()
+	if p.Addr().Is4In6() {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96) // invalid below /96
 	}
-	return netip.PrefixFrom(a, ones).Masked(), ok
+	return p.Masked(), p.IsValid()
 }
 
 func validPort(p int32) bool { return p >= 1 && p <= 65535 }
@@ -135,7 +133,7 @@ func validateService(svc *corev1.Service, rs *rejections) *serviceView {
 	if needsHealthCheck(svc) {
 		v.healthCheckPort = svc.Spec.HealthCheckNodePort
 		if v.healthCheckPort != 0 && !validPort(v.healthCheckPort) {
-			reject(ReasonInvalidHealthCheckPort, "healthCheckNodePort %d is outside 1-65535", v.healthCheckPort)
+			reject(ReasonInvalidHealthCheckNodePort, "healthCheckNodePort %d is outside 1-65535", v.healthCheckPort)
 			v.healthCheckPort = 0
 		}
 	}

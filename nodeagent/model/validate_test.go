@@ -116,7 +116,7 @@ func TestValidateService(t *testing.T) {
 				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 				s.Spec.HealthCheckNodePort = 70000
 			}),
-			[]string{"ns/svc:http/TCP/IPv4 10.96.0.10:80 np=30080"}, []string{svcRej(ReasonInvalidHealthCheckPort)}},
+			[]string{"ns/svc:http/TCP/IPv4 10.96.0.10:80 np=30080"}, []string{svcRej(ReasonInvalidHealthCheckNodePort)}},
 		{"externalIPs: one that does not parse is skipped, duplicates merged, IPv4-mapped unmapped",
 			service(func(s *corev1.Service) {
 				s.Spec.ExternalIPs = []string{"203.0.113.5", "not-an-ip", "203.0.113.5", "::ffff:203.0.113.7"}
@@ -136,10 +136,11 @@ func TestValidateService(t *testing.T) {
 			[]string{"ns/svc:http/TCP/IPv4 10.96.0.10:80 np=30080 ext=[203.0.113.11] lb=[203.0.113.10] ranges=[198.51.100.0/24]"}, nil},
 		{"source ranges: one that does not parse is skipped, the others masked",
 			service(asNodePort, asLoadBalancer(corev1.LoadBalancerIngress{IP: "203.0.113.10"}), func(s *corev1.Service) {
-				s.Spec.LoadBalancerSourceRanges = []string{"198.51.100.0/24", "bogus", "10.1.2.3/8"}
+				s.Spec.LoadBalancerSourceRanges = []string{"198.51.100.0/24", "bogus", "10.1.2.3/8", "::ffff:0:0/64",
+					"::ffff:172.16.0.0/108", "020.0.0.0/8"}
 			}),
-			[]string{"ns/svc:http/TCP/IPv4 10.96.0.10:80 np=30080 lb=[203.0.113.10] ranges=[198.51.100.0/24 10.0.0.0/8]"},
-			[]string{svcRej(ReasonInvalidSourceRange)}},
+			[]string{"ns/svc:http/TCP/IPv4 10.96.0.10:80 np=30080 lb=[203.0.113.10] ranges=[198.51.100.0/24 10.0.0.0/8 172.16.0.0/12 20.0.0.0/8]"},
+			[]string{svcRej(ReasonInvalidSourceRange), svcRej(ReasonInvalidSourceRange)}},
 		{"affinity timeout 0: the default", service(affinity(0)),
 			[]string{"ns/svc:http/TCP/IPv4 10.96.0.10:80 affinity=3h0m0s"}, []string{svcRej(ReasonInvalidAffinityTimeout)}},
 		{"affinity timeout above a day: the default", service(affinity(86401)),

@@ -156,6 +156,7 @@ func waitRejected(t *testing.T, node string, want []string) {
 		if !meta.IsStatusConditionTrue(pns.Status.Conditions, kpov1.NodeConditionSynced) {
 			return fmt.Errorf("not synced: %+v", pns.Status.Conditions)
 		}
+		t.Logf("%s reports %d rejected objects: %+v", node, pns.Status.RejectedObjectCount, pns.Status.RejectedObjects)
 		return nil
 	})
 }
