@@ -25,6 +25,33 @@ const (
 	NodeReasonCleanedUp       = "CleanedUp"
 )
 
+// MaxRejectedObjects is how many rejected objects a ProxyNodeStatus names.
+const MaxRejectedObjects = 10
+
+// RejectedObject is (a part of) an API object the agent does not program: a
+// value the kernel would refuse (such as an EndpointSlice port of 70000), or
+// the losing side of a conflict between Services (two Services with the same
+// externalIP and port). The rest of the node's rules are programmed.
+type RejectedObject struct {
+	// Kind is Service or EndpointSlice.
+	// +kubebuilder:validation:MaxLength=64
+	Kind string `json:"kind"`
+	// Namespace of the object.
+	// +kubebuilder:validation:MaxLength=63
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// Name of the object.
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// Reason is a CamelCase word, such as InvalidEndpointPort or ExternalIPConflict.
+	// +kubebuilder:validation:MaxLength=64
+	Reason string `json:"reason"`
+	// Message says what is skipped and why.
+	// +kubebuilder:validation:MaxLength=512
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
 // ProxyNodeReport is what one node's agent reports about the node.
 type ProxyNodeReport struct {
 	// Configuration is the name of the ProxyConfiguration the agent applies.
@@ -77,6 +104,17 @@ type ProxyNodeReport struct {
 	// +optional
 	Conntrack *ConntrackSysctls `json:"conntrack,omitempty"`
 
+	// RejectedObjects names the first (in the order of kind, namespace, name and
+	// reason) of the API objects, or parts of them, that the agent skips as
+	// invalid or that lose a conflict with another Service.
+	// +kubebuilder:validation:MaxItems=10
+	// +listType=atomic
+	// +optional
+	RejectedObjects []RejectedObject `json:"rejectedObjects,omitempty"`
+	// RejectedObjectCount is how many there are in all (one per object and reason).
+	// +optional
+	RejectedObjectCount int32 `json:"rejectedObjectCount,omitempty"`
+
 	// AgentVersion is the version of the agent binary.
 	// +kubebuilder:validation:MaxLength=64
 	// +optional
@@ -107,6 +145,7 @@ type ProxyNodeReport struct {
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Synced")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Rules",type=integer,JSONPath=`.status.rules`,priority=1
 // +kubebuilder:printcolumn:name="Duration",type=string,JSONPath=`.status.lastSyncDuration`,priority=1
+// +kubebuilder:printcolumn:name="Rejected",type=integer,JSONPath=`.status.rejectedObjectCount`,priority=1
 type ProxyNodeStatus struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

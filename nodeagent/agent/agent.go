@@ -265,6 +265,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	full := a.needFull || reason != runner.Change
 	snap, change := a.tracker.Snapshot()
 	snap.Node = a.nodeInfo()
+	a.reportRejections(logger, change)
 	a.metrics.pending.Set(0)
 
 	start := time.Now()

@@ -5,6 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"kpo.dev/kpo/nodeagent/model"
 )
 
 // metrics uses kube-proxy's vocabulary (kubeproxy_sync_proxy_rules_*) under the
@@ -17,6 +19,7 @@ type metrics struct {
 	rules           prometheus.Gauge
 	syncFailures    prometheus.Counter
 	lastSyncSeconds prometheus.Gauge
+	rejected        *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -44,10 +47,24 @@ func newMetrics() *metrics {
 		lastSyncSeconds: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kpo_sync_proxy_rules_last_timestamp_seconds", Help: "Time of the last successful sync.",
 		}),
+		rejected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kpo_rejected_objects",
+			Help: "API objects (or parts of them) not programmed because they are invalid or lose a conflict " +
+				"with another Service, by kind and reason; the ProxyNodeStatus names the first ten.",
+		}, []string{"kind", "reason"}),
 	}
-	m.registry.MustRegister(m.syncDuration, m.programming, m.pending, m.rules, m.syncFailures, m.lastSyncSeconds,
+	m.registry.MustRegister(m.syncDuration, m.programming, m.pending, m.rules, m.syncFailures, m.lastSyncSeconds, m.rejected,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// setRejected sets the rejected-objects gauge from the grouped rejections
+// (one per object and reason).
+func (m *metrics) setRejected(grouped []model.Rejection) {
+	m.rejected.Reset()
+	for _, r := range grouped {
+		m.rejected.WithLabelValues(r.Kind, r.Reason).Inc()
+	}
 }
 
 func (m *metrics) observeSync(full bool, d time.Duration, rules int, triggers []time.Time) {

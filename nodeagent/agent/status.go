@@ -17,6 +17,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/tracker"
 )
 
 const (
@@ -128,6 +129,21 @@ func (r *statusReporter) synced(at time.Time, took time.Duration, full bool, cou
 	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionTrue, kpov1.NodeReasonSynced, "the kernel holds the rules of the last sync")
 }
 
+// setRejected records the grouped rejections (one per object and reason): the
+// first MaxRejectedObjects by name, and how many there are.
+func (r *statusReporter) setRejected(grouped []model.Rejection) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var named []kpov1.RejectedObject
+	for _, rej := range grouped[:min(len(grouped), kpov1.MaxRejectedObjects)] {
+		named = append(named, kpov1.RejectedObject{Kind: rej.Kind, Namespace: rej.Namespace, Name: rej.Name,
+			Reason: rej.Reason, Message: truncateTo(rej.Message, 512)})
+	}
+	r.report.RejectedObjects = named
+	r.report.RejectedObjectCount = int32(len(grouped))
+	r.dirty, r.important = true, true
+}
+
 // fallBack records that the agent keeps mode synced because the configured mode
 // cannot run.
 func (r *statusReporter) fallBack(mode kpov1.Mode, unavailable error) {
@@ -143,11 +159,58 @@ func (r *statusReporter) unavailableReason() string {
 	return kpov1.NodeReasonModeUnavailable
 }
 
-func truncate(s string) string {
-	if len(s) > 1024 {
-		return s[:1021] + "..."
+func truncate(s string) string { return truncateTo(s, 1024) }
+
+func truncateTo(s string, n int) string {
+	if len(s) > n {
+		return s[:n-3] + "..."
 	}
 	return s
+}
+
+// reportRejections logs each rejection once, when it appears and when it
+// goes (objects change, syncs do not), and updates the metric and the status.
+func (a *Agent) reportRejections(logger klog.Logger, change tracker.Change) {
+	if len(change.Rejected) == 0 && len(change.Accepted) == 0 {
+		return
+	}
+	for _, r := range change.Rejected {
+		logger.Error(nil, "not programming (part of) an object", "kind", r.Kind, "object", klog.KRef(r.Namespace, r.Name),
+			"reason", r.Reason, "detail", r.Message)
+	}
+	for _, r := range change.Accepted {
+		logger.Info("no longer rejecting (part of) an object", "kind", r.Kind, "object", klog.KRef(r.Namespace, r.Name),
+			"reason", r.Reason, "detail", r.Message)
+	}
+	grouped := groupRejections(a.tracker.Rejections())
+	a.metrics.setRejected(grouped)
+	a.status.setRejected(grouped)
+}
+
+// groupRejections keeps one rejection per object and reason (the first of
+// the sorted input), noting how many more there are in its message.
+func groupRejections(sorted []model.Rejection) []model.Rejection {
+	var out []model.Rejection
+	more := 0
+	flush := func() {
+		if more > 0 {
+			out[len(out)-1].Message += fmt.Sprintf(" (and %d more)", more)
+		}
+		more = 0
+	}
+	for _, r := range sorted {
+		if n := len(out); n > 0 {
+			last := out[n-1]
+			if last.Kind == r.Kind && last.Namespace == r.Namespace && last.Name == r.Name && last.Reason == r.Reason {
+				more++
+				continue
+			}
+		}
+		flush()
+		out = append(out, r)
+	}
+	flush()
+	return out
 }
 
 // run writes the status when due, until ctx ends.

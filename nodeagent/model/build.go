@@ -3,7 +3,6 @@ package model
 import (
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -46,67 +45,56 @@ func Proxied(svc *corev1.Service) bool {
 }
 
 // BuildServicePorts resolves one Service with its EndpointSlices into
-// ServicePorts, one per port and IP family. It is a pure function.
-func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice, node NodeContext) []*ServicePort {
+// ServicePorts, one per port and IP family, and says what it skipped as
+// invalid (see validate.go). It is a pure function.
+func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice, node NodeContext) ([]*ServicePort, []Rejection) {
 	if !Proxied(svc) {
-		return nil
+		return nil, nil
 	}
-	clusterIPs := svc.Spec.ClusterIPs
-	if len(clusterIPs) == 0 {
-		clusterIPs = []string{svc.Spec.ClusterIP}
-	}
-	var out []*ServicePort
-	for _, ipStr := range clusterIPs {
-		clusterIP, err := netip.ParseAddr(ipStr)
-		if err != nil {
-			continue
-		}
-		family := FamilyOf(clusterIP)
-		for i := range svc.Spec.Ports {
-			out = append(out, buildServicePort(svc, &svc.Spec.Ports[i], clusterIP.Unmap(), family, endpointSlices, node))
+	var rs rejections
+	v := validateService(svc, &rs)
+	views := validateSlices(endpointSlices, &rs)
+	out := make([]*ServicePort, 0, len(v.clusterIPs)*len(v.ports))
+	for _, clusterIP := range v.clusterIPs {
+		for i := range v.ports {
+			out = append(out, buildServicePort(v, &v.ports[i], clusterIP, views, node))
 		}
 	}
-	return out
+	return out, rs.list
 }
 
-func buildServicePort(svc *corev1.Service, port *corev1.ServicePort, clusterIP netip.Addr, family Family,
-	endpointSlices []*discoveryv1.EndpointSlice, node NodeContext) *ServicePort {
-	protocol := port.Protocol
-	if protocol == "" {
-		protocol = corev1.ProtocolTCP
-	}
+func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, views []sliceView, node NodeContext) *ServicePort {
+	svc := v.svc
+	family := FamilyOf(clusterIP)
 	sp := &ServicePort{
 		Key: ServicePortKey{
-			ServicePortName: ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: port.Name, Protocol: protocol},
+			ServicePortName: ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: port.spec.Name, Protocol: port.protocol},
 			Family:          family,
 		},
-		Protocol:        protocol,
+		Protocol:        port.protocol,
 		ClusterIP:       clusterIP,
-		Port:            port.Port,
-		ExternalIPs:     parseAddrs(svc.Spec.ExternalIPs, family),
-		LoadBalancerIPs: loadBalancerIPs(svc, family),
-	}
-	if svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
-		sp.NodePort = port.NodePort
+		Port:            port.spec.Port,
+		NodePort:        port.nodePort,
+		ExternalIPs:     ofFamily(v.externalIPs, family),
+		LoadBalancerIPs: ofFamily(v.loadBalancerIPs, family),
+		AffinityTimeout: v.affinity,
 	}
 	if len(sp.LoadBalancerIPs) > 0 {
-		sp.SourceRanges = sourceRanges(svc, family)
-	}
-	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
-		sp.AffinityTimeout = defaultAffinityTimeout
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			sp.AffinityTimeout = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+		for _, p := range v.sourceRanges {
+			if FamilyOf(p.Addr()) == family {
+				sp.SourceRanges = append(sp.SourceRanges, p)
+			}
 		}
 	}
 	// The external policy matters only for ports reachable from outside.
 	sp.ExternalPolicyLocal = svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal && sp.HasExternal()
 	sp.InternalPolicyLocal = svc.Spec.InternalTrafficPolicy != nil &&
 		*svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
-	if sp.ExternalPolicyLocal && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
-		sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
+	if sp.ExternalPolicyLocal {
+		sp.HealthCheckNodePort = v.healthCheckPort
 	}
 
-	all := collectEndpoints(port, family, endpointSlices, node)
+	all := collectEndpoints(port, family, views, node)
 	resolveEndpoints(sp, all, node)
 	return sp
 }
@@ -120,38 +108,27 @@ type candidate struct {
 }
 
 // collectEndpoints gathers the endpoints of one service port in one family from
-// all of the Service's EndpointSlices, without duplicates (an endpoint can
-// appear in two slices while the EndpointSlice controller moves it).
-func collectEndpoints(port *corev1.ServicePort, family Family, endpointSlices []*discoveryv1.EndpointSlice, node NodeContext) []candidate {
-	wantType := discoveryv1.AddressTypeIPv4
-	if family == IPv6 {
-		wantType = discoveryv1.AddressTypeIPv6
-	}
+// all of the Service's (validated) EndpointSlices, without duplicates (an
+// endpoint can appear in two slices while the EndpointSlice controller moves it).
+func collectEndpoints(port *portView, family Family, views []sliceView, node NodeContext) []candidate {
 	seen := map[netip.AddrPort]bool{}
 	var out []candidate
-	for _, slice := range endpointSlices {
-		if slice.AddressType != wantType {
+	for i := range views {
+		view := &views[i]
+		if view.family != family {
 			continue
 		}
-		portNumber, ok := slicePort(slice, port)
+		portNumber, ok := view.port(port.spec.Name, port.protocol)
 		if !ok {
 			continue
 		}
-		for i := range slice.Endpoints {
-			ep := &slice.Endpoints[i]
-			if len(ep.Addresses) == 0 {
+		for _, se := range view.endpoints {
+			ep := se.ep
+			ap := netip.AddrPortFrom(se.ip, uint16(portNumber))
+			if seen[ap] {
 				continue
 			}
-			// Like kube-proxy, only the first address: the others are the same pod's.
-			ip, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil {
-				continue
-			}
-			ip = ip.Unmap()
-			if seen[netip.AddrPortFrom(ip, uint16(portNumber))] {
-				continue
-			}
-			seen[netip.AddrPortFrom(ip, uint16(portNumber))] = true
+			seen[ap] = true
 			// Conditions: nil ready means ready; nil serving means "as ready".
 			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
 			serving := ready
@@ -161,7 +138,7 @@ func collectEndpoints(port *corev1.ServicePort, family Family, endpointSlices []
 			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
 			c := candidate{
 				Endpoint: Endpoint{
-					IP: ip, Port: portNumber, Ready: ready,
+					IP: se.ip, Port: portNumber, Ready: ready,
 					Local: ep.NodeName != nil && *ep.NodeName == node.Name,
 				},
 				serving: serving, terminating: terminating,
@@ -180,29 +157,6 @@ func collectEndpoints(port *corev1.ServicePort, family Family, endpointSlices []
 	// Stable order, so that unchanged input gives equal output (pointer reuse).
 	slices.SortFunc(out, func(a, b candidate) int { return a.AddrPort().Compare(b.AddrPort()) })
 	return out
-}
-
-// slicePort finds the target port of a service port in an EndpointSlice: the
-// slice's port with the same name and protocol.
-func slicePort(slice *discoveryv1.EndpointSlice, port *corev1.ServicePort) (int32, bool) {
-	protocol := port.Protocol
-	if protocol == "" {
-		protocol = corev1.ProtocolTCP
-	}
-	for _, p := range slice.Ports {
-		name := ""
-		if p.Name != nil {
-			name = *p.Name
-		}
-		pp := corev1.ProtocolTCP
-		if p.Protocol != nil {
-			pp = *p.Protocol
-		}
-		if name == port.Name && pp == protocol && p.Port != nil {
-			return *p.Port, true
-		}
-	}
-	return 0, false
 }
 
 // resolveEndpoints applies readiness fallback, topology and traffic policies,
@@ -321,49 +275,12 @@ func endpoints(cs []candidate) []Endpoint {
 	return out
 }
 
-func parseAddrs(ss []string, family Family) []netip.Addr {
+// ofFamily are the addresses of one family.
+func ofFamily(addrs []netip.Addr, family Family) []netip.Addr {
 	var out []netip.Addr
-	for _, s := range ss {
-		a, err := netip.ParseAddr(strings.TrimSpace(s))
-		if err == nil && FamilyOf(a) == family {
-			out = append(out, a.Unmap())
-		}
-	}
-	return out
-}
-
-// loadBalancerIPs are the ingress IPs the node must answer for: ipMode Proxy
-// means the load balancer proxies to the node, so the node must not capture
-// that IP (it would break hairpin traffic through the load balancer).
-func loadBalancerIPs(svc *corev1.Service, family Family) []netip.Addr {
-	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
-		return nil
-	}
-	var ips []string
-	for _, ing := range svc.Status.LoadBalancer.Ingress {
-		if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy) {
-			continue
-		}
-		ips = append(ips, ing.IP)
-	}
-	return parseAddrs(ips, family)
-}
-
-func sourceRanges(svc *corev1.Service, family Family) []netip.Prefix {
-	ranges := svc.Spec.LoadBalancerSourceRanges
-	if len(ranges) == 0 {
-		if v := svc.Annotations[AnnotationSourceRanges]; v != "" {
-			ranges = strings.Split(v, ",")
-		}
-	}
-	var out []netip.Prefix
-	for _, r := range ranges {
-		p, err := netip.ParsePrefix(strings.TrimSpace(r))
-		if err != nil {
-			continue
-		}
-		if (family == IPv4) == p.Addr().Is4() {
-			out = append(out, p.Masked())
+	for _, a := range addrs {
+		if FamilyOf(a) == family {
+			out = append(out, a)
 		}
 	}
 	return out

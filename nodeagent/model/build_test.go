@@ -166,7 +166,10 @@ func TestBuildServicePortsEndpoints(t *testing.T) {
 			"b", []string{"10.244.2.5"}, nil, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sps := BuildServicePorts(tc.svc, tc.slices, NodeContext{Name: thisNode, Zone: tc.zone})
+			sps, rejected := BuildServicePorts(tc.svc, tc.slices, NodeContext{Name: thisNode, Zone: tc.zone})
+			if len(rejected) > 0 {
+				t.Errorf("valid input rejected: %v", rejected)
+			}
 			if len(sps) != 1 {
 				t.Fatalf("%d service ports, want 1", len(sps))
 			}
@@ -206,7 +209,10 @@ func TestBuildServicePortsVIPs(t *testing.T) {
 			{Hostname: "lb.example"},
 		}
 	})
-	sps := BuildServicePorts(lb, nil, NodeContext{Name: thisNode})
+	sps, rejected := BuildServicePorts(lb, nil, NodeContext{Name: thisNode})
+	if len(rejected) > 0 {
+		t.Errorf("valid input rejected: %v", rejected)
+	}
 	if len(sps) != 2 {
 		t.Fatalf("%d service ports, want one per family", len(sps))
 	}
@@ -250,7 +256,7 @@ func TestProxied(t *testing.T) {
 		if got := Proxied(tc.svc); got != tc.want {
 			t.Errorf("%s: Proxied = %v, want %v", tc.name, got, tc.want)
 		}
-		if !tc.want && BuildServicePorts(tc.svc, nil, NodeContext{}) != nil {
+		if sps, _ := BuildServicePorts(tc.svc, nil, NodeContext{}); !tc.want && sps != nil {
 			t.Errorf("%s: built service ports for a service kpo must not proxy", tc.name)
 		}
 	}
@@ -258,8 +264,8 @@ func TestProxied(t *testing.T) {
 
 func TestDefaultAffinityTimeout(t *testing.T) {
 	svc := service(func(s *corev1.Service) { s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP })
-	if got := BuildServicePorts(svc, nil, NodeContext{})[0].AffinityTimeout; got != 3*time.Hour {
-		t.Errorf("default affinity timeout %v, want 3h", got)
+	if sps, _ := BuildServicePorts(svc, nil, NodeContext{}); sps[0].AffinityTimeout != 3*time.Hour {
+		t.Errorf("default affinity timeout %v, want 3h", sps[0].AffinityTimeout)
 	}
 }
 

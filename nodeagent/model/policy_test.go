@@ -55,7 +55,8 @@ func TestPoliciesAsKubeProxy(t *testing.T) {
 			if tc.eps != nil {
 				slices_ = append(slices_, slice(v4, 8080, tc.eps...))
 			}
-			sp := BuildServicePorts(tc.svc, slices_, NodeContext{Name: thisNode, Zone: "a"})[0]
+			sps, _ := BuildServicePorts(tc.svc, slices_, NodeContext{Name: thisNode, Zone: "a"})
+			sp := sps[0]
 			for _, c := range []struct {
 				what      string
 				got, want []string

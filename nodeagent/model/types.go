@@ -8,6 +8,7 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -165,6 +166,39 @@ func (sp *ServicePort) EmptyVerdict() Verdict {
 // HasExternal reports whether the port accepts traffic other than to its ClusterIP.
 func (sp *ServicePort) HasExternal() bool {
 	return sp.NodePort != 0 || len(sp.ExternalIPs) > 0 || len(sp.LoadBalancerIPs) > 0
+}
+
+// Without is a copy of sp without some of its external destinations (the ones
+// another Service won; see package arbiter): the listed external and
+// load-balancer IPs, and its NodePort if nodePort is set. What depends on
+// having external destinations at all follows, as BuildServicePorts would
+// have resolved it.
+func (sp *ServicePort) Without(externalIPs, loadBalancerIPs []netip.Addr, nodePort bool) *ServicePort {
+	c := *sp
+	keep := func(from, drop []netip.Addr) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range from {
+			if !slices.Contains(drop, a) {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	c.ExternalIPs = keep(sp.ExternalIPs, externalIPs)
+	c.LoadBalancerIPs = keep(sp.LoadBalancerIPs, loadBalancerIPs)
+	if nodePort {
+		c.NodePort = 0
+	}
+	if len(c.LoadBalancerIPs) == 0 {
+		c.SourceRanges = nil
+	}
+	if !c.HasExternal() {
+		c.ExternalPolicyLocal = false
+		c.ExternalEndpoints = nil
+		c.ShortCircuitEndpoints = nil
+		c.HealthCheckNodePort = 0
+	}
+	return &c
 }
 
 // Snapshot is everything a backend needs for one sync.

@@ -2,11 +2,17 @@
 // Services dirty (cheap, under a lock); Snapshot rebuilds the dirty ones and
 // reuses every other ServicePort pointer, so that backends can rewrite just
 // what changed (kube-proxy's change trackers, with the policies resolved here).
+//
+// Between building and the snapshot sits arbitration (package arbiter): when
+// Services claim the same address and port, or NodePort, the loser's snapshot
+// ServicePort goes without it. What the model skips as invalid and what loses
+// a conflict are the tracker's rejections, reported by the agent.
 package tracker
 
 import (
 	"maps"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,6 +20,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"kpo.dev/kpo/nodeagent/arbiter"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -35,9 +42,19 @@ type Tracker struct {
 	// triggerTimes are the earliest change times of pending changes, per Service.
 	triggerTimes map[types.NamespacedName]time.Time
 
-	// The current model and, per Service, the keys of its ports in it.
+	// raw are the ServicePorts as built, ports what the snapshot holds: raw
+	// without what they lost to other Services. byService are the keys of
+	// each Service's ports.
+	raw       map[model.ServicePortKey]*model.ServicePort
 	ports     map[model.ServicePortKey]*model.ServicePort
 	byService map[types.NamespacedName][]model.ServicePortKey
+	arbiter   *arbiter.Arbiter
+
+	// invalid is what building each Service skipped; reported is every
+	// rejection of the last snapshot, current the same, sorted.
+	invalid  map[types.NamespacedName][]model.Rejection
+	reported map[model.Rejection]bool
+	current  []model.Rejection
 
 	// notify is called (without the lock) after every change.
 	notify func()
@@ -54,8 +71,12 @@ func New(node model.NodeContext, notify func()) *Tracker {
 		slices:       map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
 		dirty:        map[types.NamespacedName]bool{},
 		triggerTimes: map[types.NamespacedName]time.Time{},
+		raw:          map[model.ServicePortKey]*model.ServicePort{},
 		ports:        map[model.ServicePortKey]*model.ServicePort{},
 		byService:    map[types.NamespacedName][]model.ServicePortKey{},
+		arbiter:      arbiter.New(),
+		invalid:      map[types.NamespacedName][]model.Rejection{},
+		reported:     map[model.Rejection]bool{},
 		notify:       notify,
 	}
 }
@@ -147,6 +168,10 @@ type Change struct {
 	// TriggerTimes are the EndpointSlice change times behind this snapshot, for
 	// the network programming latency metric.
 	TriggerTimes []time.Time
+	// Rejected are the rejections new in this snapshot, Accepted those gone
+	// (the object was fixed or deleted, or won its conflict now), both sorted.
+	// They change only when objects do, not on every sync.
+	Rejected, Accepted []model.Rejection
 }
 
 // Snapshot rebuilds the dirty Services and returns the model with what changed.
@@ -166,11 +191,21 @@ func (t *Tracker) Snapshot() (*model.Snapshot, Change) {
 		}
 	}
 	change := Change{Previous: map[model.ServicePortKey]*model.ServicePort{}}
+	touched := map[model.ServicePortKey]bool{}
 	for name := range dirty {
-		t.rebuild(name, &change)
+		t.rebuild(name, touched)
 		if tt, ok := t.triggerTimes[name]; ok {
 			change.TriggerTimes = append(change.TriggerTimes, tt)
 		}
+	}
+	for _, k := range t.arbiter.Resolve() {
+		touched[k] = true
+	}
+	for k := range touched {
+		t.publish(k, &change)
+	}
+	if len(dirty) > 0 {
+		t.updateRejections(&change)
 	}
 	t.dirty = map[types.NamespacedName]bool{}
 	t.allDirty = false
@@ -179,41 +214,115 @@ func (t *Tracker) Snapshot() (*model.Snapshot, Change) {
 	return &model.Snapshot{Services: maps.Clone(t.ports)}, change
 }
 
+// Rejections are the rejections of the last snapshot, sorted (the caller's copy).
+func (t *Tracker) Rejections() []model.Rejection {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.current)
+}
+
 // rebuild recomputes one Service's ports, reusing the old pointer of every port
-// that comes out equal.
-func (t *Tracker) rebuild(name types.NamespacedName, change *Change) {
+// that comes out equal, and hands their claims to the arbiter. touched gets
+// the keys of ports that are new, different or gone.
+func (t *Tracker) rebuild(name types.NamespacedName, touched map[model.ServicePortKey]bool) {
 	old := t.byService[name]
 	var built []*model.ServicePort
+	var invalid []model.Rejection
+	var created time.Time
 	if svc := t.services[name]; svc != nil {
 		var slices []*discoveryv1.EndpointSlice
 		for _, s := range t.slices[name] {
 			slices = append(slices, s)
 		}
-		built = model.BuildServicePorts(svc, slices, t.node)
+		built, invalid = model.BuildServicePorts(svc, slices, t.node)
+		created = svc.CreationTimestamp.Time
+	}
+	if len(invalid) > 0 {
+		t.invalid[name] = invalid
+	} else {
+		delete(t.invalid, name)
 	}
 	keep := map[model.ServicePortKey]bool{}
 	keys := make([]model.ServicePortKey, 0, len(built))
 	for _, sp := range built {
 		keep[sp.Key] = true
 		keys = append(keys, sp.Key)
-		prev := t.ports[sp.Key]
-		if prev != nil && reflect.DeepEqual(prev, sp) {
-			continue // unchanged: the backend sees the same pointer
+		if prev := t.raw[sp.Key]; prev != nil && reflect.DeepEqual(prev, sp) {
+			sp = prev // unchanged: the backend will see the same pointer
+		} else {
+			t.raw[sp.Key] = sp
+			touched[sp.Key] = true
 		}
-		t.ports[sp.Key] = sp
-		change.Changed = append(change.Changed, sp)
-		change.Previous[sp.Key] = prev
+		// Unchanged claims cost the arbiter nothing; the creation time
+		// differs when the Service was deleted and created again.
+		t.arbiter.Set(sp, created)
 	}
 	for _, k := range old {
 		if !keep[k] {
-			change.Removed = append(change.Removed, t.ports[k])
-			delete(t.ports, k)
+			delete(t.raw, k)
+			t.arbiter.Remove(k)
+			touched[k] = true
 		}
 	}
 	if len(keys) == 0 {
 		delete(t.byService, name)
 	} else {
 		t.byService[name] = keys
+	}
+}
+
+// publish puts one port's arbitrated version into the model, keeping the
+// previous pointer when it comes out equal.
+func (t *Tracker) publish(k model.ServicePortKey, change *Change) {
+	prev := t.ports[k]
+	var sp *model.ServicePort
+	if raw := t.raw[k]; raw != nil {
+		sp = t.arbiter.Loss(k).Apply(raw)
+	}
+	switch {
+	case sp == nil:
+		if prev != nil {
+			change.Removed = append(change.Removed, prev)
+			delete(t.ports, k)
+		}
+	case prev == sp, prev != nil && reflect.DeepEqual(prev, sp):
+	default:
+		t.ports[k] = sp
+		change.Changed = append(change.Changed, sp)
+		change.Previous[k] = prev
+	}
+}
+
+// updateRejections collects the rejections of every Service (what building
+// skipped, what arbitration took) and records what changed since the last
+// snapshot.
+func (t *Tracker) updateRejections(change *Change) {
+	now := map[model.Rejection]bool{}
+	for _, rs := range t.invalid {
+		for _, r := range rs {
+			now[r] = true
+		}
+	}
+	t.arbiter.Losses(func(k model.ServicePortKey, l *arbiter.Loss) {
+		for _, r := range l.Rejections(k) {
+			now[r] = true
+		}
+	})
+	for r := range now {
+		if !t.reported[r] {
+			change.Rejected = append(change.Rejected, r)
+		}
+	}
+	for r := range t.reported {
+		if !now[r] {
+			change.Accepted = append(change.Accepted, r)
+		}
+	}
+	slices.SortFunc(change.Rejected, model.CompareRejections)
+	slices.SortFunc(change.Accepted, model.CompareRejections)
+	if len(change.Rejected) > 0 || len(change.Accepted) > 0 {
+		t.reported = now
+		t.current = slices.SortedFunc(maps.Keys(now), model.CompareRejections)
 	}
 }
 
