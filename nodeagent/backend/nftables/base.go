@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"fmt"
+	"net/netip"
 
 	"sigs.k8s.io/knftables"
 
@@ -80,8 +81,8 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 	mark := fmt.Sprintf("0x%x", s.mark)
 
 	var cidrs []string
-	for _, p := range node.ClusterCIDRs[fam] {
-		cidrs = append(cidrs, p.Masked().String())
+	for _, p := range outermost(node.ClusterCIDRs[fam]) {
+		cidrs = append(cidrs, p.String())
 	}
 	b.sets[setClusterCIDRs] = cidrs
 
@@ -139,6 +140,29 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 		b.nRules += len(e)
 	}
 	return b
+}
+
+// outermost drops the prefixes that lie inside another one (and repeats):
+// cluster-cidrs is an interval set, and nft refuses an interval overlapping
+// another ("conflicting intervals specified"), which made every sync fail for
+// clusterCIDRs such as 10.244.0.0/16 and 10.244.1.0/24. The union is the same.
+func outermost(ps []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for i, p := range ps {
+		p = p.Masked()
+		covered := false
+		for j, q := range ps {
+			q = q.Masked()
+			if (q.Bits() < p.Bits() && q.Contains(p.Addr())) || (q == p && j < i) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // settingsView is the part of backend.Settings that shapes rules.
