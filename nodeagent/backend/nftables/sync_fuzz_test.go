@@ -204,7 +204,7 @@ func FuzzSync(f *testing.F) {
 func syncSeeds() [][]byte {
 	seeds := [][]byte{nil, {0, 0, 0, 1}}
 	r := rand.New(rand.NewPCG(11, 11))
-	for range 8 {
+	for range 24 {
 		b := make([]byte, 120)
 		for i := range b {
 			b[i] = byte(r.Uint32())
@@ -214,7 +214,7 @@ func syncSeeds() [][]byte {
 	return seeds
 }
 
-// TestSyncCorpusOnKernel replays FuzzSync's committed corpus on the kernel of
+// TestSyncCorpusOnKernel replays FuzzSync's seeds and committed corpus on the kernel of
 // a network namespace: the same invariants (checkSyncs), and the fake must
 // accept and refuse exactly what the kernel does, also outside the contract.
 func TestSyncCorpusOnKernel(t *testing.T) {
@@ -223,14 +223,16 @@ func TestSyncCorpusOnKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) == 0 {
-		t.Fatal("no corpus")
+	for i, s := range syncSeeds() {
+		entries = append(entries, fuzzcorpus.Entry{Name: fmt.Sprintf("seed%d", i), Data: s})
 	}
 	kt := &kernelTarget{ns: netns.New(t, "fuzzreplay")}
 	for _, e := range entries {
 		t.Run(e.Name, func(t *testing.T) {
 			want := checkSyncs(t, e.Data, &fakeTarget{})
-			if got := checkSyncs(t, e.Data, kt); got != want {
+			got := checkSyncs(t, e.Data, kt)
+			t.Logf("accepted by the kernel: first sync %v, second %v", got[0], got[1])
+			if got != want {
 				first, second := modeltest.DecodeSyncs(e.Data)
 				t.Fatalf("the kernel accepted the syncs %v, the fake %v\nfirst:\n%s\nsecond:\n%s", got, want, describe(first), describe(second))
 			}
