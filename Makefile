@@ -115,6 +115,19 @@ bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comp
 	KPO_BENCH_WRITE=1 $(if $(filter full,$(BENCH)),KPO_BENCH_LARGE=1) \
 		nice -n 5 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
 
+# Fuzz targets as package:Fuzz. Their committed corpora (testdata/fuzz/) run in
+# every `go test`; the backends' are also replayed on the real kernel
+# (TestSyncCorpusOnKernel). See docs/robustness.md, "Fakes and fuzzing".
+FUZZ_TARGETS := ./nodeagent/model:FuzzBuildServicePorts ./nodeagent/backend/nftables:FuzzSync ./nodeagent/backend/iptables:FuzzSync
+FUZZTIME ?= 2m
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 2m); a failing input lands in the package's testdata/fuzz (commit it).
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; echo "== $$fn ($$pkg), $(FUZZTIME)"; \
+		go test $$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
 .PHONY: test-unit
 test-unit: ## Unit tests only (no API server, no root).
 	go test -short ./... -count=1

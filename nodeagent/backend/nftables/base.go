@@ -89,8 +89,8 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 	mark := fmt.Sprintf("0x%x", s.mark)
 
 	var cidrs []string
-	for _, p := range node.ClusterCIDRs[fam] {
-		cidrs = append(cidrs, p.Masked().String())
+	for _, p := range outermost(node.ClusterCIDRs[fam]) {
+		cidrs = append(cidrs, p.String())
 	}
 	b.sets[setClusterCIDRs] = cidrs
 
@@ -158,12 +158,37 @@ func clusterIPsCheckRules(ipKW string, serviceCIDRs []netip.Prefix) []string {
 	rules := []string{fmt.Sprintf("%s daddr @%s reject", ipKW, setClusterIPs)}
 	if len(serviceCIDRs) > 0 {
 		var cidrs []string
-		for _, p := range serviceCIDRs {
+		// Overlapping ServiceCIDRs (a range being replaced) would make the
+		// anonymous interval set, and the whole sync, fail.
+		for _, p := range outermost(serviceCIDRs) {
 			cidrs = append(cidrs, p.Masked().String())
 		}
 		rules = append(rules, fmt.Sprintf("%s daddr { %s } drop", ipKW, strings.Join(cidrs, ", ")))
 	}
 	return rules
+}
+
+// outermost drops the prefixes that lie inside another one (and repeats):
+// cluster-cidrs is an interval set, and nft refuses an interval overlapping
+// another ("conflicting intervals specified"), which made every sync fail for
+// clusterCIDRs such as 10.244.0.0/16 and 10.244.1.0/24. The union is the same.
+func outermost(ps []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for i, p := range ps {
+		p = p.Masked()
+		covered := false
+		for j, q := range ps {
+			q = q.Masked()
+			if (q.Bits() < p.Bits() && q.Contains(p.Addr())) || (q == p && j < i) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // settingsView is the part of backend.Settings that shapes rules.

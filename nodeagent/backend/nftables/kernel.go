@@ -145,11 +145,19 @@ func (k *realKernel) Objects(ctx context.Context, family knftables.Family) ([]st
 	return all["chain"], append(all["set"], all["map"]...), nil
 }
 
-// FakeKernel is a Kernel on knftables' Fake, which applies transactions with
-// the kernel's rules (missing objects, references to missing chains, deleting
-// chains still in use…) and keeps them atomic.
+// FakeKernel is a Kernel on knftables' Fake, which applies transactions
+// atomically and refuses missing objects and jumps to missing chains, made
+// strict (strictNFT, fakestrict.go) by the refusals of nft and nf_tables that
+// knftables' Fake leaves out: a map key added twice with different data,
+// elements of the wrong type, deleting what is still referenced, jumps to base
+// chains, loops, nat statements in the wrong hook… TestFakeParity runs the
+// same transactions against the real kernel and requires the same verdicts.
+//
+// Change it only through Run: the strict half keeps its own model of the
+// ruleset, which a direct Fake.Run or ParseDump would leave behind.
 type FakeKernel struct {
 	*knftables.Fake
+	strict *strictNFT
 	// Runs counts transactions that Run applied.
 	Runs int
 	// FailNext makes the next Run fail without applying anything.
@@ -157,19 +165,34 @@ type FakeKernel struct {
 }
 
 // NewFakeKernel returns an empty fake kernel.
-func NewFakeKernel() *FakeKernel { return &FakeKernel{Fake: knftables.NewFake("", "")} }
+func NewFakeKernel() *FakeKernel {
+	return &FakeKernel{Fake: knftables.NewFake("", ""), strict: newStrictNFT()}
+}
 
-// Run applies tx unless FailNext is set.
+// Run applies tx unless FailNext is set or the kernel would refuse it.
 func (f *FakeKernel) Run(ctx context.Context, tx *knftables.Transaction) error {
 	if err := f.FailNext; err != nil {
 		f.FailNext = nil
 		return err
 	}
+	next, err := f.strict.apply(tx.String())
+	if err != nil {
+		return err
+	}
 	if err := f.Fake.Run(ctx, tx); err != nil {
 		return err
 	}
+	f.strict = next
 	f.Runs++
 	return nil
+}
+
+// Check is Run without applying anything (nft --check).
+func (f *FakeKernel) Check(ctx context.Context, tx *knftables.Transaction) error {
+	if _, err := f.strict.apply(tx.String()); err != nil {
+		return err
+	}
+	return f.Fake.Check(ctx, tx)
 }
 
 // Objects lists the fake's table.

@@ -243,9 +243,35 @@ func classRules(rc *renderCtx, c class) []string {
 // renderService renders one ServicePort: into chains of its own with ClientIP
 // affinity (renderChains), flat otherwise.
 func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
+	var o *svcObjects
 	if sp.AffinityTimeout > 0 {
-		return renderChains(rc, sp)
+		o = renderChains(rc, sp)
+	} else {
+		o = renderFlat(rc, sp)
 	}
+	o.elems = uniqueElems(o.elems)
+	return o
+}
+
+// uniqueElems drops repeated elements: a VIP listed twice (externalIPs
+// [X, X], or X as an external and a load-balancer IP) renders the same
+// elements twice. Adding them twice is fine, but a partial sync then deleted
+// them twice, and the kernel refuses the second deletion (ENOENT), failing
+// every partial sync of the service (found by FuzzSync).
+func uniqueElems(es []elemDef) []elemDef {
+	seen := make(map[string]bool, len(es))
+	out := es[:0]
+	for _, e := range es {
+		if id := e.id() + " : " + e.value; !seen[id] {
+			seen[id] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// renderFlat renders a ServicePort without affinity into the shared maps.
+func renderFlat(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 	o := &svcObjects{}
 	proto := protoOf(sp)
 	port := itoa(int64(sp.Port))
