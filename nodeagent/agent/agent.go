@@ -127,10 +127,11 @@ func New(opts Options) (*Agent, error) {
 		opts: opts, backend: be, minSync: minSync, syncPeriod: syncPeriod, needFull: true,
 		health:  newHealthState(syncPeriod),
 		metrics: newMetrics(),
-		hc:      newHealthCheckServers(),
 	}
+	a.hc = newHealthCheckServers(func() bool { ok, _ := a.health.fresh(time.Now()); return ok })
 	a.serviceCIDRs.byName = map[string][]string{}
 	a.tracker = tracker.New(model.NodeContext{Name: opts.NodeName}, func() {
+		a.health.queued(time.Now())
 		a.metrics.pending.Set(float64(a.tracker.Pending()))
 		a.runner.Trigger()
 	})
@@ -273,6 +274,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	elapsed := time.Since(start)
 	if err != nil {
 		a.needFull = true
+		a.health.queued(time.Now()) // the kernel does not hold what it should
 		a.metrics.syncFailures.Inc()
 		if errors.Is(err, backend.ErrUnavailable) {
 			// Not a bad rule set: this kernel cannot run the mode at all.

@@ -17,22 +17,36 @@ import (
 	"kpo.dev/kpo/nodeagent/model"
 )
 
-// healthState answers /healthz and /livez like kube-proxy: healthy while the last
-// successful sync is recent; /healthz also fails while the node is being deleted,
-// so that load balancers drain it first.
+// healthState answers /healthz and /livez as kube-proxy v1.37 does
+// (pkg/proxy/healthcheck/proxy_health.go), with the same JSON: the proxy is
+// healthy unless an update has waited longer than the health timeout (two
+// sync periods) without a successful sync, per IP family; /healthz also needs
+// the node to be eligible (known, not being deleted, not tainted
+// ToBeDeletedByClusterAutoscaler), so that load balancers drain it first.
+//
+// One tightening: a failed sync queues an update too, so an agent whose
+// periodic syncs fail turns unhealthy after the timeout even when no Service
+// changed (kube-proxy stays healthy then). docs/conformance.md lists it.
 type healthState struct {
-	mu           sync.Mutex
-	started      time.Time
-	lastSync     time.Time
-	timeout      time.Duration
-	nodeDeleting bool
+	mu      sync.Mutex
+	started time.Time
+	timeout time.Duration
+	// lastSync is the last successful sync (zero before the first).
+	lastSync time.Time
+	// pendingSince is when the oldest unsynced update was queued (zero: none).
+	pendingSince time.Time
+	// nodeKnown and nodeDeleting: the agent's view of its Node.
+	nodeKnown, nodeDeleting bool
+	// families are the IP families the backend programs.
+	families []model.Family
 }
 
 func newHealthState(syncPeriod time.Duration) *healthState {
-	return &healthState{started: time.Now(), timeout: staleAfter(syncPeriod)}
+	return &healthState{started: time.Now(), timeout: staleAfter(syncPeriod),
+		families: []model.Family{model.IPv4, model.IPv6}}
 }
 
-// staleAfter is how long rules stay fresh without a successful sync: two sync
+// staleAfter is how long an update may wait for a successful sync: two sync
 // periods, as kube-proxy's healthTimeout. Validation bounds syncPeriod to
 // 1s–24h; the bound is held there anyway (a doubled syncPeriod of 1300000h
 // overflowed into a negative bound, and /healthz answered 503 forever).
@@ -40,50 +54,94 @@ func staleAfter(syncPeriod time.Duration) time.Duration {
 	return 2 * min(max(syncPeriod, time.Second), 24*time.Hour)
 }
 
-func (h *healthState) synced(t time.Time) {
+// queued records an update waiting for a sync (a change, or a failed sync).
+func (h *healthState) queued(t time.Time) {
 	h.mu.Lock()
-	h.lastSync = t
+	if h.pendingSince.IsZero() {
+		h.pendingSince = t
+	}
 	h.mu.Unlock()
 }
 
-func (h *healthState) setNodeDeleting(v bool) {
+func (h *healthState) synced(t time.Time) {
 	h.mu.Lock()
-	h.nodeDeleting = v
+	h.lastSync, h.pendingSince = t, time.Time{}
 	h.mu.Unlock()
 }
+
+func (h *healthState) setNode(known, deleting bool) {
+	h.mu.Lock()
+	h.nodeKnown, h.nodeDeleting = known, deleting
+	h.mu.Unlock()
+}
+
+// setNodeDeleting is setNode for a known node.
+func (h *healthState) setNodeDeleting(v bool) { h.setNode(true, v) }
 
 // fresh reports whether rules are fresh, with the reason when not.
 func (h *healthState) fresh(now time.Time) (bool, string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ref := h.lastSync
-	if ref.IsZero() {
-		// Starting: not stale before the first sync had its chance.
-		ref = h.started
-	}
-	if now.Sub(ref) > h.timeout {
-		return false, fmt.Sprintf("last successful sync %s ago (bound %s)", now.Sub(ref).Round(time.Millisecond), h.timeout)
+	if !h.pendingSince.IsZero() && now.Sub(h.pendingSince) >= h.timeout {
+		return false, fmt.Sprintf("an update has waited %s for a successful sync (bound %s)",
+			now.Sub(h.pendingSince).Round(time.Millisecond), h.timeout)
 	}
 	return true, ""
 }
 
+// proxierHealth and proxyHealth are kube-proxy's JSON (ProxierHealth, ProxyHealth).
+type proxierHealth struct {
+	LastUpdated time.Time `json:"lastUpdated"`
+	Healthy     bool      `json:"healthy"`
+}
+
+type proxyHealth struct {
+	LastUpdated  time.Time                `json:"lastUpdated"`
+	CurrentTime  time.Time                `json:"currentTime"`
+	NodeEligible *bool                    `json:"nodeEligible,omitempty"`
+	Healthy      bool                     `json:"healthy"`
+	Status       map[string]proxierHealth `json:"status,omitempty"`
+}
+
+func (h *healthState) health(now time.Time) proxyHealth {
+	healthy, _ := h.fresh(now)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := proxyHealth{LastUpdated: h.lastSync, CurrentTime: now, Healthy: healthy, Status: map[string]proxierHealth{}}
+	if !h.lastSync.IsZero() {
+		for _, f := range h.families {
+			out.Status[f.String()] = proxierHealth{LastUpdated: h.lastSync, Healthy: healthy}
+		}
+	}
+	return out
+}
+
+func (h *healthState) nodeEligible() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.nodeKnown && !h.nodeDeleting
+}
+
+// serveHTTP serves /healthz (checkNode) or /livez.
 func (h *healthState) serveHTTP(checkNode bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, _ *http.Request) {
 		now := time.Now()
-		ok, why := h.fresh(now)
-		h.mu.Lock()
-		deleting, last := h.nodeDeleting, h.lastSync
-		h.mu.Unlock()
-		if checkNode && deleting {
-			ok, why = false, "node is being deleted"
+		health := h.health(now)
+		healthy := health.Healthy
+		if checkNode {
+			eligible := h.nodeEligible()
+			health.NodeEligible = &eligible
+			healthy = healthy && eligible
 		}
 		w.Header().Set("Content-Type", "application/json")
-		if !ok {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		if !healthy {
 			w.WriteHeader(http.StatusServiceUnavailable)
+		} else {
+			health.LastUpdated = now // as kube-proxy: a healthy proxy is current
 		}
-		_ = json.NewEncoder(w).Encode(map[string]any{
-			"lastUpdated": last, "currentTime": now, "healthy": ok, "reason": why,
-		})
+		out, _ := json.Marshal(health)
+		_, _ = w.Write(out)
 	}
 }
 
@@ -128,85 +186,4 @@ func listenAndServe(ctx context.Context, addr string, h http.Handler) error {
 		}
 	}()
 	return nil
-}
-
-// healthCheckServers serve the healthCheckNodePorts of Services with
-// externalTrafficPolicy Local: 200 with the local endpoint count while this node
-// has local endpoints, 503 without, so that load balancers send traffic only to
-// nodes that can serve it without a second hop.
-type healthCheckServers struct {
-	mu      sync.Mutex
-	servers map[int32]*hcServer
-}
-
-type hcServer struct {
-	listener net.Listener
-	mu       sync.Mutex
-	service  model.ServicePortName
-	local    int
-}
-
-func newHealthCheckServers() *healthCheckServers {
-	return &healthCheckServers{servers: map[int32]*hcServer{}}
-}
-
-func (s *hcServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	s.mu.Lock()
-	svc, local := s.service, s.local
-	s.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	if local == 0 {
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"service":        map[string]string{"namespace": svc.Namespace, "name": svc.Name},
-		"localEndpoints": local,
-	})
-}
-
-// update opens, updates and closes servers to match the snapshot.
-func (h *healthCheckServers) update(snap *model.Snapshot) {
-	want := map[int32]*model.ServicePort{}
-	for _, sp := range snap.Services {
-		if sp.HealthCheckNodePort != 0 {
-			// Both families share one port: count them once.
-			if prev, ok := want[sp.HealthCheckNodePort]; !ok || sp.LocalEndpointCount > prev.LocalEndpointCount {
-				want[sp.HealthCheckNodePort] = sp
-			}
-		}
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for port, srv := range h.servers {
-		if _, ok := want[port]; !ok {
-			_ = srv.listener.Close()
-			delete(h.servers, port)
-		}
-	}
-	for port, sp := range want {
-		srv := h.servers[port]
-		if srv == nil {
-			l, err := net.Listen("tcp", ":"+strconv.Itoa(int(port)))
-			if err != nil {
-				klog.Background().Error(err, "opening health check node port", "port", port, "service", sp.Key.ServicePortName)
-				continue
-			}
-			srv = &hcServer{listener: l}
-			h.servers[port] = srv
-			go func() { _ = http.Serve(l, srv) }()
-		}
-		srv.mu.Lock()
-		srv.service, srv.local = sp.Key.ServicePortName, sp.LocalEndpointCount
-		srv.mu.Unlock()
-	}
-}
-
-func (h *healthCheckServers) closeAll() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for port, srv := range h.servers {
-		_ = srv.listener.Close()
-		delete(h.servers, port)
-	}
 }

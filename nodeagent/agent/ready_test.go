@@ -53,7 +53,14 @@ func TestReadyzWaitsForTheFirstSync(t *testing.T) {
 		t.Errorf("while the node is being deleted: %d, want 200", code)
 	}
 
-	clk.SetTime(clk.Now().Add(61 * time.Second)) // 2 × syncPeriod without a sync
+	// An update waits 2 × syncPeriod without a successful sync: stale (as
+	// kube-proxy's health; an idle proxy stays fresh however long ago it synced).
+	clk.SetTime(clk.Now().Add(time.Hour))
+	if code, _ := answer(t, ready); code != http.StatusOK {
+		t.Errorf("idle for an hour: %d, want 200", code)
+	}
+	h.queued(clk.Now())
+	clk.SetTime(clk.Now().Add(61 * time.Second))
 	if code, body := answer(t, ready); code != http.StatusServiceUnavailable || body["ready"] != false {
 		t.Errorf("with stale rules: %d %v, want 503", code, body)
 	}

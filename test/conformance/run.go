@@ -161,6 +161,7 @@ func (s *Suite) phase(t *testing.T, px proxy, settings Settings, build func() []
 		w.reset(t)
 	}()
 	s.barrier(t, px)
+	w.warmNeighbours()
 	probes := keep(append(w.globalProbes(), w.allProbes(cases, "")...))
 	obs := w.runProbes(probes)
 	for _, c := range cases {

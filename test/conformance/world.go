@@ -3,8 +3,10 @@ package conformance
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -186,4 +188,36 @@ func (w *World) Pod(name string) *testnet.Pod {
 		}
 	}
 	panic("no pod " + name)
+}
+
+// warmNeighbours resolves every link-layer neighbour a probe's answer or
+// refusal may need (node ↔ client, node ↔ node, node ↔ own pods, both
+// families) before probing. Otherwise the first proxy to run pays for
+// neighbour discovery: an ICMPv6 error queued behind a resolution was seen
+// lost, so one proxy's rejects read as timeouts and the other's not.
+func (w *World) warmNeighbours() {
+	var wg sync.WaitGroup
+	for _, node := range w.Nodes {
+		var targets []string
+		for _, c := range w.Clients {
+			targets = append(targets, net.JoinHostPort(c.IP4, "9"), net.JoinHostPort(c.IP6, "9"))
+		}
+		for _, other := range w.Nodes {
+			if other != node {
+				targets = append(targets, net.JoinHostPort(other.IP4, "8080"), net.JoinHostPort(other.IP6, "8080"))
+			}
+		}
+		for _, p := range node.Pods {
+			targets = append(targets, net.JoinHostPort(p.IP4, "8080"), net.JoinHostPort(p.IP6, "8080"))
+		}
+		for _, t := range targets {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// Refused or answered: either way both ends have resolved.
+				dial(Probe{Network: "tcp", Addr: t, ns: node.NS})
+			}()
+		}
+	}
+	wg.Wait()
 }

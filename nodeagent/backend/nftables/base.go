@@ -26,6 +26,7 @@ const (
 	chainServices       = "services"
 	chainFirewallCheck  = "firewall-check"
 	chainEndpointsCheck = "service-endpoints-check"
+	chainNodePortsCheck = "nodeport-endpoints-check"
 	chainMarkMasq       = "mark-for-masquerade"
 	chainMasquerading   = "masquerading"
 	chainReject         = "reject-chain"
@@ -64,7 +65,11 @@ var baseChains = []baseChain{
 	{chainNatPostrouting, knftables.NATType, knftables.PostroutingHook, knftables.SNATPriority, []string{"jump " + chainMasquerading}},
 	{chainFilterPreDNAT, knftables.FilterType, knftables.PreroutingHook, knftables.DNATPriority + "-10", []string{"ct state new jump " + chainFirewallCheck}},
 	{chainFilterOutPre, knftables.FilterType, knftables.OutputHook, knftables.DNATPriority + "-10", []string{"ct state new jump " + chainFirewallCheck}},
-	{chainFilterInput, knftables.FilterType, knftables.InputHook, knftables.FilterPriority, []string{"ct state new jump " + chainEndpointsCheck}},
+	// NodePorts without endpoints are refused on input only, as kube-proxy
+	// does: the node's own datagrams to them then meet the refusal as an ICMP
+	// error (ECONNREFUSED), not as a drop on output (EPERM).
+	{chainFilterInput, knftables.FilterType, knftables.InputHook, knftables.FilterPriority,
+		[]string{"ct state new jump " + chainNodePortsCheck, "ct state new jump " + chainEndpointsCheck}},
 	// After the no-endpoint check, what is still addressed to a ClusterIP (a
 	// port the service does not serve) or to the service ranges (an address
 	// no service holds) is refused or dropped, as kube-proxy v1.37 does.
@@ -121,6 +126,8 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 		}},
 		{name: chainEndpointsCheck, rules: []string{
 			fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @%s", ipKW, mapNoEndpointServices),
+		}},
+		{name: chainNodePortsCheck, rules: []string{
 			fmt.Sprintf("%s meta l4proto . th dport vmap @%s", nodePortMatch, mapNoEndpointNodePorts),
 		}},
 		{name: chainMarkMasq, rules: []string{
@@ -200,7 +207,7 @@ type settingsView struct {
 // isBase reports whether a chain/set/map name is one of the fixed objects.
 func isBase(name string) bool {
 	switch name {
-	case chainServices, chainFirewallCheck, chainEndpointsCheck, chainMarkMasq, chainMasquerading, chainReject,
+	case chainServices, chainFirewallCheck, chainEndpointsCheck, chainNodePortsCheck, chainMarkMasq, chainMasquerading, chainReject,
 		chainClusterIPs, mapServiceIPs, mapServiceNodePorts, mapNoEndpointServices, mapNoEndpointNodePorts,
 		mapFirewallIPs, mapEndpoints, mapNodePortEndpoints, setHairpin, setClusterCIDRs, setNodePortIPs, setClusterIPs:
 		return true
