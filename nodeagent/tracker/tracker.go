@@ -230,11 +230,15 @@ func (t *Tracker) rebuild(name types.NamespacedName, touched map[model.ServicePo
 	var invalid []model.Rejection
 	var created time.Time
 	if svc := t.services[name]; svc != nil {
-		var slices []*discoveryv1.EndpointSlice
-		for _, s := range t.slices[name] {
-			slices = append(slices, s)
+		// In name order: when two slices list the same endpoint (the
+		// EndpointSlice controller moving it), the first copy wins, and the
+		// result must not depend on map order.
+		byName := t.slices[name]
+		ordered := make([]*discoveryv1.EndpointSlice, 0, len(byName))
+		for _, n := range slices.Sorted(maps.Keys(byName)) {
+			ordered = append(ordered, byName[n])
 		}
-		built, invalid = model.BuildServicePorts(svc, slices, t.node)
+		built, invalid = model.BuildServicePorts(svc, ordered, t.node)
 		created = svc.CreationTimestamp.Time
 	}
 	if len(invalid) > 0 {

@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -114,5 +115,27 @@ func TestSliceWithoutServiceLabelIgnored(t *testing.T) {
 	tr.SetEndpointSlice(s)
 	if tr.Pending() != 0 {
 		t.Error("a slice without kubernetes.io/service-name made a change")
+	}
+}
+
+// TestDuplicateEndpointAcrossSlicesIsStable: an endpoint listed by two slices
+// (the EndpointSlice controller moving it) resolves the same way on every
+// rebuild: the slice first by name wins, never map order.
+func TestDuplicateEndpointAcrossSlicesIsStable(t *testing.T) {
+	tr := New(model.NodeContext{Name: "node-1"}, func() {})
+	tr.SetService(svc("a", "10.96.0.1"))
+	first := eps("a", time.Now(), "10.244.1.5")
+	first.Endpoints[0].NodeName = ptr.To("node-1")
+	second := eps("a", time.Now(), "10.244.1.5")
+	second.Name, second.Endpoints[0].NodeName = "a-xyz", ptr.To("node-2")
+	tr.SetEndpointSlice(second)
+	tr.SetEndpointSlice(first)
+	for i := range 50 {
+		tr.SetNode(model.NodeContext{Name: "node-1", Zone: fmt.Sprint("zone-", i)}) // rebuilds every Service
+		snap, _ := tr.Snapshot()
+		sp := snap.Services[key("a")]
+		if len(sp.ClusterEndpoints) != 1 || !sp.ClusterEndpoints[0].Local {
+			t.Fatalf("rebuild %d: %+v, want the one endpoint, local (slice a-abc wins)", i, sp.ClusterEndpoints)
+		}
 	}
 }
