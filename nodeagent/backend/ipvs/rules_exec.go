@@ -28,7 +28,7 @@ func newExecRules(s backend.Settings) *execRules { return &execRules{settings: s
 
 func (r *execRules) kernel(fams []model.Family) (iptables.Kernel, error) {
 	if r.ipt == nil && r.iptErr == nil {
-		r.ipt, r.iptErr = iptables.NewExecKernel(iptables.VariantDefault, fams...)
+		r.ipt, r.iptErr = iptables.NewExecKernel(iptables.VariantAuto, fams...)
 	}
 	return r.ipt, r.iptErr
 }
