@@ -60,7 +60,7 @@ type env struct {
 
 func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
-	e := &env{t: t, h: NewFakeHandle(), l: NewFakeLinks(addr("192.168.1.10")), r: &FakeRules{},
+	e := &env{t: t, h: NewFakeHandle(), l: NewFakeLinks(addr("198.51.100.1")), r: &FakeRules{},
 		now: time.Unix(1_000_000, 0)}
 	e.b = e.newBackend(cfg)
 	return e

@@ -38,7 +38,7 @@ func TestRender(t *testing.T) {
 		},
 		vs: map[string][]string{
 			"10.96.0.10:80":      {"10.244.1.5:8080", "10.244.2.6:8080"},
-			"192.168.1.10:30080": {"10.244.1.5:8080", "10.244.2.6:8080"},
+			"198.51.100.1:30080": {"10.244.1.5:8080", "10.244.2.6:8080"},
 		},
 		dummy: []string{"10.96.0.10"},
 		sched: "rr",
@@ -79,9 +79,9 @@ func TestRender(t *testing.T) {
 		sched: "rr",
 	}, {
 		name:  "IPv6",
-		sp:    func() *model.ServicePort { return svc("a", "fd00::10", 80, ep("[fd10::5]:8080")) },
-		vs:    map[string][]string{"[fd00::10]:80": {"[fd10::5]:8080"}},
-		dummy: []string{"fd00::10"},
+		sp:    func() *model.ServicePort { return svc("a", "fd10:96::10", 80, ep("[fd10:244:0:1::5]:8080")) },
+		vs:    map[string][]string{"[fd10:96::10]:80": {"[fd10:244:0:1::5]:8080"}},
+		dummy: []string{"fd10:96::10"},
 		sched: "rr",
 	}}
 	for _, tt := range tests {
@@ -129,9 +129,9 @@ func TestNodePortAddresses(t *testing.T) {
 	t.Run("snapshot NodePortIPs win", func(t *testing.T) {
 		e := newEnv(t, Config{})
 		s := snapOf(sp)
-		s.Node.NodePortIPs = map[model.Family][]netip.Addr{model.IPv4: {addr("10.0.0.1"), addr("10.0.0.2")}}
+		s.Node.NodePortIPs = map[model.Family][]netip.Addr{model.IPv4: {addr("198.51.100.2"), addr("198.51.100.3")}}
 		e.sync(s, true)
-		if !e.hasVS("10.0.0.1:30080") || !e.hasVS("10.0.0.2:30080") || e.hasVS("192.168.1.10:30080") {
+		if !e.hasVS("198.51.100.2:30080") || !e.hasVS("198.51.100.3:30080") || e.hasVS("198.51.100.1:30080") {
 			t.Fatalf("virtual servers %v", e.h.Keys())
 		}
 	})
@@ -167,7 +167,7 @@ func TestRestartWithoutFlush(t *testing.T) {
 	a := svc("a", "10.96.0.10", 80, ep("10.244.1.5:8080"), ep("10.244.2.6:8080"))
 	a.NodePort = 30080
 	a.AffinityTimeout = time.Minute
-	b := svc("b", "fd00::20", 53, ep("[fd10::5]:53"))
+	b := svc("b", "fd10:96::20", 53, ep("[fd10:244:0:1::5]:53"))
 	c := svc("c", "10.96.0.30", 443)
 	c.LoadBalancerIPs = []netip.Addr{addr("198.51.100.7")}
 	s := snapOf(a, b, c)

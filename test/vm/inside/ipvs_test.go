@@ -177,7 +177,7 @@ func TestCleanup(t *testing.T) {
 	sp := svc("web", clusterIP, 80, e.ep(1))
 	sp.NodePort = 30080
 	e.sync(snapOf(sp, svc("empty", "10.96.0.11", 80)), true)
-	foreign := addForeignVS(t, h, "192.0.2.1", 443)
+	foreign := addForeignVS(t, h, "203.0.113.250", 443)
 	if n := e.vsCount(h); n != 4 {
 		t.Fatalf("before cleanup: %d virtual servers, want 4 (2 ClusterIP, 1 NodePort, 1 foreign)", n)
 	}
