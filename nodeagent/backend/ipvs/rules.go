@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"kpo.dev/kpo/nodeagent/backend"
@@ -49,9 +50,12 @@ const (
 	setDrop      = "DROP"
 	setFW        = "FW"
 	setFWSrc     = "FW-SRC"
-	// setVIPPorts: every VIP:port served on kpo-ipvs0 (ClusterIP, external
-	// and load-balancer IPs); kube-proxy's CLUSTER-IP, EXTERNAL-IP,
-	// EXTERNAL-IP-LOCAL and LOAD-BALANCER sets in one.
+	// setVIPPorts: every virtual server's VIP:port, node ports on node
+	// addresses included. The host-port filter returns for them (kube-proxy's
+	// CLUSTER-IP, EXTERNAL-IP, EXTERNAL-IP-LOCAL and LOAD-BALANCER sets in
+	// one), and it is kpo's ownership record in the kernel: a virtual server
+	// on a node address carries no mark of its maker, so a later agent (a
+	// restart, or another mode's cleaning up) finds kpo's there.
 	setVIPPorts = "VIP-PORTS"
 	// setIPVSIPs: the addresses on kpo-ipvs0 (kube-proxy's KUBE-IPVS-IPS).
 	setIPVSIPs = "IPVS-IPS"
@@ -113,6 +117,11 @@ func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setE
 	for _, ip := range append(append([]netip.Addr{sp.ClusterIP}, sp.ExternalIPs...), sp.LoadBalancerIPs...) {
 		add(setVIPPorts, ipPort(ip, sp.Port))
 		add(setIPVSIPs, ip.Unmap().String())
+	}
+	if sp.NodePort != 0 {
+		for _, ip := range nodeIPs {
+			add(setVIPPorts, ipPort(ip, sp.NodePort))
+		}
 	}
 	if sp.HealthCheckNodePort != 0 {
 		add(setHealthCheck, fmt.Sprint(sp.HealthCheckNodePort))
@@ -179,6 +188,26 @@ type RuleSet struct {
 type Rules interface {
 	Apply(rs *RuleSet, full bool) error
 	Cleanup(families []model.Family) error
+	// Owned lists the virtual servers the kernel's VIP-PORTS sets record
+	// (what kpo's last sync made; none when the sets do not exist).
+	Owned(families []model.Family) (map[VSKey]bool, error)
+}
+
+// parseVSEntry reads a VIP-PORTS element ("10.96.0.10,tcp:80").
+func parseVSEntry(e string) (VSKey, bool) {
+	ip, pp, ok := strings.Cut(e, ",")
+	proto, port, ok2 := strings.Cut(pp, ":")
+	a, err := netip.ParseAddr(ip)
+	n, err2 := strconv.ParseUint(port, 10, 16)
+	if !ok || !ok2 || err != nil || err2 != nil {
+		return VSKey{}, false
+	}
+	for _, p := range []uint16{protoTCP, protoUDP, protoSCTP} {
+		if protoName(p) == proto {
+			return VSKey{Addr: a.Unmap(), Protocol: p, Port: uint16(n)}, true
+		}
+	}
+	return VSKey{}, false
 }
 
 // syncRules collects every service port's set entries and applies them.
@@ -336,6 +365,23 @@ func (r *FakeRules) Apply(rs *RuleSet, full bool) error {
 func (r *FakeRules) Cleanup([]model.Family) error {
 	r.Last, r.Cleaned = nil, true
 	return nil
+}
+
+// Owned implements Rules: the last applied VIP-PORTS sets, as the kernel
+// keeps them across agent restarts.
+func (r *FakeRules) Owned(families []model.Family) (map[VSKey]bool, error) {
+	out := map[VSKey]bool{}
+	if r.Last == nil {
+		return out, nil
+	}
+	for _, f := range families {
+		for e := range r.Last.Sets[SetName(f, setVIPPorts)] {
+			if k, ok := parseVSEntry(e); ok {
+				out[k] = true
+			}
+		}
+	}
+	return out, nil
 }
 
 // Has reports whether the last rule set has the element.

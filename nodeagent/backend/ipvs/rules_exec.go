@@ -122,6 +122,32 @@ func isCompanionJump(l string, j companionJump) bool {
 	return strings.HasPrefix(l, "-A "+j.chain+" ") && strings.Contains(l, companionComment) && strings.HasSuffix(l, target)
 }
 
+// Owned implements Rules: "ipset save" of each family's VIP-PORTS set. A
+// missing set or ipset binary means nothing recorded.
+func (r *execRules) Owned(fams []model.Family) (map[VSKey]bool, error) {
+	out := map[VSKey]bool{}
+	for _, f := range fams {
+		name := SetName(f, setVIPPorts)
+		var stdout, stderr bytes.Buffer
+		cmd := exec.Command("ipset", "save", name)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			if _, lookErr := exec.LookPath("ipset"); lookErr != nil || strings.Contains(stderr.String(), "does not exist") {
+				continue
+			}
+			return nil, fmt.Errorf("ipset save %s: %v: %s", name, err, strings.TrimSpace(stderr.String()))
+		}
+		for _, line := range strings.Split(stdout.String(), "\n") {
+			if e, ok := strings.CutPrefix(line, "add "+name+" "); ok {
+				if k, ok := parseVSEntry(strings.TrimSpace(e)); ok {
+					out[k] = true
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
 // Cleanup implements Rules: jumps and chains first, then the sets they used.
 func (r *execRules) Cleanup(fams []model.Family) error {
 	r.applied, r.cidrs = nil, nil

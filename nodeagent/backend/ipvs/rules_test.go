@@ -30,7 +30,7 @@ func TestSetEntries(t *testing.T) {
 			return sp
 		},
 		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-IPVS-IPS 10.96.0.10", "KPO-REJECT 10.96.0.10,tcp:80",
-			"KPO-REJECT 198.51.100.1,tcp:30080", "KPO-VIP-PORTS 10.96.0.10,tcp:80"},
+			"KPO-REJECT 198.51.100.1,tcp:30080", "KPO-VIP-PORTS 10.96.0.10,tcp:80", "KPO-VIP-PORTS 198.51.100.1,tcp:30080"},
 	}, {
 		name: "policy Cluster: external VIPs masquerade",
 		sp: func() *model.ServicePort {
