@@ -194,9 +194,9 @@ func TestCleanup(t *testing.T) {
 	if _, err := e.top.Node.NL.LinkByName("kpo-ipvs0"); err == nil {
 		t.Error("kpo-ipvs0 still exists")
 	}
-	for _, table := range []string{"nat", "filter"} {
-		if out := e.top.Node.MustRun(t, "iptables", "-t", table, "-S"); strings.Contains(out, "KPO-IPVS") {
-			t.Errorf("%s table still has kpo rules:\n%s", table, out)
+	for _, tool := range []string{"iptables-nft", "iptables-legacy"} {
+		if out := e.top.Node.MustRun(t, tool+"-save"); strings.Contains(out, "KPO-IPVS") {
+			t.Errorf("%s still has kpo rules:\n%s", tool, out)
 		}
 	}
 	if out := e.top.Node.MustRun(t, "ipset", "list", "-n"); strings.Contains(out, "KPO") {
