@@ -15,6 +15,8 @@
 //	filter INPUT, FORWARD, OUTPUT (new, untranslated) -> KPO-SERVICES -> KPO-DST-xx /
 //	       KPO-NODEPORTS: REJECT services without endpoints, DROP what policy Local
 //	       or source ranges refuse.
+//	filter FORWARD -> KPO-FORWARD, INPUT and OUTPUT -> KPO-FIREWALL: kube-proxy's
+//	       host rules (host.go).
 //
 // Everything, base chains and the jumps from the built-in chains included, is
 // written with one iptables-restore --noflush per family and sync, holding
@@ -247,8 +249,8 @@ func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (i
 			filter.write(c)
 			st.fixedRules += len(c.rules)
 		}
-		// Drift repair: delete every KPO- chain we do not mean to have, and
-		// (re)insert missing jumps from the built-in chains.
+		// Drift repair: delete every chain of this mode we do not mean to
+		// have, and (re)insert missing jumps from the built-in chains.
 		for _, t := range []*tableWriter{nat, filter} {
 			if err := b.repair(f, t); err != nil {
 				return 0, err

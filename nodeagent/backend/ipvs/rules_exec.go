@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"kpo.dev/kpo/nodeagent/backend"
@@ -122,19 +123,24 @@ func isCompanionJump(l string, j companionJump) bool {
 	return strings.HasPrefix(l, "-A "+j.chain+" ") && strings.Contains(l, companionComment) && strings.HasSuffix(l, target)
 }
 
-// Owned implements Rules: "ipset save" of each family's VIP-PORTS set. A
-// missing set or ipset binary means nothing recorded.
+// Owned implements Rules: "ipset save" of each family's VIP-PORTS set. No
+// ipset binary, no ip_set support or no such set means nothing recorded (a
+// node that never ran the ipvs mode, whose cleanup must not fail).
 func (r *execRules) Owned(fams []model.Family) (map[VSKey]bool, error) {
 	out := map[VSKey]bool{}
+	names, err := exec.Command("ipset", "list", "-n").Output()
+	if err != nil {
+		return out, nil
+	}
 	for _, f := range fams {
 		name := SetName(f, setVIPPorts)
+		if !slices.Contains(strings.Fields(string(names)), name) {
+			continue
+		}
 		var stdout, stderr bytes.Buffer
 		cmd := exec.Command("ipset", "save", name)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if err := cmd.Run(); err != nil {
-			if _, lookErr := exec.LookPath("ipset"); lookErr != nil || strings.Contains(stderr.String(), "does not exist") {
-				continue
-			}
 			return nil, fmt.Errorf("ipset save %s: %v: %s", name, err, strings.TrimSpace(stderr.String()))
 		}
 		for _, line := range strings.Split(stdout.String(), "\n") {
