@@ -11,8 +11,8 @@
 # appends its own binary instead, as a second cpio archive.
 #
 # Installs nothing: the caller provides (apt) qemu-system-x86 busybox-static
-# kmod cpio xz-utils, plus iproute2 util-linux iptables ipset, whose binaries
-# are copied into the VM with their libraries.
+# kmod cpio xz-utils, plus iproute2 util-linux iptables ipset nftables, whose
+# binaries are copied into the VM with their libraries.
 set -euo pipefail
 
 OUT=${1:?usage: $0 OUTDIR [TEST_BINARY]}
@@ -32,7 +32,7 @@ MODULES=(
 	# netlink.NewHandleAt (test/netns) opens NETLINK_XFRM and NETLINK_NETFILTER sockets.
 	xfrm_user nfnetlink
 	ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet ip_set_hash_net
-	x_tables ip_tables iptable_nat iptable_filter ip6_tables ip6table_nat ip6table_filter
+	x_tables ip_tables iptable_nat iptable_filter iptable_mangle ip6_tables ip6table_nat ip6table_filter ip6table_mangle
 	xt_set xt_MASQUERADE xt_mark xt_conntrack xt_comment xt_addrtype xt_multiport xt_tcpudp
 	nf_reject_ipv4 ipt_REJECT nf_reject_ipv6 ip6t_REJECT
 	# iptables-nft (the companion rules through nf_tables): the nat chain type,
@@ -40,6 +40,16 @@ MODULES=(
 	# REJECT, MARK...), and the native expressions it may translate to.
 	nf_tables nft_compat nft_chain_nat nft_ct nft_nat nft_masq
 	nft_reject nft_reject_inet nft_reject_ipv4 nft_reject_ipv6
+	# The host-port filter's health-check port set (KPO-IPVS-FILTER).
+	ip_set_bitmap_port
+	# The agent's other modes, for the mode-switch tests: the iptables mode's
+	# matches and targets, the nftables mode's expressions (nft), conntrack
+	# over netlink (stale UDP flows).
+	xt_statistic xt_recent xt_nat nf_conntrack_netlink
+	nft_numgen nft_fib nft_fib_inet nft_fib_ipv4 nft_fib_ipv6
+	# test/testnet's node network is a bridge; the VM reaches the host's API
+	# server through qemu's user network on an emulated e1000.
+	bridge e1000
 )
 
 # --- kernel: the package linux-image-amd64 currently depends on -------------
@@ -96,6 +106,8 @@ copy_bin() {
 copy_bin "$(command -v ip)" /usr/sbin/ip
 copy_bin "$(command -v nsenter)" /usr/bin/nsenter
 copy_bin "$(command -v ipset)" /usr/sbin/ipset
+# The nftables mode (knftables runs "nft"), for the mode-switch tests.
+copy_bin "$(command -v nft)" /usr/sbin/nft
 # Both iptables flavours. The backend runs "iptables"/"ip6tables", which are
 # legacy here (it needs only the x_tables modules); the -legacy and -nft names
 # exist too, and test/vm/inside's TestCompanionRules points "iptables" at

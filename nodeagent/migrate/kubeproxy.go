@@ -42,8 +42,9 @@ func IsKubeProxyChain(name string) bool {
 }
 
 // RemoveKubeProxyLeftovers removes kube-proxy's nftables tables, iptables
-// chains (IPv4 and IPv6) and kube-ipvs0 interface from the current network
-// namespace. Missing tools or objects are not errors.
+// chains (IPv4 and IPv6, in iptables-nft and iptables-legacy) and kube-ipvs0
+// interface from the current network namespace. Missing tools or objects are
+// not errors.
 func RemoveKubeProxyLeftovers(ctx context.Context) error {
 	var errs []error
 	for _, family := range []string{"ip", "ip6"} {
@@ -51,7 +52,7 @@ func RemoveKubeProxyLeftovers(ctx context.Context) error {
 			errs = append(errs, run(ctx, nil, "nft", "delete", "table", family, "kube-proxy"))
 		}
 	}
-	for _, tool := range []string{"iptables", "ip6tables"} {
+	for _, tool := range iptablesTools() {
 		errs = append(errs, removeChains(ctx, tool))
 	}
 	if link, err := netlink.LinkByName("kube-ipvs0"); err == nil {
@@ -60,25 +61,69 @@ func RemoveKubeProxyLeftovers(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// removeChains deletes kube-proxy's chains in one restore per table: first the
-// jumps into them from other chains, then their rules, then the chains.
+// iptablesTools are the iptables commands whose tables may hold kube-proxy's
+// chains: both flavours of both families where they are installed, since
+// kube-proxy ran whichever its image's wrapper picked (nft unless kubelet's
+// hint said legacy, in today's wrapper; older wrappers counted rules), and a
+// flavour kpo does not use must not keep translating with stale rules. The
+// plain names serve hosts that have only those.
+func iptablesTools() []string {
+	var out []string
+	for _, base := range []string{"iptables", "ip6tables"} {
+		found := false
+		for _, flavour := range []string{"-nft", "-legacy"} {
+			if _, err := exec.LookPath(base + flavour + "-save"); err == nil {
+				out, found = append(out, base+flavour), true
+			}
+		}
+		if !found {
+			out = append(out, base)
+		}
+	}
+	return out
+}
+
+// removeChains deletes kube-proxy's chains of one iptables command, in one
+// restore whose table sections each commit atomically: first the jumps into
+// them from other chains, then their rules, then the chains. The dump is of
+// every table that exists ("-save" without "-t": naming a table would make
+// iptables-legacy create it).
 func removeChains(ctx context.Context, tool string) error {
 	if _, err := exec.LookPath(tool + "-save"); err != nil {
 		return nil
 	}
-	var errs []error
-	for _, table := range []string{"nat", "filter", "mangle"} {
-		out, err := exec.CommandContext(ctx, tool+"-save", "-t", table).Output()
-		if err != nil {
-			continue // table absent
-		}
-		script := restoreScript(table, string(out))
-		if script == "" {
-			continue
-		}
-		errs = append(errs, run(ctx, []byte(script), tool+"-restore", "--noflush", "--wait=5"))
+	out, err := exec.CommandContext(ctx, tool+"-save").Output()
+	if err != nil {
+		return fmt.Errorf("%s-save: %w", tool, err)
 	}
-	return errors.Join(errs...)
+	var script strings.Builder
+	for table, dump := range tables(string(out)) {
+		script.WriteString(restoreScript(table, dump))
+	}
+	if script.Len() == 0 {
+		return nil
+	}
+	return run(ctx, []byte(script.String()), tool+"-restore", "--noflush", "--wait=5")
+}
+
+// tables splits an iptables-save dump into its tables' sections.
+func tables(dump string) map[string]string {
+	out := map[string]string{}
+	var name string
+	var cur strings.Builder
+	for _, line := range strings.Split(dump, "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			name = strings.TrimSpace(line[1:])
+			cur.Reset()
+		case line == "COMMIT" && name != "":
+			out[name] = cur.String()
+			name = ""
+		case name != "":
+			cur.WriteString(line + "\n")
+		}
+	}
+	return out
 }
 
 // restoreScript turns an iptables-save dump of one table into the restore input

@@ -143,7 +143,7 @@ func RunBench(ctx context.Context, root string, sizes []string, timeout time.Dur
 	if inside < time.Minute {
 		inside = timeout / 2
 	}
-	overlay := filepath.Join(tmp, "test.cpio.gz")
+	overlay := filepath.Join(tmp, "test.cpio")
 	f, err := os.Create(overlay)
 	if err != nil {
 		return run, err

@@ -10,11 +10,11 @@ package vm
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,6 +98,45 @@ func BuildTestBinary(ctx context.Context, root, pkg, out string, tags ...string)
 	return nil
 }
 
+// BuildAgent compiles kpo-agent into out, statically, for the mode-switch
+// tests that run it inside the VM.
+func BuildAgent(ctx context.Context, root, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/kpo-agent")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/kpo-agent: %w\n%s", err, b)
+	}
+	return nil
+}
+
+// Where the in-VM tests find the API server and the agent (test/vm/inside).
+const (
+	// GuestAPIAddr is the address inside the VM that qemu forwards to the
+	// host's API server (see APIForward).
+	GuestAPIAddr = "10.0.2.100:6443"
+	// KubeconfigFile and AgentFile are the overlay's files.
+	KubeconfigFile = "kpo-vm-kubeconfig"
+	AgentFile      = "kpo-agent"
+)
+
+// APIForward is the Options.Forwards entry that connects GuestAPIAddr to
+// hostAddr (the API server on the host's loopback). qemu runs "busybox nc"
+// for each connection the guest opens (guestfwd's cmd form; its chardev form
+// carries a single connection), so the guest reaches that one port and
+// nothing else of the host.
+func APIForward(hostAddr string) (string, error) {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return "", fmt.Errorf("busybox (busybox-static) runs the VM's API forward: %w", err)
+	}
+	host, port, err := net.SplitHostPort(hostAddr)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("tcp:%s-cmd:%s nc %s %s", GuestAPIAddr, bb, host, port), nil
+}
+
 // File is one file of an initramfs overlay.
 type File struct {
 	Name string // path inside the VM, without the leading slash
@@ -105,11 +144,12 @@ type File struct {
 	Data []byte
 }
 
-// WriteOverlay writes files as a gzipped newc cpio archive. The kernel
-// unpacks concatenated archives in order, so appending it to the base
-// initramfs adds (or replaces) these files.
+// WriteOverlay writes files as an uncompressed newc cpio archive. The
+// kernel unpacks concatenated archives in order, so appending it to the base
+// initramfs adds (or replaces) these files. Uncompressed: gunzipping the test
+// binary and kpo-agent (~100 MB) under TCG took half a minute of every boot.
 func WriteOverlay(w io.Writer, files []File) error {
-	zw := gzip.NewWriter(w)
+	zw := w
 	ino := 1
 	writeEntry := func(name string, mode uint32, data []byte) error {
 		// newc: magic, then 13 8-digit hex fields; name and data 4-aligned.
@@ -135,10 +175,7 @@ func WriteOverlay(w io.Writer, files []File) error {
 			return err
 		}
 	}
-	if err := writeEntry("TRAILER!!!", 0, nil); err != nil {
-		return err
-	}
-	return zw.Close()
+	return writeEntry("TRAILER!!!", 0, nil)
 }
 
 // Options of one VM run.
@@ -152,7 +189,16 @@ type Options struct {
 	MemoryMB int
 	// Console gets every console line as it arrives.
 	Console func(line string)
+	// Forwards gives the VM a network card (eth0, e1000) on qemu's user
+	// network, restricted: the guest reaches nothing but these forwards,
+	// each "tcp:GUESTADDR:GUESTPORT-tcp:HOSTADDR:HOSTPORT" (qemu's guestfwd),
+	// connected from the host side by qemu itself. Nothing on the host's
+	// network changes. The guest's address is GuestIP (set it up in the VM).
+	Forwards []string
 }
+
+// GuestIP is the VM's address on qemu's user network (its default).
+const GuestIP = "10.0.2.15/24"
 
 // Result of one VM run.
 type Result struct {
@@ -183,11 +229,20 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	defer cancel()
 	// KVM is unusable here: TCG with one thread per vCPU. -no-reboot makes a
 	// kernel panic (init died) end qemu instead of looping.
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64",
+	args := []string{
 		"-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", fmt.Sprint(o.MemoryMB),
 		"-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot",
 		"-kernel", o.Kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 panic=-1 quiet loglevel=4")
+		"-append", "console=ttyS0 panic=-1 quiet loglevel=4",
+	}
+	if len(o.Forwards) > 0 {
+		netdev := "user,id=n0,restrict=on"
+		for _, f := range o.Forwards {
+			netdev += ",guestfwd=" + f
+		}
+		args = append(args, "-netdev", netdev, "-device", "e1000,netdev=n0")
+	}
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	// exec.CommandContext kills only this qemu process, by its PID.
 	cmd.WaitDelay = 5 * time.Second
 	stdout, err := cmd.StdoutPipe()
@@ -232,18 +287,27 @@ func Run(ctx context.Context, o Options) (Result, error) {
 // concat writes the initramfs parts into one temporary file, since qemu takes
 // one -initrd.
 func concat(parts []string) (string, error) {
-	f, err := os.CreateTemp("", "kpo-vm-initrd-*.cpio.gz")
+	f, err := os.CreateTemp("", "kpo-vm-initrd-*.cpio")
 	if err != nil {
 		return "", err
 	}
+	var size int64
 	for _, p := range parts {
 		in, err := os.Open(p)
 		if err != nil {
 			_ = f.Close()
 			return "", err
 		}
-		_, err = io.Copy(f, in)
+		n, err := io.Copy(f, in)
 		_ = in.Close()
+		size += n
+		if err == nil && size%4 != 0 {
+			// An uncompressed archive must start 4-byte aligned; the
+			// kernel skips the zeros between archives.
+			var pad int
+			pad, err = f.Write(make([]byte, 4-size%4))
+			size += int64(pad)
+		}
 		if err != nil {
 			_ = f.Close()
 			return "", err

@@ -2,12 +2,16 @@ package vm
 
 import (
 	"bytes"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"kpo.dev/kpo/test/apiserver"
 )
 
 // TestIPVSInVM runs the IPVS backend's real-kernel tests (test/vm/inside)
@@ -52,15 +56,25 @@ func TestIPVSInVM(t *testing.T) {
 		// The figures of the IPVS issue (BenchmarkSync), not the behaviour tests.
 		args, timeout = "-test.timeout=14m -test.run=XXX -test.bench=. -test.benchtime=1x", 15*time.Minute
 	}
-	overlay := filepath.Join(t.TempDir(), "test.cpio.gz")
+	files := []File{
+		{Name: "kpo-vm-test", Mode: 0o755, Data: data},
+		{Name: "kpo-vm-args", Mode: 0o644, Data: []byte(args)},
+	}
+	var forwards []string
+	if os.Getenv("KPO_VM_BENCH") == "" {
+		agentFiles, fwd, err := agentSetup(t, root)
+		if err != nil {
+			// The inside tests that run agents skip, saying so.
+			t.Logf("no API server for the in-VM agents: %v", err)
+		}
+		files, forwards = append(files, agentFiles...), fwd
+	}
+	overlay := filepath.Join(t.TempDir(), "test.cpio")
 	f, err := os.Create(overlay)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteOverlay(f, []File{
-		{Name: "kpo-vm-test", Mode: 0o755, Data: data},
-		{Name: "kpo-vm-args", Mode: 0o644, Data: []byte(args)},
-	}); err != nil {
+	if err := WriteOverlay(f, files); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
@@ -72,7 +86,10 @@ func TestIPVSInVM(t *testing.T) {
 		Kernel:  filepath.Join(out, "vmlinuz"),
 		Initrds: []string{filepath.Join(out, "base.cpio.gz"), overlay},
 		Timeout: timeout,
-		Console: func(line string) { t.Log("vm: " + line) },
+		// The test binary, kpo-agent and the agents' processes live in it.
+		MemoryMB: 1536,
+		Console:  func(line string) { t.Log("vm: " + line) },
+		Forwards: forwards,
 	})
 	t.Logf("VM: boot %v, total %v", res.Boot.Round(time.Millisecond), res.Total.Round(time.Millisecond))
 	if err != nil {
@@ -95,6 +112,46 @@ func TestIPVSInVM(t *testing.T) {
 	}
 }
 
+// agentSetup starts a real API server on the host for the in-VM agents (the
+// mode-switch tests) and builds kpo-agent: the overlay's files (the agent, a
+// kubeconfig whose server is the VM's local forward, 127.0.0.1:6443) and the
+// qemu forward to the API server. The API server stops when the test ends.
+func agentSetup(t *testing.T, root string) ([]File, []string, error) {
+	if _, err := apiserver.Binary("kube-apiserver"); err != nil {
+		return nil, nil, err
+	}
+	api, err := apiserver.Start()
+	if err != nil {
+		return nil, nil, err
+	}
+	t.Cleanup(func() { _ = api.Stop() })
+	u, err := url.Parse(api.Config.Host)
+	if err != nil {
+		return nil, nil, err
+	}
+	fwd, err := APIForward(u.Host)
+	if err != nil {
+		return nil, nil, err
+	}
+	kc, err := os.ReadFile(api.Kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	kc = regexp.MustCompile(`server: \S+`).ReplaceAll(kc, []byte("server: https://127.0.0.1:6443"))
+	bin := filepath.Join(t.TempDir(), "kpo-agent")
+	if err := BuildAgent(t.Context(), root, bin); err != nil {
+		return nil, nil, err
+	}
+	agent, err := os.ReadFile(bin)
+	if err != nil {
+		return nil, nil, err
+	}
+	return []File{
+		{Name: KubeconfigFile, Mode: 0o600, Data: kc},
+		{Name: AgentFile, Mode: 0o755, Data: agent},
+	}, []string{fwd}, nil
+}
+
 func TestWriteOverlayAlignment(t *testing.T) {
 	var b bytes.Buffer
 	if err := WriteOverlay(&b, []File{{Name: "a", Mode: 0o644, Data: []byte("xyz")}}); err != nil {
@@ -104,7 +161,7 @@ func TestWriteOverlayAlignment(t *testing.T) {
 		t.Skip("cpio missing")
 	}
 	dir := t.TempDir()
-	cmd := exec.Command("sh", "-c", "gzip -dc | cpio -i --quiet")
+	cmd := exec.Command("cpio", "-i", "--quiet")
 	cmd.Dir, cmd.Stdin = dir, &b
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("cpio: %v: %s", err, out)

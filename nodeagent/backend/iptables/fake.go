@@ -13,12 +13,15 @@ import (
 
 // Fake is an in-memory Kernel that enforces what the kernel and
 // iptables-restore enforce, so that unit tests catch rule sets the real thing
-// would refuse:
+// would refuse (TestFakeParity runs the same inputs through both iptables
+// flavours and the Fake and expects the same verdicts):
 //
 //   - a rule's jump target must be a known target or an existing user chain
 //     (never a built-in chain), and its options must parse (see checkRule);
 //   - a chain can only be deleted when it is empty and no rule jumps to it;
 //   - chain names are at most 28 characters;
+//   - at commit, no loop of jumps is reachable from a built-in chain, and
+//     DNAT, SNAT and MASQUERADE are reached only from their hooks;
 //   - each "*table ... COMMIT" section of a restore applies atomically: any
 //     error leaves that table exactly as it was (sections committed before
 //     stay committed, as with the real iptables-restore).
@@ -172,6 +175,9 @@ func (f *Fake) restore(fam model.Family, data string) error {
 		case tx == nil:
 			return fail(fmt.Errorf("outside a table"))
 		case line == "COMMIT":
+			if err := tx.validate(); err != nil {
+				return fail(err)
+			}
 			f.tables[fam][tx.name] = tx
 			tx = nil
 		case strings.HasPrefix(line, ":"):
@@ -220,6 +226,9 @@ func (f *Fake) Exec(fam model.Family, table, cmd string) error {
 	}
 	tx := t.clone()
 	if err := tx.command(fam, args); err != nil {
+		return err
+	}
+	if err := tx.validate(); err != nil {
 		return err
 	}
 	f.tables[fam][table] = tx

@@ -2,7 +2,9 @@ package iptables
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -155,6 +157,11 @@ func (t *fakeTable) parseRule(fam model.Family, args []string) (fakeRule, error)
 				return r, fmt.Errorf("unknown protocol %q", v)
 			}
 			proto = v
+			if v == "tcp" || v == "udp" || v == "sctp" {
+				// iptables loads the protocol's match implicitly:
+				// "-p tcp --dport 80" is "-p tcp -m tcp --dport 80".
+				mods[v] = true
+			}
 		case "-m":
 			switch v {
 			case "tcp", "udp", "sctp":
@@ -309,6 +316,51 @@ func (t *fakeTable) checkTarget(v string) error {
 		}
 		if c.builtin {
 			return fmt.Errorf("cannot jump to built-in chain %s", v)
+		}
+	}
+	return nil
+}
+
+// hookTargets are the targets the kernel allows only from some built-in
+// chains (xt_nat and xt_MASQUERADE declare their hooks): a rule with one of
+// them in a user chain is refused once a jump from another hook reaches it.
+var hookTargets = map[string][]string{
+	"DNAT":       {"PREROUTING", "OUTPUT"},
+	"SNAT":       {"POSTROUTING", "INPUT"},
+	"MASQUERADE": {"POSTROUTING"},
+}
+
+// validate checks what the kernel checks when a table is committed: no loop
+// of jumps reachable from a built-in chain, and every hook-bound target
+// reached only from its hooks (legacy: translate_table; nf_tables: chain
+// validation at commit).
+func (t *fakeTable) validate() error {
+	for _, name := range slices.Sorted(maps.Keys(t.chains)) {
+		if t.chains[name].builtin {
+			if err := t.walk(name, name, map[string]bool{}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// walk follows the jumps from chain, reached from the built-in chain hook,
+// with onPath the chains of the current path.
+func (t *fakeTable) walk(hook, chain string, onPath map[string]bool) error {
+	if onPath[chain] {
+		return fmt.Errorf("loop of jumps through %s, reached from %s", chain, hook)
+	}
+	onPath[chain] = true
+	defer delete(onPath, chain)
+	for _, r := range t.chains[chain].rules {
+		if hooks, ok := hookTargets[r.target]; ok && !slices.Contains(hooks, hook) {
+			return fmt.Errorf("target %s in %s, reached from %s (allowed from %v)", r.target, chain, hook, hooks)
+		}
+		if c, ok := t.chains[r.target]; ok && !c.builtin {
+			if err := t.walk(hook, r.target, onPath); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"cmp"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -18,6 +19,11 @@ type Packet struct {
 	// DNATed answers -m conntrack --ctstate DNAT (filter traces; TraceNAT
 	// sets it for POSTROUTING after a DNAT).
 	DNATed bool
+	// State is the packet's conntrack state (NEW, ESTABLISHED, RELATED,
+	// INVALID); "" means NEW, a connection's first packet.
+	State string
+	// Mark is the packet mark entering a filter trace (set by nat before).
+	Mark uint32
 }
 
 // NATResult is one outcome of the nat table for a packet.
@@ -64,7 +70,7 @@ func (f *Fake) TraceFilter(fam model.Family, hook string, p Packet) map[string]f
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string]float64{}
-	for _, path := range f.tables[fam][tableFilter].eval(hook, p, []tracePath{{weight: 1}}, 0) {
+	for _, path := range f.tables[fam][tableFilter].eval(hook, p, []tracePath{{weight: 1, mark: p.Mark}}, 0) {
 		v := path.verdict
 		if v == "" {
 			v = "ACCEPT"
@@ -196,9 +202,10 @@ func matchProb(r fakeRule, p Packet, mark uint32) float64 {
 		case "--dst-type":
 			ok = (v == "LOCAL") == p.DstLocal
 		case "--ctstate":
+			state := cmp.Or(p.State, "NEW")
 			ok = false
 			for _, s := range strings.Split(v, ",") {
-				ok = ok || s == "NEW" || (s == "DNAT" && p.DNATed)
+				ok = ok || s == state || (s == "DNAT" && p.DNATed)
 			}
 		case "--mark":
 			vs, ms, _ := strings.Cut(v, "/")

@@ -15,6 +15,8 @@
 //	filter INPUT, FORWARD, OUTPUT (new, untranslated) -> KPO-SERVICES -> KPO-DST-xx /
 //	       KPO-NODEPORTS: REJECT services without endpoints, DROP what policy Local
 //	       or source ranges refuse.
+//	filter FORWARD -> KPO-FORWARD, INPUT and OUTPUT -> KPO-FIREWALL: kube-proxy's
+//	       host rules (host.go).
 //
 // Everything, base chains and the jumps from the built-in chains included, is
 // written with one iptables-restore --noflush per family and sync, holding
@@ -27,7 +29,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 
@@ -43,8 +44,13 @@ type Option func(*Backend)
 func WithKernel(k Kernel) Option { return func(b *Backend) { b.kernel = k } }
 
 // WithVariant chooses iptables-nft or iptables-legacy instead of the
-// system's default "iptables".
+// flavour the host uses (see DetectVariant).
 func WithVariant(v Variant) Option { return func(b *Backend) { b.variant = v } }
+
+// WithSysctls replaces /proc/sys (tests: FakeSysctls). With WithKernel and
+// without this option, sysctls are an empty FakeSysctls: a fake kernel must
+// not come with real sysctl writes.
+func WithSysctls(s Sysctls) Option { return func(b *Backend) { b.sysctls = s } }
 
 // Backend is the iptables mode. It is used by one goroutine at a time.
 type Backend struct {
@@ -52,7 +58,7 @@ type Backend struct {
 	families []model.Family
 	variant  Variant
 	kernel   Kernel
-	realKern bool // kernel runs binaries: sysctls are ours to set too
+	sysctls  Sysctls
 
 	fams map[model.Family]*famState
 	// needFull is set until a full sync succeeded: at start, and after any
@@ -79,7 +85,13 @@ func New(settings backend.Settings, families []model.Family, opts ...Option) (*B
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
 		}
-		b.kernel, b.realKern = k, true
+		b.kernel = k
+		if b.sysctls == nil {
+			b.sysctls = procSysctls{}
+		}
+	}
+	if b.sysctls == nil {
+		b.sysctls = FakeSysctls{}
 	}
 	return b, nil
 }
@@ -115,6 +127,13 @@ var jumps = []jump{
 	{tableFilter, "INPUT", filterJump},
 	{tableFilter, "FORWARD", filterJump},
 	{tableFilter, "OUTPUT", filterJump},
+	// Inserted after (so above) the service rejects, as kube-proxy orders
+	// KUBE-FORWARD before KUBE-SERVICES in FORWARD.
+	{tableFilter, "FORWARD", []string{"-m", "comment", "--comment", "kpo forwarding rules", "-j", chainForward}},
+	// The localnet guard sees every packet, as kubelet's and kube-proxy's
+	// KUBE-FIREWALL jumps do (host.go).
+	{tableFilter, "INPUT", []string{"-m", "comment", "--comment", "kpo firewall", "-j", chainFirewall}},
+	{tableFilter, "OUTPUT", []string{"-m", "comment", "--comment", "kpo firewall", "-j", chainFirewall}},
 }
 
 var filterJump = []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "conntrack", "!", "--ctstate", "DNAT",
@@ -124,6 +143,7 @@ var baseChains = []struct{ table, chain string }{
 	{tableNAT, chainServices}, {tableNAT, chainNodePorts}, {tableNAT, chainPostrouting},
 	{tableNAT, chainMarkMasq}, {tableNAT, chainClusterMasq},
 	{tableFilter, chainServices}, {tableFilter, chainNodePorts},
+	{tableFilter, chainForward}, {tableFilter, chainFirewall},
 }
 
 func isBase(table, name string) bool {
@@ -133,20 +153,6 @@ func isBase(table, name string) bool {
 		}
 	}
 	return false
-}
-
-// prepare sets what the rules rely on outside iptables. Base chains and the
-// jumps to them are not made here: the full sync's restore declares the
-// chains and inserts the jumps it did not find in its listing, which saves
-// two dozen iptables executions (a third of a cold sync) per family.
-func (b *Backend) prepare(f model.Family) error {
-	if f == model.IPv4 && b.settings.LocalhostNodePorts && b.realKern {
-		// DNAT of 127.0.0.1 to a pod is dropped as martian unless route_localnet.
-		if err := os.WriteFile("/proc/sys/net/ipv4/conf/all/route_localnet", []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("route_localnet: %w", err)
-		}
-	}
-	return nil
 }
 
 // Sync implements backend.Backend.
@@ -182,8 +188,13 @@ func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (i
 		// port addresses): a change rewrites everything.
 		full = true
 	}
+	var host hostState
 	if full {
-		if err := b.prepare(f); err != nil {
+		// Base chains and the jumps to them are made by the restore below
+		// (declared, and inserted where the listing lacks them), which saves
+		// two dozen iptables executions per family; only sysctls come first.
+		var err error
+		if host, err = b.prepareHost(f, node); err != nil {
 			return 0, err
 		}
 		r := &renderer{fam: f, settings: b.settings, clusterCIDRs: node.clusterCIDRs}
@@ -234,8 +245,12 @@ func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (i
 			nat.write(c)
 			st.fixedRules += len(c.rules)
 		}
-		// Drift repair: delete every KPO- chain we do not mean to have, and
-		// (re)insert missing jumps from the built-in chains.
+		for _, c := range st.r.hostFilter(host) {
+			filter.write(c)
+			st.fixedRules += len(c.rules)
+		}
+		// Drift repair: delete every chain of this mode we do not mean to
+		// have, and (re)insert missing jumps from the built-in chains.
 		for _, t := range []*tableWriter{nat, filter} {
 			if err := b.repair(f, t); err != nil {
 				return 0, err
@@ -255,7 +270,7 @@ func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (i
 	return written, nil
 }
 
-// repair lists a table, deletes the KPO- chains t does not write and inserts
+// repair lists a table, deletes this mode's chains t does not write and inserts
 // the jumps that are missing. t declares every base chain (a full sync
 // writes them all), so the jumps' targets exist when they are inserted.
 func (b *Backend) repair(f model.Family, t *tableWriter) error {
@@ -264,7 +279,7 @@ func (b *Backend) repair(f model.Family, t *tableWriter) error {
 		return fmt.Errorf("listing %s: %w", t.name, err)
 	}
 	for _, c := range chainsOf(lines) {
-		if strings.HasPrefix(c, chainPrefix) && !t.declared[c] && !isBase(t.name, c) {
+		if ownChain(c) && !t.declared[c] && !isBase(t.name, c) {
 			t.remove(c)
 		}
 	}
@@ -306,8 +321,10 @@ func isJump(j jump, line string) bool {
 
 // Cleanup implements backend.Backend: one restore per family deletes the
 // jumps (as listed, so that the rule spec matches whatever normalisation the
-// variant applies) and every KPO- chain of both tables; each table's section
-// commits atomically, so no packet meets a half-deleted chain.
+// variant applies) and every chain of this mode in both tables (not the ipvs
+// mode's KPO-IPVS-* ones: a mode switch to ipvs cleans up after its first
+// sync); each table's section commits atomically, so no packet meets a
+// half-deleted chain. Sysctls stay as they are, as with kube-proxy.
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.needFull = true
 	b.fams = map[model.Family]*famState{}
@@ -322,7 +339,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 				continue
 			}
 			for _, c := range chainsOf(lines) {
-				if strings.HasPrefix(c, chainPrefix) {
+				if ownChain(c) {
 					t.remove(c)
 				}
 			}

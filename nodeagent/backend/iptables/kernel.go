@@ -34,31 +34,6 @@ type Kernel interface {
 	Check(f model.Family) error
 }
 
-// Variant selects the iptables flavour.
-type Variant string
-
-const (
-	// VariantDefault runs "iptables"/"ip6tables", whatever the system's
-	// alternatives point to.
-	VariantDefault Variant = ""
-	// VariantNFT runs iptables-nft (the nf_tables compatibility layer).
-	VariantNFT Variant = "nft"
-	// VariantLegacy runs iptables-legacy (x_tables blobs).
-	VariantLegacy Variant = "legacy"
-)
-
-// binaries returns the iptables and iptables-restore commands of a family.
-func (v Variant) binaries(f model.Family) (cmd, restore string) {
-	base := "iptables"
-	if f == model.IPv6 {
-		base = "ip6tables"
-	}
-	if v != VariantDefault {
-		base += "-" + string(v)
-	}
-	return base, base + "-restore"
-}
-
 // lockWaitSeconds bounds the wait for the xtables lock (iptables-legacy; nft
 // ignores it). Another agent holding the lock for longer is a bug worth an error.
 const lockWaitSeconds = 5
@@ -70,14 +45,30 @@ type execFamily struct {
 }
 
 type execKernel struct {
-	fams map[model.Family]*execFamily
+	variant  Variant // as asked; VariantAuto is resolved on first use
+	families []model.Family
+	fams     map[model.Family]*execFamily // nil until resolved
 }
 
 // NewExecKernel returns the Kernel that runs the iptables binaries of variant.
-// go-iptables detects the version and with it the -w and --random-fully support.
+// go-iptables detects the version and with it the -w and --random-fully
+// support. VariantAuto detects the host's flavour on the first call that
+// needs iptables, so that it runs in the caller's network namespace.
 func NewExecKernel(v Variant, families ...model.Family) (Kernel, error) {
-	k := &execKernel{fams: map[model.Family]*execFamily{}}
-	for _, f := range families {
+	k := &execKernel{variant: v, families: families}
+	if v != VariantAuto {
+		return k, k.resolve(v)
+	}
+	if !installed(VariantNFT) && !installed(VariantLegacy) && !installed(VariantAuto) {
+		return nil, errNoIPTables
+	}
+	return k, nil
+}
+
+// resolve finds the binaries of variant v for every family.
+func (k *execKernel) resolve(v Variant) error {
+	fams := map[model.Family]*execFamily{}
+	for _, f := range k.families {
 		cmd, restore := v.binaries(f)
 		proto := goipt.ProtocolIPv4
 		if f == model.IPv6 {
@@ -85,28 +76,38 @@ func NewExecKernel(v Variant, families ...model.Family) (Kernel, error) {
 		}
 		ipt, err := goipt.New(goipt.IPFamily(proto), goipt.Path(cmd), goipt.Timeout(lockWaitSeconds))
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", cmd, err)
+			return fmt.Errorf("%s: %w", cmd, err)
 		}
 		path, err := exec.LookPath(restore)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", restore, err)
+			return fmt.Errorf("%s: %w", restore, err)
 		}
 		cmdPath, err := exec.LookPath(cmd)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", cmd, err)
+			return fmt.Errorf("%s: %w", cmd, err)
 		}
-		k.fams[f] = &execFamily{ipt: ipt, cmd: cmdPath, restore: path}
+		fams[f] = &execFamily{ipt: ipt, cmd: cmdPath, restore: path}
 	}
-	return k, nil
+	k.fams, k.variant = fams, v
+	return nil
 }
 
 func (k *execKernel) fam(f model.Family) (*execFamily, error) {
+	if k.fams == nil {
+		if err := k.resolve(k.variant.resolve()); err != nil {
+			return nil, err
+		}
+	}
 	e, ok := k.fams[f]
 	if !ok {
 		return nil, fmt.Errorf("family %s not configured", f)
 	}
 	return e, nil
 }
+
+// Variant is the flavour the kernel runs: VariantAuto until the first call
+// resolved it (or when the host has only the plain "iptables").
+func (k *execKernel) Variant() Variant { return k.variant }
 
 func (k *execKernel) ListRules(f model.Family, table string) ([]string, error) {
 	e, err := k.fam(f)

@@ -13,10 +13,17 @@ import (
 	"kpo.dev/kpo/nodeagent/model"
 )
 
-// Every chain kpo owns starts with chainPrefix; Cleanup and drift repair delete
-// exactly those, so kube-proxy's KUBE-* chains are never touched.
+// Every chain of this mode starts with chainPrefix, and none with
+// IPVSChainPrefix; Cleanup and drift repair delete exactly those (ownChain),
+// so kube-proxy's KUBE-* chains and the ipvs mode's companion chains are never
+// touched.
 const (
 	chainPrefix = "KPO-"
+	// IPVSChainPrefix starts the chains of the ipvs mode's companion rules
+	// (package ipvs), which live in the same tables. They are the ipvs mode's
+	// to create and delete: during a mode switch both modes' rules coexist,
+	// and each mode's cleanup removes only its own (make-before-break).
+	IPVSChainPrefix = "KPO-IPVS-"
 
 	// Base chains: declared by every full sync's restore, never deleted by drift repair.
 	chainServices     = "KPO-SERVICES"     // nat and filter: dispatch by destination
@@ -27,6 +34,8 @@ const (
 	bucketChainPrefix = "KPO-DST-"         // + 2 hex digits: one per last address byte
 	chainHairpin      = "KPO-HAIRPIN"      // nat: dispatch by the last byte of the endpoint
 	hairpinPrefix     = "KPO-HAIRPIN-"     // + 2 hex digits: hairpin checks of endpoints
+	chainForward      = "KPO-FORWARD"      // filter: accept service traffic, drop INVALID (kube-proxy's KUBE-FORWARD)
+	chainFirewall     = "KPO-FIREWALL"     // filter: the localnet guard (kube-proxy's KUBE-FIREWALL)
 
 	// iptables rejects user chain names longer than 28 characters
 	// (XT_EXTENSION_MAXNAMELEN - 1, including the terminating NUL).
@@ -45,6 +54,11 @@ type serviceChains struct {
 	scc string // load balances over ShortCircuitEndpoints when they differ from both
 	ext string // external traffic: masquerade / policy Local short-circuits
 	fw  string // load-balancer source ranges
+}
+
+// ownChain reports whether a chain belongs to this mode.
+func ownChain(name string) bool {
+	return strings.HasPrefix(name, chainPrefix) && !strings.HasPrefix(name, IPVSChainPrefix)
 }
 
 func chainsFor(k model.ServicePortKey) serviceChains { return chainsForKey(k.String()) }

@@ -28,7 +28,7 @@ func TestFakeHandleKernelRules(t *testing.T) {
 		{"delete missing destination", func(h *FakeHandle) error { _ = h.NewService(vs); return h.DelDestination(vs.VSKey, d.Addr) }, syscall.ENOENT},
 		{"mixed families", func(h *FakeHandle) error {
 			_ = h.NewService(vs)
-			return h.NewDestination(vs.VSKey, Destination{Addr: ap("[fd10::5]:80"), Weight: 1})
+			return h.NewDestination(vs.VSKey, Destination{Addr: ap("[fd10:244:0:1::5]:80"), Weight: 1})
 		}, syscall.EINVAL},
 		{"service deletion takes destinations", func(h *FakeHandle) error {
 			_ = h.NewService(vs)

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
@@ -60,7 +62,7 @@ type env struct {
 
 func newEnv(t *testing.T, cfg Config) *env {
 	t.Helper()
-	e := &env{t: t, h: NewFakeHandle(), l: NewFakeLinks(addr("192.168.1.10")), r: &FakeRules{},
+	e := &env{t: t, h: NewFakeHandle(), l: NewFakeLinks(addr("198.51.100.1")), r: &FakeRules{},
 		now: time.Unix(1_000_000, 0)}
 	e.b = e.newBackend(cfg)
 	return e
@@ -108,4 +110,10 @@ func (e *env) hasVS(k string) bool {
 func (e *env) dummyAddrs() []netip.Addr {
 	as, _ := e.l.Addrs(dummyName)
 	return as
+}
+
+// udp turns a service port of svc into a UDP one.
+func udp(sp *model.ServicePort) *model.ServicePort {
+	sp.Protocol, sp.Key.Protocol = corev1.ProtocolUDP, corev1.ProtocolUDP
+	return sp
 }

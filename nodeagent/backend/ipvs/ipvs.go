@@ -273,6 +273,12 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 	if err != nil {
 		return 0, fmt.Errorf("listing virtual servers: %w", err)
 	}
+	// Before this sync's rules rewrite it: what the last sync made, maybe in
+	// another process.
+	owned, err := b.rules.Owned(b.families)
+	if err != nil {
+		return 0, err
+	}
 	prev := b.vs
 	oldTerm := b.term
 	b.reset()
@@ -318,7 +324,7 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 			continue
 		}
 		_, mine := prev[s.VSKey]
-		if b.excluded(s.Addr) || (!dummySet[s.Addr] && !mine) {
+		if b.excluded(s.Addr) || (!dummySet[s.Addr] && !mine && !owned[s.VSKey]) {
 			continue
 		}
 		if err := b.handle.DelService(s.VSKey); err != nil && !notFound(err) {
@@ -591,13 +597,19 @@ func (b *Backend) drain() error {
 }
 
 // Cleanup implements backend.Backend: it deletes the virtual servers on
-// kpo-ipvs0's addresses (and those this process made), the interface, and
-// the companion rules.
+// kpo-ipvs0's addresses, those this process made and those the VIP-PORTS
+// sets record (node ports on node addresses made by an earlier agent, such
+// as the ipvs agent before a mode switch), the interface, and the companion
+// rules.
 func (b *Backend) Cleanup(ctx context.Context) error {
 	prev := b.vs
 	b.reset()
 	b.needFull = true
 	var errs []error
+	owned, err := b.rules.Owned(b.families)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	if err := b.rules.Cleanup(b.families); err != nil {
 		errs = append(errs, err)
 	}
@@ -613,7 +625,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 		} else {
 			for _, s := range svcs {
 				_, mine := prev[s.VSKey]
-				if (mine || slices.Contains(onDummy, s.Addr)) && !b.excluded(s.Addr) {
+				if (mine || owned[s.VSKey] || slices.Contains(onDummy, s.Addr)) && !b.excluded(s.Addr) {
 					if err := h.DelService(s.VSKey); err != nil && !notFound(err) {
 						errs = append(errs, err)
 					}

@@ -5,15 +5,18 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/backend/iptables"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
 // The companion rules. IPVS only translates destinations; what kube-proxy's
-// IPVS mode adds with iptables, kpo adds too, with a fixed set of chains whose
-// rules match ipsets, so that a service change touches set elements only:
+// IPVS mode adds with iptables (pkg/proxy/ipvs/proxier.go, v1.37), kpo adds
+// too, with a fixed set of chains whose rules match ipsets, so that a service
+// change touches set elements only:
 //
 //	nat    PREROUTING, OUTPUT -> KPO-IPVS-SERVICES
 //	         CLUSTER-IP dst,dst -> KPO-IPVS-CLUSTER-MASQ (RETURN for pod CIDRs, else mark)
@@ -25,11 +28,18 @@ import (
 //	         FW dst,dst -> KPO-IPVS-FIREWALL (FW-SRC dst,dst,src RETURN; DROP)
 //	         REJECT dst,dst -> REJECT  (VIP without endpoints)
 //	         DROP dst,dst -> DROP      (policy Local without local endpoints)
+//	filter INPUT -> KPO-IPVS-FILTER (kube-proxy's KUBE-IPVS-FILTER)
+//	         VIP-PORTS dst,dst RETURN; HEALTH-CHECK dst RETURN
+//	         ctstate NEW, IPVS-IPS dst -> REJECT (a host port on a service IP)
+//	filter FORWARD -> KPO-IPVS-FORWARD (kube-proxy's KUBE-FORWARD)
+//	         masquerade mark ACCEPT; RELATED,ESTABLISHED ACCEPT
 //
-// The chains are KPO-IPVS-* rather than the iptables mode's KPO-*, so that the
-// two modes' cleanups never delete each other's chains. Masquerading needs the
-// sysctl net.ipv4.vs.conntrack=1 (set by prepare): without it IPVS traffic
-// bypasses conntrack and NAT.
+// The chains are KPO-IPVS-* (iptables.IPVSChainPrefix) rather than the
+// iptables mode's KPO-*, so that the two modes' cleanups never delete each
+// other's chains. Masquerading needs the sysctl net.ipv4.vs.conntrack=1 (set
+// by prepare): without it IPVS traffic bypasses conntrack and NAT. Unlike
+// its iptables mode, kube-proxy's IPVS mode drops no INVALID packets, and
+// neither does this one.
 
 // Set names, without the family prefix (KPO- for IPv4, KPO6- for IPv6).
 const (
@@ -40,11 +50,37 @@ const (
 	setDrop      = "DROP"
 	setFW        = "FW"
 	setFWSrc     = "FW-SRC"
+	// setVIPPorts: every virtual server's VIP:port, node ports on node
+	// addresses included. The host-port filter returns for them (kube-proxy's
+	// CLUSTER-IP, EXTERNAL-IP, EXTERNAL-IP-LOCAL and LOAD-BALANCER sets in
+	// one), and it is kpo's ownership record in the kernel: a virtual server
+	// on a node address carries no mark of its maker, so a later agent (a
+	// restart, or another mode's cleaning up) finds kpo's there.
+	setVIPPorts = "VIP-PORTS"
+	// setIPVSIPs: the addresses on kpo-ipvs0 (kube-proxy's KUBE-IPVS-IPS).
+	setIPVSIPs = "IPVS-IPS"
+	// setHealthCheck: health-check node ports, matched by port on any
+	// address (kube-proxy's KUBE-HEALTH-CHECK-NODE-PORT).
+	setHealthCheck = "HEALTH-CHECK"
 )
 
+// setTypes are each set's type and creation options (family added per set).
 var setTypes = map[string]string{
 	setClusterIP: "hash:ip,port", setExternal: "hash:ip,port", setLoopBack: "hash:ip,port,ip",
 	setReject: "hash:ip,port", setDrop: "hash:ip,port", setFW: "hash:ip,port", setFWSrc: "hash:ip,port,net",
+	setVIPPorts: "hash:ip,port", setIPVSIPs: "hash:ip", setHealthCheck: "bitmap:port range 0-65535",
+}
+
+// createSpec is the "create" line's type and options of a set.
+func createSpec(name string) string {
+	typ := setTypes[strings.TrimPrefix(strings.TrimPrefix(name, "KPO6-"), "KPO-")]
+	if strings.HasPrefix(typ, "bitmap:") {
+		return typ // a port bitmap has no family
+	}
+	if strings.HasPrefix(name, "KPO6-") {
+		return typ + " family inet6"
+	}
+	return typ + " family inet"
 }
 
 // SetName is the ipset of a family.
@@ -77,6 +113,19 @@ func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setE
 	}
 	vip := ipPort(sp.ClusterIP, sp.Port)
 	add(setClusterIP, vip)
+	// The VIPs on kpo-ipvs0, for the host-port filter.
+	for _, ip := range append(append([]netip.Addr{sp.ClusterIP}, sp.ExternalIPs...), sp.LoadBalancerIPs...) {
+		add(setVIPPorts, ipPort(ip, sp.Port))
+		add(setIPVSIPs, ip.Unmap().String())
+	}
+	if sp.NodePort != 0 {
+		for _, ip := range nodeIPs {
+			add(setVIPPorts, ipPort(ip, sp.NodePort))
+		}
+	}
+	if sp.HealthCheckNodePort != 0 {
+		add(setHealthCheck, fmt.Sprint(sp.HealthCheckNodePort))
+	}
 	if len(sp.ClusterEndpoints) == 0 {
 		add(setReject, vip)
 	}
@@ -139,6 +188,26 @@ type RuleSet struct {
 type Rules interface {
 	Apply(rs *RuleSet, full bool) error
 	Cleanup(families []model.Family) error
+	// Owned lists the virtual servers the kernel's VIP-PORTS sets record
+	// (what kpo's last sync made; none when the sets do not exist).
+	Owned(families []model.Family) (map[VSKey]bool, error)
+}
+
+// parseVSEntry reads a VIP-PORTS element ("10.96.0.10,tcp:80").
+func parseVSEntry(e string) (VSKey, bool) {
+	ip, pp, ok := strings.Cut(e, ",")
+	proto, port, ok2 := strings.Cut(pp, ":")
+	a, err := netip.ParseAddr(ip)
+	n, err2 := strconv.ParseUint(port, 10, 16)
+	if !ok || !ok2 || err != nil || err2 != nil {
+		return VSKey{}, false
+	}
+	for _, p := range []uint16{protoTCP, protoUDP, protoSCTP} {
+		if protoName(p) == proto {
+			return VSKey{Addr: a.Unmap(), Protocol: p, Port: uint16(n)}, true
+		}
+	}
+	return VSKey{}, false
 }
 
 // syncRules collects every service port's set entries and applies them.
@@ -167,8 +236,10 @@ const (
 	chainMarkMasq     = "KPO-IPVS-MARK-MASQ"
 	chainClusterMasq  = "KPO-IPVS-CLUSTER-MASQ"
 	chainFirewall     = "KPO-IPVS-FIREWALL"
+	chainFilter       = "KPO-IPVS-FILTER"
+	chainForward      = "KPO-IPVS-FORWARD"
 	companionComment  = "kpo ipvs"
-	companionChainPfx = "KPO-IPVS-"
+	companionChainPfx = iptables.IPVSChainPrefix
 )
 
 // companionJump is a rule in a built-in chain sending traffic to our chain.
@@ -181,6 +252,8 @@ var companionJumps = []companionJump{
 	{"filter", "INPUT", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
 	{"filter", "FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
 	{"filter", "OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
+	{"filter", "INPUT", `-m comment --comment "kpo ipvs" -j ` + chainFilter},
+	{"filter", "FORWARD", `-m comment --comment "kpo ipvs" -j ` + chainForward},
 }
 
 // renderChains renders a family's companion chains for iptables-restore
@@ -213,11 +286,22 @@ func renderChains(f model.Family, s backend.Settings, cidrs []netip.Prefix) map[
 	)
 	filter := []string{
 		":" + chainServices + " - [0:0]", ":" + chainFirewall + " - [0:0]",
+		":" + chainFilter + " - [0:0]", ":" + chainForward + " - [0:0]",
 		"-A " + chainServices + " -m set --match-set " + set(setFW) + " dst,dst -j " + chainFirewall,
 		"-A " + chainServices + " -m set --match-set " + set(setReject) + " dst,dst -j REJECT",
 		"-A " + chainServices + " -m set --match-set " + set(setDrop) + " dst,dst -j DROP",
 		"-A " + chainFirewall + " -m set --match-set " + set(setFWSrc) + " dst,dst,src -j RETURN",
 		"-A " + chainFirewall + " -j DROP",
+		// Every service IP is a local address on kpo-ipvs0, so without this a
+		// daemon listening on all addresses (sshd on :22) answers on every
+		// ClusterIP (kubernetes#72236): only the services' own ports, and
+		// health-check node ports, pass.
+		"-A " + chainFilter + " -m set --match-set " + set(setVIPPorts) + " dst,dst -j RETURN",
+		"-A " + chainFilter + " -m set --match-set " + set(setHealthCheck) + " dst -j RETURN",
+		"-A " + chainFilter + " -m conntrack --ctstate NEW -m set --match-set " + set(setIPVSIPs) + " dst -j REJECT",
+		// Service traffic is forwarded even where the FORWARD policy drops.
+		"-A " + chainForward + ` -m comment --comment "kpo forwarding rules" -m mark --mark ` + mark + "/" + mark + " -j ACCEPT",
+		"-A " + chainForward + ` -m comment --comment "kpo forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
 	}
 	return map[string][]string{"nat": nat, "filter": filter}
 }
@@ -228,16 +312,13 @@ func ipsetRestore(rs *RuleSet, cur map[string]map[string]bool) string {
 	var sb strings.Builder
 	for _, name := range slices.Sorted(maps.Keys(rs.Sets)) {
 		want := rs.Sets[name]
-		fam, typ := "inet", setTypes[strings.TrimPrefix(strings.TrimPrefix(name, "KPO6-"), "KPO-")]
-		if strings.HasPrefix(name, "KPO6-") {
-			fam = "inet6"
-		}
+		spec := createSpec(name)
 		have, known := cur[name]
 		if cur == nil || !known {
 			// Swap keeps the set referenced by rules and never empty mid-way.
 			tmp := name + "-T"
-			fmt.Fprintf(&sb, "create %s %s family %s -exist\n", name, typ, fam)
-			fmt.Fprintf(&sb, "create %s %s family %s -exist\nflush %s\n", tmp, typ, fam, tmp)
+			fmt.Fprintf(&sb, "create %s %s -exist\n", name, spec)
+			fmt.Fprintf(&sb, "create %s %s -exist\nflush %s\n", tmp, spec, tmp)
 			for _, e := range slices.Sorted(maps.Keys(want)) {
 				fmt.Fprintf(&sb, "add %s %s\n", tmp, e)
 			}
@@ -284,6 +365,23 @@ func (r *FakeRules) Apply(rs *RuleSet, full bool) error {
 func (r *FakeRules) Cleanup([]model.Family) error {
 	r.Last, r.Cleaned = nil, true
 	return nil
+}
+
+// Owned implements Rules: the last applied VIP-PORTS sets, as the kernel
+// keeps them across agent restarts.
+func (r *FakeRules) Owned(families []model.Family) (map[VSKey]bool, error) {
+	out := map[VSKey]bool{}
+	if r.Last == nil {
+		return out, nil
+	}
+	for _, f := range families {
+		for e := range r.Last.Sets[SetName(f, setVIPPorts)] {
+			if k, ok := parseVSEntry(e); ok {
+				out[k] = true
+			}
+		}
+	}
+	return out, nil
 }
 
 // Has reports whether the last rule set has the element.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"kpo.dev/kpo/nodeagent/backend"
@@ -28,7 +29,7 @@ func newExecRules(s backend.Settings) *execRules { return &execRules{settings: s
 
 func (r *execRules) kernel(fams []model.Family) (iptables.Kernel, error) {
 	if r.ipt == nil && r.iptErr == nil {
-		r.ipt, r.iptErr = iptables.NewExecKernel(iptables.VariantDefault, fams...)
+		r.ipt, r.iptErr = iptables.NewExecKernel(iptables.VariantAuto, fams...)
 	}
 	return r.ipt, r.iptErr
 }
@@ -120,6 +121,37 @@ func isCompanionJump(l string, j companionJump) bool {
 	l = strings.TrimSpace(l)
 	target := j.rule[strings.LastIndex(j.rule, "-j "):]
 	return strings.HasPrefix(l, "-A "+j.chain+" ") && strings.Contains(l, companionComment) && strings.HasSuffix(l, target)
+}
+
+// Owned implements Rules: "ipset save" of each family's VIP-PORTS set. No
+// ipset binary, no ip_set support or no such set means nothing recorded (a
+// node that never ran the ipvs mode, whose cleanup must not fail).
+func (r *execRules) Owned(fams []model.Family) (map[VSKey]bool, error) {
+	out := map[VSKey]bool{}
+	names, err := exec.Command("ipset", "list", "-n").Output()
+	if err != nil {
+		return out, nil
+	}
+	for _, f := range fams {
+		name := SetName(f, setVIPPorts)
+		if !slices.Contains(strings.Fields(string(names)), name) {
+			continue
+		}
+		var stdout, stderr bytes.Buffer
+		cmd := exec.Command("ipset", "save", name)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			return nil, fmt.Errorf("ipset save %s: %v: %s", name, err, strings.TrimSpace(stderr.String()))
+		}
+		for _, line := range strings.Split(stdout.String(), "\n") {
+			if e, ok := strings.CutPrefix(line, "add "+name+" "); ok {
+				if k, ok := parseVSEntry(strings.TrimSpace(e)); ok {
+					out[k] = true
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // Cleanup implements Rules: jumps and chains first, then the sets they used.

@@ -20,7 +20,8 @@ func TestSetEntries(t *testing.T) {
 	}{{
 		name: "clusterIP with an endpoint",
 		sp:   func() *model.ServicePort { return svc("a", "10.96.0.10", 80, e1) },
-		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5"},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-IPVS-IPS 10.96.0.10", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5",
+			"KPO-VIP-PORTS 10.96.0.10,tcp:80"},
 	}, {
 		name: "no endpoints: reject, external included",
 		sp: func() *model.ServicePort {
@@ -28,7 +29,8 @@ func TestSetEntries(t *testing.T) {
 			sp.NodePort = 30080
 			return sp
 		},
-		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-REJECT 10.96.0.10,tcp:80", "KPO-REJECT 192.168.1.10,tcp:30080"},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-IPVS-IPS 10.96.0.10", "KPO-REJECT 10.96.0.10,tcp:80",
+			"KPO-REJECT 198.51.100.1,tcp:30080", "KPO-VIP-PORTS 10.96.0.10,tcp:80", "KPO-VIP-PORTS 198.51.100.1,tcp:30080"},
 	}, {
 		name: "policy Cluster: external VIPs masquerade",
 		sp: func() *model.ServicePort {
@@ -36,30 +38,37 @@ func TestSetEntries(t *testing.T) {
 			sp.ExternalIPs = []netip.Addr{addr("203.0.113.1")}
 			return sp
 		},
-		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-EXTERNAL 203.0.113.1,tcp:80", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5"},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-EXTERNAL 203.0.113.1,tcp:80", "KPO-IPVS-IPS 10.96.0.10",
+			"KPO-IPVS-IPS 203.0.113.1", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5", "KPO-VIP-PORTS 10.96.0.10,tcp:80",
+			"KPO-VIP-PORTS 203.0.113.1,tcp:80"},
 	}, {
-		name: "policy Local without local endpoints: drop, keep source otherwise",
+		name: "policy Local without local endpoints: drop, keep source otherwise; health check port",
 		sp: func() *model.ServicePort {
 			sp := svc("a", "10.96.0.10", 80, e1)
-			sp.LoadBalancerIPs = []netip.Addr{addr("198.51.100.7")}
+			sp.LoadBalancerIPs = []netip.Addr{addr("203.0.113.7")}
 			sp.ExternalPolicyLocal, sp.ExternalEndpoints = true, nil
+			sp.HealthCheckNodePort = 32000
 			return sp
 		},
-		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-DROP 198.51.100.7,tcp:80", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5"},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-DROP 203.0.113.7,tcp:80", "KPO-HEALTH-CHECK 32000",
+			"KPO-IPVS-IPS 10.96.0.10", "KPO-IPVS-IPS 203.0.113.7", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5",
+			"KPO-VIP-PORTS 10.96.0.10,tcp:80", "KPO-VIP-PORTS 203.0.113.7,tcp:80"},
 	}, {
 		name: "source ranges",
 		sp: func() *model.ServicePort {
 			sp := svc("a", "10.96.0.10", 80, e1)
-			sp.LoadBalancerIPs = []netip.Addr{addr("198.51.100.7")}
-			sp.SourceRanges = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+			sp.LoadBalancerIPs = []netip.Addr{addr("203.0.113.7")}
+			sp.SourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.128/25")}
 			return sp
 		},
-		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-EXTERNAL 198.51.100.7,tcp:80", "KPO-FW 198.51.100.7,tcp:80",
-			"KPO-FW-SRC 198.51.100.7,tcp:80,192.0.2.0/24", "KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5"},
+		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-EXTERNAL 203.0.113.7,tcp:80", "KPO-FW 203.0.113.7,tcp:80",
+			"KPO-FW-SRC 203.0.113.7,tcp:80,198.51.100.128/25", "KPO-IPVS-IPS 10.96.0.10", "KPO-IPVS-IPS 203.0.113.7",
+			"KPO-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5", "KPO-VIP-PORTS 10.96.0.10,tcp:80", "KPO-VIP-PORTS 203.0.113.7,tcp:80"},
 	}, {
 		name: "IPv6 sets",
-		sp:   func() *model.ServicePort { return svc("a", "fd00::10", 53) },
-		want: []string{"KPO6-CLUSTER-IP fd00::10,tcp:53", "KPO6-REJECT fd00::10,tcp:53"},
+		sp:   func() *model.ServicePort { return svc("a", "fd10:96::10", 53) },
+		want: []string{"KPO6-CLUSTER-IP fd10:96::10,tcp:53", "KPO6-IPVS-IPS fd10:96::10", "KPO6-REJECT fd10:96::10,tcp:53",
+			"KPO6-VIP-PORTS fd10:96::10,tcp:53"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,7 +112,14 @@ func TestRenderChains(t *testing.T) {
 	}{
 		{name: "detect-local", cidrs: cidrs,
 			has: []string{"-A KPO-IPVS-CLUSTER-MASQ -s 10.244.0.0/16 -j RETURN", "-A KPO-IPVS-CLUSTER-MASQ -j KPO-IPVS-MARK-MASQ",
-				"-A KPO-IPVS-MARK-MASQ -j MARK --or-mark 0x4000", "-A KPO-IPVS-POSTROUTING -m set --match-set KPO-LOOP-BACK dst,dst,src -j MASQUERADE"}},
+				"-A KPO-IPVS-MARK-MASQ -j MARK --or-mark 0x4000", "-A KPO-IPVS-POSTROUTING -m set --match-set KPO-LOOP-BACK dst,dst,src -j MASQUERADE",
+				// kube-proxy's KUBE-IPVS-FILTER and KUBE-FORWARD (no INVALID drop in its IPVS mode).
+				"-A KPO-IPVS-FILTER -m set --match-set KPO-VIP-PORTS dst,dst -j RETURN\n" +
+					"-A KPO-IPVS-FILTER -m set --match-set KPO-HEALTH-CHECK dst -j RETURN\n" +
+					"-A KPO-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KPO-IPVS-IPS dst -j REJECT",
+				`-A KPO-IPVS-FORWARD -m comment --comment "kpo forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT`,
+				"--ctstate RELATED,ESTABLISHED -j ACCEPT"},
+			hasn: []string{"INVALID"}},
 		{name: "masquerade all", masqAll: true, cidrs: cidrs,
 			has: []string{"-A KPO-IPVS-CLUSTER-MASQ -j KPO-IPVS-MARK-MASQ"}, hasn: []string{"-s 10.244.0.0/16 -j RETURN"}},
 		{name: "no pod CIDRs: no ClusterIP masquerade", hasn: []string{"-A KPO-IPVS-CLUSTER-MASQ -j"}},
@@ -136,6 +152,12 @@ func TestIPSetRestore(t *testing.T) {
 		if !strings.Contains(full, l+"\n") {
 			t.Errorf("full restore lacks %q:\n%s", l, full)
 		}
+	}
+	if got := createSpec("KPO6-HEALTH-CHECK"); got != "bitmap:port range 0-65535" {
+		t.Errorf("port bitmap created as %q: it has no family", got)
+	}
+	if got := createSpec("KPO6-IPVS-IPS"); got != "hash:ip family inet6" {
+		t.Errorf("IPv6 address set created as %q", got)
 	}
 	cur := map[string]map[string]bool{"KPO-REJECT": {"10.96.0.10,tcp:80": true, "10.96.0.12,tcp:80": true}}
 	want := "del KPO-REJECT 10.96.0.12,tcp:80 -exist\nadd KPO-REJECT 10.96.0.11,tcp:80 -exist\n"

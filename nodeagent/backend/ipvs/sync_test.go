@@ -38,7 +38,7 @@ func TestRender(t *testing.T) {
 		},
 		vs: map[string][]string{
 			"10.96.0.10:80":      {"10.244.1.5:8080", "10.244.2.6:8080"},
-			"192.168.1.10:30080": {"10.244.1.5:8080", "10.244.2.6:8080"},
+			"198.51.100.1:30080": {"10.244.1.5:8080", "10.244.2.6:8080"},
 		},
 		dummy: []string{"10.96.0.10"},
 		sched: "rr",
@@ -79,9 +79,9 @@ func TestRender(t *testing.T) {
 		sched: "rr",
 	}, {
 		name:  "IPv6",
-		sp:    func() *model.ServicePort { return svc("a", "fd00::10", 80, ep("[fd10::5]:8080")) },
-		vs:    map[string][]string{"[fd00::10]:80": {"[fd10::5]:8080"}},
-		dummy: []string{"fd00::10"},
+		sp:    func() *model.ServicePort { return svc("a", "fd10:96::10", 80, ep("[fd10:244:0:1::5]:8080")) },
+		vs:    map[string][]string{"[fd10:96::10]:80": {"[fd10:244:0:1::5]:8080"}},
+		dummy: []string{"fd10:96::10"},
 		sched: "rr",
 	}}
 	for _, tt := range tests {
@@ -129,9 +129,9 @@ func TestNodePortAddresses(t *testing.T) {
 	t.Run("snapshot NodePortIPs win", func(t *testing.T) {
 		e := newEnv(t, Config{})
 		s := snapOf(sp)
-		s.Node.NodePortIPs = map[model.Family][]netip.Addr{model.IPv4: {addr("10.0.0.1"), addr("10.0.0.2")}}
+		s.Node.NodePortIPs = map[model.Family][]netip.Addr{model.IPv4: {addr("198.51.100.2"), addr("198.51.100.3")}}
 		e.sync(s, true)
-		if !e.hasVS("10.0.0.1:30080") || !e.hasVS("10.0.0.2:30080") || e.hasVS("192.168.1.10:30080") {
+		if !e.hasVS("198.51.100.2:30080") || !e.hasVS("198.51.100.3:30080") || e.hasVS("198.51.100.1:30080") {
 			t.Fatalf("virtual servers %v", e.h.Keys())
 		}
 	})
@@ -167,7 +167,7 @@ func TestRestartWithoutFlush(t *testing.T) {
 	a := svc("a", "10.96.0.10", 80, ep("10.244.1.5:8080"), ep("10.244.2.6:8080"))
 	a.NodePort = 30080
 	a.AffinityTimeout = time.Minute
-	b := svc("b", "fd00::20", 53, ep("[fd10::5]:53"))
+	b := svc("b", "fd10:96::20", 53, ep("[fd10:244:0:1::5]:53"))
 	c := svc("c", "10.96.0.30", 443)
 	c.LoadBalancerIPs = []netip.Addr{addr("198.51.100.7")}
 	s := snapOf(a, b, c)
@@ -202,7 +202,7 @@ func TestRestartRepairsDrift(t *testing.T) {
 	// Drift while the agent was down: a stale kpo VIP on the dummy, a foreign
 	// virtual server, an excluded one on the dummy, a wrong scheduler and a
 	// stray destination.
-	for _, vs := range []string{"10.96.0.99:80", "172.17.0.1:8080", "10.100.0.1:80"} {
+	for _, vs := range []string{"10.96.0.99:80", "198.51.100.1:8080", "10.100.0.1:80"} {
 		if err := e.h.NewService(Service{VSKey: tcpKey(vs), Scheduler: "rr"}); err != nil {
 			t.Fatal(err)
 		}
@@ -224,7 +224,7 @@ func TestRestartRepairsDrift(t *testing.T) {
 	if e.hasVS("10.96.0.99:80") {
 		t.Error("stale kpo virtual server kept")
 	}
-	if !e.hasVS("172.17.0.1:8080") || !e.hasVS("10.100.0.1:80") {
+	if !e.hasVS("198.51.100.1:8080") || !e.hasVS("10.100.0.1:80") {
 		t.Error("foreign or excluded virtual server deleted")
 	}
 	if s, _, _ := e.h.Service(tcpKey("10.96.0.10:80")); s.Scheduler != "rr" {
@@ -480,21 +480,62 @@ func TestCleanup(t *testing.T) {
 	a := svc("a", "10.96.0.10", 80, ep("10.244.1.5:8080"))
 	a.NodePort = 30080
 	e.sync(snapOf(a), true)
-	if err := e.h.NewService(Service{VSKey: tcpKey("172.17.0.1:8080"), Scheduler: "rr"}); err != nil {
+	if err := e.h.NewService(Service{VSKey: tcpKey("198.51.100.1:8080"), Scheduler: "rr"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.b.Cleanup(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.h.Keys(); len(got) != 1 || got[0] != tcpKey("172.17.0.1:8080") {
+	if got := e.h.Keys(); len(got) != 1 || got[0] != tcpKey("198.51.100.1:8080") {
 		t.Errorf("left %v", got)
 	}
 	if e.l.HasLink(dummyName) || !e.r.Cleaned {
 		t.Error("dummy or rules left")
 	}
-	// Nothing to remove: still fine; a new backend's cleanup finds only the
-	// dummy's addresses (the NodePort one of a dead process is not its own).
+	// Nothing to remove: still fine.
 	if err := e.newBackend(Config{}).Cleanup(t.Context()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCleanupByAnotherAgent is a mode switch away from ipvs: the new agent's
+// ipvs backend never synced, yet its Cleanup must find the node port on the
+// node's address (no dummy address marks it as kpo's) through the VIP-PORTS
+// record, and leave the foreign virtual server on the same address alone.
+// Before the record, the node port's virtual server stayed, and kept
+// answering for a Service deleted later.
+func TestCleanupByAnotherAgent(t *testing.T) {
+	e := newEnv(t, Config{})
+	a := svc("a", "10.96.0.10", 80, ep("10.244.1.5:8080"))
+	a.NodePort = 30080
+	u := udp(svc("u", "10.96.0.11", 53, ep("10.244.1.5:53")))
+	u.NodePort = 30053
+	e.sync(snapOf(a, u), true)
+	foreign := tcpKey("198.51.100.1:8080")
+	if err := e.h.NewService(Service{VSKey: foreign, Scheduler: "rr"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.newBackend(Config{}).Cleanup(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.h.Keys(); len(got) != 1 || got[0] != foreign {
+		t.Errorf("left %v, want only the foreign %v", got, foreign)
+	}
+}
+
+// TestRestartCollectsStaleNodePort: a Service deleted while the agent was
+// down leaves its node port's virtual server on a node address; the
+// restarted agent's first sync removes it (the VIP-PORTS record), which the
+// old ownership rule (on kpo-ipvs0, or made by this process) could not.
+func TestRestartCollectsStaleNodePort(t *testing.T) {
+	e := newEnv(t, Config{})
+	a := svc("a", "10.96.0.10", 80, ep("10.244.1.5:8080"))
+	a.NodePort = 30080
+	b := svc("b", "10.96.0.12", 80, ep("10.244.1.5:8080"))
+	e.sync(snapOf(a, b), true)
+	e.b = e.newBackend(Config{})
+	e.sync(snapOf(b), true)
+	if e.hasVS("198.51.100.1:30080") || e.hasVS("10.96.0.10:80") {
+		t.Errorf("stale virtual servers kept: %v", e.h.Keys())
 	}
 }

@@ -5,8 +5,6 @@ package inside
 import (
 	"context"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,40 +12,26 @@ import (
 	"kpo.dev/kpo/test/netns"
 )
 
-// useIPTables points "iptables", "ip6tables" and their -restore/-save at the
-// xtables multi-binary of variant ("legacy" or "nft") for the rest of the
-// test, through PATH: the backend runs whatever "iptables" the system has
-// (iptables.VariantDefault), as on a real node, and the VM image has both
-// flavours (hack/vm/build.sh), "iptables" being legacy by default.
-func useIPTables(t *testing.T, variant string) {
+// useIPTables makes variant ("legacy" or "nft") the flavour the node uses,
+// the way kubelet marks it: KUBE-IPTABLES-HINT in that flavour's mangle
+// table. The backend follows it as kube-proxy's image does
+// (iptables.DetectVariant); the VM image has both flavours (hack/vm/build.sh).
+func useIPTables(t *testing.T, node *netns.NS, variant string) {
 	t.Helper()
-	multi := "/usr/sbin/xtables-" + variant + "-multi"
-	if _, err := os.Stat(multi); err != nil {
-		t.Fatalf("iptables-%s: %v (hack/vm/build.sh copies it)", variant, err)
-	}
-	dir := t.TempDir()
-	for _, base := range []string{"iptables", "ip6tables"} {
-		for _, suffix := range []string{"", "-restore", "-save"} {
-			// The multi-binary dispatches on its name.
-			if err := os.Symlink(multi, filepath.Join(dir, base+suffix)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	node.MustRun(t, "iptables-"+variant, "-t", "mangle", "-N", "KUBE-IPTABLES-HINT")
 }
 
 // TestCompanionRules runs the companion ipsets and chains through both
-// iptables flavours on the VM's kernel: the REJECT of a service without
-// endpoints (filter), the masquerade of an external client to a NodePort
-// (nat, with the IPVS conntrack sysctl), loadBalancerSourceRanges (filter FW
-// chain) and Cleanup. The rules must land in the chosen flavour's tables
+// iptables flavours on the VM's kernel, each chosen by kubelet's hint: the
+// REJECT of a service without endpoints (filter), the masquerade of an
+// external client to a NodePort (nat, with the IPVS conntrack sysctl),
+// loadBalancerSourceRanges (filter FW chain) and Cleanup. The rules must land in the chosen flavour's tables
 // only: legacy x_tables and nf_tables are separate rule sets in the kernel.
 func TestCompanionRules(t *testing.T) {
 	for _, tc := range []struct{ variant, other string }{{"legacy", "nft"}, {"nft", "legacy"}} {
 		t.Run(tc.variant, func(t *testing.T) {
-			useIPTables(t, tc.variant)
 			e := newEnv(t, 2, ipvs.Config{})
+			useIPTables(t, e.top.Node, tc.variant)
 			e.top.Client.AddAddr(t, "eth0", otherClient4+"/24")
 			sp := svc("np", clusterIP, 80, e.ep(0), e.ep(1))
 			sp.NodePort = 30080
@@ -62,7 +46,7 @@ func TestCompanionRules(t *testing.T) {
 					t.Errorf("iptables-%s nat table lacks %q:\n%s", tc.variant, want, nat)
 				}
 			}
-			for _, want := range []string{"KPO-IPVS-FIREWALL", "KPO-REJECT"} {
+			for _, want := range []string{"KPO-IPVS-FIREWALL", "KPO-REJECT", "KPO-IPVS-FILTER", "KPO-IPVS-FORWARD"} {
 				if !strings.Contains(filter, want) {
 					t.Errorf("iptables-%s filter table lacks %q:\n%s", tc.variant, want, filter)
 				}

@@ -177,7 +177,7 @@ func TestCleanup(t *testing.T) {
 	sp := svc("web", clusterIP, 80, e.ep(1))
 	sp.NodePort = 30080
 	e.sync(snapOf(sp, svc("empty", "10.96.0.11", 80)), true)
-	foreign := addForeignVS(t, h, "192.0.2.1", 443)
+	foreign := addForeignVS(t, h, "203.0.113.250", 443)
 	if n := e.vsCount(h); n != 4 {
 		t.Fatalf("before cleanup: %d virtual servers, want 4 (2 ClusterIP, 1 NodePort, 1 foreign)", n)
 	}
@@ -194,9 +194,9 @@ func TestCleanup(t *testing.T) {
 	if _, err := e.top.Node.NL.LinkByName("kpo-ipvs0"); err == nil {
 		t.Error("kpo-ipvs0 still exists")
 	}
-	for _, table := range []string{"nat", "filter"} {
-		if out := e.top.Node.MustRun(t, "iptables", "-t", table, "-S"); strings.Contains(out, "KPO-IPVS") {
-			t.Errorf("%s table still has kpo rules:\n%s", table, out)
+	for _, tool := range []string{"iptables-nft", "iptables-legacy"} {
+		if out := e.top.Node.MustRun(t, tool+"-save"); strings.Contains(out, "KPO-IPVS") {
+			t.Errorf("%s still has kpo rules:\n%s", tool, out)
 		}
 	}
 	if out := e.top.Node.MustRun(t, "ipset", "list", "-n"); strings.Contains(out, "KPO") {
