@@ -36,6 +36,8 @@ type Probe struct {
 	// Sticky: the service has ClientIP affinity; which endpoint it sticks to
 	// is random, how many it uses is not.
 	Sticky bool
+	// FromEndpoint: the vantage point is one of the service's endpoints.
+	FromEndpoint bool
 	// Step is the case step the probe runs after ("" for the initial state).
 	Step string
 }
@@ -132,35 +134,78 @@ func (w *World) observe(p Probe) Observation {
 	if p.Network == "http" {
 		return Observation{Outcomes: []string{"answered"}, HTTP: httpGet(p)}
 	}
-	outcomes, servers, sources := set{}, set{}, set{}
+	o := &observed{outcomes: set{}, servers: set{}, sources: set{}}
+	record := func(server, client, outcome string) bool {
+		grew := o.outcomes.add(outcome)
+		if server != "" {
+			grew = o.servers.add(server) || grew
+			grew = o.sources.add(w.Name(hostOf(client))) || grew
+		}
+		return grew
+	}
+	// A first timeout is tried again a few times at once (cheap, in
+	// parallel): one endpoint of two may be unreachable from here.
+	if server, client, outcome := dial(p); outcome != "timeout" {
+		record(server, client, outcome)
+	} else {
+		for _, r := range dialParallel(p, firstTimeoutRetries) {
+			record(r.server, r.client, r.outcome)
+		}
+	}
 	quiet, timeouts := 0, 0
 	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if len(o.servers) == 0 && (attempt >= 2 || o.outcomes["timeout"]) || timeouts >= maxTimeouts {
+			break
+		}
 		server, client, outcome := dial(p)
-		grew := outcomes.add(outcome)
-		if server != "" {
-			grew = servers.add(server) || grew
-			grew = sources.add(w.Name(hostOf(client))) || grew
+		if outcome == "timeout" && len(o.servers) > 0 {
+			// Among answers, a timeout is a signal only if it repeats: a
+			// second try (longer) answering says it was the machine's noise.
+			if s2, c2, o2 := dialWith(p, 3*dialTimeout); o2 != "timeout" {
+				server, client, outcome = s2, c2, o2
+			}
 		}
 		if outcome == "timeout" {
 			timeouts++
 		}
-		// Without any answer, two more tries say whether a refusal is
-		// consistent; a first timeout is not tried again (the confirmation
-		// run repeats what differs).
-		if len(servers) == 0 && (attempt >= 2 || timeouts > 0) || timeouts >= maxTimeouts {
-			break
-		}
-		if grew {
+		if record(server, client, outcome) {
 			quiet = 0
-		} else if quiet++; quiet >= quietFor(len(servers)) {
+		} else if quiet++; quiet >= quietFor(len(o.servers)) {
 			break
 		}
 	}
-	o := Observation{Outcomes: outcomes.sorted(), Servers: servers.sorted(), Sources: sources.sorted()}
-	if p.Sticky && len(o.Servers) > 0 {
-		o.Servers = []string{fmt.Sprintf("%d server(s), sticky", len(o.Servers))}
+	obs := Observation{Outcomes: o.outcomes.sorted(), Servers: o.servers.sorted(), Sources: o.sources.sorted()}
+	if p.Sticky && len(obs.Servers) > 0 {
+		obs.Servers = []string{fmt.Sprintf("%d server(s), sticky", len(obs.Servers))}
+		if p.FromEndpoint {
+			// Which endpoint it sticks to is random, and only a pod reaching
+			// itself is masqueraded: the sources say which one was drawn.
+			obs.Sources = nil
+		}
 	}
-	return o
+	return obs
+}
+
+// firstTimeoutRetries are the parallel attempts after a first timeout.
+const firstTimeoutRetries = 6
+
+type observed struct{ outcomes, servers, sources set }
+
+type dialResult struct{ server, client, outcome string }
+
+func dialParallel(p Probe, n int) []dialResult {
+	out := make([]dialResult, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, c, o := dial(p)
+			out[i] = dialResult{s, c, o}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 type set map[string]bool
@@ -191,10 +236,12 @@ func hostOf(addr string) string {
 }
 
 // dial makes one connection (TCP) or exchange (UDP) and classifies the result.
-func dial(p Probe) (server, client, outcome string) {
+func dial(p Probe) (server, client, outcome string) { return dialWith(p, dialTimeout) }
+
+func dialWith(p Probe, timeout time.Duration) (server, client, outcome string) {
 	var line string
 	err := p.ns.Do(func() error {
-		d := net.Dialer{Timeout: dialTimeout}
+		d := net.Dialer{Timeout: timeout}
 		if p.LocalAddr != "" {
 			var err error
 			if p.Network == "udp" {
@@ -211,7 +258,7 @@ func dial(p Probe) (server, client, outcome string) {
 			return err
 		}
 		defer func() { _ = c.Close() }()
-		_ = c.SetDeadline(time.Now().Add(dialTimeout))
+		_ = c.SetDeadline(time.Now().Add(timeout))
 		if p.Network == "udp" {
 			if _, err := c.Write([]byte("ping\n")); err != nil {
 				return err

@@ -14,9 +14,10 @@ import (
 
 // vantage is where a probe starts.
 type vantage struct {
-	name string
-	ns   *netns.NS
-	kind string // pod, node, client
+	name       string
+	ns         *netns.NS
+	kind       string // pod, node, client
+	isEndpoint bool
 }
 
 // probesFor derives every probe of a case from its objects: each address of
@@ -60,6 +61,7 @@ func (w *World) portProbes(c *Case, svc *corev1.Service, port corev1.ServicePort
 		for _, v := range from {
 			pr := base
 			pr.Target, pr.Addr, pr.From, pr.ns = target, net.JoinHostPort(host, strconv.Itoa(int(p))), v.name, v.ns
+			pr.FromEndpoint = v.isEndpoint
 			out = append(out, pr)
 		}
 	}
@@ -123,12 +125,12 @@ func (w *World) vantages(c *Case, svc *corev1.Service) []vantage {
 		}
 		for _, p := range []*testnet.Pod{ep, other} {
 			if p != nil {
-				out = append(out, vantage{name: p.Name, ns: p.NS, kind: "pod"})
+				out = append(out, vantage{name: p.Name, ns: p.NS, kind: "pod", isEndpoint: p == ep})
 			}
 		}
 	}
 	for _, node := range w.Nodes {
-		out = append(out, vantage{name: node.Name, ns: node.NS, kind: "node"})
+		out = append(out, vantage{name: node.Name, ns: node.NS, kind: "node", isEndpoint: endpoints[node.Name]})
 	}
 	for _, cl := range w.Clients {
 		out = append(out, vantage{name: cl.Name, ns: cl.NS, kind: "client"})
@@ -194,8 +196,8 @@ func (w *World) globalProbes() []Probe {
 	client := w.Clients[0]
 	for _, network := range []string{"tcp", "udp"} {
 		for _, ip := range []string{unallocated4, unallocated6} {
-			for _, from := range []vantage{{w.Pods[0].Name, w.Pods[0].NS, "pod"}, {w.Nodes[0].Name, w.Nodes[0].NS, "node"},
-				{client.Name, client.NS, "client"}} {
+			for _, from := range []vantage{{w.Pods[0].Name, w.Pods[0].NS, "pod", false}, {w.Nodes[0].Name, w.Nodes[0].NS, "node", false},
+				{client.Name, client.NS, "client", false}} {
 				out = append(out, Probe{Case: "node", Service: "-", Target: "unallocated service IP", Network: network,
 					Addr: net.JoinHostPort(ip, "80"), From: from.name, ns: from.ns})
 			}

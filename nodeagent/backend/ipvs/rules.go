@@ -126,8 +126,14 @@ func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setE
 	if sp.HealthCheckNodePort != 0 {
 		add(setHealthCheck, fmt.Sprint(sp.HealthCheckNodePort))
 	}
+	// No endpoint to go to: refused, or dropped when a policy Local leaves
+	// this node without one (the model's verdict).
+	empty := setReject
+	if sp.EmptyVerdict() == model.Drop {
+		empty = setDrop
+	}
 	if len(sp.ClusterEndpoints) == 0 {
-		add(setReject, vip)
+		add(empty, vip)
 	}
 	for _, e := range sp.ClusterEndpoints {
 		add(setLoopBack, ipPort(e.IP, e.Port), e.IP.Unmap().String())
@@ -152,10 +158,8 @@ func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setE
 	}
 	for _, e := range ext {
 		switch {
-		case len(sp.ExternalEndpoints) == 0 && sp.ExternalPolicyLocal:
-			add(setDrop, e)
 		case len(sp.ExternalEndpoints) == 0:
-			add(setReject, e)
+			add(empty, e)
 		case !sp.ExternalPolicyLocal:
 			add(setExternal, e)
 		}
