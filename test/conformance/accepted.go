@@ -1,5 +1,11 @@
 package conformance
 
+import (
+	"net"
+	"slices"
+	"strings"
+)
+
 // Acceptance is a difference from kube-proxy that kpo makes on purpose. Each
 // is listed, with the same ID and its reason, in docs/conformance.md; the
 // default is to match kube-proxy, and a difference not listed fails the run.
@@ -11,7 +17,33 @@ type Acceptance struct {
 }
 
 // acceptances is the list docs/conformance.md explains.
-var acceptances = []Acceptance{}
+var acceptances = []Acceptance{
+	{
+		ID: "ipv6-tcp-reset",
+		Why: "iptables mode: kpo refuses TCP without endpoints with a TCP reset in both families; kube-proxy " +
+			"answers IPv6 TCP with ICMPv6 port unreachable, which was seen lost once a Service's endpoints " +
+			"had been removed, so the client waited for a timeout instead of failing at once",
+		Match: func(d Diff) bool {
+			return d.Mode == "iptables" && d.Probe.Network == "tcp" && isIPv6(d.Probe.Addr) &&
+				slices.Equal(d.Ref.Outcomes, []string{"timeout"}) && slices.Equal(d.Kpo.Outcomes, []string{"refused"})
+		},
+	},
+	{
+		ID: "ipv6-localhost-nodeport",
+		Why: "iptables mode: kpo does not capture NodePorts on ::1 (IPv6 has no route_localnet, so a " +
+			"translated packet is dropped as a martian); a connection to [::1]:<nodePort> is refused at " +
+			"once instead of timing out",
+		Match: func(d Diff) bool {
+			return d.Mode == "iptables" && d.Probe.Target == "nodePort@localhost" && isIPv6(d.Probe.Addr) &&
+				slices.Equal(d.Ref.Outcomes, []string{"timeout"}) && slices.Equal(d.Kpo.Outcomes, []string{"refused"})
+		},
+	},
+}
+
+func isIPv6(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && strings.Contains(host, ":")
+}
 
 func accepted(d Diff) *Acceptance {
 	for i := range acceptances {

@@ -48,6 +48,7 @@ type Result struct {
 
 // Diff is one probe whose observations differ.
 type Diff struct {
+	Mode      string
 	Probe     Probe
 	Ref, Kpo  Observation
 	AcceptID  string
@@ -82,6 +83,9 @@ func (r *Result) Report() string {
 	for _, d := range r.Unstable {
 		fmt.Fprintf(&b, "UNSTABLE %s\n    kube-proxy: %s\n    kpo:        %s\n", d.Probe.ID(), d.Ref, d.Kpo)
 	}
+	for _, d := range r.Accepted {
+		fmt.Fprintf(&b, "ACCEPTED (%s) %s\n    kube-proxy: %s\n    kpo:        %s\n", d.AcceptID, d.Probe.ID(), d.Ref, d.Kpo)
+	}
 	return b.String()
 }
 
@@ -100,7 +104,7 @@ func (s *Suite) Run(t *testing.T, settings Settings, build func() []*Case) *Resu
 	for _, p := range probes {
 		id := p.ID()
 		if !ref[id].Equal(got[id]) {
-			suspects = append(suspects, Diff{Probe: p, Ref: ref[id], Kpo: got[id]})
+			suspects = append(suspects, Diff{Mode: string(settings.Mode), Probe: p, Ref: ref[id], Kpo: got[id]})
 		}
 	}
 	if len(suspects) > 0 {

@@ -124,7 +124,13 @@ var jumps = []jump{
 	// Filter only sees what nat did not translate: new connections to VIPs
 	// without endpoints (REJECT) or refused by policy (DROP). Excluding DNATed
 	// packets keeps a hostNetwork endpoint on a node port from being rejected.
-	{tableFilter, "INPUT", filterJump},
+	// As kube-proxy hooks them: ClusterIPs (and source ranges) on forward and
+	// output, external addresses and node ports on input and forward.
+	// (Each is inserted first, so the later entry runs first: in forward, the
+	// source-range drops of KPO-SERVICES before the external refusals, as
+	// kube-proxy's KUBE-PROXY-FIREWALL before KUBE-EXTERNAL-SERVICES.)
+	{tableFilter, "INPUT", externalJump},
+	{tableFilter, "FORWARD", externalJump},
 	{tableFilter, "FORWARD", filterJump},
 	{tableFilter, "OUTPUT", filterJump},
 	// Inserted after (so above) the service rejects, as kube-proxy orders
@@ -139,10 +145,16 @@ var jumps = []jump{
 var filterJump = []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "conntrack", "!", "--ctstate", "DNAT",
 	"-m", "comment", "--comment", "kpo service rejects", "-j", chainServices}
 
+var externalJump = []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "conntrack", "!", "--ctstate", "DNAT",
+	"-m", "comment", "--comment", "kpo external service rejects", "-j", chainExternalServices}
+
+// retiredJumps are jumps earlier versions inserted: cleanup removes them too.
+var retiredJumps = []jump{{tableFilter, "INPUT", filterJump}}
+
 var baseChains = []struct{ table, chain string }{
 	{tableNAT, chainServices}, {tableNAT, chainNodePorts}, {tableNAT, chainPostrouting},
 	{tableNAT, chainMarkMasq}, {tableNAT, chainClusterMasq},
-	{tableFilter, chainServices}, {tableFilter, chainNodePorts},
+	{tableFilter, chainServices}, {tableFilter, chainNodePorts}, {tableFilter, chainExternalServices},
 	{tableFilter, chainForward}, {tableFilter, chainFirewall},
 }
 
@@ -240,7 +252,7 @@ func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (i
 	st.writeShared(d, nat, filter, full)
 	if full {
 		fixed := st.r.fixedNAT(st.randomFully)
-		st.fixedRules = 2 * len(st.r.nodePortDispatch(node.nodePortIPs, node.explicitNP))
+		st.fixedRules = len(st.r.nodePortDispatch(node.nodePortIPs, node.explicitNP)) + 1
 		for _, c := range fixed {
 			nat.write(c)
 			st.fixedRules += len(c.rules)
@@ -344,7 +356,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 				}
 			}
 			for _, l := range lines {
-				for _, j := range jumps {
+				for _, j := range slices.Concat(jumps, retiredJumps) {
 					if j.table == table && isJump(j, l) {
 						t.edit("-D" + strings.TrimPrefix(strings.TrimSpace(l), "-A"))
 						break

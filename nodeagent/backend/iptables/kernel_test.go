@@ -234,8 +234,12 @@ func testRealKernel(t *testing.T, v Variant) {
 		if n := strings.Count(out, `"kpo service portals"`); n != 2 {
 			t.Errorf("%d service portal jumps:\n%s", n, out)
 		}
-		if n := strings.Count(node.MustRun(t, bin+"-save", "-t", "filter"), `"kpo service rejects"`); n != 3 {
-			t.Errorf("%d filter jumps", n)
+		filter := node.MustRun(t, bin+"-save", "-t", "filter")
+		if n := strings.Count(filter, `"kpo service rejects"`); n != 2 {
+			t.Errorf("%d service reject jumps (forward, output)", n)
+		}
+		if n := strings.Count(filter, `"kpo external service rejects"`); n != 2 {
+			t.Errorf("%d external service reject jumps (input, forward)", n)
 		}
 		servers(t, p2.NS, "10.96.0.10:80", 2)
 	})

@@ -26,16 +26,21 @@ const (
 	IPVSChainPrefix = "KPO-IPVS-"
 
 	// Base chains: declared by every full sync's restore, never deleted by drift repair.
-	chainServices     = "KPO-SERVICES"     // nat and filter: dispatch by destination
-	chainNodePorts    = "KPO-NODEPORTS"    // nat and filter: dispatch by node port
-	chainPostrouting  = "KPO-POSTROUTING"  // nat: masquerade marked packets
-	chainMarkMasq     = "KPO-MARK-MASQ"    // nat: set the masquerade bit
-	chainClusterMasq  = "KPO-CLUSTER-MASQ" // nat: mark unless the source is a pod
-	bucketChainPrefix = "KPO-DST-"         // + 2 hex digits: one per last address byte
-	chainHairpin      = "KPO-HAIRPIN"      // nat: dispatch by the last byte of the endpoint
-	hairpinPrefix     = "KPO-HAIRPIN-"     // + 2 hex digits: hairpin checks of endpoints
-	chainForward      = "KPO-FORWARD"      // filter: accept service traffic, drop INVALID (kube-proxy's KUBE-FORWARD)
-	chainFirewall     = "KPO-FIREWALL"     // filter: the localnet guard (kube-proxy's KUBE-FIREWALL)
+	chainServices  = "KPO-SERVICES"  // nat and filter: dispatch by destination
+	chainNodePorts = "KPO-NODEPORTS" // nat and filter: dispatch by node port
+	// filter: refusals of external traffic (external and LB IPs, node ports)
+	// without endpoints, on input and forward only (kube-proxy's
+	// KUBE-EXTERNAL-SERVICES): the node's own traffic to a node port meets
+	// them on input, and to an LB IP leaves untouched, as with kube-proxy.
+	chainExternalServices = "KPO-EXTERNAL-SERVICES"
+	chainPostrouting      = "KPO-POSTROUTING"  // nat: masquerade marked packets
+	chainMarkMasq         = "KPO-MARK-MASQ"    // nat: set the masquerade bit
+	chainClusterMasq      = "KPO-CLUSTER-MASQ" // nat: mark unless the source is a pod
+	bucketChainPrefix     = "KPO-DST-"         // + 2 hex digits: one per last address byte
+	chainHairpin          = "KPO-HAIRPIN"      // nat: dispatch by the last byte of the endpoint
+	hairpinPrefix         = "KPO-HAIRPIN-"     // + 2 hex digits: hairpin checks of endpoints
+	chainForward          = "KPO-FORWARD"      // filter: accept service traffic, drop INVALID (kube-proxy's KUBE-FORWARD)
+	chainFirewall         = "KPO-FIREWALL"     // filter: the localnet guard (kube-proxy's KUBE-FIREWALL)
 
 	// iptables rejects user chain names longer than 28 characters
 	// (XT_EXTENSION_MAXNAMELEN - 1, including the terminating NUL).

@@ -37,6 +37,7 @@ type rendered struct {
 	filterDispatch []dispatchRule // filter KPO-DST-xx (REJECT/DROP)
 	natNodePort    string         // nat KPO-NODEPORTS ("" for none)
 	filterNodePort string         // filter KPO-NODEPORTS ("" for none)
+	filterExternal []string       // filter KPO-EXTERNAL-SERVICES (external and LB IPs)
 	// Endpoint addresses DNATed without a SEP chain, for KPO-HAIRPIN.
 	hairpin []netip.Addr
 	rules   int
@@ -283,7 +284,7 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 			out.natDispatch = append(out.natDispatch, dispatchRule{bucketOf(ip), "-d " + hostCIDR(ip) + " " + pp + " -j " + extTarget})
 		}
 		if noExt != "" {
-			out.filterDispatch = append(out.filterDispatch, dispatchRule{bucketOf(ip), "-d " + hostCIDR(ip) + " " + pp + " " + noExt})
+			out.filterExternal = append(out.filterExternal, "-d "+hostCIDR(ip)+" "+pp+" "+noExt)
 		}
 	}
 	if len(sp.LoadBalancerIPs) > 0 {
@@ -299,16 +300,19 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 			out.nat = append(out.nat, fw)
 			lbTarget = names.fw
 		}
-		lbFilter := noExt
-		if lbFilter == "" && len(sp.SourceRanges) > 0 {
-			lbFilter = "-j DROP"
-		}
 		for _, ip := range sp.LoadBalancerIPs {
+			match := "-d " + hostCIDR(ip) + " " + pp
 			if lbTarget != "" {
-				out.natDispatch = append(out.natDispatch, dispatchRule{bucketOf(ip), "-d " + hostCIDR(ip) + " " + pp + " -j " + lbTarget})
+				out.natDispatch = append(out.natDispatch, dispatchRule{bucketOf(ip), match + " -j " + lbTarget})
 			}
-			if lbFilter != "" {
-				out.filterDispatch = append(out.filterDispatch, dispatchRule{bucketOf(ip), "-d " + hostCIDR(ip) + " " + pp + " " + lbFilter})
+			// With source ranges, what nat did not let through is dropped
+			// (kube-proxy's KUBE-PROXY-FIREWALL: forward and output); without
+			// endpoints, the external refusal (input and forward).
+			if len(sp.SourceRanges) > 0 {
+				out.filterDispatch = append(out.filterDispatch, dispatchRule{bucketOf(ip), match + " -j DROP"})
+			}
+			if noExt != "" {
+				out.filterExternal = append(out.filterExternal, match+" "+noExt)
 			}
 		}
 	}
@@ -322,7 +326,7 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 		}
 	}
 
-	out.rules = len(out.natDispatch) + len(out.filterDispatch)
+	out.rules = len(out.natDispatch) + len(out.filterDispatch) + len(out.filterExternal)
 	if out.natNodePort != "" {
 		out.rules++
 	}

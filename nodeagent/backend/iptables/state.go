@@ -200,7 +200,7 @@ func (s *famState) apply(k model.ServicePortKey, nr *rendered, d *dirty) []strin
 			delete(s.natNP, k)
 			d.natNP = true
 		}
-		if old.filterNodePort != "" {
+		if old.filterNodePort != "" || len(old.filterExternal) > 0 {
 			delete(s.filterNP, k)
 			d.filterNP = true
 		}
@@ -223,7 +223,7 @@ func (s *famState) apply(k model.ServicePortKey, nr *rendered, d *dirty) []strin
 		s.natNP[k] = struct{}{}
 		d.natNP = true
 	}
-	if nr.filterNodePort != "" {
+	if nr.filterNodePort != "" || len(nr.filterExternal) > 0 {
 		s.filterNP[k] = struct{}{}
 		d.filterNP = true
 	}
@@ -269,15 +269,16 @@ func newDirty() *dirty {
 // writeShared rewrites the dirty dispatch chains and, when the set of
 // non-empty buckets changed (or force), the KPO-SERVICES tops.
 func (s *famState) writeShared(d *dirty, nat, filter *tableWriter, force bool) {
-	s.natTop = s.writeBuckets(nat, s.natBuckets, d.nat, s.natTop, force,
+	s.natTop = s.writeBuckets(nat, s.natBuckets, d.nat, s.natTop, force, true,
 		func(r *rendered) []dispatchRule { return r.natDispatch })
-	s.filterTop = s.writeBuckets(filter, s.filterBuckets, d.filter, s.filterTop, force,
+	s.filterTop = s.writeBuckets(filter, s.filterBuckets, d.filter, s.filterTop, force, false,
 		func(r *rendered) []dispatchRule { return r.filterDispatch })
 	if d.natNP || force {
 		s.writeNodePorts(nat, s.natNP, func(r *rendered) string { return r.natNodePort })
 	}
 	if d.filterNP || force {
 		s.writeNodePorts(filter, s.filterNP, func(r *rendered) string { return r.filterNodePort })
+		s.writeExternal(filter)
 	}
 	s.writeHairpin(d.hairpin, nat, force)
 }
@@ -322,7 +323,7 @@ func (s *famState) writeHairpin(dirtyB map[uint8]bool, t *tableWriter, force boo
 	s.hairpinTop = top
 }
 
-func (s *famState) writeBuckets(t *tableWriter, members map[uint8]keySet, dirtyB map[uint8]bool, top []uint8, force bool, rules func(*rendered) []dispatchRule) []uint8 {
+func (s *famState) writeBuckets(t *tableWriter, members map[uint8]keySet, dirtyB map[uint8]bool, top []uint8, force, nodePorts bool, rules func(*rendered) []dispatchRule) []uint8 {
 	for b := range dirtyB {
 		name := bucketChain(b)
 		if len(members[b]) == 0 {
@@ -353,7 +354,10 @@ func (s *famState) writeBuckets(t *tableWriter, members map[uint8]keySet, dirtyB
 			c.rules = append(c.rules, bucketMatch(s.fam, b)+" -j "+bucketChain(b))
 		}
 		// Node ports last: they match on the port alone, after every VIP.
-		c.rules = append(c.rules, s.r.nodePortDispatch(s.node.nodePortIPs, s.node.explicitNP)...)
+		// (The filter table's refusals of node ports are KPO-EXTERNAL-SERVICES'.)
+		if nodePorts {
+			c.rules = append(c.rules, s.r.nodePortDispatch(s.node.nodePortIPs, s.node.explicitNP)...)
+		}
 		t.write(c)
 	}
 	return newTop
@@ -362,7 +366,21 @@ func (s *famState) writeBuckets(t *tableWriter, members map[uint8]keySet, dirtyB
 func (s *famState) writeNodePorts(t *tableWriter, members keySet, rule func(*rendered) string) {
 	c := chain{name: chainNodePorts}
 	for _, k := range sortedKeys(members) {
-		c.rules = append(c.rules, rule(s.svcs[k]))
+		if r := rule(s.svcs[k]); r != "" {
+			c.rules = append(c.rules, r)
+		}
 	}
+	t.write(c)
+}
+
+// writeExternal writes KPO-EXTERNAL-SERVICES: the refusals of external and
+// LB IPs without endpoints, then the node ports' (on every local address,
+// whatever nodePortAddresses says, as kube-proxy).
+func (s *famState) writeExternal(t *tableWriter) {
+	c := chain{name: chainExternalServices}
+	for _, k := range sortedKeys(s.filterNP) {
+		c.rules = append(c.rules, s.svcs[k].filterExternal...)
+	}
+	c.rules = append(c.rules, "-m addrtype --dst-type LOCAL -j "+chainNodePorts)
 	t.write(c)
 }

@@ -242,7 +242,7 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 			t.Fatal(cmd, err)
 		}
 	}
-	if err := f.Exec(model.IPv4, tableFilter, "-D INPUT "+strings.Join(quoteArgs(filterJump), " ")); err != nil {
+	if err := f.Exec(model.IPv4, tableFilter, "-D OUTPUT "+strings.Join(quoteArgs(filterJump), " ")); err != nil {
 		t.Fatal(err)
 	}
 	// A partial sync trusts its memory: nothing to do.
@@ -255,10 +255,10 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 	if got != want {
 		t.Errorf("drift not repaired:\n%s\nwant\n%s", got, want)
 	}
-	if rules, _ := f.Rules(model.IPv4, tableFilter, "INPUT"); len(rules) != 2 || !slices.ContainsFunc(rules, func(r string) bool {
+	if rules, _ := f.Rules(model.IPv4, tableFilter, "OUTPUT"); len(rules) != 2 || !slices.ContainsFunc(rules, func(r string) bool {
 		return strings.HasSuffix(r, "-j "+chainServices)
 	}) {
-		t.Errorf("filter INPUT jump not restored: %q", rules)
+		t.Errorf("filter OUTPUT jump not restored: %q", rules)
 	}
 	if r.Rules != kpoRules(f) {
 		t.Errorf("rules %d, fake %d", r.Rules, kpoRules(f))
