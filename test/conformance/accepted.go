@@ -21,8 +21,9 @@ var acceptances = []Acceptance{
 	{
 		ID: "ipv6-tcp-reset",
 		Why: "iptables mode: kpo refuses TCP without endpoints with a TCP reset in both families; kube-proxy " +
-			"answers IPv6 TCP with ICMPv6 port unreachable, which was seen lost once a Service's endpoints " +
-			"had been removed, so the client waited for a timeout instead of failing at once",
+			"answers IPv6 TCP with ICMPv6 port unreachable, which Linux (6.18 here) only honours for the " +
+			"SYN's retransmission: the client is refused after about a second instead of at once (the " +
+			"harness waits 600 ms)",
 		Match: func(d Diff) bool {
 			return d.Mode == "iptables" && d.Probe.Network == "tcp" && isIPv6(d.Probe.Addr) &&
 				slices.Equal(d.Ref.Outcomes, []string{"timeout"}) && slices.Equal(d.Kpo.Outcomes, []string{"refused"})

@@ -9,6 +9,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/test/apiserver"
 	"kpo.dev/kpo/test/netns"
@@ -22,6 +25,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// API warnings (deprecated fields the cases use on purpose) would print
+	// a stack trace for want of a logger.
+	ctrllog.SetLogger(logr.Discard())
 	os.Exit(func() int {
 		flag.Parse() // for testing.Short
 		if os.Geteuid() != 0 || testing.Short() {
