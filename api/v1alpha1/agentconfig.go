@@ -65,6 +65,9 @@ func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 // OpenAPI defaults say the same; this keeps configurations rendered by hand or by
 // an older operator safe.
 func (s *ProxySettings) Default() {
+	if s.DetectLocalMode == "" {
+		s.DetectLocalMode = DetectLocalClusterCIDR
+	}
 	if s.SyncPeriod == "" {
 		s.SyncPeriod = "30s"
 	}

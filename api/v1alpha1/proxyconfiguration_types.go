@@ -25,10 +25,44 @@ var AllModes = []Mode{ModeIPTables, ModeNFTables, ModeIPVS}
 type CIDR string
 
 // NodePortAddress is a CIDR whose addresses on the node accept NodePort traffic, or
-// "primary" for the node's primary addresses (kube-proxy's meaning).
+// one of kube-proxy's keywords: "primary" (the node's primary IPs), "localhost"
+// (127.0.0.0/8 and ::1), "all" (every address).
 // +kubebuilder:validation:MaxLength=64
-// +kubebuilder:validation:XValidation:rule="self == 'primary' || isCIDR(self)",message="must be a valid CIDR or the word primary"
+// +kubebuilder:validation:XValidation:rule="self in ['primary', 'localhost', 'all'] || isCIDR(self)",message="must be a valid CIDR or one of primary, localhost, all"
 type NodePortAddress string
+
+// DetectLocalMode is how the proxy recognises traffic from this node's pods
+// (kube-proxy's detectLocalMode).
+// +kubebuilder:validation:Enum=ClusterCIDR;NodeCIDR;BridgeInterface;InterfaceNamePrefix
+type DetectLocalMode string
+
+// Detect-local modes.
+const (
+	// DetectLocalClusterCIDR: a source in clusterCIDRs is a pod.
+	DetectLocalClusterCIDR DetectLocalMode = "ClusterCIDR"
+	// DetectLocalNodeCIDR: a source in this node's podCIDRs is a pod of this node.
+	DetectLocalNodeCIDR DetectLocalMode = "NodeCIDR"
+	// DetectLocalBridgeInterface: a packet arriving on detectLocal.bridgeInterface.
+	DetectLocalBridgeInterface DetectLocalMode = "BridgeInterface"
+	// DetectLocalInterfaceNamePrefix: a packet arriving on an interface whose
+	// name starts with detectLocal.interfaceNamePrefix.
+	DetectLocalInterfaceNamePrefix DetectLocalMode = "InterfaceNamePrefix"
+)
+
+// DetectLocalSettings are the interface names of the interface-based modes.
+type DetectLocalSettings struct {
+	// BridgeInterface is the bridge pods are attached to (mode BridgeInterface).
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:Pattern=`^[a-zA-Z0-9_.-]*$`
+	// +optional
+	BridgeInterface string `json:"bridgeInterface,omitempty"`
+	// InterfaceNamePrefix starts the names of pods' host-side interfaces, such as
+	// veth or cali (mode InterfaceNamePrefix).
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:Pattern=`^[a-zA-Z0-9_.-]*$`
+	// +optional
+	InterfaceNamePrefix string `json:"interfaceNamePrefix,omitempty"`
+}
 
 // Duration is a Go duration string, such as 500ms, 30s or 1h.
 // It is a string (not metav1.Duration) so that CEL rules can compare durations.
@@ -38,6 +72,8 @@ type Duration string
 
 // ProxyConfigurationSpec says how the selected nodes proxy Service traffic.
 //
+// +kubebuilder:validation:XValidation:rule="!has(self.detectLocalMode) || self.detectLocalMode != 'BridgeInterface' || (has(self.detectLocal) && has(self.detectLocal.bridgeInterface) && self.detectLocal.bridgeInterface != '')",message="spec.detectLocal.bridgeInterface is required when spec.detectLocalMode is BridgeInterface",fieldPath=".detectLocal.bridgeInterface"
+// +kubebuilder:validation:XValidation:rule="!has(self.detectLocalMode) || self.detectLocalMode != 'InterfaceNamePrefix' || (has(self.detectLocal) && has(self.detectLocal.interfaceNamePrefix) && self.detectLocal.interfaceNamePrefix != '')",message="spec.detectLocal.interfaceNamePrefix is required when spec.detectLocalMode is InterfaceNamePrefix",fieldPath=".detectLocal.interfaceNamePrefix"
 // +kubebuilder:validation:XValidation:rule="!has(self.ipvs) || self.mode == 'ipvs'",message="spec.ipvs may only be set when spec.mode is ipvs",fieldPath=".ipvs"
 // +kubebuilder:validation:XValidation:rule="!has(self.minSyncPeriod) || !has(self.syncPeriod) || duration(self.minSyncPeriod) <= duration(self.syncPeriod)",message="spec.minSyncPeriod must not be longer than spec.syncPeriod",fieldPath=".minSyncPeriod"
 // +kubebuilder:validation:XValidation:rule="!has(self.healthzPort) || !has(self.metricsPort) || self.healthzPort != self.metricsPort",message="spec.healthzPort and spec.metricsPort must differ",fieldPath=".metricsPort"
@@ -124,12 +160,30 @@ type ProxySettings struct {
 	// +optional
 	ClusterCIDRs []CIDR `json:"clusterCIDRs,omitempty"`
 
+	// DetectLocalMode is how traffic from pods is told from other traffic (pods
+	// reaching a ClusterIP keep their address, others are masqueraded; pods
+	// short-circuit external traffic with externalTrafficPolicy Local):
+	// ClusterCIDR (default: the source is in clusterCIDRs), NodeCIDR (the source
+	// is in this node's podCIDRs), BridgeInterface or InterfaceNamePrefix (the
+	// packet arrives on that bridge, or on an interface with that prefix).
+	// +kubebuilder:default=ClusterCIDR
+	// +optional
+	DetectLocalMode DetectLocalMode `json:"detectLocalMode,omitempty"`
+
+	// DetectLocal holds the interface names of the interface-based modes.
+	// +optional
+	DetectLocal DetectLocalSettings `json:"detectLocal,omitempty"`
+
 	// MasqueradeAll masquerades all Service traffic, not only traffic from outside the cluster.
 	// +optional
 	MasqueradeAll bool `json:"masqueradeAll,omitempty"`
 
-	// NodePortAddresses are the node addresses that accept NodePort traffic: CIDRs,
-	// or "primary" for the node's primary IPs. Empty means all local addresses.
+	// NodePortAddresses are the node addresses that accept NodePort traffic, as
+	// kube-proxy's: CIDRs (the node's interface addresses inside them), "primary"
+	// (the node's primary IPs), "localhost", "all". Each IP family is resolved on
+	// its own: a family no value names accepts NodePorts on all its addresses.
+	// Empty means "primary" in nftables mode and all local addresses otherwise,
+	// kube-proxy's defaults.
 	// +kubebuilder:validation:MaxItems=16
 	// +listType=set
 	// +optional

@@ -61,6 +61,7 @@ func ValidateSettings(mode Mode, s *ProxySettings, path *field.Path) field.Error
 		npa[i] = CIDR(a)
 	}
 	errs = append(errs, validateCIDRs(path.Child("nodePortAddresses"), npa, 16, true)...)
+	errs = append(errs, validateDetectLocal(path, s)...)
 
 	sync, syncErrs := durationIn(path.Child("syncPeriod"), s.SyncPeriod, MinSyncPeriodFloor, MaxSyncPeriod,
 		"must be between 1s and 24h")
@@ -196,16 +197,39 @@ func validateCIDRs(path *field.Path, list []CIDR, maxItems int, primaryOK bool) 
 			errs = append(errs, field.Duplicate(path.Index(i), c))
 		}
 		seen.Insert(c)
-		if primaryOK && c == "primary" {
+		if primaryOK && (c == "primary" || c == "localhost" || c == "all") {
 			continue
 		}
 		if p, err := netip.ParsePrefix(string(c)); err != nil || p.Addr().Is4In6() || len(c) > 64 {
 			msg := "must be a valid CIDR such as 10.244.0.0/16 or fd10:244::/48"
 			if primaryOK {
-				msg = "must be a valid CIDR or the word primary"
+				msg = "must be a valid CIDR or one of primary, localhost, all"
 			}
 			errs = append(errs, field.Invalid(path.Index(i), c, msg))
 		}
+	}
+	return errs
+}
+
+// validateDetectLocal: the interface-based modes need their interface name
+// (the CRD's CEL rules say the same).
+func validateDetectLocal(path *field.Path, s *ProxySettings) field.ErrorList {
+	var errs field.ErrorList
+	switch s.DetectLocalMode {
+	case "", DetectLocalClusterCIDR, DetectLocalNodeCIDR:
+	case DetectLocalBridgeInterface:
+		if s.DetectLocal.BridgeInterface == "" {
+			errs = append(errs, field.Required(path.Child("detectLocal", "bridgeInterface"),
+				"spec.detectLocal.bridgeInterface is required when spec.detectLocalMode is BridgeInterface"))
+		}
+	case DetectLocalInterfaceNamePrefix:
+		if s.DetectLocal.InterfaceNamePrefix == "" {
+			errs = append(errs, field.Required(path.Child("detectLocal", "interfaceNamePrefix"),
+				"spec.detectLocal.interfaceNamePrefix is required when spec.detectLocalMode is InterfaceNamePrefix"))
+		}
+	default:
+		errs = append(errs, field.NotSupported(path.Child("detectLocalMode"), s.DetectLocalMode,
+			[]DetectLocalMode{DetectLocalClusterCIDR, DetectLocalNodeCIDR, DetectLocalBridgeInterface, DetectLocalInterfaceNamePrefix}))
 	}
 	return errs
 }

@@ -462,23 +462,37 @@ func removedEndpoints(before, after []model.Endpoint) []netip.Addr {
 
 // nodeInfo is what backends need of the node: node-port addresses and cluster CIDRs.
 func (a *Agent) nodeInfo() model.NodeInfo {
-	info := model.NodeInfo{Name: a.opts.NodeName,
-		NodePortIPs:  map[model.Family][]netip.Addr{},
-		ClusterCIDRs: map[model.Family][]netip.Prefix{}}
-	for _, c := range a.opts.Config.ClusterCIDRs {
+	info := model.NodeInfo{Name: a.opts.NodeName, ClusterCIDRs: map[model.Family][]netip.Prefix{}}
+	a.nodeMu.Lock()
+	node := a.node
+	a.nodeMu.Unlock()
+	cfg := a.opts.Config
+	cidrs := cfg.ClusterCIDRs
+	switch cfg.DetectLocalMode {
+	case kpov1.DetectLocalNodeCIDR:
+		// This node's pod ranges (kube-proxy waits for them to be set).
+		cidrs = nil
+		if node != nil {
+			for _, c := range node.Spec.PodCIDRs {
+				cidrs = append(cidrs, kpov1.CIDR(c))
+			}
+		}
+	case kpov1.DetectLocalBridgeInterface:
+		cidrs, info.LocalInterface = nil, cfg.DetectLocal.BridgeInterface
+	case kpov1.DetectLocalInterfaceNamePrefix:
+		cidrs, info.LocalInterface, info.LocalInterfacePrefix = nil, cfg.DetectLocal.InterfaceNamePrefix, true
+	}
+	for _, c := range cidrs {
 		if p, err := netip.ParsePrefix(string(c)); err == nil {
 			f := model.FamilyOf(p.Addr())
 			info.ClusterCIDRs[f] = append(info.ClusterCIDRs[f], p.Masked())
 		}
 	}
-	a.nodeMu.Lock()
-	node := a.node
-	a.nodeMu.Unlock()
 	var setting []string
-	for _, npa := range a.opts.Config.NodePortAddresses {
+	for _, npa := range cfg.NodePortAddresses {
 		setting = append(setting, string(npa))
 	}
-	info.NodePortIPs = nodeports.Resolve(setting, a.opts.Config.Mode, node, localAddrs())
+	info.NodePortIPs = nodeports.Resolve(setting, cfg.Mode, node, localAddrs())
 	info.ServiceCIDRs = a.serviceCIDRs.prefixes()
 	return info
 }

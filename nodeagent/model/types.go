@@ -218,9 +218,21 @@ type NodeInfo struct {
 	// ServiceCIDRs are the cluster's service ranges (ServiceCIDR objects) by
 	// family: traffic to an address in them that no Service holds is dropped.
 	ServiceCIDRs map[Family][]netip.Prefix
-	// ClusterCIDRs are the pod networks, by family: traffic from elsewhere is
-	// masqueraded (detect-local).
-	ClusterCIDRs map[Family][]netip.Prefix
+	// ClusterCIDRs and LocalInterface say which traffic comes from pods
+	// (kube-proxy's detect-local): a source in ClusterCIDRs (the cluster's pod
+	// networks, or this node's podCIDRs), or, when LocalInterface is set, a
+	// packet arriving on that interface (a name prefix when
+	// LocalInterfacePrefix). Pods reaching a ClusterIP keep their address, other
+	// sources are masqueraded; pods short-circuit external traffic of services
+	// with externalTrafficPolicy Local. Neither set: nothing is told apart.
+	ClusterCIDRs         map[Family][]netip.Prefix
+	LocalInterface       string
+	LocalInterfacePrefix bool
+}
+
+// HasLocalDetector reports whether pods' traffic can be told apart in family f.
+func (n NodeInfo) HasLocalDetector(f Family) bool {
+	return n.LocalInterface != "" || len(n.ClusterCIDRs[f]) > 0
 }
 
 // Counts is what a snapshot holds, for status and metrics.

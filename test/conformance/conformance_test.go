@@ -44,6 +44,17 @@ func variants(mode kpov1.Mode) []Settings {
 		with("nodePortAddresses=node-1's /32", func(s *Settings) { s.NodePortAddresses = []string{"198.51.100.1/32", "2001:db8:1::1/128"} }),
 		with("nodePortAddresses=node network", func(s *Settings) { s.NodePortAddresses = []string{"198.51.100.0/24"} }),
 		with("nodePortAddresses matching nothing", func(s *Settings) { s.NodePortAddresses = []string{"203.0.113.0/24"} }),
+		with("nodePortAddresses=localhost", func(s *Settings) { s.NodePortAddresses = []string{"localhost"} }),
+		with("nodePortAddresses=all", func(s *Settings) { s.NodePortAddresses = []string{"all"} }),
+		with("detectLocalMode=NodeCIDR", func(s *Settings) { s.DetectLocalMode = kpov1.DetectLocalNodeCIDR }),
+		// Pods hang off veths named vp0, vp1, … on their node (test/testnet).
+		with("detectLocalMode=InterfaceNamePrefix", func(s *Settings) {
+			s.DetectLocalMode, s.DetectLocal.InterfaceNamePrefix = kpov1.DetectLocalInterfaceNamePrefix, "vp"
+		}),
+		// No such bridge here: nothing is told to be a pod.
+		with("detectLocalMode=BridgeInterface", func(s *Settings) {
+			s.DetectLocalMode, s.DetectLocal.BridgeInterface = kpov1.DetectLocalBridgeInterface, "cbr0"
+		}),
 	}
 	if mode == kpov1.ModeIPTables {
 		out = append(out, with("localhostNodePorts=false", func(s *Settings) { s.LocalhostNodePorts = ptr.To(false) }))

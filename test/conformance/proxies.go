@@ -25,6 +25,9 @@ type Settings struct {
 	NodePortAddresses []string
 	// LocalhostNodePorts is the iptables setting; nil is kube-proxy's default (true).
 	LocalhostNodePorts *bool
+	// DetectLocalMode and its interface ("" : ClusterCIDR).
+	DetectLocalMode kpov1.DetectLocalMode
+	DetectLocal     kpov1.DetectLocalSettings
 }
 
 // defaultSettings are both proxies' defaults with the test network's pod CIDRs.
@@ -98,6 +101,10 @@ nftables: {minSyncPeriod: %s, masqueradeAll: %v}
 	if len(s.NodePortAddresses) > 0 {
 		fmt.Fprintf(&b, "nodePortAddresses: [%s]\n", strings.Join(s.NodePortAddresses, ", "))
 	}
+	if s.DetectLocalMode != "" {
+		fmt.Fprintf(&b, "detectLocalMode: %s\ndetectLocal: {bridgeInterface: %q, interfaceNamePrefix: %q}\n",
+			s.DetectLocalMode, s.DetectLocal.BridgeInterface, s.DetectLocal.InterfaceNamePrefix)
+	}
 	return b.String()
 }
 
@@ -122,6 +129,7 @@ func kpoConfig(s Settings) *kpov1.AgentConfiguration {
 		cfg.NodePortAddresses = append(cfg.NodePortAddresses, kpov1.NodePortAddress(a))
 	}
 	cfg.MasqueradeAll = s.MasqueradeAll
+	cfg.DetectLocalMode, cfg.DetectLocal = s.DetectLocalMode, s.DetectLocal
 	cfg.IPTables.LocalhostNodePorts = s.LocalhostNodePorts
 	cfg.MinSyncPeriod = minSyncPeriod
 	// As kube-proxy here: leave the global conntrack sysctls alone.

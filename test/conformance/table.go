@@ -77,6 +77,9 @@ func (w *World) table() []*Case {
 		SourceRanges: "in", Endpoints: ready(n2p0)})
 	add("LoadBalancer, source ranges without clients", SvcSpec{Name: "lb-ranges-other", Type: loadBalancer, LBIPs: 1,
 		SourceRanges: "other", Endpoints: ready(n1p0)})
+	// Found by the generator (seed 14): no firewall drop without endpoints.
+	add("LoadBalancer, source ranges, no endpoints", SvcSpec{Name: "lb-ranges-empty", Type: loadBalancer, LBIPs: 1,
+		SourceRanges: "in", Ports: []PortSpec{tcp80, tcp443}})
 	add("LoadBalancer, source ranges, eTP Local", SvcSpec{Name: "lb-ranges-local", Type: loadBalancer, LBIPs: 1,
 		SourceRanges: "in", ExternalLocal: true, Endpoints: ready(n1p1)})
 	add("LoadBalancer, ipMode Proxy", SvcSpec{Name: "lb-proxy", Type: loadBalancer, LBIPs: 1, LBProxyMode: true, Endpoints: ready(n1p0)})

@@ -3,7 +3,6 @@ package iptables
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"slices"
 	"testing"
 
@@ -15,7 +14,7 @@ import (
 func BenchmarkRender(b *testing.B) {
 	for _, eps := range []int{2, 50} {
 		b.Run(fmt.Sprintf("eps=%d", eps), func(b *testing.B) {
-			r := &renderer{fam: model.IPv4, settings: testSettings, clusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+			r := &renderer{fam: model.IPv4, settings: testSettings, local: []string{"-s 10.244.0.0/16"}}
 			s := bigSnapshot(1, eps)
 			var sp *model.ServicePort
 			for _, v := range s.Services {

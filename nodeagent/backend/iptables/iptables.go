@@ -126,9 +126,8 @@ var jumps = []jump{
 	// packets keeps a hostNetwork endpoint on a node port from being rejected.
 	// As kube-proxy hooks them: ClusterIPs (and source ranges) on forward and
 	// output, external addresses and node ports on input and forward.
-	// (Each is inserted first, so the later entry runs first: in forward, the
-	// source-range drops of KPO-SERVICES before the external refusals, as
-	// kube-proxy's KUBE-PROXY-FIREWALL before KUBE-EXTERNAL-SERVICES.)
+	// (Each is inserted first, so the later entry runs first: in forward,
+	// KPO-SERVICES, then KPO-EXTERNAL-SERVICES.)
 	{tableFilter, "INPUT", externalJump},
 	{tableFilter, "FORWARD", externalJump},
 	{tableFilter, "FORWARD", filterJump},
@@ -209,7 +208,7 @@ func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (i
 		if host, err = b.prepareHost(f, node); err != nil {
 			return 0, err
 		}
-		r := &renderer{fam: f, settings: b.settings, clusterCIDRs: node.clusterCIDRs}
+		r := &renderer{fam: f, settings: b.settings, local: localMatches(node)}
 		st = newFamState(f, r, node, b.kernel.RandomFully(f))
 	}
 	nat, filter := newTableWriter(tableNAT), newTableWriter(tableFilter)

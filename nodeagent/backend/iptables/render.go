@@ -54,8 +54,22 @@ const maxInlineEndpoints = 4
 type renderer struct {
 	fam          model.Family
 	settings     backend.Settings
-	clusterCIDRs []netip.Prefix
+	// local are the matches of traffic from pods (detect-local): one per
+	// cluster CIDR ("-s 10.244.0.0/16"), or the input interface ("-i veth+").
+	local []string
 	probs        map[int]string
+}
+
+// localMatches are the detect-local matches of a node's family view.
+func localMatches(n nodeView) []string {
+	if n.localIface != "" {
+		return []string{"-i " + n.localIface}
+	}
+	out := make([]string, 0, len(n.clusterCIDRs))
+	for _, c := range n.clusterCIDRs {
+		out = append(out, "-s "+c.Masked().String())
+	}
+	return out
 }
 
 // emptyVerdict renders what happens to traffic with no endpoint to go to.
@@ -194,7 +208,7 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 	switch {
 	case r.settings.MasqueradeAll:
 		clusterMasq = chainMarkMasq
-	case len(r.clusterCIDRs) > 0:
+	case len(r.local) > 0:
 		clusterMasq = chainClusterMasq
 	}
 	hasCluster := len(sp.ClusterEndpoints) > 0
@@ -238,8 +252,8 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 				// usable endpoint, as kube-proxy does: otherwise a node without
 				// local endpoints would black-hole its own pods' traffic. Pods
 				// keep their source; the node's own traffic is masqueraded.
-				for _, c := range r.clusterCIDRs {
-					ext.rules = append(ext.rules, "-s "+c.String()+" -j "+scLB)
+				for _, m := range r.local {
+					ext.rules = append(ext.rules, m+" -j "+scLB)
 				}
 				ext.rules = append(ext.rules,
 					"-m addrtype --src-type LOCAL -j "+chainMarkMasq,
@@ -305,10 +319,10 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 			if lbTarget != "" {
 				out.natDispatch = append(out.natDispatch, dispatchRule{bucketOf(ip), match + " -j " + lbTarget})
 			}
-			// With source ranges, what nat did not let through is dropped
-			// (kube-proxy's KUBE-PROXY-FIREWALL: forward and output); without
-			// endpoints, the external refusal (input and forward).
-			if len(sp.SourceRanges) > 0 {
+			// With source ranges and endpoints, what nat did not let through is
+			// dropped (kube-proxy's KUBE-PROXY-FIREWALL: forward and output);
+			// without endpoints, the external refusal (input and forward).
+			if len(sp.SourceRanges) > 0 && sp.HasEndpoints {
 				out.filterDispatch = append(out.filterDispatch, dispatchRule{bucketOf(ip), match + " -j DROP"})
 			}
 			if noExt != "" {
@@ -369,10 +383,10 @@ func (r *renderer) fixedNAT(randomFully bool) []chain {
 	mark := fmt.Sprintf("0x%x", r.settings.MasqueradeMark())
 	masq := masquerade(randomFully)
 	cm := chain{name: chainClusterMasq}
-	for _, c := range r.clusterCIDRs {
-		cm.rules = append(cm.rules, "-s "+c.Masked().String()+" -j RETURN")
+	for _, m := range r.local {
+		cm.rules = append(cm.rules, m+" -j RETURN")
 	}
-	if len(r.clusterCIDRs) > 0 {
+	if len(r.local) > 0 {
 		cm.rules = append(cm.rules, "-j "+chainMarkMasq)
 	}
 	return []chain{

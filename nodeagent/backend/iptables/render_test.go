@@ -198,7 +198,7 @@ func TestBehaviour(t *testing.T) {
 
 // TestRenderedRules pins the exact rules of the kube-proxy idioms.
 func TestRenderedRules(t *testing.T) {
-	r := &renderer{fam: model.IPv4, settings: testSettings, clusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	r := &renderer{fam: model.IPv4, settings: testSettings, local: []string{"-s 10.244.0.0/16"}}
 	sp := svc("a", "10.96.0.10", 80, ep("10.244.1.10:8080", true), ep("10.244.2.20:8080", false), ep("10.244.3.30:8080", false))
 	sp.AffinityTimeout = 3 * time.Hour
 	out := r.render(sp)

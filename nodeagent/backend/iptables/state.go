@@ -15,17 +15,27 @@ type keySet = map[model.ServicePortKey]struct{}
 // nodeView is the part of model.NodeInfo that shapes one family's rules.
 type nodeView struct {
 	clusterCIDRs []netip.Prefix
-	nodePortIPs  []netip.Addr
+	// localIface is the detect-local interface match ("br0", "veth+"), or "".
+	localIface  string
+	nodePortIPs []netip.Addr
 	explicitNP   bool // NodePortIPs given (nil means every local address)
 }
 
 func nodeViewOf(n model.NodeInfo, f model.Family) nodeView {
 	ips, explicit := n.NodePortIPs[f]
-	return nodeView{clusterCIDRs: n.ClusterCIDRs[f], nodePortIPs: ips, explicitNP: explicit && ips != nil}
+	v := nodeView{clusterCIDRs: n.ClusterCIDRs[f], nodePortIPs: ips, explicitNP: explicit && ips != nil}
+	if n.LocalInterface != "" {
+		v.clusterCIDRs, v.localIface = nil, n.LocalInterface
+		if n.LocalInterfacePrefix {
+			v.localIface += "+"
+		}
+	}
+	return v
 }
 
 func (a nodeView) equal(b nodeView) bool {
-	return a.explicitNP == b.explicitNP && slices.Equal(a.clusterCIDRs, b.clusterCIDRs) && slices.Equal(a.nodePortIPs, b.nodePortIPs)
+	return a.explicitNP == b.explicitNP && a.localIface == b.localIface &&
+		slices.Equal(a.clusterCIDRs, b.clusterCIDRs) && slices.Equal(a.nodePortIPs, b.nodePortIPs)
 }
 
 // famState is what the backend believes one family's tables hold: the rendered

@@ -182,8 +182,11 @@ type RuleSet struct {
 	// Sets: element set by full ipset name; every set of every family is
 	// present, empty or not.
 	Sets map[string]map[string]bool
-	// ClusterCIDRs are the pod networks (detect-local for masquerading).
-	ClusterCIDRs map[model.Family][]netip.Prefix
+	// ClusterCIDRs are the pod networks (detect-local for masquerading), or,
+	// when LocalInterface is set ("br0", or "veth+" for a prefix), the
+	// interface pods' traffic arrives on.
+	ClusterCIDRs   map[model.Family][]netip.Prefix
+	LocalInterface string
 }
 
 // Rules programs the companion ipsets and iptables chains. Apply gets the
@@ -217,6 +220,12 @@ func parseVSEntry(e string) (VSKey, bool) {
 // syncRules collects every service port's set entries and applies them.
 func (b *Backend) syncRules(snap *model.Snapshot, full bool) error {
 	rs := &RuleSet{Families: b.families, Sets: map[string]map[string]bool{}, ClusterCIDRs: snap.Node.ClusterCIDRs}
+	if n := snap.Node; n.LocalInterface != "" {
+		rs.ClusterCIDRs, rs.LocalInterface = nil, n.LocalInterface
+		if n.LocalInterfacePrefix {
+			rs.LocalInterface += "+"
+		}
+	}
 	for _, f := range b.families {
 		for set := range setTypes {
 			rs.Sets[SetName(f, set)] = map[string]bool{}
@@ -260,9 +269,22 @@ var companionJumps = []companionJump{
 	{"filter", "FORWARD", `-m comment --comment "kpo ipvs" -j ` + chainForward},
 }
 
+// localMatches are the detect-local matches of a family: "-s <cidr>" per pod
+// network, or "-i <interface>".
+func (rs *RuleSet) localMatches(f model.Family) []string {
+	if rs.LocalInterface != "" {
+		return []string{"-i " + rs.LocalInterface}
+	}
+	var out []string
+	for _, c := range rs.ClusterCIDRs[f] {
+		out = append(out, "-s "+c.Masked().String())
+	}
+	return out
+}
+
 // renderChains renders a family's companion chains for iptables-restore
 // --noflush: declaring a chain flushes it, so the text replaces them whole.
-func renderChains(f model.Family, s backend.Settings, cidrs []netip.Prefix) map[string][]string {
+func renderChains(f model.Family, s backend.Settings, local []string) map[string][]string {
 	mark := fmt.Sprintf("%#x", s.MasqueradeMark())
 	set := func(name string) string { return SetName(f, name) }
 	nat := []string{
@@ -275,11 +297,11 @@ func renderChains(f model.Family, s backend.Settings, cidrs []netip.Prefix) map[
 	if !s.MasqueradeAll {
 		// Pod sources keep their address; without pod CIDRs nothing to the
 		// ClusterIP is masqueraded (kube-proxy's behaviour too).
-		for _, c := range cidrs {
-			nat = append(nat, "-A "+chainClusterMasq+" -s "+c.Masked().String()+" -j RETURN")
+		for _, m := range local {
+			nat = append(nat, "-A "+chainClusterMasq+" "+m+" -j RETURN")
 		}
 	}
-	if s.MasqueradeAll || len(cidrs) > 0 {
+	if s.MasqueradeAll || len(local) > 0 {
 		nat = append(nat, "-A "+chainClusterMasq+" -j "+chainMarkMasq)
 	}
 	nat = append(nat,

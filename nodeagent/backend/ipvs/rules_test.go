@@ -103,11 +103,11 @@ func TestRulesFollowPartialSyncs(t *testing.T) {
 }
 
 func TestRenderChains(t *testing.T) {
-	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	cidrs := []string{"-s 10.244.0.0/16"}
 	tests := []struct {
 		name      string
 		masqAll   bool
-		cidrs     []netip.Prefix
+		cidrs     []string
 		has, hasn []string
 	}{
 		{name: "detect-local", cidrs: cidrs,
@@ -123,6 +123,8 @@ func TestRenderChains(t *testing.T) {
 		{name: "masquerade all", masqAll: true, cidrs: cidrs,
 			has: []string{"-A KPO-IPVS-CLUSTER-MASQ -j KPO-IPVS-MARK-MASQ"}, hasn: []string{"-s 10.244.0.0/16 -j RETURN"}},
 		{name: "no pod CIDRs: no ClusterIP masquerade", hasn: []string{"-A KPO-IPVS-CLUSTER-MASQ -j"}},
+		{name: "detect-local by interface", cidrs: []string{"-i veth+"},
+			has: []string{"-A KPO-IPVS-CLUSTER-MASQ -i veth+ -j RETURN", "-A KPO-IPVS-CLUSTER-MASQ -j KPO-IPVS-MARK-MASQ"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

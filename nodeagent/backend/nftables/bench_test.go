@@ -13,7 +13,8 @@ import (
 // two endpoints and a NodePort.
 func BenchmarkRenderService(b *testing.B) {
 	s := bigSnapshot(1000, 2)
-	rc := &renderCtx{fi: fams[model.IPv4], haveClusterCI: true}
+	rc := &renderCtx{fi: fams[model.IPv4]}
+	rc.isLocal, rc.notLocal = localMatch(rc.fi, &testNode, model.IPv4)
 	sps := make([]*model.ServicePort, 0, len(s.Services))
 	for _, sp := range s.Services {
 		sps = append(sps, sp)

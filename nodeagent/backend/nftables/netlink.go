@@ -241,6 +241,24 @@ func ruleExprs(fi famInfo, rule string) ([]expr.Any, error) {
 				return nil, err
 			}
 			out = append(out, m...)
+		case t[i] == "iifname" && i+1 < len(t):
+			// iifname "name" (exact: the name and its NUL, as nft encodes it) or
+			// "prefix*" (the prefix only); optionally negated.
+			op := expr.CmpOpEq
+			i++
+			if t[i] == "!=" {
+				op, i = expr.CmpOpNeq, i+1
+			}
+			if i >= len(t) || len(t[i]) < 3 || t[i][0] != '"' || t[i][len(t[i])-1] != '"' {
+				return nil, grammarErr(rule)
+			}
+			name := t[i][1 : len(t[i])-1]
+			data := append([]byte(name), 0)
+			if p, ok := strings.CutSuffix(name, "*"); ok {
+				data = []byte(p)
+			}
+			out = append(out, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: op, Register: 1, Data: data})
+			i++
 		case t[i] == "fib" && i+3 < len(t) && t[i+1] == "saddr" && t[i+2] == "type" && t[i+3] == "local":
 			out = append(out, &expr.Fib{Register: 1, ResultADDRTYPE: true, FlagSADDR: true},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)})

@@ -54,8 +54,11 @@ func variety(fam model.Family) []*model.ServicePort {
 func TestNetlinkGrammar(t *testing.T) {
 	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
 		fi := fams[fam]
-		for _, masqAll := range []bool{false, true} {
-			rc := &renderCtx{fi: fi, masqAll: masqAll, haveClusterCI: !masqAll}
+		for i, node := range []model.NodeInfo{testNode, {LocalInterface: "veth", LocalInterfacePrefix: true},
+			{LocalInterface: "cbr0"}, {}} {
+			masqAll := i == 3
+			rc := &renderCtx{fi: fi, masqAll: masqAll}
+			rc.isLocal, rc.notLocal = localMatch(fi, &node, fam)
 			for _, sp := range variety(fam) {
 				o := renderService(rc, sp)
 				chains := slices.Clone(o.chains)
@@ -293,4 +296,38 @@ func TestKernelNetlinkPartial(t *testing.T) {
 			t.Errorf("removed service's chains left after the full sync")
 		}
 	})
+}
+
+// TestKernelNetlinkInterfaceDetector: with detect-local by interface, the pick
+// chains a partial sync adds over netlink (iifname matches) are the ones a full
+// nft sync writes.
+func TestKernelNetlinkInterfaceDetector(t *testing.T) {
+	netns.Skip(t)
+	node := model.NodeInfo{Name: "node", LocalInterface: "veth", LocalInterfacePrefix: true}
+	first := snapshot(node, svc("a", "10.96.0.10", 80, ep("10.244.1.2", 8080, true)))
+	late := modeltest.LocalPolicy(svc("late", "10.96.0.11", 80, ep("10.244.1.2", 8080, true), ep("10.244.2.2", 8080, false)),
+		ep("10.244.1.2", 8080, true))
+	late.NodePort = 30011
+	second := withSnap(first, late)
+	ns, ref := netns.New(t, "ifnode"), netns.New(t, "ifref")
+	var b, rb *Backend
+	for _, x := range []struct {
+		ns *netns.NS
+		b  **Backend
+	}{{ns, &b}, {ref, &rb}} {
+		if err := x.ns.Do(func() error { var err error; *x.b, err = New(testSettings, nil); return err }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kernelSync(t, ns, b, first, true)
+	kernelSync(t, ns, b, second, false)
+	if b.lastVia != "netlink" {
+		t.Fatalf("partial sync went through %q", b.lastVia)
+	}
+	kernelSync(t, ref, rb, second, true)
+	got := ns.MustRun(t, "nft", "list", "table", "ip", "kpo")
+	if !strings.Contains(got, `iifname "veth*"`) {
+		t.Fatalf("no iifname match:\n%s", got)
+	}
+	sameTables(t, "partial over netlink vs. full sync", listKpo(t, ns), listKpo(t, ref))
 }

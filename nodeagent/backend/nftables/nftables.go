@@ -296,7 +296,8 @@ func (b *Backend) kernelObjects(ctx context.Context, fam model.Family) (staleObj
 // deletions and additions, and last the deletion of stale chains and sets.
 func (b *Backend) syncFamily(w objWriter, fam model.Family, snap *model.Snapshot, pf *famState, base *baseObjects, stale staleObjects) (*famState, int) {
 	fi := fams[fam]
-	rc := &renderCtx{fi: fi, masqAll: b.settings.masqAll, haveClusterCI: len(snap.Node.ClusterCIDRs[fam]) > 0}
+	rc := &renderCtx{fi: fi, masqAll: b.settings.masqAll}
+	rc.isLocal, rc.notLocal = localMatch(fi, &snap.Node, fam)
 	nf := &famState{base: base, services: map[model.ServicePortKey]*svcState{},
 		classes: map[class]int{}, shared: map[sharedElem]int{}}
 	full := pf == nil

@@ -127,7 +127,25 @@ var fams = map[model.Family]famInfo{
 type renderCtx struct {
 	fi            famInfo
 	masqAll       bool
-	haveClusterCI bool // Node.ClusterCIDRs[family] is not empty
+	// isLocal and notLocal match traffic from pods (detect-local), "" when
+	// the node has no detector.
+	isLocal, notLocal string
+}
+
+// localMatch renders the detect-local matches of a family: the source in
+// @cluster-cidrs, or the input interface (a prefix with "*").
+func localMatch(fi famInfo, node *model.NodeInfo, fam model.Family) (isLocal, notLocal string) {
+	switch {
+	case node.LocalInterface != "":
+		name := node.LocalInterface
+		if node.LocalInterfacePrefix {
+			name += "*"
+		}
+		return fmt.Sprintf("iifname %q", name), fmt.Sprintf("iifname != %q", name)
+	case len(node.ClusterCIDRs[fam]) > 0:
+		return fmt.Sprintf("%s saddr @%s", fi.ipKW, setClusterCIDRs), fmt.Sprintf("%s saddr != @%s", fi.ipKW, setClusterCIDRs)
+	}
+	return "", ""
 }
 
 func itoa(i int64) string { return strconv.FormatInt(i, 10) }
@@ -210,8 +228,8 @@ func classRules(rc *renderCtx, c class) []string {
 		switch {
 		case rc.masqAll:
 			r = append(r, "jump "+chainMarkMasq)
-		case rc.haveClusterCI:
-			r = append(r, fmt.Sprintf("%s saddr != @%s jump %s", ipKW, setClusterCIDRs, chainMarkMasq))
+		case rc.notLocal != "":
+			r = append(r, rc.notLocal+" jump "+chainMarkMasq)
 		}
 		r = append(r, dnat(c.n, 0))
 	case externalK, nodePortK:
@@ -224,8 +242,8 @@ func classRules(rc *renderCtx, c class) []string {
 			// even with masqueradeAll: that applies to ClusterIP traffic); the
 			// node's own traffic is masqueraded so that the reply comes back
 			// through this node.
-			if rc.haveClusterCI {
-				r = append(r, fmt.Sprintf("%s saddr @%s %s", ipKW, setClusterCIDRs, dnat(c.n, c.m)))
+			if rc.isLocal != "" {
+				r = append(r, rc.isLocal+" "+dnat(c.n, c.m))
 			}
 			r = append(r, "fib saddr type local jump "+chainMarkMasq, "fib saddr type local "+dnat(c.n, c.m))
 		}

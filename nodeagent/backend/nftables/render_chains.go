@@ -101,8 +101,8 @@ func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 		switch {
 		case rc.masqAll:
 			c.rules = append(c.rules, vip+" jump "+chainMarkMasq)
-		case rc.haveClusterCI:
-			c.rules = append(c.rules, fmt.Sprintf("%s %s saddr != @%s jump %s", vip, ipKW, setClusterCIDRs, chainMarkMasq))
+		case rc.notLocal != "":
+			c.rules = append(c.rules, vip+" "+rc.notLocal+" jump "+chainMarkMasq)
 		}
 		choose(&c, sp.ClusterEndpoints)
 		o.chains = append(o.chains, c)
@@ -135,8 +135,8 @@ func renderChains(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 			choose(&cpc, sp.ShortCircuitEndpoints)
 			o.chains = append(o.chains, cpc)
 		}
-		if rc.haveClusterCI {
-			c.rules = append(c.rules, fmt.Sprintf("%s saddr @%s goto %s", ipKW, setClusterCIDRs, sc))
+		if rc.isLocal != "" {
+			c.rules = append(c.rules, rc.isLocal+" goto "+sc)
 		}
 		c.rules = append(c.rules, "fib saddr type local jump "+chainMarkMasq)
 		c.rules = append(c.rules, "fib saddr type local goto "+sc)
