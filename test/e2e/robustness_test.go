@@ -66,9 +66,9 @@ func badAndConflicting(t *testing.T, mode kpov1.Mode) {
 	// The winners, and the rest of each loser, are programmed: every
 	// request answered by the winner's pod, none refused (a request sent to
 	// the bad slice's endpoint would be: nothing listens on its port).
-	expectOnly(t, tn.Client, "203.0.113.70:80", "n1p0") // dup-a's, never dup-b's
-	expectOnly(t, p1.NS, "10.96.7.1:80", "n1p0")        // dup-a's clusterIP, never steal's pod
-	expectOnly(t, p1.NS, "10.96.7.4:80", "n1p0")        // badport's good slice only
+	expectOnly(t, tn.Client, "203.0.113.70:80", "n1p0")   // dup-a's, never dup-b's
+	expectOnly(t, p1.NS, "10.96.7.1:80", "n1p0")          // dup-a's clusterIP, never steal's pod
+	expectOnly(t, p1.NS, "10.96.7.4:80", "n1p0")          // badport's good slice only
 	expectServer(t, p0.NS, "tcp", "10.96.7.2:80", "n1p1") // dup-b's own clusterIP
 	expectServer(t, p0.NS, "tcp", "10.96.7.3:80", "n1p1") // steal's own clusterIP
 

@@ -52,12 +52,12 @@ const maxInlineEndpoints = 4
 // renderer holds what rule generation needs beyond the ServicePort itself.
 // Anything in here changing (node info) forces a full sync.
 type renderer struct {
-	fam          model.Family
-	settings     backend.Settings
+	fam      model.Family
+	settings backend.Settings
 	// local are the matches of traffic from pods (detect-local): one per
 	// cluster CIDR ("-s 10.244.0.0/16"), or the input interface ("-i veth+").
 	local []string
-	probs        map[int]string
+	probs map[int]string
 }
 
 // localMatches are the detect-local matches of a node's family view.

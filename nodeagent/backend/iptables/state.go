@@ -18,7 +18,7 @@ type nodeView struct {
 	// localIface is the detect-local interface match ("br0", "veth+"), or "".
 	localIface  string
 	nodePortIPs []netip.Addr
-	explicitNP   bool // NodePortIPs given (nil means every local address)
+	explicitNP  bool // NodePortIPs given (nil means every local address)
 }
 
 func nodeViewOf(n model.NodeInfo, f model.Family) nodeView {

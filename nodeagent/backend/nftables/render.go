@@ -125,8 +125,8 @@ var fams = map[model.Family]famInfo{
 
 // renderCtx is the per-sync, per-family input of rendering besides the service.
 type renderCtx struct {
-	fi            famInfo
-	masqAll       bool
+	fi      famInfo
+	masqAll bool
 	// isLocal and notLocal match traffic from pods (detect-local), "" when
 	// the node has no detector.
 	isLocal, notLocal string
