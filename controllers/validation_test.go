@@ -97,7 +97,19 @@ func TestInvalidConfigurationsAreRejected(t *testing.T) {
 		{"nodePort address invalid", func(pc *kpov1.ProxyConfiguration) {
 			pc.Spec.NodePortAddresses = []kpov1.NodePortAddress{"primary", "eth0"}
 		},
-			[]string{"spec.nodePortAddresses[1]", "must be a valid CIDR or the word primary"}, false},
+			[]string{"spec.nodePortAddresses[1]", "must be a valid CIDR or one of primary, localhost, all"}, false},
+		{"detectLocalMode BridgeInterface without a bridge", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.DetectLocalMode = kpov1.DetectLocalBridgeInterface
+		}, []string{"spec.detectLocal.bridgeInterface", "required when spec.detectLocalMode is BridgeInterface"}, false},
+		{"detectLocalMode InterfaceNamePrefix without a prefix", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.DetectLocalMode = kpov1.DetectLocalInterfaceNamePrefix
+			pc.Spec.DetectLocal.BridgeInterface = "cbr0"
+		}, []string{"spec.detectLocal.interfaceNamePrefix", "required when spec.detectLocalMode is InterfaceNamePrefix"}, false},
+		{"detectLocalMode unknown", func(pc *kpov1.ProxyConfiguration) { pc.Spec.DetectLocalMode = "PodCIDR" },
+			[]string{"spec.detectLocalMode", `Unsupported value: "PodCIDR"`}, false},
+		{"detectLocal interface name with a space", func(pc *kpov1.ProxyConfiguration) {
+			pc.Spec.DetectLocalMode, pc.Spec.DetectLocal.InterfaceNamePrefix = kpov1.DetectLocalInterfaceNamePrefix, "veth x"
+		}, []string{"spec.detectLocal.interfaceNamePrefix", "should match"}, false},
 		{"healthz port above range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.HealthzPort = 70000 },
 			[]string{"spec.healthzPort", "less than or equal to 65535"}, false},
 		{"metrics port below range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.MetricsPort = -1 },
@@ -182,7 +194,9 @@ func TestInvalidConfigurationsAreRejected(t *testing.T) {
 				NodeSelector: map[string]string{"test": "validation"},
 				ProxySettings: kpov1.ProxySettings{
 					ClusterCIDRs:      []kpov1.CIDR{"10.244.0.0/16", "fd10:244::/48"},
-					NodePortAddresses: []kpov1.NodePortAddress{"primary", "198.51.100.0/24"},
+					NodePortAddresses: []kpov1.NodePortAddress{"primary", "198.51.100.0/24", "localhost", "all"},
+					DetectLocalMode:   kpov1.DetectLocalInterfaceNamePrefix,
+					DetectLocal:       kpov1.DetectLocalSettings{InterfaceNamePrefix: "veth"},
 					IPVS:              &kpov1.IPVSSettings{Scheduler: "wlc", StrictARP: true, TCPTimeout: "900s"},
 				},
 				Agent: kpov1.AgentPodSpec{UpdateStrategy: kpov1.AgentUpdateStrategy{MaxUnavailable: ptr.To(intstr.FromString("10%"))}},

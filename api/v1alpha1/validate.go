@@ -211,10 +211,21 @@ func validateCIDRs(path *field.Path, list []CIDR, maxItems int, primaryOK bool) 
 	return errs
 }
 
+// interfaceName is what the CRD's pattern allows in an interface name.
+var interfaceName = regexp.MustCompile(`^[a-zA-Z0-9_.-]*$`)
+
 // validateDetectLocal: the interface-based modes need their interface name
 // (the CRD's CEL rules say the same).
 func validateDetectLocal(path *field.Path, s *ProxySettings) field.ErrorList {
 	var errs field.ErrorList
+	for _, f := range []struct{ name, value string }{
+		{"bridgeInterface", s.DetectLocal.BridgeInterface}, {"interfaceNamePrefix", s.DetectLocal.InterfaceNamePrefix},
+	} {
+		if len(f.value) > 15 || !interfaceName.MatchString(f.value) {
+			errs = append(errs, field.Invalid(path.Child("detectLocal", f.name), f.value,
+				"should match '^[a-zA-Z0-9_.-]*$' (an interface name of at most 15 characters)"))
+		}
+	}
 	switch s.DetectLocalMode {
 	case "", DetectLocalClusterCIDR, DetectLocalNodeCIDR:
 	case DetectLocalBridgeInterface:

@@ -94,7 +94,7 @@ func TestValidateSettings(t *testing.T) {
 		{"cluster CIDR twice", ModeIPTables, func(s *ProxySettings) { s.ClusterCIDRs = []CIDR{"10.244.0.0/16", "10.244.0.0/16"} },
 			[]string{"spec.clusterCIDRs[1]", "Duplicate value"}},
 		{"nodePort address neither", ModeIPTables, func(s *ProxySettings) { s.NodePortAddresses = []NodePortAddress{"primary", "eth0"} },
-			[]string{"spec.nodePortAddresses[1]", "must be a valid CIDR or the word primary"}},
+			[]string{"spec.nodePortAddresses[1]", "must be a valid CIDR or one of primary, localhost, all"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := defaulted(tc.mode, tc.mutate)
