@@ -63,13 +63,14 @@ type Options struct {
 	MetricsBindAddress string
 }
 
-// ConntrackCleaner deletes conntrack entries that would keep UDP flows pinned to
-// endpoints that are gone (UDP has no connection to break).
+// ConntrackCleaner reconciles the UDP conntrack entries with the services
+// (kube-proxy's CleanStaleEntries): UDP has no connection to break, so a
+// flow's entry keeps its datagrams on an endpoint that is gone, or on the
+// refusal cached while its service had none, until it times out.
 type ConntrackCleaner interface {
-	// Clear deletes the UDP flows matching any of flows: those to a removed
-	// endpoint, and every flow of a service that gains its first endpoint
-	// (earlier datagrams were rejected and the entry caches that).
-	Clear(flows []conntrack.Flow) error
+	// Reconcile deletes the family's UDP entries that Wanted calls stale and
+	// returns how many went.
+	Reconcile(f model.Family, w conntrack.Wanted) (int, error)
 }
 
 // Agent is one node's service proxy.
@@ -292,7 +293,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	counts := snap.Count()
 	a.status.synced(time.Now(), elapsed, res.Full, counts, res.Rules)
 	a.hc.update(snap)
-	a.clearStaleUDP(ctx, change)
+	a.clearStaleUDP(ctx, snap)
 	a.resyncWhileDraining()
 	if !a.leftoversRemoved {
 		a.leftoversRemoved = a.removeOtherModes(ctx)
@@ -395,69 +396,15 @@ func (a *Agent) removeOtherModes(ctx context.Context) bool {
 // clearStaleUDP removes conntrack entries of UDP flows whose endpoint went away,
 // and of UDP services that gained their first endpoint: to the service's VIPs
 // and to its NodePort.
-func (a *Agent) clearStaleUDP(ctx context.Context, change tracker.Change) {
+func (a *Agent) clearStaleUDP(ctx context.Context, snap *model.Snapshot) {
 	if a.opts.ConntrackCleaner == nil {
 		return
 	}
-	var flows []conntrack.Flow
-	// add selects sp's flows (all of them, or those DNATed to one endpoint).
-	add := func(sp *model.ServicePort, endpoint netip.Addr) {
-		for _, vip := range vips(sp) {
-			flows = append(flows, conntrack.Flow{Dst: vip, Port: sp.Port, Endpoint: endpoint})
-		}
-		if sp.NodePort != 0 {
-			flows = append(flows, conntrack.Flow{IPv6: sp.ClusterIP.Is6(), Port: sp.NodePort, Endpoint: endpoint})
+	for _, f := range []model.Family{model.IPv4, model.IPv6} {
+		if _, err := a.opts.ConntrackCleaner.Reconcile(f, conntrack.WantedFor(snap, f)); err != nil {
+			klog.FromContext(ctx).Error(err, "reconciling UDP conntrack entries", "family", f)
 		}
 	}
-	for _, sp := range change.Changed {
-		if sp.Protocol != corev1.ProtocolUDP {
-			continue
-		}
-		prev := change.Previous[sp.Key]
-		if prev == nil || len(prev.ClusterEndpoints) == 0 {
-			if len(sp.ClusterEndpoints) > 0 {
-				add(sp, netip.Addr{})
-			}
-			continue
-		}
-		for _, gone := range removedEndpoints(prev.ClusterEndpoints, sp.ClusterEndpoints) {
-			add(sp, gone)
-		}
-	}
-	for _, sp := range change.Removed {
-		if sp.Protocol != corev1.ProtocolUDP {
-			continue
-		}
-		for _, gone := range removedEndpoints(sp.ClusterEndpoints, nil) {
-			add(sp, gone)
-		}
-	}
-	if len(flows) == 0 {
-		return
-	}
-	if err := a.opts.ConntrackCleaner.Clear(flows); err != nil {
-		klog.FromContext(ctx).Error(err, "clearing stale UDP conntrack entries", "flows", len(flows))
-	}
-}
-
-func vips(sp *model.ServicePort) []netip.Addr {
-	out := []netip.Addr{sp.ClusterIP}
-	out = append(out, sp.ExternalIPs...)
-	return append(out, sp.LoadBalancerIPs...)
-}
-
-func removedEndpoints(before, after []model.Endpoint) []netip.Addr {
-	still := map[netip.Addr]bool{}
-	for _, e := range after {
-		still[e.IP] = true
-	}
-	var gone []netip.Addr
-	for _, e := range before {
-		if !still[e.IP] {
-			gone = append(gone, e.IP)
-		}
-	}
-	return gone
 }
 
 // nodeInfo is what backends need of the node: node-port addresses and cluster CIDRs.

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -331,15 +333,20 @@ type recordingCleaner struct {
 	endpoints []string
 }
 
-func (r *recordingCleaner) Clear(flows []conntrack.Flow) error {
+// Reconcile records the endpoints a flow to the web Service's ClusterIP
+// would be stale with.
+func (r *recordingCleaner) Reconcile(f model.Family, w conntrack.Wanted) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, f := range flows {
-		if f.Endpoint.IsValid() {
-			r.endpoints = append(r.endpoints, f.Endpoint.String())
+	for _, ep := range []string{"10.244.1.5", "10.244.2.5"} {
+		for vip := range w.ByAddress {
+			e := conntrack.Entry{OrigDst: vip, ReplySrc: netip.AddrPortFrom(netip.MustParseAddr(ep), 8080)}
+			if f == model.IPv4 && w.Stale(e) && !slices.Contains(r.endpoints, ep) {
+				r.endpoints = append(r.endpoints, ep)
+			}
 		}
 	}
-	return nil
+	return 0, nil
 }
 func (r *recordingCleaner) cleared(ip string) bool {
 	r.mu.Lock()

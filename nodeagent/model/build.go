@@ -195,6 +195,24 @@ func resolveEndpoints(sp *ServicePort, all []candidate, node NodeContext) {
 		// the internal policy is Local.
 		sp.ExternalEndpoints = endpoints(cluster)
 	}
+	sp.OtherServing = otherServing(sp, all)
+}
+
+// otherServing are the serving endpoints the sets of sp leave out.
+func otherServing(sp *ServicePort, all []candidate) []Endpoint {
+	in := map[netip.AddrPort]bool{}
+	for _, eps := range [][]Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints, sp.ShortCircuitEndpoints} {
+		for _, e := range eps {
+			in[e.AddrPort()] = true
+		}
+	}
+	var out []Endpoint
+	for _, c := range all {
+		if c.serving && !in[c.AddrPort()] {
+			out = append(out, c.Endpoint)
+		}
+	}
+	return out
 }
 
 func readyOrTerminating(cs []candidate) []candidate {

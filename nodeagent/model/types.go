@@ -125,12 +125,33 @@ type ServicePort struct {
 	// the load balancer and come back (kube-proxy's short-circuit, which uses
 	// its cluster endpoints whatever the internal policy).
 	ShortCircuitEndpoints []Endpoint
+	// OtherServing are the serving endpoints in none of the sets above (kept
+	// out by a policy or topology, or terminating while others are ready):
+	// their UDP flows are not stale (ServingEndpoints).
+	OtherServing []Endpoint
 	// HasEndpoints: some endpoint, on any node, is usable. Traffic that finds
 	// its endpoint set empty is refused when there is none at all, and dropped
 	// when a policy Local leaves this node without one (EmptyVerdict).
 	HasEndpoints bool
 	// LocalEndpointCount is what the healthCheckNodePort server reports.
 	LocalEndpointCount int
+}
+
+// ServingEndpoints are every serving endpoint of the port, whatever the
+// policies: a UDP flow to one of them is not stale (kube-proxy's conntrack
+// reconcile).
+func (sp *ServicePort) ServingEndpoints() []Endpoint {
+	seen := map[netip.AddrPort]bool{}
+	var out []Endpoint
+	for _, eps := range [][]Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints, sp.ShortCircuitEndpoints, sp.OtherServing} {
+		for _, e := range eps {
+			if !seen[e.AddrPort()] {
+				seen[e.AddrPort()] = true
+				out = append(out, e)
+			}
+		}
+	}
+	return out
 }
 
 // Verdict is what happens to traffic with no endpoint to go to.
