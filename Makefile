@@ -105,9 +105,9 @@ CONFORMANCE_SEED ?= 1
 .PHONY: conformance
 conformance: deps k8s-binaries ## kpo vs upstream kube-proxy on the same objects, every mode: the table + 1,000 random cases per mode (docs/conformance.md).
 	@rm -f $(LOCALBIN)/conformance.log
-	@status=0; KPO_CONFORMANCE_RANDOM=$(CONFORMANCE_RANDOM) KPO_CONFORMANCE_SEED=$(CONFORMANCE_SEED) \
+	@status=0; KPO_CONFORMANCE_FULL=1 KPO_CONFORMANCE_RANDOM=$(CONFORMANCE_RANDOM) KPO_CONFORMANCE_SEED=$(CONFORMANCE_SEED) \
 		go test ./test/conformance/ -count=1 -v -timeout 600m > $(LOCALBIN)/conformance-test.log 2>&1 || status=$$?; \
-	grep -E '^(--- |DIFF|ok|FAIL)' $(LOCALBIN)/conformance-test.log; \
+	grep -E '^(--- |ok|FAIL)|DIFF' $(LOCALBIN)/conformance-test.log; \
 	echo "full log: $(LOCALBIN)/conformance-test.log"; cat $(LOCALBIN)/conformance.log; exit $$status
 
 .PHONY: bench

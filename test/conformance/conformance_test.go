@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"os"
 	"testing"
 
 	"k8s.io/utils/ptr"
@@ -19,11 +20,20 @@ func TestConformance(t *testing.T) {
 	}
 }
 
+// quickVariants are the variants `make test` runs; $KPO_CONFORMANCE_FULL=1
+// (make conformance) runs them all.
+var quickVariants = map[string]bool{"masqueradeAll": true, "nodePortAddresses=node-1's /32": true,
+	"detectLocalMode=InterfaceNamePrefix": true}
+
 // TestConformanceSettings runs a few cases with each settings variant.
 func TestConformanceSettings(t *testing.T) {
 	s := newSuite(t)
+	full := os.Getenv("KPO_CONFORMANCE_FULL") == "1"
 	for _, mode := range modes() {
 		for _, v := range variants(mode) {
+			if !full && !quickVariants[v.Name] {
+				continue
+			}
 			t.Run(string(mode)+"/"+v.Name, func(t *testing.T) {
 				record(t, s.Run(t, v, s.World.settingsTable))
 			})
