@@ -106,7 +106,11 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 	if ips, ok := node.NodePortIPs[fam]; ok && ips != nil {
 		var elems []string
 		for _, ip := range ips {
-			if model.FamilyOf(ip) == fam {
+			// Never loopback, as kube-proxy's nodeport-ips: DNAT from 127/8 or
+			// ::1 needs route_localnet (nftables mode never sets it), so the
+			// translated packet would be dropped as a martian; untranslated,
+			// the node answers for itself (nothing listens: refused).
+			if model.FamilyOf(ip) == fam && !ip.IsLoopback() {
 				elems = append(elems, ip.Unmap().String())
 			}
 		}
