@@ -1,7 +1,6 @@
 package conformance
 
 import (
-	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -215,6 +214,3 @@ func (w *World) globalProbes() []Probe {
 	}
 	return out
 }
-
-// describe is a probe list's size, for logs.
-func describe(ps []Probe) string { return fmt.Sprintf("%d probes", len(ps)) }
