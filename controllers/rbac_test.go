@@ -399,3 +399,34 @@ func checkRefusedImage(t *testing.T, pc *kpov1.ProxyConfiguration) {
 		}
 	}
 }
+
+// TestAgentImagePolicy: the operator renders an allowed image (its own, or
+// one of --agent-image-allow), refuses any other with a condition naming the
+// policy and renders nothing for it; an edit to a refused image leaves the
+// running agents as they were.
+func TestAgentImagePolicy(t *testing.T) {
+	needAPIServer(t)
+	sel := uniqueName(t, "")
+	createNode(t, sel+"-a", map[string]string{"test": sel})
+	approved := testApprovedImages + "kpo:v2"
+	pc := createConfig(t, sel, sel, func(pc *kpov1.ProxyConfiguration) { pc.Spec.Agent.Image = approved })
+	waitForDaemonSet(t, pc, func(ds *appsv1.DaemonSet) error {
+		if img := ds.Spec.Template.Spec.Containers[0].Image; img != approved {
+			return fmt.Errorf("image %q, want %q", img, approved)
+		}
+		return nil
+	})
+
+	checkRefusedImage(t, createConfig(t, sel+"-evil", sel+"-nothing", func(pc *kpov1.ProxyConfiguration) {
+		pc.Spec.Agent.Image = "registry.example/approved-not/kpo:v2" // a prefix only on a "/" boundary
+	}))
+
+	updateConfig(t, pc.Name, func(pc *kpov1.ProxyConfiguration) { pc.Spec.Agent.Image = "attacker.example/root-shell:v1" })
+	waitForStatus(t, pc.Name, func(pc *kpov1.ProxyConfiguration) error {
+		return hasCondition(pc, kpov1.ConditionDegraded, metav1.ConditionTrue, kpov1.ReasonImageNotAllowed)
+	})
+	ds := waitForDaemonSet(t, pc, func(*appsv1.DaemonSet) error { return nil })
+	if img := ds.Spec.Template.Spec.Containers[0].Image; img != approved {
+		t.Errorf("after an edit to a refused image the DaemonSet runs %q, want the previous %q", img, approved)
+	}
+}
