@@ -332,6 +332,9 @@ func TestDeployManifestsApply(t *testing.T) {
 		t.Fatalf("kubectl apply -k config/default: %v: %s", err, out)
 	}
 	for _, want := range []string{"deployment.apps/kpo-operator", "clusterrole.rbac.authorization.k8s.io/kpo-operator",
+		"role.rbac.authorization.k8s.io/kpo-operator", "clusterrole.rbac.authorization.k8s.io/kpo-agent",
+		"validatingadmissionpolicy.admissionregistration.k8s.io/kpo-agent-node-status",
+		"validatingadmissionpolicybinding.admissionregistration.k8s.io/kpo-agent-node-status",
 		"customresourcedefinition.apiextensions.k8s.io/proxyconfigurations.proxy.kpo.dev"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("kubectl output does not mention %s:\n%s", want, out)
