@@ -1,24 +1,37 @@
 # One image, two binaries: /kpo-operator and /kpo-agent (the node agent).
 # Build: make docker-build IMG=registry.example/kpo:v0.1.0
+#
+# The base images are tags by default; a release pins them by digest (tags
+# move), e.g.
+#   make docker-build GO_IMAGE=golang:1.26@sha256:<digest> BASE_IMAGE=debian:bookworm-slim@sha256:<digest>
+# and deploys kpo itself by digest: make deploy IMG=registry.example/kpo@sha256:<digest>
+# (the agents then run that digest; docs/security.md).
+ARG GO_IMAGE=golang:1.26
+ARG BASE_IMAGE=debian:bookworm-slim
 
-FROM golang:1.26 AS build
+FROM ${GO_IMAGE} AS build
 WORKDIR /src
-# Dependencies first, so that code edits reuse the module cache layer.
+# Dependencies first, so that code edits reuse the module cache layer; their
+# hashes are checked against go.sum.
 COPY go.mod go.sum ./
-RUN go mod download
+RUN go mod download && go mod verify
 COPY api/ api/
 COPY cmd/ cmd/
 COPY controllers/ controllers/
 COPY nodeagent/ nodeagent/
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/...
+# Static binaries (no cgo: no libc to match in the image, nothing loaded at run time).
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/... \
+ && for b in /out/*; do go version -m "$b" | grep -q 'CGO_ENABLED=0' || { echo "$b is not static"; exit 1; }; done
 
 # The agent drives the kernel over netlink, but iptables mode needs
 # iptables-restore (both the nft and legacy variants), and operators debugging
 # a node expect nft, ipset, conntrack and ipvsadm next to it.
-FROM debian:bookworm-slim
+FROM ${BASE_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables nftables ipset conntrack ipvsadm kmod \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/kpo-operator /out/kpo-agent /
-# The operator runs as non-root (set in config/manager); the agent as root, privileged.
+# Non-root by default: the operator runs so (config/manager also says so). The
+# agent's DaemonSet asks for root (runAsUser 0) and privileged explicitly.
+USER 65532:65532
 ENTRYPOINT ["/kpo-operator"]

@@ -41,6 +41,10 @@ manifests: $(CONTROLLER_GEN) ## Generate the CRDs and the operator's RBAC from m
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
 
+.PHONY: verify-modules
+verify-modules: ## Check the module cache's dependencies against go.sum (go mod verify).
+	go mod verify
+
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail when committed generated files are stale.
 	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make manifests generate' and commit"; exit 1; }
@@ -71,8 +75,8 @@ k8s-binaries: ## Build the Kubernetes binaries the tests run (cached in bin/).
 	hack/build-k8s.sh $(K8S_BIN) $(TEST_K8S_BINARIES)
 
 .PHONY: docker-build
-docker-build: ## Build the container image (needs a Docker engine).
-	docker build -t $(IMG) .
+docker-build: ## Build the container image (needs a Docker engine; GO_IMAGE/BASE_IMAGE pin the bases by digest).
+	docker build -t $(IMG) $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
 
 .PHONY: docker-push
 docker-push: ## Push the container image.
@@ -91,7 +95,7 @@ demo: deps k8s-binaries ## A 3-node local cluster: operator, agents, a Service a
 ##@ Test
 
 .PHONY: test
-test: deps verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
+test: deps verify-modules verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
 	@rm -f $(LOCALBIN)/conformance.log
 	go test ./... -count=1 -timeout 20m 2>&1 | tee $(LOCALBIN)/test.log
 	@cat $(LOCALBIN)/conformance.log 2>/dev/null || true

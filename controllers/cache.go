@@ -4,7 +4,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -12,16 +12,18 @@ import (
 )
 
 // CacheOptions keeps the operator's caches to what it owns: namespaced objects in
-// its namespace, cluster roles with its label. A large cluster's ConfigMaps are
-// none of its business.
+// its namespace, and the agents' one ClusterRoleBinding by name. A large
+// cluster's ConfigMaps are none of its business, and its RBAC allows no more:
+// a list or watch with a metadata.name field selector is what RBAC's
+// resourceNames allow.
 func CacheOptions(namespace string) cache.Options {
 	inNamespace := map[string]cache.Config{namespace: {}}
-	ours := labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedBy})
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&appsv1.DaemonSet{}:          {Namespaces: inNamespace},
-		&corev1.ConfigMap{}:          {Namespaces: inNamespace},
-		&corev1.ServiceAccount{}:     {Namespaces: inNamespace},
-		&rbacv1.ClusterRole{}:        {Label: ours},
-		&rbacv1.ClusterRoleBinding{}: {Label: ours},
+		&appsv1.DaemonSet{}:      {Namespaces: inNamespace},
+		&corev1.ConfigMap{}:      {Namespaces: inNamespace},
+		&corev1.ServiceAccount{}: {Namespaces: inNamespace},
+		&rbacv1.ClusterRoleBinding{}: {
+			Field: fields.OneTermEqualSelector("metadata.name", render.AgentBindingName),
+		},
 	}}
 }

@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/controllers/imagepolicy"
 	"kpo.dev/kpo/controllers/render"
 )
 
@@ -46,6 +47,9 @@ type ProxyConfigurationReconciler struct {
 	Namespace string
 	// DefaultAgentImage is the agent image when a spec names none.
 	DefaultAgentImage string
+	// ImagePolicy decides which agent images may run (its default replaces
+	// DefaultAgentImage); nil allows DefaultAgentImage only.
+	ImagePolicy *imagepolicy.Policy
 	// APIServerHost and APIServerPort are the API server's address for the agents
 	// (see render.Options); empty means the in-cluster default.
 	APIServerHost, APIServerPort string
@@ -53,24 +57,22 @@ type ProxyConfigurationReconciler struct {
 	Clock clock.PassiveClock
 }
 
+// The operator's RBAC (make manifests writes config/rbac/role.yaml). Cluster-wide
+// it reads nodes and kpo's own CRDs and writes only ProxyConfigurations; in its
+// namespace (a Role) it writes what it renders there. It writes no ClusterRole:
+// the agents' role is fixed (config/rbac/agent_role.yaml), and the operator
+// holds 'bind' on that one role and write access to that one binding, by name
+// (no 'escalate', no wildcard). docs/security.md has the table.
 // +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxyconfigurations,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxyconfigurations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxyconfigurations/finalizers,verbs=update
-// +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxynodestatuses,verbs=get;list;watch;create;patch;update
-// +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxynodestatuses/status,verbs=get;patch;update
+// +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxynodestatuses,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=configmaps;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
-// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
-// +kubebuilder:rbac:groups=networking.k8s.io,resources=servicecidrs,verbs=get;list;watch
-// +kubebuilder:rbac:groups="";events.k8s.io,resources=events,verbs=create;patch;update
-
-// The services, endpointslices, events and proxynodestatuses write rules are
-// there because the operator grants them to the agents: RBAC lets a subject grant
-// only permissions it holds. Holding them is narrower than 'escalate' and 'bind'
-// on cluster roles, which would let the operator grant anything.
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=kpo-agent
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterrolebindings,verbs=get;list;watch;create;update;patch,resourceNames=kpo-agent
+// +kubebuilder:rbac:groups="",namespace=kpo-system,resources=configmaps;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,namespace=kpo-system,resources=daemonsets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",namespace=kpo-system,resources=pods,verbs=get
 
 // The RBAC rule on proxyconfigurations/finalizers is what lets the operator set
 // owner references with blockOwnerDeletion and its cleanup finalizer.
@@ -127,19 +129,28 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 // applyObjects server-side-applies every object the configuration renders to. An
 // unchanged object is a no-op on the server: its resourceVersion does not move.
 func (r *ProxyConfigurationReconciler) applyObjects(ctx context.Context, pc *kpov1.ProxyConfiguration, conflicts map[string]string) error {
+	policy, err := r.imagePolicy()
+	if err != nil {
+		return err
+	}
 	objs, err := render.Render(pc, render.Options{
 		Namespace:         r.Namespace,
-		DefaultAgentImage: r.DefaultAgentImage,
+		DefaultAgentImage: policy.Default(),
 		ExcludedNodes:     slices.Collect(maps.Keys(conflicts)),
 		APIServerHost:     r.APIServerHost,
 		APIServerPort:     r.APIServerPort,
+		ImagePolicy:       policy,
 	})
+	if err != nil {
+		return err
+	}
+	binding, err := r.agentBinding(ctx)
 	if err != nil {
 		return err
 	}
 	// The ConfigMap goes before the DaemonSet, so that rolled pods find the new file.
 	for _, ac := range []runtime.ApplyConfiguration{
-		objs.ServiceAccount, objs.ClusterRole, objs.ClusterRoleBinding, objs.ConfigMap, objs.DaemonSet,
+		objs.ServiceAccount, binding, objs.ConfigMap, objs.DaemonSet,
 	} {
 		if err := r.Apply(ctx, ac, FieldOwner, client.ForceOwnership); err != nil {
 			return fmt.Errorf("applying %T: %w", ac, err)
@@ -223,8 +234,8 @@ func (r *ProxyConfigurationReconciler) SetupWithManager(mgr ctrl.Manager) error 
 		Owns(&appsv1.DaemonSet{}).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.ServiceAccount{}).
-		Owns(&rbacv1.ClusterRole{}).
-		Owns(&rbacv1.ClusterRoleBinding{}).
+		// The agents' binding has every configuration as owner, none as controller.
+		Watches(&rbacv1.ClusterRoleBinding{}, handler.EnqueueRequestsFromMapFunc(r.allConfigurations)).
 		// Node ownership between configurations depends on every configuration's
 		// selector and age: a spec change or deletion of one re-evaluates all.
 		Watches(&kpov1.ProxyConfiguration{}, handler.EnqueueRequestsFromMapFunc(r.allConfigurations),

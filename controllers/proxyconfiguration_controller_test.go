@@ -101,24 +101,27 @@ func TestConfigurationRendersAgentObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	isOwned(sa)
-	role := &rbacv1.ClusterRole{}
-	if err := k8s.Get(testCtx, types.NamespacedName{Name: name}, role); err != nil {
-		t.Fatal(err)
+	// The agents' permissions: the fixed kpo-agent role, bound to this
+	// configuration's ServiceAccount by the one shared binding; no role of its own.
+	if err := k8s.Get(testCtx, types.NamespacedName{Name: name}, &rbacv1.ClusterRole{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a ClusterRole %s exists (err %v): the operator must not write cluster roles", name, err)
 	}
-	isOwned(role)
-	for _, r := range role.Rules {
-		if slices.Contains(r.Verbs, "delete") || slices.Contains(r.Verbs, "*") || slices.Contains(r.Resources, "secrets") {
-			t.Errorf("agent role is not least privilege: %+v", r)
+	apiserver.Eventually(t, wait, func() error {
+		binding := &rbacv1.ClusterRoleBinding{}
+		if err := k8s.Get(testCtx, types.NamespacedName{Name: render.AgentBindingName}, binding); err != nil {
+			return err
 		}
-	}
-	binding := &rbacv1.ClusterRoleBinding{}
-	if err := k8s.Get(testCtx, types.NamespacedName{Name: name}, binding); err != nil {
-		t.Fatal(err)
-	}
-	isOwned(binding)
-	if binding.RoleRef.Name != name || binding.Subjects[0].Name != name || binding.Subjects[0].Namespace != testNamespace {
-		t.Errorf("binding %+v", binding)
-	}
+		if binding.RoleRef.Kind != "ClusterRole" || binding.RoleRef.Name != render.AgentClusterRoleName {
+			return fmt.Errorf("binding's roleRef %+v", binding.RoleRef)
+		}
+		if !slices.Contains(binding.Subjects, rbacv1.Subject{Kind: "ServiceAccount", Name: name, Namespace: testNamespace}) {
+			return fmt.Errorf("binding's subjects %+v lack %s/%s", binding.Subjects, testNamespace, name)
+		}
+		if !slices.ContainsFunc(binding.OwnerReferences, func(r metav1.OwnerReference) bool { return r.UID == pc.UID }) {
+			return fmt.Errorf("binding's owners %+v lack the configuration", binding.OwnerReferences)
+		}
+		return nil
+	})
 
 	// Two nodes are selected; no agent has reported yet.
 	waitForStatus(t, pc.Name, func(pc *kpov1.ProxyConfiguration) error {
@@ -411,8 +414,6 @@ func TestDeletionGarbageCollectsOwnedObjects(t *testing.T) {
 		&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNamespace}},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNamespace}},
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNamespace}},
-		&rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}},
-		&rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name}},
 	} {
 		apiserver.Eventually(t, 60*time.Second, func() error {
 			err := k8s.Get(testCtx, client.ObjectKeyFromObject(o), o)

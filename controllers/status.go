@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/controllers/imagepolicy"
 )
 
 // ModeMixed is status.mode while the nodes run different modes (during a switch).
@@ -139,6 +141,10 @@ func degradedCondition(failing []kpov1.NodeFailure, failingTotal int32, in statu
 	switch {
 	case in.applyErr != nil:
 		c.Reason = kpov1.ReasonApplyFailed
+		// The agent image policy's refusal has a reason of its own.
+		if refused, ok := errors.AsType[*imagepolicy.NotAllowedError](in.applyErr); ok {
+			c.Reason = refused.Reason()
+		}
 		c.Message = truncate(in.applyErr.Error(), 1024)
 	case len(in.conflicts) > 0:
 		c.Reason = kpov1.ReasonNodeSelectorConflict

@@ -16,12 +16,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"kpo.dev/kpo/controllers/imagepolicy"
 	"kpo.dev/kpo/test/apiserver"
 )
 
 const (
 	testNamespace  = "kpo-system"
 	testAgentImage = "registry.example/kpo:test"
+	// testApprovedImages is the suite operator's --agent-image-allow entry.
+	testApprovedImages = "registry.example/approved/"
 	// wait bounds every poll of the operator's work.
 	wait = 20 * time.Second
 )
@@ -74,9 +77,14 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	policy, err := imagepolicy.New(testAgentImage, "", []string{testApprovedImages})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	if err := (&ProxyConfigurationReconciler{
 		Client: mgr.GetClient(), Scheme: mgr.GetScheme(),
-		Namespace: testNamespace, DefaultAgentImage: testAgentImage,
+		Namespace: testNamespace, DefaultAgentImage: testAgentImage, ImagePolicy: policy,
 	}).SetupWithManager(mgr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -390,6 +390,9 @@ const (
 	ReasonNodeSelectorConflict = "NodeSelectorConflict"
 	ReasonNodesFailing         = "NodesFailing"
 	ReasonApplyFailed          = "ApplyFailed"
+	// ReasonImageNotAllowed: spec.agent.image is outside the operator's agent
+	// image policy (--agent-image-allow); nothing is rendered for the spec.
+	ReasonImageNotAllowed = "ImageNotAllowed"
 )
 
 // MaxFailingNodes bounds status.failingNodes so that a broken cluster does not

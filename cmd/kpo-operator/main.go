@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/controllers"
+	"kpo.dev/kpo/controllers/imagepolicy"
 )
 
 func main() {
@@ -27,6 +29,12 @@ func main() {
 		leaderElect = flag.Bool("leader-elect", false, "elect a leader, so that only one replica reconciles")
 		apiServer   = flag.String("agent-kube-apiserver", os.Getenv("KPO_AGENT_KUBE_APISERVER"),
 			"host:port of the API server for the agents (needed when no other proxy serves the kubernetes Service)")
+		imageAllow = flag.String("agent-image-allow", os.Getenv("KPO_AGENT_IMAGE_ALLOW"),
+			"comma-separated images the agents may run besides --agent-image, which run privileged as root on every selected node: "+
+				"sha256:<digest>, an exact reference (repo:tag or repo@sha256:...), a repository (any tag or digest), "+
+				"or a fully qualified path prefix ending in / (docs/security.md)")
+		podName = flag.String("pod-name", os.Getenv("POD_NAME"),
+			"the operator's own pod, read once to pin --agent-image by the digest the operator runs (empty: no pinning)")
 	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -57,11 +65,18 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	pinned := pinnedOwnImage(ctrl.LoggerInto(context.Background(), setupLog), mgr.GetAPIReader(), *namespace, *podName, *agentImage)
+	policy, err := imagepolicy.New(*agentImage, pinned, splitList(*imageAllow))
+	if err != nil {
+		setupLog.Error(err, "the agent image policy")
+		os.Exit(1)
+	}
 	if err := (&controllers.ProxyConfigurationReconciler{
 		Client:            mgr.GetClient(),
 		Scheme:            mgr.GetScheme(),
 		Namespace:         *namespace,
-		DefaultAgentImage: *agentImage,
+		DefaultAgentImage: policy.Default(),
+		ImagePolicy:       policy,
 		APIServerHost:     apiHost,
 		APIServerPort:     apiPort,
 	}).SetupWithManager(mgr); err != nil {
@@ -71,7 +86,7 @@ func main() {
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
 
-	setupLog.Info("starting", "namespace", *namespace, "agentImage", *agentImage)
+	setupLog.Info("starting", "namespace", *namespace, "agentImage", policy.Default(), "allowedAgentImages", policy.Entries())
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		setupLog.Error(err, "manager stopped")
 		os.Exit(1)

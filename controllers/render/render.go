@@ -1,5 +1,8 @@
 // Package render turns a ProxyConfiguration into the objects that run its node
-// agents: ServiceAccount, ClusterRole, ClusterRoleBinding, ConfigMap and DaemonSet.
+// agents: ServiceAccount, ConfigMap and DaemonSet in the operator's namespace,
+// and the one ClusterRoleBinding that grants every configuration's agents the
+// fixed kpo-agent ClusterRole (config/rbac/agent_role.yaml). The operator
+// writes no ClusterRole: it holds only 'bind' on kpo-agent (docs/security.md).
 //
 // Everything here is a pure function of its inputs (no client, no clock), so the
 // output is table- and golden-tested, and the controller only has to apply it.
@@ -12,6 +15,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -24,6 +28,7 @@ import (
 	"k8s.io/klog/v2"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/controllers/imagepolicy"
 )
 
 // Labels and annotations kpo puts on what it renders.
@@ -43,6 +48,15 @@ const (
 	AgentContainerName = "agent"
 	// AgentConfigDir is where the agent's ConfigMap is mounted.
 	AgentConfigDir = "/etc/kpo"
+
+	// AgentClusterRoleName is the agents' ClusterRole, shipped in config/rbac.
+	AgentClusterRoleName = "kpo-agent"
+	// AgentBindingName is the one ClusterRoleBinding of that role to the
+	// agents' ServiceAccounts; the operator may write only this binding.
+	AgentBindingName = "kpo-agent"
+	// AgentServiceAccountPrefix starts every agent ServiceAccount's name (AgentName):
+	// the node-status admission policy (config/policy) keys on it.
+	AgentServiceAccountPrefix = "kpo-agent-"
 )
 
 // Options are the operator-level inputs of rendering.
@@ -61,22 +75,23 @@ type Options struct {
 	// itself cannot program that ClusterIP before it has talked to the API server.
 	APIServerHost string
 	APIServerPort string
+	// ImagePolicy, when set, refuses agent images outside it (an
+	// *imagepolicy.NotAllowedError): nothing is rendered then.
+	ImagePolicy *imagepolicy.Policy
 }
 
 // Objects is everything one ProxyConfiguration renders to.
 type Objects struct {
-	ServiceAccount     *corev1ac.ServiceAccountApplyConfiguration
-	ClusterRole        *rbacv1ac.ClusterRoleApplyConfiguration
-	ClusterRoleBinding *rbacv1ac.ClusterRoleBindingApplyConfiguration
-	ConfigMap          *corev1ac.ConfigMapApplyConfiguration
-	DaemonSet          *appsv1ac.DaemonSetApplyConfiguration
+	ServiceAccount *corev1ac.ServiceAccountApplyConfiguration
+	ConfigMap      *corev1ac.ConfigMapApplyConfiguration
+	DaemonSet      *appsv1ac.DaemonSetApplyConfiguration
 	// ConfigHash is the hash of the agent configuration, as on the pod template.
 	ConfigHash string
 }
 
 // AgentName is the name of every object rendered for a ProxyConfiguration.
 func AgentName(pc *kpov1.ProxyConfiguration) string {
-	return "kpo-agent-" + pc.Name
+	return AgentServiceAccountPrefix + pc.Name
 }
 
 // SelectorLabels select the agent pods of one ProxyConfiguration. They are the
@@ -130,6 +145,11 @@ func Render(pc *kpov1.ProxyConfiguration, opts Options) (*Objects, error) {
 	if image == "" {
 		return nil, fmt.Errorf("spec.agent.image is empty and the operator has no default agent image")
 	}
+	if opts.ImagePolicy != nil {
+		if err := opts.ImagePolicy.Check(image); err != nil {
+			return nil, err
+		}
+	}
 	data, err := kpov1.MarshalAgentConfiguration(AgentConfiguration(pc))
 	if err != nil {
 		return nil, fmt.Errorf("rendering agent configuration: %w", err)
@@ -142,15 +162,10 @@ func Render(pc *kpov1.ProxyConfiguration, opts Options) (*Objects, error) {
 	labels := commonLabels(pc)
 
 	objs := &Objects{ConfigHash: hash}
+	// No token unless a pod asks for one: only the agent pods do (below).
 	objs.ServiceAccount = corev1ac.ServiceAccount(name, opts.Namespace).
-		WithLabels(labels).WithOwnerReferences(owner)
-	objs.ClusterRole = rbacv1ac.ClusterRole(name).
 		WithLabels(labels).WithOwnerReferences(owner).
-		WithRules(agentRules(pc)...)
-	objs.ClusterRoleBinding = rbacv1ac.ClusterRoleBinding(name).
-		WithLabels(labels).WithOwnerReferences(owner).
-		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(name)).
-		WithSubjects(rbacv1ac.Subject().WithKind("ServiceAccount").WithName(name).WithNamespace(opts.Namespace))
+		WithAutomountServiceAccountToken(false)
 	objs.ConfigMap = corev1ac.ConfigMap(name, opts.Namespace).
 		WithLabels(labels).WithOwnerReferences(owner).
 		WithData(map[string]string{kpov1.AgentConfigKey: string(data)})
@@ -168,22 +183,31 @@ func ownerReference(pc *kpov1.ProxyConfiguration) *metav1ac.OwnerReferenceApplyC
 		WithBlockOwnerDeletion(true)
 }
 
-// agentRules is the agent's least privilege: read what it proxies, read its own
-// configuration, write node status reports and events.
-func agentRules(pc *kpov1.ProxyConfiguration) []*rbacv1ac.PolicyRuleApplyConfiguration {
-	read := []string{"get", "list", "watch"}
-	return []*rbacv1ac.PolicyRuleApplyConfiguration{
-		rbacv1ac.PolicyRule().WithAPIGroups("").WithResources("services", "nodes").WithVerbs(read...),
-		rbacv1ac.PolicyRule().WithAPIGroups("discovery.k8s.io").WithResources("endpointslices").WithVerbs(read...),
-		rbacv1ac.PolicyRule().WithAPIGroups("networking.k8s.io").WithResources("servicecidrs").WithVerbs(read...),
-		rbacv1ac.PolicyRule().WithAPIGroups("", "events.k8s.io").WithResources("events").WithVerbs("create", "patch", "update"),
-		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxyconfigurations").
-			WithResourceNames(pc.Name).WithVerbs(read...),
-		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxynodestatuses").
-			WithVerbs("get", "list", "watch", "create", "patch", "update"),
-		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxynodestatuses/status").
-			WithVerbs("get", "patch", "update"),
+// AgentBinding binds the agents' ClusterRole to the ServiceAccount of every
+// configuration in configs (those being deleted included: their agents still
+// report CleanedUp). It is owned by each live one, none as controller, so that
+// the garbage collector removes it with the last one. One being deleted is no
+// owner (or a foreground deletion's garbage collector and the operator would
+// take turns removing and adding it), unless none is live: then every one is,
+// so that the binding goes with them. The operator's RBAC allows it this one
+// binding, by name, and 'bind' on that one role.
+func AgentBinding(namespace string, configs []*kpov1.ProxyConfiguration) *rbacv1ac.ClusterRoleBindingApplyConfiguration {
+	sorted := slices.SortedFunc(slices.Values(configs), func(a, b *kpov1.ProxyConfiguration) int {
+		return strings.Compare(a.Name, b.Name)
+	})
+	crb := rbacv1ac.ClusterRoleBinding(AgentBindingName).
+		WithLabels(map[string]string{LabelName: AgentAppName, LabelManagedBy: ManagedBy}).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup("rbac.authorization.k8s.io").WithKind("ClusterRole").WithName(AgentClusterRoleName))
+	anyLive := slices.ContainsFunc(sorted, func(pc *kpov1.ProxyConfiguration) bool { return pc.DeletionTimestamp == nil })
+	for _, pc := range sorted {
+		if pc.DeletionTimestamp == nil || !anyLive {
+			crb.WithOwnerReferences(metav1ac.OwnerReference().
+				WithAPIVersion(kpov1.GroupVersion.String()).WithKind("ProxyConfiguration").
+				WithName(pc.Name).WithUID(pc.UID))
+		}
+		crb.WithSubjects(rbacv1ac.Subject().WithKind("ServiceAccount").WithName(AgentName(pc)).WithNamespace(namespace))
 	}
+	return crb
 }
 
 func daemonSet(pc *kpov1.ProxyConfiguration, opts Options, image, hash string,
@@ -203,6 +227,8 @@ func daemonSet(pc *kpov1.ProxyConfiguration, opts Options, image, hash string,
 
 	pod := corev1ac.PodSpec().
 		WithServiceAccountName(name).
+		// The agent talks to the API server; its ServiceAccount mounts no token by default.
+		WithAutomountServiceAccountToken(true).
 		// The agent programs the node's own network namespace.
 		WithHostNetwork(true).
 		WithDNSPolicy(corev1.DNSClusterFirstWithHostNet).
@@ -277,7 +303,14 @@ func agentContainer(pc *kpov1.ProxyConfiguration, image string, opts Options) *c
 		// conntrack over netlink), NET_RAW and SYS_MODULE (loading ip_vs), the agent
 		// writes sysctls (conntrack limits, route_localnet, IPVS strict ARP), and
 		// container runtimes mount /proc/sys read-only in unprivileged containers.
-		WithSecurityContext(corev1ac.SecurityContext().WithPrivileged(true)).
+		// The image's USER is non-root (for the operator): the agent asks for
+		// root explicitly. Its root filesystem stays read-only: it writes only
+		// the kernel's /proc/sys and /sys, and the xtables lock (a host file).
+		// docs/security.md lists why each privilege is needed.
+		WithSecurityContext(corev1ac.SecurityContext().
+			WithPrivileged(true).
+			WithRunAsUser(0).WithRunAsGroup(0).WithRunAsNonRoot(false).
+			WithReadOnlyRootFilesystem(true)).
 		// Readiness is the agent's /readyz: 503 until its first successful sync.
 		// A rolling update replaces maxUnavailable agents and waits for them to
 		// turn ready, so a configuration that cannot sync stops at the first

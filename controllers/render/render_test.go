@@ -3,6 +3,7 @@ package render
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/controllers/imagepolicy"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -64,7 +66,7 @@ func TestRenderGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out bytes.Buffer
-			for _, o := range []any{objs.ServiceAccount, objs.ClusterRole, objs.ClusterRoleBinding, objs.ConfigMap, objs.DaemonSet} {
+			for _, o := range []any{objs.ServiceAccount, objs.ConfigMap, objs.DaemonSet} {
 				data, err := yaml.Marshal(o)
 				if err != nil {
 					t.Fatal(err)
@@ -72,20 +74,26 @@ func TestRenderGolden(t *testing.T) {
 				out.WriteString("---\n")
 				out.Write(data)
 			}
-			golden := filepath.Join("testdata", tc.name+".golden.yaml")
-			if *update {
-				if err := os.WriteFile(golden, out.Bytes(), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run 'go test ./controllers/render -update' to create it)", err)
-			}
-			if !bytes.Equal(out.Bytes(), want) {
-				t.Errorf("rendering differs from %s (rerun with -update and review the diff):\n%s", golden, out.String())
-			}
+			compareGolden(t, tc.name, out.Bytes())
 		})
+	}
+}
+
+// compareGolden compares got with testdata/<name>.golden.yaml (rewritten with -update).
+func compareGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	golden := filepath.Join("testdata", name+".golden.yaml")
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run 'go test ./controllers/render -update' to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("rendering differs from %s (rerun with -update and review the diff):\n%s", golden, got)
 	}
 }
 
@@ -136,6 +144,60 @@ func TestRenderErrors(t *testing.T) {
 	}
 	if _, err := Render(sample(), Options{DefaultAgentImage: "img"}); err == nil {
 		t.Error("no namespace: want an error")
+	}
+}
+
+// TestImageOutsidePolicyRendersNothing: a spec naming an image outside the
+// operator's agent image policy gets the policy's refusal and no object.
+func TestImageOutsidePolicyRendersNothing(t *testing.T) {
+	policy, err := imagepolicy.New("registry.example/kpo:v0.1.0", "", []string{"registry.example/approved/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{Namespace: "kpo-system", DefaultAgentImage: policy.Default(), ImagePolicy: policy}
+	for image, allowed := range map[string]bool{
+		"":                                  true, // the default
+		"registry.example/kpo:v0.1.0":       true,
+		"registry.example/approved/kpo:v2":  true,
+		"attacker.example/root-shell:v1":    false,
+		"registry.example/approved-not/x:1": false,
+	} {
+		pc := sample()
+		pc.Spec.Agent.Image = image
+		objs, err := Render(pc, opts)
+		if allowed {
+			if err != nil {
+				t.Errorf("%q: %v", image, err)
+			}
+			continue
+		}
+		var refused *imagepolicy.NotAllowedError
+		if !errors.As(err, &refused) || objs != nil {
+			t.Errorf("%q: rendered %v with error %v, want nothing and the policy's refusal", image, objs, err)
+		}
+	}
+}
+
+// TestAgentBindingGolden: one binding of the fixed kpo-agent ClusterRole to
+// every configuration's ServiceAccount, owned by all of them.
+func TestAgentBindingGolden(t *testing.T) {
+	a, b, deleting := sample(), sample(), sample()
+	b.Name, b.UID = "canary", "0b1c2d3e-0000-4000-8000-000000000002"
+	// Its agents still need the role to report CleanedUp; it owns nothing any more.
+	deleting.Name, deleting.UID, deleting.DeletionTimestamp = "old", "0b1c2d3e-0000-4000-8000-000000000003", &metav1.Time{}
+	data, err := yaml.Marshal(AgentBinding("kpo-system", []*kpov1.ProxyConfiguration{a, deleting, b}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareGolden(t, "agent-binding", data)
+	again, _ := yaml.Marshal(AgentBinding("kpo-system", []*kpov1.ProxyConfiguration{b, a, deleting}))
+	if !bytes.Equal(data, again) {
+		t.Errorf("the binding depends on the order of the configurations:\n%s\n%s", data, again)
+	}
+	// Only configurations being deleted: they own it, so that it goes with the last.
+	last := AgentBinding("kpo-system", []*kpov1.ProxyConfiguration{deleting})
+	if len(last.OwnerReferences) != 1 || *last.OwnerReferences[0].UID != deleting.UID {
+		t.Errorf("owners %+v, want the configuration being deleted", last.OwnerReferences)
 	}
 }
 
