@@ -34,12 +34,8 @@ func TestMain(m *testing.M) {
 			return m.Run() // the tests skip themselves with the reason
 		}
 		var err error
-		if kubeProxyBin, err = apiserver.Binary("kube-proxy"); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
 		var stop func()
-		if api, agentBin, stop, err = testnet.Start(); err != nil {
+		if api, agentBin, kubeProxyBin, stop, err = testnet.StartWithKubeProxy(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}

@@ -29,3 +29,14 @@ func Start() (api *apiserver.Env, agentBin string, stop func(), err error) {
 	}
 	return api, agentBin, stop, nil
 }
+
+// StartWithKubeProxy is Start for the packages that also run upstream
+// kube-proxy (benchmarks, conformance): it fails early when the binary is
+// missing, with the command that builds it.
+func StartWithKubeProxy() (api *apiserver.Env, agentBin, kubeProxyBin string, stop func(), err error) {
+	if kubeProxyBin, err = apiserver.Binary("kube-proxy"); err != nil {
+		return nil, "", "", nil, err
+	}
+	api, agentBin, stop, err = Start()
+	return api, agentBin, kubeProxyBin, stop, err
+}
