@@ -48,15 +48,21 @@ func (c *Case) YAML() string {
 		fmt.Fprintf(&b, "# case %s, seed %d\n", c.Name, c.Seed)
 	}
 	for _, s := range c.Services {
-		writeYAML(&b, "v1", "Service", s)
+		writeYAML(&b, "v1", "Service", s.DeepCopy())
 	}
 	for _, s := range c.Slices {
-		writeYAML(&b, "discovery.k8s.io/v1", "EndpointSlice", s)
+		writeYAML(&b, "discovery.k8s.io/v1", "EndpointSlice", s.DeepCopy())
 	}
 	return b.String()
 }
 
-func writeYAML(b *strings.Builder, apiVersion, kind string, obj any) {
+func writeYAML(b *strings.Builder, apiVersion, kind string, obj metav1.Object) {
+	// What the API server filled in is not part of the case.
+	obj.SetManagedFields(nil)
+	obj.SetUID("")
+	obj.SetResourceVersion("")
+	obj.SetGeneration(0)
+	obj.SetCreationTimestamp(metav1.Time{})
 	data, err := yaml.Marshal(obj)
 	if err != nil {
 		fmt.Fprintf(b, "# %v\n", err)
