@@ -325,6 +325,10 @@ const (
 	// ConditionDegraded is True when some node cannot apply the spec (see failingNodes) or
 	// the configuration could not be rendered or applied.
 	ConditionDegraded = "Degraded"
+	// ConditionCleanedUp is set while the configuration is being deleted: False
+	// while the operator waits for nodes to remove their rules or to be taken
+	// over (the message names them and why), and when it gives up.
+	ConditionCleanedUp = "CleanedUp"
 )
 
 // Reasons used in ProxyConfiguration conditions.
@@ -336,6 +340,10 @@ const (
 	ReasonNodeSelectorConflict = "NodeSelectorConflict"
 	ReasonNodesFailing         = "NodesFailing"
 	ReasonApplyFailed          = "ApplyFailed"
+	// ReasonWaitingForNodes: deletion waits for nodes to clean up or be taken over.
+	ReasonWaitingForNodes = "WaitingForNodes"
+	// ReasonCleanupTimedOut: deletion gave up waiting; the named nodes may keep rules.
+	ReasonCleanupTimedOut = "CleanupTimedOut"
 )
 
 // MaxFailingNodes bounds status.failingNodes so that a broken cluster does not

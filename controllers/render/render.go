@@ -177,8 +177,10 @@ func agentRules(pc *kpov1.ProxyConfiguration) []*rbacv1ac.PolicyRuleApplyConfigu
 		rbacv1ac.PolicyRule().WithAPIGroups("discovery.k8s.io").WithResources("endpointslices").WithVerbs(read...),
 		rbacv1ac.PolicyRule().WithAPIGroups("networking.k8s.io").WithResources("servicecidrs").WithVerbs(read...),
 		rbacv1ac.PolicyRule().WithAPIGroups("", "events.k8s.io").WithResources("events").WithVerbs("create", "patch", "update"),
+		// Every configuration, not only its own: an agent whose configuration is
+		// deleted hands the node over to the one that selects it next.
 		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxyconfigurations").
-			WithResourceNames(pc.Name).WithVerbs(read...),
+			WithVerbs(read...),
 		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxynodestatuses").
 			WithVerbs("get", "list", "watch", "create", "patch", "update"),
 		rbacv1ac.PolicyRule().WithAPIGroups(kpov1.GroupVersion.Group).WithResources("proxynodestatuses/status").
@@ -216,6 +218,10 @@ func daemonSet(pc *kpov1.ProxyConfiguration, opts Options, image, hash string,
 			// every other writer of the node's iptables (kubelet, CNI plugins).
 			corev1ac.Volume().WithName("xtables-lock").
 				WithHostPath(corev1ac.HostPathVolumeSource().WithPath("/run/xtables.lock").WithType(corev1.HostPathFileOrCreate)),
+			// The node's agent lock (kpo-agent --lock-file): agents of any
+			// configuration on one node take turns, never interleaving syncs.
+			corev1ac.Volume().WithName("agent-lock").
+				WithHostPath(corev1ac.HostPathVolumeSource().WithPath("/run/kpo").WithType(corev1.HostPathDirectoryOrCreate)),
 			// modprobe of ip_vs and nf_conntrack modules reads the host's modules.
 			corev1ac.Volume().WithName("lib-modules").
 				WithHostPath(corev1ac.HostPathVolumeSource().WithPath("/lib/modules").WithType(corev1.HostPathDirectoryOrCreate)),
@@ -292,6 +298,7 @@ func agentContainer(pc *kpov1.ProxyConfiguration, image string, opts Options) *c
 		WithVolumeMounts(
 			corev1ac.VolumeMount().WithName("config").WithMountPath(AgentConfigDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName("xtables-lock").WithMountPath("/run/xtables.lock"),
+			corev1ac.VolumeMount().WithName("agent-lock").WithMountPath("/run/kpo"),
 			corev1ac.VolumeMount().WithName("lib-modules").WithMountPath("/lib/modules").WithReadOnly(true),
 		)
 	if opts.APIServerHost != "" {
