@@ -278,7 +278,11 @@ func agentContainer(pc *kpov1.ProxyConfiguration, image string, opts Options) *c
 		).
 		WithEnv(corev1ac.EnvVar().WithName("NODE_NAME").
 			WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("spec.nodeName")))).
-		WithPorts(corev1ac.ContainerPort().WithName("healthz").WithContainerPort(healthz).WithProtocol(corev1.ProtocolTCP)).
+		// No ports: with hostNetwork a containerPort is a hostPort, and the
+		// scheduler keeps a second pod claiming it off the node; the successor
+		// of a deleted configuration must start next to the old agent, which
+		// hands it the node (the host lock keeps them apart). kube-proxy's
+		// DaemonSet declares none either.
 		// Privileged, like kube-proxy: besides NET_ADMIN (netfilter, IPVS and
 		// conntrack over netlink), NET_RAW and SYS_MODULE (loading ip_vs), the agent
 		// writes sysctls (conntrack limits, route_localnet, IPVS strict ARP), and
