@@ -392,7 +392,8 @@ type ProxyConfigurationStatus struct {
 	// +optional
 	FailingNodes []NodeFailure `json:"failingNodes,omitempty"`
 
-	// Conditions: Available, Progressing and Degraded.
+	// Conditions: Available, Progressing and Degraded; CleanedUp while the
+	// configuration is being deleted.
 	// +listType=map
 	// +listMapKey=type
 	// +optional

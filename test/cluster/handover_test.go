@@ -49,7 +49,15 @@ func TestHandOverUnderLoad(t *testing.T) {
 	ls := loads(t, c)
 	second := handOver(t, c, first, "handover-b", kpov1.ModeNFTables)
 	handOver(t, c, second, "handover-c", kpov1.ModeIPTables)
-	stopLoads(t, "across two hand-overs", ls)
+	var summary []string
+	for _, l := range ls {
+		total, failures := l.Stop()
+		if len(failures) > 0 || total < 20 {
+			t.Errorf("across two hand-overs (%s): %d of %d requests failed; first: %q", l.What, len(failures), total, failures[:min(5, len(failures))])
+		}
+		summary = append(summary, fmt.Sprintf("%s: %d failed of %d", l.What, len(failures), total))
+	}
+	t.Logf("loads: %s", strings.Join(summary, "; "))
 }
 
 // handOver creates the successor of old (younger, every node, mode), checks

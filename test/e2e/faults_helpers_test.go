@@ -185,3 +185,19 @@ func iptablesBinary(t *testing.T, node *testnet.Node) string {
 	t.Fatalf("no kpo iptables chains on %s: %v", node.Name, objects)
 	return ""
 }
+
+// stopLoads stops the loads, fails the test if any request failed or fewer
+// than atLeast were sent by one of them, and returns a summary for the log.
+func stopLoads(t *testing.T, what string, loads []*testnet.Load, atLeast int) string {
+	t.Helper()
+	var parts []string
+	for _, l := range loads {
+		total, failures := l.Stop()
+		if len(failures) > 0 || total < atLeast {
+			t.Errorf("%s (%s): %d of %d requests failed (want none of at least %d); first: %q",
+				what, l.What, len(failures), total, atLeast, failures[:min(len(failures), 5)])
+		}
+		parts = append(parts, fmt.Sprintf("%s: %d failed of %d", l.What, len(failures), total))
+	}
+	return strings.Join(parts, "; ")
+}

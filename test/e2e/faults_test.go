@@ -109,9 +109,7 @@ func TestAPIServerOutage(t *testing.T) {
 		waitSyncedAfter(t, node.Name, back)
 	}
 	statusBack := time.Since(back)
-	for i, l := range loads {
-		l.StopAndCheck(t, fmt.Sprintf("load %d across a %v API server outage", i, outage), int(outage/(40*time.Millisecond)))
-	}
+	summary := stopLoads(t, fmt.Sprintf("across a %v API server outage", outage), loads, int(outage/(40*time.Millisecond)))
 	if len(unhealthy) > 0 {
 		t.Errorf("%d of %d health probes failed during the outage; first: %v", len(unhealthy), probes, unhealthy[:min(5, len(unhealthy))])
 	}
@@ -121,9 +119,9 @@ func TestAPIServerOutage(t *testing.T) {
 		}
 	}
 	t.Logf("API server outage of %v: %d health probes, all 200; the Service created during it answered %v (node-1, nftables) "+
-		"and %v (node-2, iptables) after the path came back; both reports current after %v",
+		"and %v (node-2, iptables) after the path came back; both reports current after %v; loads: %s",
 		outage, probes, recovered[n1.Name].Round(100*time.Millisecond), recovered[n2.Name].Round(100*time.Millisecond),
-		statusBack.Round(100*time.Millisecond))
+		statusBack.Round(100*time.Millisecond), summary)
 }
 
 // TestKernelRefusesTransaction makes the kernel refuse the node's next
@@ -177,6 +175,14 @@ func kernelRefuses(t *testing.T, mode kpov1.Mode) {
 	// The previous rules stay: the deleted Service still answers.
 	expectServer(t, client.NS, "tcp", "10.96.11.3:80", b.Name)
 	holdFor(refusalHeld - time.Since(start))
+	// Within 2 × syncPeriod of the first failure the agent stays live and
+	// ready (health.go): kubelet does not restart it for a refusal it would
+	// meet again.
+	for _, path := range []string{"/livez", kpov1.AgentReadyPath} {
+		if code, body, err := httpGet(node.NS, "127.0.0.1:10256", path); err != nil || code != http.StatusOK {
+			t.Errorf("%s after %v of refusals: %d %v %s", path, refusalHeld, code, err, body)
+		}
+	}
 	after, err := agentMetric(node, "kpo_sync_proxy_rules_failures_total")
 	if err != nil {
 		t.Fatal(err)
@@ -193,11 +199,9 @@ func kernelRefuses(t *testing.T, mode kpov1.Mode) {
 	waitSyncedAfter(t, node.Name, removed)
 	recovery := time.Since(removed)
 	expectUnanswered(t, client.NS, "10.96.11.3:80")
-	for _, l := range loads {
-		l.StopAndCheck(t, "while the kernel refused every transaction", int(refusalHeld/(40*time.Millisecond)))
-	}
-	t.Logf("%s: %d failed syncs in %v of refusals; synced %v after the obstacle went",
-		mode, failures, refusalHeld, recovery.Round(100*time.Millisecond))
+	summary := stopLoads(t, "while the kernel refused every transaction", loads, int(refusalHeld/(40*time.Millisecond)))
+	t.Logf("%s: %d failed syncs in %v of refusals; synced %v after the obstacle went; loads: %s",
+		mode, failures, refusalHeld, recovery.Round(100*time.Millisecond), summary)
 }
 
 var nftServiceChain = regexp.MustCompile(`chain (svc-\S+-testnet-doomed-echo) \{`)
@@ -318,12 +322,11 @@ func TestTwoAgentsOnOneNode(t *testing.T) {
 		return nil
 	})
 	waitSyncedAfter(t, node.Name, killed)
+	took := time.Since(killed)
 	expectOnlyMode(t, node, kpov1.ModeIPTables)
 	expectServer(t, client.NS, "tcp", "10.96.12.2:80", server.Name)
-	for _, l := range loads {
-		l.StopAndCheck(t, "with a second agent waiting and then taking over", 50)
-	}
-	t.Logf("the second agent synced %v after the first was killed", time.Since(killed).Round(100*time.Millisecond))
+	summary := stopLoads(t, "with a second agent waiting and then taking over", loads, 50)
+	t.Logf("the second agent reported synced %v after the first was killed; load: %s", took.Round(100*time.Millisecond), summary)
 }
 
 // TestCleanupFailsHalfway makes kpo's iptables cleanup fail (a foreign nat
