@@ -90,7 +90,7 @@ func newDeletionFixture(t *testing.T, ctx context.Context, name string) *deletio
 			kpov1.ModeIPTables: func() (backend.Backend, error) { return f.ipt, nil },
 		},
 		HealthzBindAddress: f.healthz, MetricsBindAddress: freePort(t),
-		HostLock:           lock,
+		HostLock: lock,
 		Leftovers: func(context.Context) ([]string, error) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
