@@ -151,9 +151,26 @@ deploy: manifests $(KUSTOMIZE) ## Deploy the operator (IMG=registry/kpo:tag) to 
 	cd config/manager && $(KUSTOMIZE) edit set image operator=$(IMG)
 	$(KUSTOMIZE) build config/default | kubectl apply --server-side -f -
 
+# undeploy removes the ProxyConfigurations first and waits for them: their
+# agents remove the nodes' rules (the operator's finalizer waits at most 2
+# minutes per configuration, then says which nodes may keep rules); only then
+# do the operator and the CRDs go. Deleting the CRD with configurations left
+# would leave it stuck on their finalizers once the operator is gone, and the
+# nodes' rules behind. If the operator is not running, nothing is removed:
+# start it, or remove the rules with kpo-agent --cleanup and the finalizers by
+# hand.
+KUBECTL ?= kubectl
+UNDEPLOY_TIMEOUT ?= 5m
+
 .PHONY: undeploy
-undeploy: $(KUSTOMIZE) ## Remove the operator.
-	$(KUSTOMIZE) build config/default | kubectl delete --ignore-not-found -f -
+undeploy: ## Remove every ProxyConfiguration (waiting for the nodes' cleanup), then the operator and the CRDs.
+	@if $(KUBECTL) get crd proxyconfigurations.proxy.kpo.dev >/dev/null 2>&1; then \
+		echo "deleting every ProxyConfiguration; the agents remove their rules (up to $(UNDEPLOY_TIMEOUT))"; \
+		$(KUBECTL) delete proxyconfigurations --all --wait --timeout=$(UNDEPLOY_TIMEOUT) || { \
+			echo "ProxyConfigurations are still being deleted: is the operator running? ($(KUBECTL) get proxyconfig -o yaml says what they wait for). Nothing else was removed."; \
+			exit 1; }; \
+	fi
+	$(KUBECTL) delete --ignore-not-found -k config/default
 
 ##@ Tools
 

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -55,6 +56,9 @@ type ProxyConfigurationReconciler struct {
 	APIServerHost, APIServerPort string
 	// Clock stamps condition transitions; tests may replace it.
 	Clock clock.PassiveClock
+	// Recorder records events (a deletion that gave up on some nodes); the
+	// manager's when nil.
+	Recorder events.EventRecorder
 }
 
 // The operator's RBAC (make manifests writes config/rbac/role.yaml). Cluster-wide
@@ -222,6 +226,9 @@ func (r *ProxyConfigurationReconciler) SetupWithManager(mgr ctrl.Manager) error 
 	}
 	if r.Namespace == "" {
 		return errors.New("the operator's namespace is not set")
+	}
+	if r.Recorder == nil {
+		r.Recorder = mgr.GetEventRecorder("kpo-operator")
 	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &kpov1.ProxyNodeStatus{}, reportConfigurationIndex,
 		func(o client.Object) []string {

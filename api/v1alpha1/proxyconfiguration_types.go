@@ -379,6 +379,10 @@ const (
 	// ConditionDegraded is True when some node cannot apply the spec (see failingNodes) or
 	// the configuration could not be rendered or applied.
 	ConditionDegraded = "Degraded"
+	// ConditionCleanedUp is set while the configuration is being deleted: False
+	// while the operator waits for nodes to remove their rules or to be taken
+	// over (the message names them and why), and when it gives up.
+	ConditionCleanedUp = "CleanedUp"
 )
 
 // Reasons used in ProxyConfiguration conditions.
@@ -393,6 +397,10 @@ const (
 	// ReasonImageNotAllowed: spec.agent.image is outside the operator's agent
 	// image policy (--agent-image-allow); nothing is rendered for the spec.
 	ReasonImageNotAllowed = "ImageNotAllowed"
+	// ReasonWaitingForNodes: deletion waits for nodes to clean up or be taken over.
+	ReasonWaitingForNodes = "WaitingForNodes"
+	// ReasonCleanupTimedOut: deletion gave up waiting; the named nodes may keep rules.
+	ReasonCleanupTimedOut = "CleanupTimedOut"
 )
 
 // MaxFailingNodes bounds status.failingNodes so that a broken cluster does not
@@ -441,7 +449,8 @@ type ProxyConfigurationStatus struct {
 	// +optional
 	FailingNodes []NodeFailure `json:"failingNodes,omitempty"`
 
-	// Conditions: Available, Progressing and Degraded.
+	// Conditions: Available, Progressing and Degraded; CleanedUp while the
+	// configuration is being deleted.
 	// +listType=map
 	// +listMapKey=type
 	// +optional

@@ -23,6 +23,12 @@ const (
 	NodeReasonFresh           = "Fresh"
 	NodeReasonStale           = "RulesStale"
 	NodeReasonCleanedUp       = "CleanedUp"
+	// NodeReasonCleanupFailed: the configuration is being deleted and removing
+	// kpo's rules failed; the message names what remains.
+	NodeReasonCleanupFailed = "CleanupFailed"
+	// NodeReasonHandedOver: the configuration is being deleted and another one
+	// takes the node over; its agent replaces the rules (make-before-break).
+	NodeReasonHandedOver = "HandedOver"
 )
 
 // MaxRejectedObjects is how many rejected objects a ProxyNodeStatus names.

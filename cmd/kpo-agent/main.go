@@ -23,29 +23,38 @@ import (
 	"kpo.dev/kpo/nodeagent/sysctl"
 )
 
+// flags are kpo-agent's command line.
+type flags struct {
+	configFile, kubeconfig, nodeName string
+	healthzAddr, metricsAddr         string
+	lockFile                         string
+	cleanup                          bool
+}
+
 func main() {
-	var (
-		configFile  = flag.String("config", "/etc/kpo/config.yaml", "agent configuration file (rendered by the operator)")
-		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file; empty means in-cluster configuration")
-		nodeName    = flag.String("node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
-		healthzAddr = flag.String("healthz-bind-address", "", "override the address of /healthz and /livez (default :<healthzPort>)")
-		metricsAddr = flag.String("metrics-bind-address", "", "override the address of /metrics (default 127.0.0.1:<metricsPort>)")
-		cleanup     = flag.Bool("cleanup", false, "remove every kpo rule of every mode from this node and exit")
-	)
+	var f flags
+	flag.StringVar(&f.configFile, "config", "/etc/kpo/config.yaml", "agent configuration file (rendered by the operator)")
+	flag.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster configuration")
+	flag.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
+	flag.StringVar(&f.healthzAddr, "healthz-bind-address", "", "override the address of /healthz and /livez (default :<healthzPort>)")
+	flag.StringVar(&f.metricsAddr, "metrics-bind-address", "", "override the address of /metrics (default 127.0.0.1:<metricsPort>)")
+	flag.StringVar(&f.lockFile, "lock-file", agent.DefaultLockFile,
+		"this node's agent lock: a second agent (or --cleanup) waits until the holder exits or hands the node over")
+	flag.BoolVar(&f.cleanup, "cleanup", false, "remove every kpo rule of every mode from this node and exit")
 	klog.InitFlags(nil)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *configFile, *kubeconfig, *nodeName, *healthzAddr, *metricsAddr, *cleanup); err != nil {
+	if err := run(ctx, f); err != nil {
 		klog.ErrorS(err, "kpo-agent failed")
 		klog.Flush()
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, configFile, kubeconfig, nodeName, healthzAddr, metricsAddr string, cleanup bool) error {
-	data, err := os.ReadFile(configFile)
-	if err != nil && !cleanup {
+func run(ctx context.Context, f flags) error {
+	data, err := os.ReadFile(f.configFile)
+	if err != nil && !f.cleanup {
 		return err
 	}
 	cfg := &kpov1.AgentConfiguration{Mode: kpov1.ModeIPTables}
@@ -53,16 +62,37 @@ func run(ctx context.Context, configFile, kubeconfig, nodeName, healthzAddr, met
 		// Parsing validates with the CRD's rules: a file the API server would
 		// have refused stops the agent here, naming the fields.
 		if cfg, err = kpov1.ParseAgentConfiguration(data); err != nil {
-			return fmt.Errorf("%s: %w", configFile, err)
+			return fmt.Errorf("%s: %w", f.configFile, err)
 		}
 	}
-	if cleanup {
-		return cleanupAll(ctx, cfg)
-	}
-	if nodeName == "" {
+	if !f.cleanup && f.nodeName == "" {
 		return fmt.Errorf("no node name: set --node-name or NODE_NAME")
 	}
-	restCfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	// Nothing touches the node before the lock is held: not the sysctls, not
+	// the ports, not the rules.
+	owner := fmt.Sprintf("configuration %q generation %d", cfg.ConfigurationName, cfg.ConfigurationGeneration)
+	if f.cleanup {
+		owner = "kpo-agent --cleanup"
+	}
+	lock, err := agent.AcquireHostLock(ctx, f.lockFile, owner)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	factories := map[kpov1.Mode]func() (backend.Backend, error){}
+	for m, mk := range backends.All(cfg) {
+		factories[m] = mk
+	}
+	if f.cleanup {
+		// For operators and node repair: every mode, each on its own; the
+		// error names what the kernel still holds.
+		if err := agent.CleanupAll(ctx, factories, agent.KernelLeftovers); err != nil {
+			return err
+		}
+		klog.InfoS("removed every kpo rule of every mode")
+		return nil
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", f.kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -80,41 +110,17 @@ func run(ctx context.Context, configFile, kubeconfig, nodeName, healthzAddr, met
 	// spec.conntrack, as kube-proxy applies it before its first sync; what
 	// could not be set is reported, not fatal (see package sysctl).
 	conntrackSysctls := sysctl.ApplyConntrack(ctx, &cfg.Conntrack, sysctl.NumCPU(), sysctl.Host)
-	factories := map[kpov1.Mode]func() (backend.Backend, error){}
-	for m, f := range backends.All(cfg) {
-		factories[m] = f
-	}
 	a, err := agent.New(agent.Options{
-		Config: cfg, NodeName: nodeName, Kube: kube, Client: c, Backends: factories,
+		Config: cfg, NodeName: f.nodeName, Kube: kube, Client: c, Backends: factories,
 		ConntrackCleaner:   conntrack.Cleaner{},
 		ConntrackSysctls:   &conntrackSysctls,
-		HealthzBindAddress: healthzAddr, MetricsBindAddress: metricsAddr,
+		HealthzBindAddress: f.healthzAddr, MetricsBindAddress: f.metricsAddr,
+		HostLock: lock, Leftovers: agent.KernelLeftovers,
 	})
 	if err != nil {
 		return err
 	}
-	klog.InfoS("starting kpo-agent", "node", nodeName, "mode", cfg.Mode, "configuration", cfg.ConfigurationName,
-		"generation", cfg.ConfigurationGeneration, "version", agent.Version)
+	klog.InfoS("starting kpo-agent", "node", f.nodeName, "mode", cfg.Mode, "configuration", cfg.ConfigurationName,
+		"generation", cfg.ConfigurationGeneration, "version", agent.Version, "lock", lock.Path())
 	return a.Run(ctx)
-}
-
-// cleanupAll removes the rules of every mode: for operators and node repair.
-func cleanupAll(ctx context.Context, cfg *kpov1.AgentConfiguration) error {
-	var failed []string
-	for mode, mk := range backends.All(cfg) {
-		b, err := mk()
-		if err == nil {
-			err = b.Cleanup(ctx)
-		}
-		if err != nil {
-			klog.ErrorS(err, "cleanup failed", "mode", mode)
-			failed = append(failed, string(mode))
-			continue
-		}
-		klog.InfoS("removed kpo rules", "mode", mode)
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("cleanup failed for %v", failed)
-	}
-	return nil
 }

@@ -19,7 +19,8 @@ func TestInvalidConfigurationStopsTheAgent(t *testing.T) {
 	if err := os.WriteFile(file, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err := run(context.Background(), file, "/nonexistent/kubeconfig", "node-1", "", "", false)
+	err := run(context.Background(), flags{configFile: file, kubeconfig: "/nonexistent/kubeconfig", nodeName: "node-1",
+		lockFile: filepath.Join(t.TempDir(), "agent.lock")})
 	if err == nil {
 		t.Fatal("the agent started on an invalid configuration")
 	}

@@ -242,6 +242,10 @@ func daemonSet(pc *kpov1.ProxyConfiguration, opts Options, image, hash string,
 			// every other writer of the node's iptables (kubelet, CNI plugins).
 			corev1ac.Volume().WithName("xtables-lock").
 				WithHostPath(corev1ac.HostPathVolumeSource().WithPath("/run/xtables.lock").WithType(corev1.HostPathFileOrCreate)),
+			// The node's agent lock (kpo-agent --lock-file): agents of any
+			// configuration on one node take turns, never interleaving syncs.
+			corev1ac.Volume().WithName("agent-lock").
+				WithHostPath(corev1ac.HostPathVolumeSource().WithPath("/run/kpo").WithType(corev1.HostPathDirectoryOrCreate)),
 			// modprobe of ip_vs and nf_conntrack modules reads the host's modules.
 			corev1ac.Volume().WithName("lib-modules").
 				WithHostPath(corev1ac.HostPathVolumeSource().WithPath("/lib/modules").WithType(corev1.HostPathDirectoryOrCreate)),
@@ -298,7 +302,11 @@ func agentContainer(pc *kpov1.ProxyConfiguration, image string, opts Options) *c
 		).
 		WithEnv(corev1ac.EnvVar().WithName("NODE_NAME").
 			WithValueFrom(corev1ac.EnvVarSource().WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("spec.nodeName")))).
-		WithPorts(corev1ac.ContainerPort().WithName("healthz").WithContainerPort(healthz).WithProtocol(corev1.ProtocolTCP)).
+		// No ports: with hostNetwork a containerPort is a hostPort, and the
+		// scheduler keeps a second pod claiming it off the node; the successor
+		// of a deleted configuration must start next to the old agent, which
+		// hands it the node (the host lock keeps them apart). kube-proxy's
+		// DaemonSet declares none either.
 		// Privileged, like kube-proxy: besides NET_ADMIN (netfilter, IPVS and
 		// conntrack over netlink), NET_RAW and SYS_MODULE (loading ip_vs), the agent
 		// writes sysctls (conntrack limits, route_localnet, IPVS strict ARP), and
@@ -325,6 +333,7 @@ func agentContainer(pc *kpov1.ProxyConfiguration, image string, opts Options) *c
 		WithVolumeMounts(
 			corev1ac.VolumeMount().WithName("config").WithMountPath(AgentConfigDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName("xtables-lock").WithMountPath("/run/xtables.lock"),
+			corev1ac.VolumeMount().WithName("agent-lock").WithMountPath("/run/kpo"),
 			corev1ac.VolumeMount().WithName("lib-modules").WithMountPath("/lib/modules").WithReadOnly(true),
 		)
 	if opts.APIServerHost != "" {

@@ -64,20 +64,32 @@ func (r *Runtime) writeVolumes(ctx context.Context, pod *corev1.Pod, dir string,
 // hostPath checks or creates a hostPath volume's path per its type. A path it
 // creates is recorded in the run's ledger, so that teardown removes it again
 // if it is still empty (the nodes share this machine's file system).
+//
+// Paths under /run are the node's own (under its directory): /run is each
+// machine's own tmpfs, and the simulated nodes share this machine's, so that
+// a lock there (the agents' /run/kpo/agent.lock, /run/xtables.lock) would
+// otherwise be one lock for every node.
 func (r *Runtime) hostPath(h *corev1.HostPathVolumeSource) (string, error) {
-	st, err := os.Stat(h.Path)
+	path := h.Path
+	if clean := filepath.Clean(path); clean == "/run" || strings.HasPrefix(clean, "/run/") {
+		path = filepath.Join(r.cfg.Dir, "host", clean)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return "", err
+		}
+	}
+	st, err := os.Stat(path)
 	t := ptr.Deref(h.Type, corev1.HostPathUnset)
 	switch {
 	case t == corev1.HostPathDirectoryOrCreate && os.IsNotExist(err):
-		if err := os.MkdirAll(h.Path, 0o755); err != nil {
+		if err := os.MkdirAll(path, 0o755); err != nil {
 			return "", err
 		}
-		r.cfg.Ledger.RecordCreatedPath(h.Path)
+		r.cfg.Ledger.RecordCreatedPath(path)
 	case t == corev1.HostPathFileOrCreate && os.IsNotExist(err):
-		if err := os.WriteFile(h.Path, nil, 0o644); err != nil {
+		if err := os.WriteFile(path, nil, 0o644); err != nil {
 			return "", err
 		}
-		r.cfg.Ledger.RecordCreatedPath(h.Path)
+		r.cfg.Ledger.RecordCreatedPath(path)
 	case t == corev1.HostPathDirectory && (err != nil || !st.IsDir()):
 		return "", fmt.Errorf("hostPath %s: not a directory", h.Path)
 	case t == corev1.HostPathFile && (err != nil || st.IsDir()):
@@ -85,7 +97,7 @@ func (r *Runtime) hostPath(h *corev1.HostPathVolumeSource) (string, error) {
 	case t == corev1.HostPathSocket || t == corev1.HostPathCharDev || t == corev1.HostPathBlockDev:
 		return "", fmt.Errorf("hostPath %s: type %s is not supported", h.Path, t)
 	}
-	return h.Path, nil
+	return path, nil
 }
 
 func (r *Runtime) configMapFiles(ctx context.Context, ns, name string, items []corev1.KeyToPath, optional bool) (map[string][]byte, error) {

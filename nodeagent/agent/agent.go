@@ -61,6 +61,13 @@ type Options struct {
 	// (tests use 127.0.0.1:0). Empty means the config's ports.
 	HealthzBindAddress string
 	MetricsBindAddress string
+	// HostLock is this node's agent lock, held (AcquireHostLock) before New;
+	// the agent releases it when it hands the node over to another
+	// configuration's agent. nil: no lock (tests with fake backends).
+	HostLock *HostLock
+	// Leftovers lists kpo's objects in the kernel, to name what a failed
+	// cleanup left; nil names nothing.
+	Leftovers func(context.Context) ([]string, error)
 }
 
 // ConntrackCleaner reconciles the UDP conntrack entries with the services
@@ -92,7 +99,11 @@ type Agent struct {
 	// the rules are gone (the agent then stops syncing).
 	deleting  atomic.Bool
 	cleanedUp bool
-	last      *model.Snapshot
+	// handedOver is set once another configuration's agent takes the node
+	// over (deletion.go); stopServing stops the health and metrics servers.
+	handedOver  bool
+	stopServing context.CancelFunc
+	last        *model.Snapshot
 	// serviceCIDRs are the cluster's service ranges.
 	serviceCIDRs serviceCIDRs
 	nodeMu       sync.Mutex
@@ -209,7 +220,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		synced = append(synced, reg.HasSynced)
 	}
 
-	if err := a.serve(ctx); err != nil {
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	a.stopServing = stopServing
+	if err := a.serve(serveCtx); err != nil {
 		return err
 	}
 	svcFactory.Start(ctx.Done())
@@ -222,6 +236,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
 	}
+	a.checkDeletion(ctx)
 	logger.Info("caches synced; syncing rules", "mode", a.backend.Mode(), "minSyncPeriod", a.minSync, "syncPeriod", a.syncPeriod)
 
 	var wg sync.WaitGroup
@@ -248,19 +263,7 @@ func (a *Agent) setNode(n *corev1.Node) {
 func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	logger := klog.FromContext(ctx)
 	if a.deleting.Load() {
-		if a.cleanedUp {
-			// Nothing to sync, and nothing stale: keep /healthz and /livez happy
-			// until the DaemonSet (and this pod) goes.
-			a.health.synced(time.Now())
-			return nil
-		}
-		if err := a.cleanUpForDeletion(ctx); err != nil {
-			logger.Error(err, "removing rules for the deletion of the ProxyConfiguration")
-			return err
-		}
-		a.cleanedUp = true
-		a.health.synced(time.Now())
-		return nil
+		return a.syncDeletion(ctx)
 	}
 	// A full sync rewrites the kernel from the model; the model itself is always
 	// current (the tracker folds every event in), so it is not rebuilt.

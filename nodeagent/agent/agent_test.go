@@ -182,7 +182,10 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		}
 		return nil
 	})
-	if first, _ := be.syncs[0], 0; !first.full {
+	be.mu.Lock()
+	first := be.syncs[0]
+	be.mu.Unlock()
+	if !first.full {
 		t.Error("the first sync was not full")
 	}
 

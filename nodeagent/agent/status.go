@@ -37,6 +37,11 @@ type statusReporter struct {
 	cfg    *kpov1.AgentConfiguration
 	mode   kpov1.Mode
 
+	// writeMu serialises writes; final stops them (deletion.go: another
+	// agent writes this node's report from then on).
+	writeMu sync.Mutex
+	final   bool
+
 	mu        sync.Mutex
 	nodeUID   types.UID
 	report    kpov1.ProxyNodeReport
@@ -231,6 +236,11 @@ func (r *statusReporter) run(ctx context.Context) {
 }
 
 func (r *statusReporter) writeIfDue(ctx context.Context) {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
+	if r.final {
+		return
+	}
 	r.mu.Lock()
 	r.refreshHealthLocked()
 	due := r.dirty && r.nodeUID != "" && (r.important || time.Since(r.lastWrite) >= refreshInterval)

@@ -6,7 +6,8 @@
 // real packets and by each node's kernel state.
 //
 // The tests share the cluster and run in order (Go runs a package's tests
-// sequentially); the deletion test runs last.
+// sequentially, files in name order); the deletion test runs after the others
+// of cluster_test.go, then the hand-over test, and undeploy last.
 package cluster_test
 
 import (

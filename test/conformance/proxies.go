@@ -142,7 +142,7 @@ func (k *kpoAgent) stop(t *testing.T, w *World) {
 	t.Helper()
 	for _, node := range w.Nodes {
 		node.KillAgent()
-		if out, err := node.Run(k.bin, "--cleanup", "--config=/nonexistent"); err != nil {
+		if out, err := node.Run(k.bin, "--cleanup", "--config=/nonexistent", "--lock-file="+node.LockFile()); err != nil {
 			t.Logf("kpo-agent --cleanup on %s: %v: %s", node.Name, err, testnet.Tail(out, 2000))
 		}
 	}

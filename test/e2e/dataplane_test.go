@@ -279,7 +279,7 @@ func behaviourTable(t *testing.T, mode kpov1.Mode) {
 	})
 	t.Run("kpo-agent --cleanup removes every kpo rule of every mode", func(t *testing.T) {
 		n2.KillAgent() // a running agent would put its rules back
-		if out, err := n2.Run(agentBin, "--cleanup", "--config=/nonexistent"); err != nil {
+		if out, err := n2.Run(agentBin, "--cleanup", "--config=/nonexistent", "--lock-file="+n2.LockFile()); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
 		if out := n2.MustRun(t, "nft", "list", "tables"); strings.Contains(out, "kpo") {

@@ -184,7 +184,7 @@ func (node *Node) StartAgent(t testing.TB, cfg *kpov1.AgentConfiguration) {
 	}
 	node.logs = &LockedBuffer{}
 	cmd := node.Command(node.net.agentBin, "--config="+cfgPath, "--kubeconfig="+node.net.kubeconfig(t),
-		"--node-name="+node.Name, "--v=2")
+		"--node-name="+node.Name, "--lock-file="+node.LockFile(), "--v=2")
 	cmd.Stdout, cmd.Stderr = node.logs, node.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting agent on %s: %v", node.Name, err)
@@ -198,6 +198,12 @@ func (node *Node) StartAgent(t testing.TB, cfg *kpov1.AgentConfiguration) {
 			t.Logf("agent on %s:\n%s", node.Name, Tail(node.logs.String(), 6000))
 		}
 	})
+}
+
+// LockFile is the node's agent lock (kpo-agent --lock-file): the nodes share
+// this machine's file system, so each has its own instead of /run/kpo's.
+func (node *Node) LockFile() string {
+	return filepath.Join(node.net.dir, node.Name+".lock")
 }
 
 // KillAgent kills the agent with SIGKILL (no cleanup: the rules stay).
