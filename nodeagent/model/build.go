@@ -90,9 +90,11 @@ func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, view
 	sp.ExternalPolicyLocal = svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal && sp.HasExternal()
 	sp.InternalPolicyLocal = svc.Spec.InternalTrafficPolicy != nil &&
 		*svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
-	if sp.ExternalPolicyLocal {
-		sp.HealthCheckNodePort = v.healthCheckPort
-	}
+	// The health check is the Service's (LoadBalancer, eTP Local), served
+	// whether or not the port has external addresses yet, as kube-proxy's
+	// (apiservice.NeedsHealthCheck): a load balancer may probe before its
+	// ingress IP is published, and without NodePorts.
+	sp.HealthCheckNodePort = v.healthCheckPort
 
 	all := collectEndpoints(port, family, views, node)
 	resolveEndpoints(sp, all, node)

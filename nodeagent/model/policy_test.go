@@ -75,3 +75,20 @@ func TestPoliciesAsKubeProxy(t *testing.T) {
 		})
 	}
 }
+
+// TestHealthCheckWithoutExternalAddresses: a LoadBalancer with eTP Local
+// serves its health check before it has an ingress IP and without NodePorts,
+// as kube-proxy (found by the conformance generator, seed 178).
+func TestHealthCheckWithoutExternalAddresses(t *testing.T) {
+	svc := service(func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeLoadBalancer
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+		s.Spec.AllocateLoadBalancerNodePorts = ptr.To(false)
+		s.Spec.HealthCheckNodePort = 30001
+	})
+	sps, _ := BuildServicePorts(svc, []*discoveryv1.EndpointSlice{slice(discoveryv1.AddressTypeIPv4, 8080, readyEP("10.244.1.5", thisNode))},
+		NodeContext{Name: thisNode})
+	if sp := sps[0]; sp.HealthCheckNodePort != 30001 || sp.LocalEndpointCount != 1 {
+		t.Errorf("health check port %d with %d local endpoints, want 30001 with 1", sp.HealthCheckNodePort, sp.LocalEndpointCount)
+	}
+}

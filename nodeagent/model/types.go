@@ -217,7 +217,6 @@ func (sp *ServicePort) Without(externalIPs, loadBalancerIPs []netip.Addr, nodePo
 		c.ExternalPolicyLocal = false
 		c.ExternalEndpoints = nil
 		c.ShortCircuitEndpoints = nil
-		c.HealthCheckNodePort = 0
 	}
 	return &c
 }

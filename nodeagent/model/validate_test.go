@@ -301,7 +301,8 @@ func TestServicePortWithout(t *testing.T) {
 		t.Errorf("without its LB IP: %+v", noLB)
 	}
 	none := sp.Without([]netip.Addr{ext}, []netip.Addr{lb}, true)
-	if none.HasExternal() || none.ExternalPolicyLocal || none.ExternalEndpoints != nil || none.HealthCheckNodePort != 0 {
+	// The health check stays: it is the Service's, whatever addresses it keeps.
+	if none.HasExternal() || none.ExternalPolicyLocal || none.ExternalEndpoints != nil || none.HealthCheckNodePort != 32000 {
 		t.Errorf("without every external destination: %+v", none)
 	}
 	if none.ClusterEndpoints == nil || none.AffinityTimeout != time.Minute || sp.NodePort != 30080 || len(sp.ExternalIPs) != 1 {

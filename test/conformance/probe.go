@@ -176,12 +176,12 @@ func (w *World) observe(p Probe) Observation {
 	}
 	obs := Observation{Outcomes: o.outcomes.sorted(), Servers: o.servers.sorted(), Sources: o.sources.sorted()}
 	if p.Sticky && len(obs.Servers) > 0 {
+		// Which endpoint it sticks to is random, and what source that
+		// endpoint sees depends on the draw (a pod reaching itself is
+		// masqueraded, a host-network endpoint on the node is reached without
+		// postrouting): only how many answered is compared.
 		obs.Servers = []string{fmt.Sprintf("%d server(s), sticky", len(obs.Servers))}
-		if p.FromEndpoint {
-			// Which endpoint it sticks to is random, and only a pod reaching
-			// itself is masqueraded: the sources say which one was drawn.
-			obs.Sources = nil
-		}
+		obs.Sources = nil
 	}
 	return obs
 }
