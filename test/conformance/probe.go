@@ -187,7 +187,7 @@ func (w *World) observe(p Probe) Observation {
 }
 
 // firstTimeoutRetries are the parallel attempts after a first timeout.
-const firstTimeoutRetries = 6
+const firstTimeoutRetries = 16
 
 type observed struct{ outcomes, servers, sources set }
 
