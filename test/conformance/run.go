@@ -296,7 +296,7 @@ func (r *Result) differingCases() []*Case {
 }
 
 // maxShrinkRuns bounds the runs spent shrinking one case.
-const maxShrinkRuns = 24
+const maxShrinkRuns = 12
 
 // shrink simplifies a differing single-Service case while the difference
 // stays, and returns the smallest case found.
