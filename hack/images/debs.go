@@ -118,37 +118,31 @@ func (r *aptRoot) fetch(ctx context.Context, packages []string, refresh bool) ([
 			return nil, err
 		}
 	}
-	// An empty status file: apt resolves the whole dependency closure.
-	out, err := r.run(ctx, append([]string{"install", "--download-only", "-y", "--print-uris"}, packages...)...)
+	// An empty status file: apt resolves the whole dependency closure. The
+	// simulation lists every package ("Inst name (version suite [arch])"),
+	// fetched before or not.
+	out, err := r.run(ctx, append([]string{"install", "--download-only", "-y", "--simulate"}, packages...)...)
 	if err != nil {
 		return nil, err
 	}
-	// Lines: 'URI' name_version_arch.deb size hash
-	uri := regexp.MustCompile(`^'[^']+' (\S+\.deb) `)
-	var files []string
+	inst := regexp.MustCompile(`^Inst (\S+) \((\S+) .*\[(\S+)\]\)`)
+	var pkgs []Package
 	for _, line := range strings.Split(out, "\n") {
-		if m := uri.FindStringSubmatch(line); m != nil {
-			files = append(files, m[1])
+		if m := inst.FindStringSubmatch(line); m != nil {
+			file := fmt.Sprintf("%s_%s_%s.deb", m[1], strings.ReplaceAll(m[2], ":", "%3a"), m[3])
+			pkgs = append(pkgs, Package{Name: m[1], Version: m[2], Arch: m[3], file: filepath.Join(r.dir, "archives", file)})
 		}
 	}
-	if len(files) == 0 {
+	if len(pkgs) == 0 {
 		return nil, fmt.Errorf("apt-get resolved no packages for %v (%s): %s", packages, r.arch, out)
 	}
 	if _, err := r.run(ctx, append([]string{"install", "--download-only", "-y"}, packages...)...); err != nil {
 		return nil, err
 	}
-	var pkgs []Package
-	for _, f := range files {
-		path := filepath.Join(r.dir, "archives", f)
-		fields, err := exec.CommandContext(ctx, "dpkg-deb", "--show", "--showformat=${Package} ${Version} ${Architecture}", path).Output()
-		if err != nil {
-			return nil, fmt.Errorf("dpkg-deb --show %s: %w", path, err)
+	for _, p := range pkgs {
+		if _, err := os.Stat(p.file); err != nil {
+			return nil, fmt.Errorf("%s %s (%s) was not downloaded: %w", p.Name, p.Version, p.Arch, err)
 		}
-		f := strings.Fields(string(fields))
-		if len(f) != 3 {
-			return nil, fmt.Errorf("dpkg-deb --show %s: %q", path, fields)
-		}
-		pkgs = append(pkgs, Package{Name: f[0], Version: f[1], Arch: f[2], file: path})
 	}
 	sort.Slice(pkgs, func(i, j int) bool { return pkgs[i].Name < pkgs[j].Name })
 	return slices.CompactFunc(pkgs, func(a, b Package) bool { return a.Name == b.Name }), nil

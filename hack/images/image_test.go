@@ -111,8 +111,8 @@ func unpack(t *testing.T, img v1.Image, dir string) {
 // the userland the agent execs from that root (chroot), in a network
 // namespace of its own: both iptables flavours and both families (a chain,
 // and a restore with the tcp match and DNAT, as the agent writes them), nft
-// (a nat table, from a script on stdin), ipset, conntrack, and the two
-// binaries. A missing binary, library or extension fails it.
+// (a nat table, from a script on stdin), ipset, conntrack, modprobe, ipvsadm
+// and the two binaries. A missing binary, library or extension fails it.
 func TestAgentUserlandRunsFromTheImage(t *testing.T) {
 	netns.Skip(t)
 	dir := builtImages(t)
@@ -158,6 +158,15 @@ func TestAgentUserlandRunsFromTheImage(t *testing.T) {
 		t.Errorf("ipset list: %s", out)
 	}
 	run("", "conntrack", "-L")
+	run("", "modprobe", "-V")
+	// ipvsadm starts (its libraries load) and reaches the kernel, which here may lack IPVS.
+	cmd := ns.Command("chroot", root, "ipvsadm", "-L", "-n")
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin"}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		if ok, _ := netns.KernelHasIPVS(); ok || !strings.Contains(string(out), "Can't initialize ipvs") {
+			t.Errorf("ipvsadm -L -n from the image: %v: %s", err, out)
+		}
+	}
 	for _, bin := range []string{"/kpo-agent", "/kpo-operator"} {
 		cmd := ns.Command("chroot", root, bin, "-h")
 		out, _ := cmd.CombinedOutput() // -h exits 0 or 2 by flag package version; the usage text is what counts
@@ -206,7 +215,7 @@ func TestImagesHoldTheirArchitecture(t *testing.T) {
 					}
 					libs, _ := f.ImportedLibraries()
 					for _, lib := range libs {
-						found := false
+						found := exists(root, path.Join("/", path.Dir(filepath.ToSlash(rel)), lib)) // $ORIGIN
 						for _, d := range libDirs {
 							found = found || exists(root, path.Join("/", d, lib))
 						}

@@ -62,10 +62,13 @@ func (s Spec) FullRef() string { return "docker.io/library/" + s.Ref() }
 
 // AgentUserland are the Debian packages the agent runs: iptables-restore /
 // -save in both flavours (iptables mode; the ipvs mode's companion chains),
-// nft (nftables mode), ipset (ipvs mode), conntrack (operators debugging a
-// node expect it next to the agent), netbase (/etc/protocols, which
-// iptables and nft read to print protocol names).
-var AgentUserland = []string{"iptables", "nftables", "ipset", "conntrack", "netbase"}
+// nft (nftables mode), ipset (ipvs mode); conntrack and ipvsadm (operators
+// debugging a node expect them next to the agent), kmod (iptables-legacy
+// runs modprobe for a table module the host has not loaded; the agent's
+// DaemonSet mounts /lib/modules for it, docs/security.md), netbase
+// (/etc/protocols, which iptables and nft read to print protocol names). The
+// Dockerfile installs the same list.
+var AgentUserland = []string{"iptables", "nftables", "ipset", "conntrack", "ipvsadm", "kmod", "netbase"}
 
 // iptablesAlternatives are the links Debian's iptables postinst makes with
 // update-alternatives: the plain names are the nf_tables flavour (Debian's

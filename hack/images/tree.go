@@ -36,6 +36,11 @@ var usrMerged = []string{"bin", "sbin", "lib", "lib64"}
 // pages, translations): smaller layers, nothing the agent runs.
 var skipped = []string{"usr/share/doc/", "usr/share/man/", "usr/share/locale/", "usr/share/info/", "usr/share/lintian/", "usr/share/bug/"}
 
+// skippedDirs are directories skipped wherever they are: glibc's iconv
+// converters for legacy character sets (8 MB; nothing in the image converts
+// text).
+var skippedDirs = []string{"/gconv/"}
+
 func clean(name string) string {
 	name = strings.TrimPrefix(path.Clean("/"+name), "/")
 	for _, d := range usrMerged {
@@ -119,6 +124,11 @@ func (t *tree) addDeb(ctx context.Context, debFile string) error {
 func skip(name string) bool {
 	for _, p := range skipped {
 		if strings.HasPrefix(name+"/", p) {
+			return true
+		}
+	}
+	for _, d := range skippedDirs {
+		if strings.Contains("/"+name+"/", d) {
 			return true
 		}
 	}

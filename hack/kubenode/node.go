@@ -21,6 +21,7 @@
 package kubenode
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -56,6 +57,11 @@ type Config struct {
 	Ledger *procs.Ledger
 }
 
+// hostPathDirs are the hostPath directories kpo's manifests mount that are
+// not under the node's private directories: /lib/modules (the agent's, for
+// iptables-legacy's modprobe), missing on hosts without loadable modules.
+var hostPathDirs = []string{"/lib/modules"}
+
 // Node is a running node.
 type Node struct {
 	cfg                         Config
@@ -71,6 +77,17 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if err := procs.CreateCgroup(cfg.CgroupRoot); err != nil {
 		return n, err
+	}
+	// hostPath directories outside the node's private ones resolve on the
+	// host: create the missing ones here, recorded, so that kubelet does not
+	// create them unrecorded (DirectoryOrCreate); the run removes them.
+	for _, d := range hostPathDirs {
+		if _, err := os.Stat(d); os.IsNotExist(err) {
+			if err := os.Mkdir(d, 0o755); err != nil && !os.IsExist(err) {
+				return n, err
+			}
+			cfg.Ledger.RecordCreatedPath(d)
+		}
 	}
 	var err error
 	holder := cfg.NS.Command("unshare", "--mount", "--uts", "--propagation", "private", "--", "sh", "-c", n.holderScript())
@@ -168,12 +185,19 @@ func (n *Node) Socket() string { return n.path("containerd.sock") }
 // KubeletLog is kubelet's log file.
 func (n *Node) KubeletLog() string { return n.path("kubelet.log") }
 
-// Ctr runs ctr against the node's containerd.
+// Ctr runs ctr against the node's containerd and returns its standard
+// output (its standard error, where it warns about cgroup v1, goes into the error).
 func (n *Node) Ctr(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, n.cfg.Ctr, append([]string{"--address", n.Socket()}, args...)...).CombinedOutput()
-	return string(out), err
+	cmd := exec.CommandContext(ctx, n.cfg.Ctr, append([]string{"--address", n.Socket()}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
 }
 
 // wait polls cond every 100 ms until it holds, proc exits, or timeout passes.

@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,6 +52,11 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if stop != nil {
 		stop()
+		// Nothing of the run may stay on the machine.
+		if left := cluster.Leftovers("", os.Getpid()); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "the local cluster left on the machine:\n  %s\n", strings.Join(left, "\n  "))
+			code = 1
+		}
 	}
 	os.Exit(code)
 }

@@ -64,7 +64,7 @@ type NS struct {
 // New creates a namespace with lo up; it is deleted when the test ends.
 func New(t T, name string) *NS {
 	t.Helper()
-	removeStale()
+	RemoveStale()
 	full := fmt.Sprintf("%s%d-%s", namePrefix, os.Getpid(), name)
 	ns, err := create(full)
 	if err != nil {
@@ -145,8 +145,9 @@ func (n *NS) Path() string {
 	return filepath.Join(netnsDir, n.Name)
 }
 
-// removeStale deletes namespaces of test processes that no longer run.
-func removeStale() {
+// RemoveStale deletes namespaces of test processes that no longer run (New
+// calls it; the local cluster's crash test too).
+func RemoveStale() {
 	entries, _ := os.ReadDir(netnsDir)
 	for _, e := range entries {
 		rest, ok := strings.CutPrefix(e.Name(), namePrefix)
