@@ -141,8 +141,8 @@ fileCheckFrequency: 20s
 
 // holderScript sets up the node's mount namespace and then holds it: the
 // private /var/lib, /var/log and /run (kubelet, libcni and containerd write
-// fixed paths there whatever their root directories say), the host-global
-// sysctls kubelet would write, and the node's host name.
+// fixed paths there whatever their root directories say), /usr/lib as an
+// overlay, the host-global sysctls kubelet would write, and the node's host name.
 func (n *Node) holderScript() string {
 	var b strings.Builder
 	b.WriteString("set -e\n")
@@ -150,6 +150,12 @@ func (n *Node) holderScript() string {
 	for _, d := range privateDirs {
 		fmt.Fprintf(&b, "mount --bind %s %s\n", n.path(d.local), d.host)
 	}
+	// /usr/lib (and /lib, a link to it) stays the host's to read, but what is
+	// written there goes to the node's directory: kubelet creates hostPath
+	// directories that are missing (the agent's /lib/modules, on a host
+	// without loadable modules).
+	fmt.Fprintf(&b, "mount -t overlay overlay -o lowerdir=/usr/lib,upperdir=%s,workdir=%s /usr/lib\n",
+		n.path("usr-lib", "upper"), n.path("usr-lib", "work"))
 	for key := range hostSysctls {
 		fmt.Fprintf(&b, "if [ -e /proc/sys/%[2]s ]; then mount --bind %[1]s /proc/sys/%[2]s; fi\n", n.path("sysctl", sysctlFile(key)), key)
 	}

@@ -57,11 +57,6 @@ type Config struct {
 	Ledger *procs.Ledger
 }
 
-// hostPathDirs are the hostPath directories kpo's manifests mount that are
-// not under the node's private directories: /lib/modules (the agent's, for
-// iptables-legacy's modprobe), missing on hosts without loadable modules.
-var hostPathDirs = []string{"/lib/modules"}
-
 // Node is a running node.
 type Node struct {
 	cfg                         Config
@@ -77,17 +72,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if err := procs.CreateCgroup(cfg.CgroupRoot); err != nil {
 		return n, err
-	}
-	// hostPath directories outside the node's private ones resolve on the
-	// host: create the missing ones here, recorded, so that kubelet does not
-	// create them unrecorded (DirectoryOrCreate); the run removes them.
-	for _, d := range hostPathDirs {
-		if _, err := os.Stat(d); os.IsNotExist(err) {
-			if err := os.Mkdir(d, 0o755); err != nil && !os.IsExist(err) {
-				return n, err
-			}
-			cfg.Ledger.RecordCreatedPath(d)
-		}
 	}
 	var err error
 	holder := cfg.NS.Command("unshare", "--mount", "--uts", "--propagation", "private", "--", "sh", "-c", n.holderScript())
@@ -148,7 +132,7 @@ func (n *Node) inNode(env []string, bin string, args ...string) *exec.Cmd {
 
 // writeFiles writes the node's directories and configuration.
 func (n *Node) writeFiles() error {
-	for _, d := range []string{"var-lib", "var-log", "run", "cni", "sysctl"} {
+	for _, d := range []string{"var-lib", "var-log", "run", "cni", "sysctl", "usr-lib/upper", "usr-lib/work"} {
 		if err := os.MkdirAll(n.path(d), 0o755); err != nil {
 			return err
 		}
