@@ -11,7 +11,10 @@ import (
 	"path/filepath"
 	"time"
 
+	ggcrlayout "github.com/google/go-containerregistry/pkg/v1/layout"
+
 	"kpo.dev/kpo/hack/images"
+	"kpo.dev/kpo/hack/kubenode"
 	"kpo.dev/kpo/test/apiserver"
 )
 
@@ -32,11 +35,11 @@ var nodeImages = []images.Spec{images.Kpo, images.Echo, images.Pause}
 // imageArchives packs each image's OCI layout (from dir, as `make images`
 // wrote it) into a tar archive under out, which is what `ctr images import`
 // reads. It says which image is missing and how to build it.
-func imageArchives(dir, out string) ([]string, error) {
+func imageArchives(dir, out string) ([]kubenode.Image, error) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, err
 	}
-	var archives []string
+	var archives []kubenode.Image
 	for _, s := range nodeImages {
 		layout := images.LayoutDir(dir, s)
 		if _, err := os.Stat(filepath.Join(layout, "index.json")); err != nil {
@@ -46,7 +49,16 @@ func imageArchives(dir, out string) ([]string, error) {
 		if err := tarDir(layout, archive); err != nil {
 			return nil, fmt.Errorf("packing %s: %w", layout, err)
 		}
-		archives = append(archives, archive)
+		idx, err := ggcrlayout.ImageIndexFromPath(layout)
+		if err != nil {
+			return nil, err
+		}
+		m, err := idx.IndexManifest()
+		if err != nil || len(m.Manifests) != 1 {
+			return nil, fmt.Errorf("%s: want one image index in index.json (%v)", layout, err)
+		}
+		archives = append(archives, kubenode.Image{Archive: archive, Ref: s.FullRef(),
+			Digest: "docker.io/library/" + s.Name + "@" + m.Manifests[0].Digest.String()})
 	}
 	return archives, nil
 }

@@ -93,6 +93,10 @@ func run(ctx context.Context, nodes int, imagesDir string, switchTo kpov1.Mode, 
 		return withLogs(c, err)
 	}
 	show(ctx, c, "get", "pods", "-A", "-o", "wide")
+	// The operator hands its own image to the agents, by the digest kubelet
+	// reports for it (docs/security.md): the image make images built.
+	show(ctx, c, "-n", "kpo-system", "get", "pods", "-o",
+		"custom-columns=POD:.metadata.name,IMAGE:.spec.containers[0].image,RUNNING:.status.containerStatuses[0].imageID")
 	round(ctx, c, svc)
 	agent := agentOn(ctx, c, c.Nodes[0].Name)
 	step("the agent on %s: its log (kubectl logs) and its rules, listed by the image's nft (kubectl exec)", c.Nodes[0].Name)
@@ -201,7 +205,7 @@ func request(from *netns.NS, network, addr, what string) {
 		}
 		answers = append(answers, r.Server)
 	}
-	fmt.Printf("    %-62s → %s\n", what, strings.Join(answers, ", "))
+	fmt.Printf("    %-66s → %s\n", what, strings.Join(answers, ", "))
 }
 
 func show(ctx context.Context, c *cluster.Cluster, args ...string) {

@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -51,10 +52,18 @@ type Config struct {
 	Runc, CNIBin string
 	// SandboxImage is the pause image's reference (imported with the others).
 	SandboxImage string
-	// Images are OCI image archives (tar) imported before kubelet starts.
-	Images []string
+	// Images are imported before kubelet starts.
+	Images []Image
 	Labels map[string]string
 	Ledger *procs.Ledger
+}
+
+// Image is an image to import: an OCI layout as a tar archive, its name, and
+// its name by digest (repository@sha256:<index digest>), which is what a
+// registry pull records and what kubelet then reports as the image's ID
+// (the operator pins the agents to it).
+type Image struct {
+	Archive, Ref, Digest string
 }
 
 // Node is a running node.
@@ -99,8 +108,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return n, err
 	}
 	for _, img := range cfg.Images {
-		if out, err := n.Ctr(ctx, "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", img); err != nil {
-			return n, fmt.Errorf("%s: importing %s: %w: %s", cfg.Name, img, err, out)
+		if _, err := n.Ctr(ctx, "-n", "k8s.io", "images", "import", "--platform", "linux/"+runtime.GOARCH, img.Archive); err != nil {
+			return n, fmt.Errorf("%s: importing %s: %w", cfg.Name, img.Archive, err)
+		}
+		if _, err := n.Ctr(ctx, "-n", "k8s.io", "images", "tag", "--force", img.Ref, img.Digest); err != nil {
+			return n, fmt.Errorf("%s: naming %s by digest: %w", cfg.Name, img.Ref, err)
 		}
 	}
 
