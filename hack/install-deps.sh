@@ -4,7 +4,8 @@
 #   iptables, nftables, ipset, conntrack: the node agent drives the real kernel;
 #   iproute2: network namespaces; util-linux: nsenter, unshare, setpriv;
 #   runc, containernetworking-plugins: the local cluster's nodes (kubelet and
-#   containerd, built by make, run pods with them);
+#   containerd, built by make, run pods with them); dpkg-deb, apt-get: make
+#   images resolves and unpacks the agent's userland from Debian's packages;
 #   qemu-system-x86, busybox-static, kmod, cpio, xz-utils: the IPVS tests boot
 #   Debian's stock kernel (which has IPVS) under qemu.
 set -euo pipefail

@@ -88,19 +88,32 @@ func buildOne(ctx context.Context, s Spec, opts Options) (Result, error) {
 		return res, err
 	}
 	res.Digest = d.String()
+	// Written next to the old layout and then moved over it, so that a reader
+	// (a cluster starting) never sees a half-written one.
 	dir := LayoutDir(opts.Out, s)
-	if err := os.RemoveAll(dir); err != nil {
+	tmp := fmt.Sprintf("%s.new-%d", dir, os.Getpid())
+	if err := os.RemoveAll(tmp); err != nil {
 		return res, err
 	}
-	p, err := layout.Write(dir, empty.Index)
+	p, err := layout.Write(tmp, empty.Index)
 	if err != nil {
 		return res, err
 	}
 	// Both names: containerd's importer reads the first, OCI tools the second.
-	return res, p.AppendIndex(idx, layout.WithAnnotations(map[string]string{
+	if err := p.AppendIndex(idx, layout.WithAnnotations(map[string]string{
 		"io.containerd.image.name":          s.FullRef(),
 		"org.opencontainers.image.ref.name": s.Ref(),
-	}))
+	})); err != nil {
+		return res, err
+	}
+	old := fmt.Sprintf("%s.old-%d", dir, os.Getpid())
+	if err := os.Rename(dir, old); err != nil && !os.IsNotExist(err) {
+		return res, err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return res, err
+	}
+	return res, os.RemoveAll(old)
 }
 
 // buildImage builds one architecture's image: a layer of Debian packages
