@@ -14,17 +14,17 @@ import (
 	"time"
 
 	"kpo.dev/kpo/hack/images"
-	"kpo.dev/kpo/test/apiserver"
 )
 
 func main() {
 	out := flag.String("out", "bin/images", "output directory")
 	arches := flag.String("arch", strings.Join(images.Arches, ","), "architectures (comma-separated)")
 	refresh := flag.Bool("refresh-packages", false, "fetch Debian's package lists again (newer versions, new digests)")
+	repo := flag.String("repo", ".", "the repository root (the Go packages are built from there)")
 	flag.Parse()
 	start := time.Now()
 	results, err := images.Build(context.Background(), images.All, images.Options{
-		Out: *out, Repo: apiserver.RepoRoot(), Arches: strings.Split(*arches, ","), RefreshPackages: *refresh,
+		Out: *out, Repo: *repo, Arches: strings.Split(*arches, ","), RefreshPackages: *refresh,
 		Progress: func(msg string) { fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), msg) },
 	})
 	if err != nil {
