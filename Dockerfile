@@ -1,6 +1,10 @@
 # One image, two binaries: /kpo-operator and /kpo-agent (the node agent).
 # Build: make docker-build IMG=registry.example/kpo:v0.1.0
 #
+# `make images` builds the same image without a Docker engine, for linux/amd64
+# and linux/arm64, reproducibly, as OCI layouts (hack/images: the package list
+# there, AgentUserland, is the one below; keep them the same).
+#
 # The base images are tags by default; a release pins them by digest (tags
 # move), e.g.
 #   make docker-build GO_IMAGE=golang:1.26@sha256:<digest> BASE_IMAGE=debian:bookworm-slim@sha256:<digest>
@@ -24,11 +28,13 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/... \
  && for b in /out/*; do go version -m "$b" | grep -q 'CGO_ENABLED=0' || { echo "$b is not static"; exit 1; }; done
 
 # The agent drives the kernel over netlink, but iptables mode needs
-# iptables-restore (both the nft and legacy variants), and operators debugging
-# a node expect nft, ipset, conntrack and ipvsadm next to it.
+# iptables-restore (both the nft and legacy variants), nftables mode nft, ipvs
+# mode ipset; operators debugging a node expect conntrack and ipvsadm next to
+# it; kmod lets iptables-legacy load a missing table module; netbase gives
+# /etc/protocols, which iptables and nft print names from.
 FROM ${BASE_IMAGE}
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables nftables ipset conntrack ipvsadm kmod \
+ && apt-get install -y --no-install-recommends iptables nftables ipset conntrack ipvsadm kmod netbase \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/kpo-operator /out/kpo-agent /
 # Non-root by default: the operator runs so (config/manager also says so). The

@@ -16,6 +16,8 @@ KUSTOMIZE_VERSION ?= v5.8.2
 GOLANGCI_LINT_VERSION ?= v2.15.0
 # Kubernetes release the tests run against (see hack/tools/go.mod).
 K8S_VERSION ?= v1.37.1
+# The local cluster's container runtime (hack/build-containerd.sh; hack/cluster pins the same).
+CONTAINERD_VERSION ?= v2.4.2
 
 LOCALBIN := $(CURDIR)/bin
 K8S_BIN := $(LOCALBIN)/k8s-$(K8S_VERSION)
@@ -67,12 +69,20 @@ lint: $(GOLANGCI_LINT) ## golangci-lint.
 build: ## Build the operator and node-agent binaries into bin/.
 	CGO_ENABLED=0 go build -o $(LOCALBIN)/ ./cmd/...
 
-# The tests need these (kube-scheduler: the local cluster; kube-proxy: the migration test and the benchmarks).
-TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager kube-scheduler kube-proxy
+# The tests need these (kube-scheduler, kubelet: the local cluster; kube-proxy: the migration test and the benchmarks).
+TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager kube-scheduler kube-proxy kubelet
 
 .PHONY: k8s-binaries
 k8s-binaries: ## Build the Kubernetes binaries the tests run (cached in bin/).
 	hack/build-k8s.sh $(K8S_BIN) $(TEST_K8S_BINARIES)
+
+.PHONY: containerd
+containerd: ## Build containerd, its runc shim and ctr (the local cluster's runtime; cached in bin/).
+	hack/build-containerd.sh $(LOCALBIN)/containerd-$(CONTAINERD_VERSION) $(CONTAINERD_VERSION)
+
+.PHONY: images
+images: deps ## Build kpo's images without a container engine: OCI layouts for linux/amd64 and arm64 in bin/images (digests.txt, package lists).
+	go run ./hack/mkimages -out $(LOCALBIN)/images $(IMAGES_FLAGS)
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine; GO_IMAGE/BASE_IMAGE pin the bases by digest).
@@ -89,13 +99,13 @@ deps: ## Install the Debian packages the demo and the tests need (if missing).
 	hack/install-deps.sh
 
 .PHONY: demo
-demo: deps k8s-binaries ## A 3-node local cluster: operator, agents, a Service answering through the proxy, a mode switch.
+demo: deps k8s-binaries containerd images ## A 3-node local cluster (kubelet + containerd nodes): operator, agents, a Service answering through the proxy, a mode switch.
 	go run ./hack/demo $(DEMO_FLAGS)
 
 ##@ Test
 
 .PHONY: test
-test: deps verify-modules verify-generated vet lint k8s-binaries ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
+test: deps verify-modules verify-generated vet lint k8s-binaries containerd images ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
 	@rm -f $(LOCALBIN)/conformance.log
 	go test ./... -count=1 -timeout 20m 2>&1 | tee $(LOCALBIN)/test.log
 	@cat $(LOCALBIN)/conformance.log 2>/dev/null || true

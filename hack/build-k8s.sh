@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes binaries the tests and the demo run (kube-apiserver, etcd,
-# kubectl, kube-controller-manager, kube-scheduler, kube-proxy) from the Go module
+# kubectl, kube-controller-manager, kube-scheduler, kube-proxy, kubelet) from the Go module
 # proxy through the tools module in hack/tools, into the directory given as $1.
 #
 # Binaries that exist are kept, so later runs cost nothing. A cold build takes
@@ -11,7 +11,7 @@ out=${1:?usage: build-k8s.sh OUTDIR [binary...]}
 shift
 wanted=("$@")
 if [ ${#wanted[@]} -eq 0 ]; then
-	wanted=(kube-apiserver etcd kubectl kube-controller-manager kube-scheduler kube-proxy)
+	wanted=(kube-apiserver etcd kubectl kube-controller-manager kube-scheduler kube-proxy kubelet)
 fi
 
 declare -A pkg=(
@@ -20,6 +20,7 @@ declare -A pkg=(
 	[kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
 	[kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
 	[kubectl]=k8s.io/kubernetes/cmd/kubectl
+	[kubelet]=k8s.io/kubernetes/cmd/kubelet
 	[etcd]=go.etcd.io/etcd/server/v3
 )
 

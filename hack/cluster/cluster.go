@@ -4,15 +4,15 @@
 //	host: kubectl ──127.0.0.1:<port>──┐ (a forwarder into the LAN namespace)
 //	lan namespace: bridge br0 198.51.100.254 ── etcd, kube-apiserver :6443,
 //	               kube-controller-manager, kube-scheduler
-//	   ├── node1 198.51.100.1  pods 10.244.1.0/24  (a node runtime: hack/noderuntime)
+//	   ├── node1 198.51.100.1  pods 10.244.1.0/24  (kubelet + containerd: hack/kubenode)
 //	   ├── node2 198.51.100.2  pods 10.244.2.0/24
 //	   ├── ...
 //	   └── client 198.51.100.200 (an external client, routes services via node 1)
 //
 // Nothing is created in the root namespace but the forwarder's loopback
-// socket, the run directory and the mount points the pods' volumes need
-// (recorded, removed at Close). Close tears everything down; a crashed run's
-// leftovers are removed by the next Start.
+// socket, the run directory and the run's private cgroup root (kubelet's
+// pods). Close tears everything down; a crashed run's leftovers are removed
+// by the next Start.
 package cluster
 
 import (
@@ -21,7 +21,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"k8s.io/client-go/kubernetes"
@@ -29,7 +28,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"kpo.dev/kpo/hack/noderuntime"
+	"kpo.dev/kpo/hack/kubenode"
 	"kpo.dev/kpo/hack/procs"
 	"kpo.dev/kpo/test/apiserver"
 	"kpo.dev/kpo/test/netns"
@@ -40,8 +39,9 @@ type Options struct {
 	// Nodes is the number of nodes (1…9).
 	Nodes int
 	// Root holds the runs' directories (default /tmp/kpo-cluster).
-	Root   string
-	Images noderuntime.Images
+	Root string
+	// Images holds the images' OCI layouts (default ImagesDir(): `make images`).
+	Images string
 	// Progress reports long steps (may be nil).
 	Progress func(string)
 }
@@ -65,17 +65,18 @@ type Cluster struct {
 	ledger   *procs.Ledger
 	cp       *controlPlane
 	forward  net.Listener
-	stopRT   context.CancelFunc
-	runtimes sync.WaitGroup
+	cgroup   string
 	progress func(string)
+	podNSMu  sync.Mutex
+	podNS    map[string]*netns.NS
 }
 
-// Node is one simulated node.
+// Node is one node: kubelet and containerd in the node's namespaces.
 type Node struct {
-	Name    string
-	Index   int
-	NS      *netns.NS
-	Runtime *noderuntime.Runtime
+	Name  string
+	Index int
+	NS    *netns.NS
+	Kube  *kubenode.Node
 }
 
 // Start builds the network, starts the control plane and the node runtimes.
@@ -98,7 +99,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	for _, msg := range cleaned {
 		progress(msg)
 	}
-	c = &Cluster{Dir: ledger.Dir, scope: &netns.Scope{}, ledger: ledger, progress: progress}
+	if opts.Images == "" {
+		opts.Images = ImagesDir()
+	}
+	c = &Cluster{Dir: ledger.Dir, scope: &netns.Scope{}, ledger: ledger, progress: progress, podNS: map[string]*netns.NS{}}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -158,22 +162,8 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 
-	progress("node runtimes: registering nodes")
-	rtCtx, stop := context.WithCancel(context.Background())
-	c.stopRT = stop
-	for _, n := range c.Nodes {
-		n.Runtime = noderuntime.New(noderuntime.Config{
-			NodeName: n.Name, Index: n.Index, NS: n.NS, Kube: c.Kube, Images: opts.Images,
-			Dir: filepath.Join(c.Dir, "nodes", n.Name), Ledger: ledger,
-			// Two zones, for topology-aware routing.
-			Labels: map[string]string{"topology.kubernetes.io/zone": fmt.Sprintf("zone-%c", 'a'+(n.Index-1)%2)},
-			Logf:   c.logf(n.Name),
-		})
-		c.runtimes.Go(func() {
-			if err := n.Runtime.Run(rtCtx); err != nil {
-				c.logf(n.Name)("node runtime: %v", err)
-			}
-		})
+	if err := c.startNodes(ctx, p, opts.Images, progress); err != nil {
+		return c, err
 	}
 	return c, nil
 }
@@ -190,22 +180,6 @@ func (c *Cluster) buildNetwork(s *netns.Scope, nodes int) {
 	c.External = c.LAN.AddClient(s, 1)
 }
 
-// logf appends to the node runtimes' log (logs/noderuntime.log).
-func (c *Cluster) logf(node string) func(string, ...any) {
-	path := filepath.Join(c.Dir, "logs", "noderuntime.log")
-	var mu sync.Mutex
-	return func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return
-		}
-		defer func() { _ = f.Close() }()
-		_, _ = fmt.Fprintf(f, "%s: %s\n", node, strings.TrimSpace(fmt.Sprintf(format, args...)))
-	}
-}
-
 // RestartAPIServer stops kube-apiserver (SIGTERM) and starts it again.
 func (c *Cluster) RestartAPIServer(ctx context.Context) error {
 	if err := c.cp.restart("kube-apiserver"); err != nil {
@@ -214,27 +188,13 @@ func (c *Cluster) RestartAPIServer(ctx context.Context) error {
 	return waitReady(ctx, c.Config, c.cp.procs["kube-apiserver"], 2*defaultWait)
 }
 
-// PodNS is the network namespace of a running pod (nil if none).
-func (c *Cluster) PodNS(namespace, name string) *netns.NS {
-	for _, n := range c.Nodes {
-		if ns := n.Runtime.PodNS(namespace, name); ns != nil {
-			return ns
-		}
-	}
-	return nil
-}
-
 // LogPath is the log file of a control-plane component.
 func (c *Cluster) LogPath(component string) string { return c.cp.logPath(component) }
 
-// Close stops the pods, the node runtimes and the control plane, removes the
-// network and the run's files. It may be called again.
+// Close stops the nodes (kubelet, the pods, containerd) and the control
+// plane, removes the network, the run's cgroups and files. It may be called again.
 func (c *Cluster) Close() {
-	if c.stopRT != nil {
-		c.progress("stopping pods and node runtimes")
-		c.stopRT()
-		c.runtimes.Wait()
-	}
+	c.stopNodes()
 	if c.cp != nil {
 		c.progress("stopping the control plane")
 		c.cp.stop()

@@ -71,6 +71,12 @@ func (cp *controlPlane) components() []component {
 			"--authorization-mode=Node,RBAC",
 			// The agents run privileged (they program the node's kernel).
 			"--allow-privileged=true",
+			// kubectl logs / exec / port-forward: the API server calls each
+			// kubelet at the node's InternalIP (the nodes have no resolvable
+			// host names), as the cluster admin (kubelet authorizes by webhook).
+			"--kubelet-preferred-address-types=InternalIP",
+			"--kubelet-client-certificate=" + p(adminCert),
+			"--kubelet-client-key=" + p(adminKey),
 			"--cert-dir=" + filepath.Join(cp.dir, "apiserver-certs"),
 			"--v=1",
 		}},
@@ -85,8 +91,9 @@ func (cp *controlPlane) components() []component {
 			"--root-ca-file=" + p(caCert),
 			"--use-service-account-credentials=false",
 			"--service-cluster-ip-range=10.96.0.0/16,fd10:96::/112",
-			// The node runtimes register each Node with its podCIDRs (the address plan's
-			// 10.244.N.0/24): no allocation by the controller manager.
+			// The cluster sets each Node's podCIDRs from the address plan
+			// (10.244.N.0/24, what the node's CNI configuration hands out): no
+			// allocation by the controller manager.
 			"--allocate-node-cidrs=false",
 			// Keep node-lifecycle decisions quick and visible in a small cluster.
 			"--node-monitor-grace-period=40s",
@@ -188,9 +195,14 @@ func waitReady(ctx context.Context, cfg *rest.Config, proc *procs.Proc, timeout 
 
 // writeKubeconfig writes an admin kubeconfig for the API server at server.
 func writeKubeconfig(path, server string, p *pki) error {
+	return writeClientKubeconfig(path, server, p, p.path(adminCert), p.path(adminKey))
+}
+
+// writeClientKubeconfig writes a kubeconfig with a client certificate.
+func writeClientKubeconfig(path, server string, p *pki, cert, key string) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["kpo-local"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: p.path(caCert)}
-	cfg.AuthInfos["kpo-admin"] = &clientcmdapi.AuthInfo{ClientCertificate: p.path(adminCert), ClientKey: p.path(adminKey)}
+	cfg.AuthInfos["kpo-admin"] = &clientcmdapi.AuthInfo{ClientCertificate: cert, ClientKey: key}
 	cfg.Contexts["kpo-local"] = &clientcmdapi.Context{Cluster: "kpo-local", AuthInfo: "kpo-admin"}
 	cfg.CurrentContext = "kpo-local"
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {

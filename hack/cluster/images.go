@@ -1,55 +1,108 @@
 package cluster
 
 import (
-	"bytes"
+	"archive/tar"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
-	"kpo.dev/kpo/hack/noderuntime"
+	ggcrlayout "github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"kpo.dev/kpo/hack/images"
+	"kpo.dev/kpo/hack/kubenode"
 	"kpo.dev/kpo/test/apiserver"
 )
 
 // defaultWait bounds the cluster's own waits (API server start-up).
 const defaultWait = time.Minute
 
-// The local cluster's images: what config/ deploys ("kpo": the operator and
-// the agent, as in the Dockerfile) and the demo app ("kpo-echo").
-const (
-	ImageKpo  = "kpo"
-	ImageEcho = "kpo-echo"
-)
+// ContainerdVersion is the containerd the nodes run (built by `make
+// containerd` into bin/containerd-<version>; the Makefile pins the same).
+const ContainerdVersion = "v2.4.2"
 
-// BuildImages builds the binaries standing in for the images into out, as
-// the node runtime expects them: out/kpo/{kpo-operator,kpo-agent} (the
-// Dockerfile's layout) and out/kpo-echo/echo.
-func BuildImages(ctx context.Context, out string) (noderuntime.Images, error) {
-	builds := []struct{ image, bin, pkg string }{
-		{ImageKpo, "kpo-operator", "./cmd/kpo-operator"},
-		{ImageKpo, "kpo-agent", "./cmd/kpo-agent"},
-		{ImageEcho, "echo", "./hack/echoserver"},
+// ImagesDir is where `make images` writes the images' OCI layouts.
+func ImagesDir() string { return Repo(filepath.Join("bin", "images")) }
+
+// nodeImages are the images every node imports: what config/default deploys
+// (kpo), the demo app and the sandbox image.
+var nodeImages = []images.Spec{images.Kpo, images.Echo, images.Pause}
+
+// imageArchives packs each image's OCI layout (from dir, as `make images`
+// wrote it) into a tar archive under out, which is what `ctr images import`
+// reads. It says which image is missing and how to build it.
+func imageArchives(dir, out string) ([]kubenode.Image, error) {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
 	}
-	for _, b := range builds {
-		dir := filepath.Join(out, b.image)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+	var archives []kubenode.Image
+	for _, s := range nodeImages {
+		layout := images.LayoutDir(dir, s)
+		if _, err := os.Stat(filepath.Join(layout, "index.json")); err != nil {
+			return nil, fmt.Errorf("image %s not built in %s: run 'make images'", s.Ref(), dir)
+		}
+		archive := filepath.Join(out, s.Name+".tar")
+		if err := tarDir(layout, archive); err != nil {
+			return nil, fmt.Errorf("packing %s: %w", layout, err)
+		}
+		idx, err := ggcrlayout.ImageIndexFromPath(layout)
+		if err != nil {
 			return nil, err
 		}
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, b.bin), b.pkg)
-		cmd.Dir = apiserver.RepoRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("go build %s: %w: %s", b.pkg, err, stderr.String())
+		m, err := idx.IndexManifest()
+		if err != nil || len(m.Manifests) != 1 {
+			return nil, fmt.Errorf("%s: want one image index in index.json (%v)", layout, err)
 		}
+		archives = append(archives, kubenode.Image{Archive: archive, Ref: s.FullRef(),
+			Digest: "docker.io/library/" + s.Name + "@" + m.Manifests[0].Digest.String()})
 	}
-	return noderuntime.Images{
-		ImageKpo:  {Dir: filepath.Join(out, ImageKpo), Entrypoint: []string{"/kpo-operator"}},
-		ImageEcho: {Dir: filepath.Join(out, ImageEcho), Entrypoint: []string{"/echo"}},
-	}, nil
+	return archives, nil
+}
+
+// tarDir writes dir's regular files and directories into a tar archive.
+func tarDir(dir, archive string) (err error) {
+	f, err := os.Create(archive)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, f.Close()) }()
+	tw := tar.NewWriter(f)
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		h, err := tar.FileInfoHeader(info, "")
+		if err != nil {
+			return err
+		}
+		h.Name = filepath.ToSlash(rel)
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		src, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = src.Close() }()
+		_, err = io.Copy(tw, src)
+		return err
+	})
+	return errors.Join(err, tw.Close())
 }
 
 // Kubectl runs the project-built kubectl against the cluster.

@@ -150,3 +150,12 @@ func (p *pki) writeKey(name string, key *ecdsa.PrivateKey) error {
 	}
 	return os.WriteFile(p.path(name), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
 }
+
+// issueNode issues kubelet's client certificate for node name
+// (system:node:<name> in system:nodes: the Node authorizer's and the
+// NodeRestriction admission plugin's subject) and returns its file names.
+func (p *pki) issueNode(name string) (cert, key string, err error) {
+	cert, key = "node-"+name+".crt", "node-"+name+".key"
+	subject := pkix.Name{CommonName: "system:node:" + name, Organization: []string{"system:nodes"}}
+	return p.path(cert), p.path(key), p.issue(cert, key, subject, x509.ExtKeyUsageClientAuth, nil, nil)
+}

@@ -1,8 +1,10 @@
 // Command demo is `make demo`: a 3-node local cluster from real Kubernetes
-// components (hack/cluster), kpo's operator deployed with the project's own
-// manifests, the sample ProxyConfiguration, a demo app behind a Service,
+// components (hack/cluster: kubelet and containerd on every node), kpo's
+// operator deployed with the project's own manifests from the image `make
+// images` built, the sample ProxyConfiguration, a demo app behind a Service,
 // requests answered through the proxy from a node, a pod and an external
-// client, and a mode switch by editing the CR. It stays up until Ctrl-C.
+// client, an agent's log and its userland through kubectl exec, and a mode
+// switch by editing the CR. It stays up until Ctrl-C.
 package main
 
 import (
@@ -31,6 +33,7 @@ func main() {
 	nodes := flag.Int("nodes", 3, "number of nodes")
 	switchTo := flag.String("switch-to", "iptables", "mode to switch to after the first round (empty: no switch)")
 	exit := flag.Bool("exit", false, "tear down after the demo instead of waiting for Ctrl-C")
+	imagesDir := flag.String("images", cluster.ImagesDir(), "the images' OCI layouts (make images)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fatal(fmt.Errorf("the local cluster needs root (network namespaces, mounts): run as root"))
@@ -39,7 +42,7 @@ func main() {
 	ctrllog.SetLogger(logr.Discard())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *nodes, kpov1.Mode(*switchTo), *exit); err != nil {
+	if err := run(ctx, *nodes, *imagesDir, kpov1.Mode(*switchTo), *exit); err != nil {
 		fatal(err)
 	}
 }
@@ -58,15 +61,9 @@ func step(format string, args ...any) {
 
 func progress(msg string) { fmt.Printf("    [%5.1fs] %s\n", time.Since(start).Seconds(), msg) }
 
-func run(ctx context.Context, nodes int, switchTo kpov1.Mode, exit bool) error {
-	step("building kpo-operator, kpo-agent and the echo server (the local cluster's images)")
-	images, err := cluster.BuildImages(ctx, cluster.Repo("bin/demo-images"))
-	if err != nil {
-		return err
-	}
-
-	step("starting a %d-node local cluster", nodes)
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Images: images, Progress: progress})
+func run(ctx context.Context, nodes int, imagesDir string, switchTo kpov1.Mode, exit bool) error {
+	step("starting a %d-node local cluster (images from make images: %s)", nodes, imagesDir)
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: nodes, Images: imagesDir, Progress: progress})
 	if err != nil {
 		return err
 	}
@@ -96,7 +93,15 @@ func run(ctx context.Context, nodes int, switchTo kpov1.Mode, exit bool) error {
 		return withLogs(c, err)
 	}
 	show(ctx, c, "get", "pods", "-A", "-o", "wide")
+	// The operator hands its own image to the agents, by the digest kubelet
+	// reports for it (docs/security.md): the image make images built.
+	show(ctx, c, "-n", "kpo-system", "get", "pods", "-o",
+		"custom-columns=POD:.metadata.name,IMAGE:.spec.containers[0].image,RUNNING:.status.containerStatuses[0].imageID")
 	round(ctx, c, svc)
+	agent := agentOn(ctx, c, c.Nodes[0].Name)
+	step("the agent on %s: its log (kubectl logs) and its rules, listed by the image's nft (kubectl exec)", c.Nodes[0].Name)
+	show(ctx, c, "-n", "kpo-system", "logs", agent, "--tail=6")
+	showHead(ctx, c, 12, "-n", "kpo-system", "exec", agent, "--", "nft", "list", "table", "ip", "kpo")
 
 	if switchTo != "" {
 		step("switching mode: kubectl patch proxyconfig default --type merge -p '{\"spec\":{\"mode\":\"%s\"}}'", switchTo)
@@ -110,6 +115,11 @@ func run(ctx context.Context, nodes int, switchTo kpov1.Mode, exit bool) error {
 		}
 		progress(fmt.Sprintf("Available in %s mode on every node %.1fs after the edit", switchTo, time.Since(began).Seconds()))
 		round(ctx, c, svc)
+		if switchTo == kpov1.ModeIPTables {
+			agent := agentOn(ctx, c, c.Nodes[0].Name)
+			step("the new agent on %s: its rules through the image's iptables-save (kubectl exec)", c.Nodes[0].Name)
+			showHead(ctx, c, 8, "-n", "kpo-system", "exec", agent, "--", "iptables-save", "-t", "nat")
+		}
 	}
 
 	step("the cluster is yours")
@@ -118,8 +128,9 @@ func run(ctx context.Context, nodes int, switchTo kpov1.Mode, exit bool) error {
     %s get proxynodestatus
     ip netns exec %s nft list table ip kpo      # a node's rules (nftables mode)
     ip netns exec %s iptables-save -t nat       # (iptables mode)
-    logs: %s/logs, pods' logs under %s/nodes/<node>/pods
-`, c.Kubeconfig, kubectl(), kubectl(), c.Nodes[0].NS.Name, c.Nodes[0].NS.Name, c.Dir, c.Dir)
+    %s -n kpo-system logs ds/kpo-agent-default
+    logs: %s/logs (control plane), %s/nodes/<node>/{kubelet,containerd}.log
+`, c.Kubeconfig, kubectl(), kubectl(), c.Nodes[0].NS.Name, c.Nodes[0].NS.Name, kubectl(), c.Dir, c.Dir)
 	if exit {
 		return nil
 	}
@@ -194,7 +205,7 @@ func request(from *netns.NS, network, addr, what string) {
 		}
 		answers = append(answers, r.Server)
 	}
-	fmt.Printf("    %-62s → %s\n", what, strings.Join(answers, ", "))
+	fmt.Printf("    %-66s → %s\n", what, strings.Join(answers, ", "))
 }
 
 func show(ctx context.Context, c *cluster.Cluster, args ...string) {
@@ -208,10 +219,41 @@ func show(ctx context.Context, c *cluster.Cluster, args ...string) {
 	}
 }
 
+// showHead is show for long outputs: the first n lines.
+func showHead(ctx context.Context, c *cluster.Cluster, n int, args ...string) {
+	fmt.Printf("    $ kubectl %s | head -%d\n", strings.Join(args, " "), n)
+	out, err := c.Kubectl(ctx, nil, args...)
+	if err != nil {
+		fmt.Printf("    %v\n", err)
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	for i, line := range lines {
+		if i == n {
+			fmt.Printf("    ... (%d more lines)\n", len(lines)-n)
+			break
+		}
+		fmt.Println("    " + line)
+	}
+}
+
+// agentOn is the name of the running agent pod on a node.
+func agentOn(ctx context.Context, c *cluster.Cluster, node string) string {
+	pods, err := c.Kube.CoreV1().Pods("kpo-system").List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/name=kpo-agent", FieldSelector: "spec.nodeName=" + node})
+	if err == nil {
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+				return p.Name
+			}
+		}
+	}
+	return "(no running agent on " + node + ")"
+}
+
 func kubectl() string { return cluster.Repo(filepath.Join("bin", "k8s-v1.37.1", "kubectl")) }
 
 // withLogs adds where to look to an error.
 func withLogs(c *cluster.Cluster, err error) error {
-	return fmt.Errorf("%w\n%s(control-plane and node-runtime logs: %s/logs; pods' logs: %s/nodes/<node>/pods/; set KPO_CLUSTER_KEEP=1 to keep them)", err,
+	return fmt.Errorf("%w\n%s(control-plane logs: %s/logs; kubelet and containerd logs: %s/nodes/<node>/; set KPO_CLUSTER_KEEP=1 to keep them)", err,
 		c.DescribePods(context.Background()), c.Dir, c.Dir)
 }

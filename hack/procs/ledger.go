@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Ledger records what a run created outside its own directory and
@@ -74,10 +75,12 @@ func removeCreatedPaths(dir string) {
 	}
 }
 
-// CleanStale kills the recorded processes of runs whose owner is gone, removes
-// their created paths and their directories, and says what it did.
+// CleanStale kills the recorded processes of runs whose owner is gone, the
+// containers of their local nodes (cgroups, shims), removes their created
+// paths and their directories, and says what it did.
 func CleanStale(root string) []string {
 	var did []string
+	var dead []string
 	entries, _ := os.ReadDir(root)
 	for _, e := range entries {
 		pidStr, ok := strings.CutPrefix(e.Name(), "run-")
@@ -86,6 +89,7 @@ func CleanStale(root string) []string {
 			continue
 		}
 		dir := filepath.Join(root, e.Name())
+		dead = append(dead, dir)
 		for _, line := range readLines(filepath.Join(dir, processesFile)) {
 			f := strings.SplitN(line, " ", 3)
 			if len(f) < 3 {
@@ -98,6 +102,21 @@ func CleanStale(root string) []string {
 				did = append(did, fmt.Sprintf("killed %s (pid %d) of crashed run %d", f[2], pid, owner))
 			}
 		}
+		if n := KillMentioning(dir); n > 0 {
+			did = append(did, fmt.Sprintf("killed %d container shims of crashed run %d", n, owner))
+		}
+	}
+	// The local nodes' cgroups (their pods' processes), of any run that is
+	// gone, also one whose directory went already.
+	for _, cg := range staleCgroupRoots() {
+		n := len(CgroupPids(cg))
+		if err := RemoveCgroup(cg, 10*time.Second); err != nil {
+			did = append(did, err.Error())
+			continue
+		}
+		did = append(did, fmt.Sprintf("removed cgroup %s of a crashed run (%d processes killed)", cg, n))
+	}
+	for _, dir := range dead {
 		removeCreatedPaths(dir)
 		_ = os.RemoveAll(dir)
 	}

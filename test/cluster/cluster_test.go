@@ -161,7 +161,7 @@ func TestUnavailableModeDegrades(t *testing.T) {
 }
 
 // TestRestartsUnderLoad restarts the operator (its pod deleted), SIGKILLs an
-// agent (the node runtime restarts it) and restarts kube-apiserver, each under
+// agent (kubelet restarts it) and restarts kube-apiserver, each under
 // the steady load: no request fails, and the cluster converges after each (a
 // scaled Deployment's new endpoint is reached).
 func TestRestartsUnderLoad(t *testing.T) {
@@ -178,11 +178,11 @@ func TestRestartsUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// An agent: SIGKILL its process (the container ID is kpo://<pid>).
+	// An agent: SIGKILL its process (kubelet restarts the container).
 	agent := agentPod(t, c, c.Nodes[0].Name)
-	pid := 0
-	if _, err := fmt.Sscanf(agent.Status.ContainerStatuses[0].ContainerID, "kpo://%d", &pid); err != nil || pid == 0 {
-		t.Fatalf("agent container ID %q: %v", agent.Status.ContainerStatuses[0].ContainerID, err)
+	pid, err := c.ContainerPID(ctx, c.Nodes[0].Name, agent.Status.ContainerStatuses[0].ContainerID)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)

@@ -1,9 +1,10 @@
 // Package cluster_test is kpo's whole-system suite: one local cluster of real
 // Kubernetes components (hack/cluster: kube-apiserver, etcd,
-// kube-controller-manager, kube-scheduler, and a node runtime per node), the
-// operator deployed from config/, the sample ProxyConfiguration and the demo
-// app, and then mode switches, restarts and deletion under load, checked by
-// real packets and by each node's kernel state.
+// kube-controller-manager, kube-scheduler, and kubelet + containerd on each
+// node), the operator deployed from config/ and run from the image `make
+// images` built, the sample ProxyConfiguration and the demo app, and then mode
+// switches, restarts and deletion under load, checked by real packets and by
+// each node's kernel state.
 //
 // The tests share the cluster and run in order (Go runs a package's tests
 // sequentially, files in name order); the deletion test runs after the others
@@ -15,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,6 +53,11 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if stop != nil {
 		stop()
+		// Nothing of the run may stay on the machine.
+		if left := cluster.Leftovers("", os.Getpid()); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "the local cluster left on the machine:\n  %s\n", strings.Join(left, "\n  "))
+			code = 1
+		}
 	}
 	os.Exit(code)
 }
@@ -58,22 +65,11 @@ func TestMain(m *testing.M) {
 // start brings up the cluster the tests share, as `make demo` does.
 func start() (*cluster.Cluster, *corev1.Service, func(), error) {
 	ctx := context.Background()
-	dir, err := os.MkdirTemp("", "kpo-cluster-images-")
+	c, err := cluster.Start(ctx, cluster.Options{Nodes: 3})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	cleanDir := func() { _ = os.RemoveAll(dir) }
-	images, err := cluster.BuildImages(ctx, dir)
-	if err != nil {
-		cleanDir()
-		return nil, nil, nil, err
-	}
-	c, err := cluster.Start(ctx, cluster.Options{Nodes: 3, Images: images})
-	if err != nil {
-		cleanDir()
-		return nil, nil, nil, err
-	}
-	stop := func() { c.Close(); cleanDir() }
+	stop := c.Close
 	fail := func(err error) (*cluster.Cluster, *corev1.Service, func(), error) {
 		err = fmt.Errorf("%w\n%s", err, c.DescribePods(ctx))
 		stop()

@@ -57,12 +57,14 @@ type NS struct {
 	handle netns.NsHandle
 	// NL is a netlink handle that works inside the namespace.
 	NL *netlink.Handle
+	// path is the file of a namespace this package did not create (Open).
+	path string
 }
 
 // New creates a namespace with lo up; it is deleted when the test ends.
 func New(t T, name string) *NS {
 	t.Helper()
-	removeStale()
+	RemoveStale()
 	full := fmt.Sprintf("%s%d-%s", namePrefix, os.Getpid(), name)
 	ns, err := create(full)
 	if err != nil {
@@ -110,18 +112,42 @@ func create(name string) (*NS, error) {
 	return &NS{Name: name, handle: h, NL: nl}, nil
 }
 
-// Close deletes the namespace (and with it every link inside).
+// Open wraps a namespace that something else created (a pod's, made by a
+// container runtime) from its file; Close then only releases the handle.
+func Open(name, path string) (*NS, error) {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening namespace %s (%s): %w", name, path, err)
+	}
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		_ = h.Close()
+		return nil, err
+	}
+	return &NS{Name: name, handle: h, NL: nl, path: path}, nil
+}
+
+// Close deletes the namespace (and with it every link inside); a namespace
+// from Open is only released.
 func (n *NS) Close() {
 	n.NL.Close()
 	_ = n.handle.Close()
-	_ = netns.DeleteNamed(n.Name)
+	if n.path == "" {
+		_ = netns.DeleteNamed(n.Name)
+	}
 }
 
 // Path is the namespace's file, for setns(2) and nsenter.
-func (n *NS) Path() string { return filepath.Join(netnsDir, n.Name) }
+func (n *NS) Path() string {
+	if n.path != "" {
+		return n.path
+	}
+	return filepath.Join(netnsDir, n.Name)
+}
 
-// removeStale deletes namespaces of test processes that no longer run.
-func removeStale() {
+// RemoveStale deletes namespaces of test processes that no longer run (New
+// calls it; the local cluster's crash test too).
+func RemoveStale() {
 	entries, _ := os.ReadDir(netnsDir)
 	for _, e := range entries {
 		rest, ok := strings.CutPrefix(e.Name(), namePrefix)
