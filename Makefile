@@ -120,7 +120,7 @@ SOAK_TIMEOUT ?= 3h
 soak: deps k8s-binaries ## Churn at 5,000 Services for 30 minutes, nftables and iptables: RSS and goroutine slopes, failed requests and syncs (bin/soak-summary.txt).
 	KPO_SOAK_DURATION=$(SOAK_DURATION) KPO_SOAK_SERVICES=$(SOAK_SERVICES) KPO_SOAK_OUT=$(LOCALBIN) \
 		go test ./test/soak/ -run 'TestSoak$$' -count=1 -v -timeout $(SOAK_TIMEOUT) 2>&1 \
-		| tee $(LOCALBIN)/soak-test.log | grep -Ev '^ +[IEW][0-9]{4} '
+		| tee $(LOCALBIN)/soak-test.log | grep --line-buffered -Ev '^ +[IEW][0-9]{4} '
 	@echo "full log: $(LOCALBIN)/soak-test.log; samples: $(LOCALBIN)/soak-samples.csv; heap profiles: $(LOCALBIN)/soak-*.heap"
 
 .PHONY: bench

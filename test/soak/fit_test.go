@@ -3,6 +3,7 @@ package soak
 import (
 	"math"
 	"testing"
+	"time"
 )
 
 func TestLeastSquares(t *testing.T) {
@@ -46,5 +47,26 @@ func TestSecondHalf(t *testing.T) {
 	}
 	if SecondHalf(nil) != nil {
 		t.Error("second half of nothing")
+	}
+}
+
+// TestStepSlope: the steepest slope a band of width R gives over a window w,
+// a step from its bottom to its top in the middle, is 1.5·R/w (bounds.go).
+func TestStepSlope(t *testing.T) {
+	const r, w = 8.0, 900.0 // MiB, seconds
+	var ps []Point
+	for i := range 181 {
+		v := 0.0
+		if float64(i*5) > w/2 {
+			v = r
+		}
+		ps = append(ps, Point{T: float64(i * 5), V: v})
+	}
+	got, want := LeastSquares(ps).Slope, 1.5*r/w
+	if math.Abs(got-want)/want > 0.02 {
+		t.Errorf("slope of a step of %v over %vs: %v, want %v", r, w, got, want)
+	}
+	if b := RSSSlopeBound(15 * time.Minute); math.Abs(b-64) > 0.01 {
+		t.Errorf("RSS bound over 15 minutes: %v, want 64", b)
 	}
 }

@@ -9,38 +9,6 @@ import (
 	"time"
 )
 
-// Bounds on the slopes over the second half of the run. A slope is a leak
-// plus the noise of a short window, so a bound is the two added:
-//
-//	bound = leak + step / window
-//
-// leak is the growth to catch. At the default 5 changes per second (18,000 an
-// hour), rssLeak (16 MiB/h) is about 1 KiB kept per change: one EndpointSlice
-// object, or one map entry per Service touched. goroutineLeak (60 an hour) is
-// one goroutine a minute; one per sync would be 3,600 an hour.
-//
-// step is the largest change a settled agent shows without leaking, which a
-// least-squares fit over a window turns into a slope of up to step/window:
-// RSS rises in steps when the Go heap reaches a new peak (the runtime keeps
-// the pages of its highest peak until the scavenger returns them, and it
-// returns them in full only after a full sync, which steady churn
-// postpones); goroutines come and go by a few when an informer's watch is
-// renewed or /metrics is served. Over the 15 minutes of a 30-minute run the
-// step adds 16 MiB/h and 16/h; over the 2.5 minutes of the CI run, 96 and 96:
-// the CI run catches only gross leaks (6 KiB per change; a goroutine per
-// sync), the 30-minute run small ones.
-const (
-	rssLeak       = 16.0 // MiB/h
-	rssStep       = 4.0  // MiB
-	goroutineLeak = 60.0 // per hour
-	goroutineStep = 4.0
-)
-
-func rssBound(window time.Duration) float64 { return rssLeak + rssStep/window.Hours() }
-func goroutineBound(window time.Duration) float64 {
-	return goroutineLeak + goroutineStep/window.Hours()
-}
-
 // figures are one node's results.
 type figures struct {
 	Node, Mode string
@@ -102,16 +70,21 @@ func report(t *testing.T, s settings, nodes []*node, changes int, churnTime time
 		w("%s (%s): %d samples; slopes: least squares over the second half (%v from %v)",
 			f.Node, f.Mode, f.Samples, f.Window.Round(time.Second), f.WindowFrom.Round(time.Second))
 		w("  RSS          %.1f → %.1f MiB (min %.1f, max %.1f); slope %+.1f ± %.1f MiB/h (bound %.0f)",
-			f.RSSFirst, f.RSSLast, f.RSSMin, f.RSSMax, f.RSS.PerHour(), f.RSS.StdErrPerHour(), rssBound(f.Window))
+			f.RSSFirst, f.RSSLast, f.RSSMin, f.RSSMax, f.RSS.PerHour(), f.RSS.StdErrPerHour(), RSSSlopeBound(f.Window))
 		w("  live heap    %.1f → %.1f MiB; slope %+.1f ± %.1f MiB/h",
 			f.LiveHeapFirst, f.LiveHeapLast, f.LiveHeap.PerHour(), f.LiveHeap.StdErrPerHour())
-		w("  after a full sync: RSS %.1f → %.1f MiB, live heap %.1f → %.1f MiB (cold sync → after the soak)",
-			f.AfterColdSync.RSSMiB, f.AfterSoak.RSSMiB, f.AfterColdSync.LiveHeapMiB, f.AfterSoak.LiveHeapMiB)
+		w("  after a full sync, cold → after the soak: live heap %.1f → %.1f MiB (%+.1f, bound %+.1f); heap in use %.1f → %.1f MiB; RSS %.1f → %.1f MiB; goroutines %.0f → %.0f",
+			f.AfterColdSync.LiveHeapMiB, f.AfterSoak.LiveHeapMiB, f.LiveHeapGrowth(), LiveHeapGrowthBound(changes),
+			f.AfterColdSync.HeapMiB, f.AfterSoak.HeapMiB, f.AfterColdSync.RSSMiB, f.AfterSoak.RSSMiB,
+			f.AfterColdSync.Goroutines, f.AfterSoak.Goroutines)
 		w("  goroutines   %.0f → %.0f (min %.0f, max %.0f); slope %+.1f ± %.1f /h (bound %.0f)",
 			f.GoroutinesFirst, f.GoroutinesLast, f.GoroutinesMin, f.GoroutinesMax,
-			f.Goroutines.PerHour(), f.Goroutines.StdErrPerHour(), goroutineBound(f.Window))
+			f.Goroutines.PerHour(), f.Goroutines.StdErrPerHour(), GoroutineSlopeBound(f.Window))
 		w("  syncs        %.0f full, %.0f partial, %.0f failed; Services with changes pending at most %.0f",
 			f.FullSyncs, f.PartialSyncs, f.FailedSyncs, f.PendingMax)
+		if f.FullSyncs == 0 {
+			w("               (no periodic full sync while the churn lasted: docs/robustness.md, \"Soak\")")
+		}
 		w("  CPU          %.1f s (%.1f%% of one core)", f.CPUSeconds, 100*f.CPUSeconds/churnTime.Seconds())
 		w("  requests     %d, %d failed", f.Requests, f.FailedRequests)
 	}
@@ -120,11 +93,17 @@ func report(t *testing.T, s settings, nodes []*node, changes int, churnTime time
 		writeOut(t, s.Out, sb.String(), nodes)
 	}
 	for _, f := range all {
-		assertFigures(t, f)
+		assertFigures(t, f, changes)
 	}
 }
 
-func assertFigures(t *testing.T, f figures) {
+// LiveHeapGrowth is the live heap after the soak's last full sync less that
+// after the cold sync (MiB).
+func (f figures) LiveHeapGrowth() float64 {
+	return f.AfterSoak.LiveHeapMiB - f.AfterColdSync.LiveHeapMiB
+}
+
+func assertFigures(t *testing.T, f figures, changes int) {
 	if f.FailedSyncs != 0 || f.AfterSoak.FailedSyncs != 0 {
 		t.Errorf("%s (%s): %.0f syncs failed", f.Node, f.Mode, max(f.FailedSyncs, f.AfterSoak.FailedSyncs))
 	}
@@ -134,10 +113,14 @@ func assertFigures(t *testing.T, f figures) {
 	if f.PartialSyncs == 0 {
 		t.Errorf("%s (%s): no sync during the churn", f.Node, f.Mode)
 	}
-	if b := rssBound(f.Window); f.RSS.PerHour() > b {
+	if b := RSSSlopeBound(f.Window); f.RSS.PerHour() > b {
 		t.Errorf("%s (%s): RSS grows %.1f MiB/h over the second half (bound %.0f)", f.Node, f.Mode, f.RSS.PerHour(), b)
 	}
-	if b := goroutineBound(f.Window); f.Goroutines.PerHour() > b {
+	if b := LiveHeapGrowthBound(changes); f.LiveHeapGrowth() > b {
+		t.Errorf("%s (%s): the live heap after a full sync grew %.1f MiB during the soak (bound %.1f)", f.Node, f.Mode,
+			f.LiveHeapGrowth(), b)
+	}
+	if b := GoroutineSlopeBound(f.Window); f.Goroutines.PerHour() > b {
 		t.Errorf("%s (%s): goroutines grow %.1f/h over the second half (bound %.0f)", f.Node, f.Mode, f.Goroutines.PerHour(), b)
 	}
 }
