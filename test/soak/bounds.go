@@ -15,9 +15,9 @@ import "time"
 //
 // A slope over a short window is the leak plus noise. A settled agent's RSS
 // does not stay put: it moves within a band as the Go heap grows to its next
-// collection and the scavenger returns pages (at 5,000 Services, 6.3 MiB
-// wide over the 27 settled minutes of a 30-minute run); its goroutines move
-// within a few (55–59) as watches are renewed and /metrics is served. The
+// collection and the scavenger returns pages (at 5,000 Services, 5.0 to 7.2
+// MiB wide over the 27 settled minutes of 30-minute runs); its goroutines
+// move within a few (55–59) as watches are renewed and /metrics is served. The
 // steepest least-squares slope a band of width R can give over a window w is
 // 1.5·R/w (the values at the bottom of the band for the first half of the
 // window and at the top for the second; TestStepSlope), so a bound is
