@@ -124,6 +124,19 @@ conformance: deps k8s-binaries ## kpo vs upstream kube-proxy on the same objects
 	grep -E '^(--- |ok|FAIL)|DIFF' $(LOCALBIN)/conformance-test.log; \
 	echo "full log: $(LOCALBIN)/conformance-test.log"; cat $(LOCALBIN)/conformance.log; exit $$status
 
+# The soak: SOAK_SERVICES Services and a steady churn for SOAK_DURATION, both
+# modes at once (docs/robustness.md, "Soak"). `make test` runs a 5-minute one.
+SOAK_DURATION ?= 30m
+SOAK_SERVICES ?= 5000
+SOAK_TIMEOUT ?= 3h
+
+.PHONY: soak
+soak: deps k8s-binaries ## Churn at 5,000 Services for 30 minutes, nftables and iptables: RSS and goroutine slopes, failed requests and syncs (bin/soak-summary.txt).
+	KPO_SOAK_DURATION=$(SOAK_DURATION) KPO_SOAK_SERVICES=$(SOAK_SERVICES) KPO_SOAK_OUT=$(LOCALBIN) \
+		go test ./test/soak/ -run 'TestSoak$$' -count=1 -v -timeout $(SOAK_TIMEOUT) 2>&1 \
+		| tee $(LOCALBIN)/soak-test.log | grep --line-buffered -Ev '^ +[IEW][0-9]{4} '
+	@echo "full log: $(LOCALBIN)/soak-test.log; samples: $(LOCALBIN)/soak-samples.csv; heap profiles: $(LOCALBIN)/soak-*.heap"
+
 .PHONY: bench
 bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comparison section), docs/kube-proxy-comparison.md/.json (BENCH=full adds 5k×50).
 	KPO_BENCH_WRITE=1 $(if $(filter full,$(BENCH)),KPO_BENCH_LARGE=1) \

@@ -54,6 +54,14 @@ func (l *Load) Stop() (total int, failures []string) {
 	return l.total, l.failures
 }
 
+// Counts is how many requests were sent so far and how many failed, while
+// the load runs (the soak test samples it).
+func (l *Load) Counts() (total, failed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.total, len(l.failures)
+}
+
 // StopAndCheck stops the load and fails the test if any request failed or if
 // fewer than atLeast requests were sent.
 func (l *Load) StopAndCheck(t testing.TB, what string, atLeast int) {
