@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,31 @@ func TestAgentsWriteOnlyTheirOwnNodeStatus(t *testing.T) {
 	}
 	if err := agentReport(agent2, n2.Name, n2, agentNodeReport(pc, kpov1.NodeReasonSynced)); err != nil {
 		t.Fatalf("agent on %s writing its own report: %v", n2.Name, err)
+	}
+
+	// The agent of the configuration that takes node 1 over (a hand-over)
+	// writes the report the first configuration's agent left: allowed. (The
+	// policy once failed on this main-resource write, 'no such key:
+	// subResource', and the successor could never report.)
+	next := createConfig(t, sel+"-next", sel+"-nothing", nil)
+	next = getConfig(t, next.Name)
+	saNext := render.AgentName(next)
+	apiserver.Eventually(t, wait, func() error {
+		b := &rbacv1.ClusterRoleBinding{}
+		if err := k8s.Get(testCtx, types.NamespacedName{Name: render.AgentBindingName}, b); err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(b.Subjects, func(s rbacv1.Subject) bool { return s.Name == saNext }) {
+			return fmt.Errorf("the agents' binding does not name %s yet", saNext)
+		}
+		return nil
+	})
+	agentNext := clientFor(t, tokenConfig(t, testNamespace, saNext, agentPod(t, saNext, n1.Name)))
+	if err := agentReport(agentNext, n1.Name, n1, agentNodeReport(next, kpov1.NodeReasonSynced)); err != nil {
+		t.Errorf("the successor's agent on %s taking the report over: %v", n1.Name, err)
+	}
+	if err := agentReport(agent1, n1.Name, n1, agentNodeReport(pc, kpov1.NodeReasonSynced)); err != nil {
+		t.Fatalf("agent on %s writing its own report again: %v", n1.Name, err)
 	}
 
 	// Agent 1 on node 2's report: neither the object nor its status.
