@@ -263,7 +263,7 @@ func (t *fakeTable) command(fam model.Family, args []string) error {
 	}
 	switch op {
 	case "-A", "-I":
-		r, err := t.parseRule(fam, rest)
+		r, err := t.parseRule(fam, name, rest)
 		if err != nil {
 			return err
 		}

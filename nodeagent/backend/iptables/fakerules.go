@@ -107,8 +107,25 @@ func parsePort(s string) error {
 	return nil
 }
 
-// parseRule validates a rule for table t and returns it.
-func (t *fakeTable) parseRule(fam model.Family, args []string) (fakeRule, error) {
+// checkInterface checks an -i or -o match as iptables does: a name (with
+// "+" for a prefix) shorter than IFNAMSIZ, and in a built-in chain only where
+// packets have such an interface ("Can't use -i with OUTPUT"). In a user
+// chain iptables checks nothing more: a locally generated packet reaching
+// it from OUTPUT simply has no input interface.
+func checkInterface(chain, opt, name string) error {
+	if len(name) > 15 {
+		return fmt.Errorf("interface name %q must be shorter than IFNAMSIZ (15)", name)
+	}
+	noIn := chain == "OUTPUT" || chain == "POSTROUTING"
+	noOut := chain == "INPUT" || chain == "PREROUTING"
+	if (opt == "-i" && noIn) || (opt == "-o" && noOut) {
+		return fmt.Errorf("can't use %s with %s", opt, chain)
+	}
+	return nil
+}
+
+// parseRule validates a rule for chain of table t and returns it.
+func (t *fakeTable) parseRule(fam model.Family, chain string, args []string) (fakeRule, error) {
 	r := fakeRule{text: strings.Join(quoteArgs(args), " "), args: args}
 	proto := ""
 	mods := map[string]bool{}
@@ -145,6 +162,10 @@ func (t *fakeTable) parseRule(fam model.Family, args []string) (fakeRule, error)
 		case "-s", "-d":
 			if _, _, err := parseAddrMask(fam, v); err != nil {
 				return r, fmt.Errorf("%s: %w", a, err)
+			}
+		case "-i", "-o":
+			if err := checkInterface(chain, a, v); err != nil {
+				return r, err
 			}
 		case "-p":
 			switch v {
