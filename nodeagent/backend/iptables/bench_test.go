@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/netns"
 )
@@ -34,7 +35,7 @@ func BenchmarkFakeFullSync10k(b *testing.B) {
 	s := bigSnapshot(10000, 2)
 	for b.Loop() {
 		be, _ := New(testSettings, []model.Family{model.IPv4}, WithKernel(nopKernel{}))
-		if _, err := be.Sync(context.Background(), s, true); err != nil {
+		if _, err := backendtest.Sync(context.Background(), be, s, true); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -78,7 +79,7 @@ func BenchmarkColdSync(b *testing.B) {
 						b.Fatal(err)
 					}
 					b.StartTimer()
-					if err := ns.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
+					if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }); err != nil {
 						b.Fatal(err)
 					}
 					b.StopTimer()
@@ -111,7 +112,7 @@ func BenchmarkPartialSync10k(b *testing.B) {
 			b.Fatal(err)
 		}
 		cur := clone(s)
-		if err := ns.Do(func() error { _, err := be.Sync(context.Background(), cur, true); return err }); err != nil {
+		if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, cur, true); return err }); err != nil {
 			b.Fatal(err)
 		}
 		i := 0
@@ -122,7 +123,7 @@ func BenchmarkPartialSync10k(b *testing.B) {
 				cur.Services[key] = orig
 			}
 			err := ns.Do(func() error {
-				r, err := be.Sync(context.Background(), cur, false)
+				r, err := backendtest.Sync(context.Background(), be, cur, false)
 				if err == nil && r.ServicePortsWritten != 1 {
 					err = fmt.Errorf("wrote %d", r.ServicePortsWritten)
 				}
@@ -160,7 +161,7 @@ func BenchmarkWarmFullSync10k(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		sync := func() error { _, err := be.Sync(context.Background(), s, true); return err }
+		sync := func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }
 		if err := ns.Do(sync); err != nil {
 			b.Fatal(err)
 		}

@@ -166,15 +166,17 @@ func isBase(table, name string) bool {
 	return false
 }
 
-// Sync implements backend.Backend.
-func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (backend.SyncResult, error) {
+// Sync implements backend.Backend: one restore per family.
+func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, changes *backend.Changes) (backend.SyncResult, error) {
 	if err := ctx.Err(); err != nil {
 		return backend.SyncResult{}, err
 	}
-	full = full || b.needFull
-	res := backend.SyncResult{Full: full}
+	if b.needFull {
+		changes = nil
+	}
+	res := backend.SyncResult{Full: changes == nil}
 	for _, f := range b.families {
-		n, err := b.syncFamily(snap, f, full)
+		n, err := b.syncFamily(snap, f, changes)
 		if err != nil {
 			// The kernel may now hold part of this sync (one table committed,
 			// the other not): forget what we believe and repair with a full sync.
@@ -191,82 +193,20 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 	return res, nil
 }
 
-func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (int, error) {
-	node := nodeViewOf(snap.Node, f)
+// syncFamily writes one family's changes (nil: everything) in one restore.
+func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, changes *backend.Changes) (int, error) {
+	nat, filter := newTableWriter(tableNAT), newTableWriter(tableFilter)
 	st := b.fams[f]
-	if st == nil || !st.node.equal(node) {
-		// Node info is baked into many rules (pod CIDRs in EXT chains, node
-		// port addresses): a change rewrites everything.
-		full = true
-	}
-	var host hostState
+	full := changes == nil || st == nil
+	var written int
 	if full {
-		// Base chains and the jumps to them are made by the restore below
-		// (declared, and inserted where the listing lacks them), which saves
-		// two dozen iptables executions per family; only sysctls come first.
 		var err error
-		if host, err = b.prepareHost(f, node); err != nil {
+		if st, err = b.writeFull(snap, f, nat, filter); err != nil {
 			return 0, err
 		}
-		r := &renderer{fam: f, settings: b.settings, local: localMatches(node)}
-		st = newFamState(f, r, node, b.kernel.RandomFully(f))
-	}
-	nat, filter := newTableWriter(tableNAT), newTableWriter(tableFilter)
-	d := newDirty()
-	written := 0
-	// kept counts the programmed service ports still in the snapshot: when it
-	// is all of them nothing was removed, and the partial sync skips a second
-	// pass of map lookups over every service port (the Go side of a partial
-	// sync is these lookups).
-	before, kept := len(st.svcs), 0
-	for k, sp := range snap.Services {
-		if k.Family != f {
-			continue
-		}
-		old := st.svcs[k]
-		if old != nil {
-			kept++
-		}
-		if !full && old != nil && old.sp == sp {
-			continue
-		}
-		nr := st.r.render(sp)
-		for _, name := range st.apply(k, nr, d) {
-			nat.remove(name)
-		}
-		for _, c := range nr.nat {
-			nat.write(c)
-		}
-		written++
-	}
-	if !full && kept < before {
-		for k := range st.svcs {
-			if _, ok := snap.Services[k]; !ok {
-				for _, name := range st.apply(k, nil, d) {
-					nat.remove(name)
-				}
-			}
-		}
-	}
-	st.writeShared(d, nat, filter, full)
-	if full {
-		fixed := st.r.fixedNAT(st.randomFully)
-		st.fixedRules = len(st.r.nodePortDispatch(node.nodePortIPs, node.explicitNP)) + 1
-		for _, c := range fixed {
-			nat.write(c)
-			st.fixedRules += len(c.rules)
-		}
-		for _, c := range st.r.hostFilter(host) {
-			filter.write(c)
-			st.fixedRules += len(c.rules)
-		}
-		// Drift repair: delete every chain of this mode we do not mean to
-		// have, and (re)insert missing jumps from the built-in chains.
-		for _, t := range []*tableWriter{nat, filter} {
-			if err := b.repair(f, t); err != nil {
-				return 0, err
-			}
-		}
+		written = len(st.svcs)
+	} else {
+		written = st.writeChanges(snap, f, changes, nat, filter)
 	}
 	if !nat.empty() || !filter.empty() {
 		// One restore, two sections, each committed atomically by itself.
@@ -279,6 +219,70 @@ func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (i
 	}
 	b.fams[f] = st
 	return written, nil
+}
+
+// writeFull writes every chain of the family: the services', the shared
+// dispatch chains, the fixed and host chains, and the repair of drift (a
+// new state, since the kernel may hold anything).
+func (b *Backend) writeFull(snap *model.Snapshot, f model.Family, nat, filter *tableWriter) (*famState, error) {
+	node := nodeViewOf(snap.Node, f)
+	// Base chains and the jumps to them are made by the restore (declared,
+	// and inserted where the listing lacks them), which saves two dozen
+	// iptables executions per family; only sysctls come first.
+	host, err := b.prepareHost(f, node)
+	if err != nil {
+		return nil, err
+	}
+	r := &renderer{fam: f, settings: b.settings, local: localMatches(node)}
+	st := newFamState(f, r, node, b.kernel.RandomFully(f))
+	d := newDirty()
+	for k, sp := range snap.Services {
+		if k.Family == f {
+			st.write(k, sp, d, nat)
+		}
+	}
+	st.writeShared(d, nat, filter, true)
+	st.fixedRules = len(st.r.nodePortDispatch(node.nodePortIPs, node.explicitNP)) + 1
+	for _, c := range st.r.fixedNAT(st.randomFully) {
+		nat.write(c)
+		st.fixedRules += len(c.rules)
+	}
+	for _, c := range st.r.hostFilter(host) {
+		filter.write(c)
+		st.fixedRules += len(c.rules)
+	}
+	// Drift repair: delete every chain of this mode we do not mean to
+	// have, and (re)insert missing jumps from the built-in chains.
+	for _, t := range []*tableWriter{nat, filter} {
+		if err := b.repair(f, t); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// writeChanges writes the family's changed service ports and the shared
+// chains they touch; it returns how many it rewrote.
+func (s *famState) writeChanges(snap *model.Snapshot, f model.Family, changes *backend.Changes, nat, filter *tableWriter) int {
+	d := newDirty()
+	written := 0
+	for _, k := range changes.Changed {
+		if k.Family == f {
+			if sp := snap.Services[k]; sp != nil {
+				s.write(k, sp, d, nat)
+				written++
+			} else {
+				s.write(k, nil, d, nat)
+			}
+		}
+	}
+	for _, k := range changes.Removed {
+		if k.Family == f && s.svcs[k] != nil {
+			s.write(k, nil, d, nat)
+		}
+	}
+	s.writeShared(d, nat, filter, false)
+	return written
 }
 
 // repair lists a table, deletes this mode's chains t does not write and inserts

@@ -9,6 +9,7 @@ import (
 
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/backendfuzz"
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/netns"
 )
@@ -28,7 +29,7 @@ func (f *fakeTarget) Fresh(t *testing.T) backend.Backend {
 }
 
 func (f *fakeTarget) Sync(b backend.Backend, s *model.Snapshot, full bool) (backend.SyncResult, error) {
-	return b.Sync(context.Background(), s, full)
+	return backendtest.Sync(context.Background(), b, s, full)
 }
 
 func (f *fakeTarget) List(*testing.T) string {
@@ -63,7 +64,7 @@ func (k *kernelTarget) Fresh(t *testing.T) backend.Backend {
 }
 
 func (k *kernelTarget) Sync(b backend.Backend, s *model.Snapshot, full bool) (res backend.SyncResult, err error) {
-	err = k.ns.Do(func() error { res, err = b.Sync(context.Background(), s, full); return err })
+	err = k.ns.Do(func() error { res, err = backendtest.Sync(context.Background(), b, s, full); return err })
 	return res, err
 }
 

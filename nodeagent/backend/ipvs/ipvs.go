@@ -163,11 +163,6 @@ func (b *Backend) Mode() kpov1.Mode { return kpov1.ModeIPVS }
 // Stats returns the counters of the last successful sync.
 func (b *Backend) Stats() Stats { return b.stats }
 
-// Pending reports how many destinations are draining: the agent should sync
-// again within the termination bound while this is not zero, since draining
-// progresses only during syncs.
-func (b *Backend) Pending() int { return len(b.term) }
-
 // Check implements backend.Backend.
 func (b *Backend) Check(ctx context.Context) error {
 	if err := b.probe(); err != nil {
@@ -200,7 +195,7 @@ func (b *Backend) ensureHandle() (*countingHandle, error) {
 }
 
 // Sync implements backend.Backend.
-func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (backend.SyncResult, error) {
+func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, changes *backend.Changes) (backend.SyncResult, error) {
 	if err := ctx.Err(); err != nil {
 		return backend.SyncResult{}, err
 	}
@@ -209,17 +204,14 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 		return backend.SyncResult{}, fmt.Errorf("%w: ipvs: %v", backend.ErrUnavailable, err)
 	}
 	h.ops, b.linkOps = 0, 0
-	full = full || b.needFull
+	if b.needFull {
+		changes = nil
+	}
+	full := changes == nil
 	nodeIPs, err := b.nodePortIPs(snap, full)
 	if err != nil {
 		b.needFull = true
 		return backend.SyncResult{}, fmt.Errorf("ipvs: node addresses: %w", err)
-	}
-	for _, f := range b.families {
-		if !slices.Equal(nodeIPs[f], b.nodeIPs[f]) {
-			// NodePort virtual servers exist per node address.
-			full = true
-		}
 	}
 	var written int
 	if full {
@@ -227,7 +219,7 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 		written, err = b.syncFull(snap, nodeIPs)
 		b.inFull = false
 	} else {
-		written, err = b.syncPartial(snap, nodeIPs)
+		written, err = b.syncPartial(snap, b.withNodePortChanges(snap, changes, nodeIPs), nodeIPs)
 	}
 	if err == nil {
 		err = b.drain()
@@ -247,7 +239,28 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 		b.stats.Destinations += len(v.dests)
 	}
 	return backend.SyncResult{Full: full, ServicePortsWritten: written,
-		Rules: b.stats.VirtualServers + b.stats.Destinations}, nil
+		Rules: b.stats.VirtualServers + b.stats.Destinations, Draining: len(b.term)}, nil
+}
+
+// withNodePortChanges adds to changes the service ports with a NodePort
+// when the node's addresses changed since the last sync: NodePort virtual
+// servers exist per node address, which the backend finds itself when the
+// snapshot names none (a change the agent cannot see).
+func (b *Backend) withNodePortChanges(snap *model.Snapshot, changes *backend.Changes, nodeIPs map[model.Family][]netip.Addr) *backend.Changes {
+	moved := false
+	for _, f := range b.families {
+		moved = moved || !slices.Equal(nodeIPs[f], b.nodeIPs[f])
+	}
+	if !moved {
+		return changes
+	}
+	out := &backend.Changes{Changed: slices.Clone(changes.Changed), Removed: changes.Removed}
+	for k, sp := range snap.Services {
+		if sp.NodePort != 0 && !slices.Contains(out.Changed, k) {
+			out.Changed = append(out.Changed, k)
+		}
+	}
+	return out
 }
 
 // wanted reports whether a service port is of one of our families.
@@ -394,69 +407,75 @@ func (b *Backend) prepare() error {
 	return nil
 }
 
-// syncPartial rewrites only the service ports whose pointer changed since the
-// last successful sync, and removes those that went away.
-func (b *Backend) syncPartial(snap *model.Snapshot, nodeIPs map[model.Family][]netip.Addr) (int, error) {
-	written, kept := 0, 0
-	for k, sp := range snap.Services {
-		if !b.wanted(k) {
+// syncPartial rewrites the changed service ports and removes those that
+// went away: first every virtual server they no longer want is released
+// (deleted, unless another of them takes it over), then they take what
+// they want. A virtual server can move between service ports in one sync
+// (a port renamed, a VIP arbitrated to another Service); its old owner is
+// then in the change set too.
+func (b *Backend) syncPartial(snap *model.Snapshot, changes *backend.Changes, nodeIPs map[model.Family][]netip.Addr) (int, error) {
+	type move struct {
+		k     model.ServicePortKey
+		sp    *model.ServicePort // nil: removed
+		wants []vsWant
+	}
+	var moves []move
+	moving := map[model.ServicePortKey]bool{}
+	wantedBy := map[VSKey]model.ServicePortKey{}
+	add := func(k model.ServicePortKey, sp *model.ServicePort) {
+		if !b.wanted(k) || moving[k] || (sp == nil && b.svcs[k] == nil) {
+			return
+		}
+		m := move{k: k, sp: sp}
+		if sp != nil {
+			m.wants = b.render(sp, nodeIPs[k.Family])
+		}
+		for _, w := range m.wants {
+			if _, taken := wantedBy[w.svc.VSKey]; !taken {
+				wantedBy[w.svc.VSKey] = k
+			}
+		}
+		moving[k] = true
+		moves = append(moves, m)
+	}
+	for _, k := range changes.Changed {
+		add(k, snap.Services[k])
+	}
+	for _, k := range changes.Removed {
+		add(k, nil)
+	}
+	for _, m := range moves {
+		if old := b.svcs[m.k]; old != nil {
+			for _, key := range old.keys {
+				if _, taken := wantedBy[key]; !taken {
+					if err := b.deleteVS(key); err != nil {
+						return 0, err
+					}
+				}
+			}
+		}
+	}
+	written := 0
+	for _, m := range moves {
+		written++
+		if m.sp == nil {
+			delete(b.svcs, m.k)
 			continue
 		}
-		old := b.svcs[k]
-		if old != nil {
-			kept++
-			if old.sp == sp {
-				continue
-			}
-		}
-		if err := b.update(k, sp, old, nodeIPs[k.Family]); err != nil {
-			return written, err
-		}
-		written++
-	}
-	if kept < len(b.svcs) {
-		for k, old := range b.svcs {
-			if _, ok := snap.Services[k]; !ok {
-				if err := b.update(k, nil, old, nil); err != nil {
-					return written, err
-				}
-				written++
-			}
-		}
-	}
-	return written, nil
-}
-
-// update moves one service port from old to sp (nil: removed).
-func (b *Backend) update(k model.ServicePortKey, sp *model.ServicePort, old *spState, nodeIPs []netip.Addr) error {
-	st := &spState{sp: sp}
-	keep := map[VSKey]bool{}
-	if sp != nil {
-		for _, w := range b.render(sp, nodeIPs) {
-			if cur := b.vs[w.svc.VSKey]; cur != nil && cur.owner != k {
+		st := &spState{sp: m.sp, sets: b.setEntries(m.sp, nodeIPs[m.k.Family])}
+		for _, w := range m.wants {
+			key := w.svc.VSKey
+			if cur := b.vs[key]; wantedBy[key] != m.k || (cur != nil && cur.owner != m.k && !moving[cur.owner]) {
 				continue // another service port's VIP: first owner wins
 			}
-			if err := b.apply(w, k, b.term); err != nil {
-				return err
+			if err := b.apply(w, m.k, b.term); err != nil {
+				return written, err
 			}
-			keep[w.svc.VSKey] = true
-			st.keys = append(st.keys, w.svc.VSKey)
+			st.keys = append(st.keys, key)
 		}
-		st.sets = b.setEntries(sp, nodeIPs)
-		b.svcs[k] = st
-	} else {
-		delete(b.svcs, k)
+		b.svcs[m.k] = st
 	}
-	if old != nil {
-		for _, key := range old.keys {
-			if !keep[key] {
-				if err := b.deleteVS(key); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	return nil
+	return written, nil
 }
 
 // apply makes one virtual server match w, given what b.vs holds of it.
