@@ -233,7 +233,7 @@ func (b *Backend) writeFull(snap *model.Snapshot, f model.Family, nat, filter *t
 	if err != nil {
 		return nil, err
 	}
-	r := &renderer{fam: f, settings: b.settings, local: localMatches(node)}
+	r := newRenderer(f, b.settings, localMatches(node))
 	st := newFamState(f, r, node, b.kernel.RandomFully(f))
 	d := newDirty()
 	for k, sp := range snap.Services {

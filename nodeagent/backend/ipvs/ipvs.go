@@ -306,15 +306,15 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 		if !b.wanted(k) {
 			continue
 		}
-		st := &spState{sp: sp}
-		for _, w := range b.render(sp, nodeIPs[k.Family]) {
+		p := b.plan(sp, &snap.Node, nodeIPs[k.Family])
+		st := &spState{sp: sp, sets: p.sets}
+		for _, w := range p.wants {
 			if _, dup := desired[w.svc.VSKey]; dup {
 				continue
 			}
 			desired[w.svc.VSKey] = want{w, k}
 			st.keys = append(st.keys, w.svc.VSKey)
 		}
-		st.sets = b.setEntries(sp, nodeIPs[k.Family])
 		b.svcs[k] = st
 	}
 
@@ -415,9 +415,9 @@ func (b *Backend) prepare() error {
 // then in the change set too.
 func (b *Backend) syncPartial(snap *model.Snapshot, changes *backend.Changes, nodeIPs map[model.Family][]netip.Addr) (int, error) {
 	type move struct {
-		k     model.ServicePortKey
-		sp    *model.ServicePort // nil: removed
-		wants []vsWant
+		k  model.ServicePortKey
+		sp *model.ServicePort // nil: removed
+		portPlan
 	}
 	var moves []move
 	moving := map[model.ServicePortKey]bool{}
@@ -428,7 +428,7 @@ func (b *Backend) syncPartial(snap *model.Snapshot, changes *backend.Changes, no
 		}
 		m := move{k: k, sp: sp}
 		if sp != nil {
-			m.wants = b.render(sp, nodeIPs[k.Family])
+			m.portPlan = b.plan(sp, &snap.Node, nodeIPs[k.Family])
 		}
 		for _, w := range m.wants {
 			if _, taken := wantedBy[w.svc.VSKey]; !taken {
@@ -462,7 +462,7 @@ func (b *Backend) syncPartial(snap *model.Snapshot, changes *backend.Changes, no
 			delete(b.svcs, m.k)
 			continue
 		}
-		st := &spState{sp: m.sp, sets: b.setEntries(m.sp, nodeIPs[m.k.Family])}
+		st := &spState{sp: m.sp, sets: m.sets}
 		for _, w := range m.wants {
 			key := w.svc.VSKey
 			if cur := b.vs[key]; wantedBy[key] != m.k || (cur != nil && cur.owner != m.k && !moving[cur.owner]) {

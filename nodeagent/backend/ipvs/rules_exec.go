@@ -63,7 +63,7 @@ func (r *execRules) Apply(rs *RuleSet, full bool) error {
 		return err
 	}
 	for _, f := range rs.Families {
-		key := fmt.Sprint(rs.localMatches(f))
+		key := fmt.Sprint(rs.localMatches(f), rs.ClusterMasquerade[f])
 		if !full && r.cidrs != nil && r.cidrs[f] == key {
 			continue
 		}
@@ -73,7 +73,7 @@ func (r *execRules) Apply(rs *RuleSet, full bool) error {
 	}
 	r.cidrs = map[model.Family]string{}
 	for _, f := range rs.Families {
-		r.cidrs[f] = fmt.Sprint(rs.localMatches(f))
+		r.cidrs[f] = fmt.Sprint(rs.localMatches(f), rs.ClusterMasquerade[f])
 	}
 	r.applied = map[string]map[string]bool{}
 	for n, s := range rs.Sets {
@@ -85,7 +85,7 @@ func (r *execRules) Apply(rs *RuleSet, full bool) error {
 // writeChains rewrites a family's chains and inserts the missing jumps, in one
 // restore (each table section commits atomically).
 func (r *execRules) writeChains(ipt iptables.Kernel, f model.Family, rs *RuleSet) error {
-	chains := renderChains(f, r.settings, rs.localMatches(f))
+	chains := renderChains(f, r.settings, rs.ClusterMasquerade[f], rs.localMatches(f))
 	var data bytes.Buffer
 	for _, table := range []string{"filter", "nat"} {
 		lines, err := ipt.ListRules(f, table)

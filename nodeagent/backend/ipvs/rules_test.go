@@ -130,7 +130,8 @@ func TestRenderChains(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := testSettings
 			s.MasqueradeAll = tt.masqAll
-			c := renderChains(model.IPv4, s, tt.cidrs)
+			masq := model.RouteOptions{MasqueradeAll: tt.masqAll, PodsKnown: len(tt.cidrs) > 0}.ClusterMasquerade()
+			c := renderChains(model.IPv4, s, masq, tt.cidrs)
 			all := strings.Join(append(c["nat"], c["filter"]...), "\n")
 			for _, h := range tt.has {
 				if !strings.Contains(all, h) {

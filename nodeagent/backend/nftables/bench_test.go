@@ -14,7 +14,7 @@ import (
 // two endpoints and a NodePort.
 func BenchmarkRenderService(b *testing.B) {
 	s := bigSnapshot(1000, 2)
-	rc := &renderCtx{fi: fams[model.IPv4]}
+	rc := newRenderCtx(model.IPv4, &model.NodeInfo{}, false)
 	rc.isLocal, rc.notLocal = localMatch(rc.fi, &testNode, model.IPv4)
 	sps := make([]*model.ServicePort, 0, len(s.Services))
 	for _, sp := range s.Services {

@@ -58,8 +58,7 @@ func TestNetlinkGrammar(t *testing.T) {
 		for i, node := range []model.NodeInfo{testNode, {LocalInterface: "veth", LocalInterfacePrefix: true},
 			{LocalInterface: "cbr0"}, {}} {
 			masqAll := i == 3
-			rc := &renderCtx{fi: fi, masqAll: masqAll}
-			rc.isLocal, rc.notLocal = localMatch(fi, &node, fam)
+			rc := newRenderCtx(fam, &node, masqAll)
 			for _, sp := range variety(fam) {
 				o := renderService(rc, sp)
 				chains := slices.Clone(o.chains)

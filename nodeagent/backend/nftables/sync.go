@@ -41,8 +41,7 @@ type famSync struct {
 
 func (b *Backend) newFamSync(fam model.Family, node *model.NodeInfo, base *baseObjects) *famSync {
 	fi := fams[fam]
-	rc := &renderCtx{fi: fi, masqAll: b.settings.masqAll}
-	rc.isLocal, rc.notLocal = localMatch(fi, node, fam)
+	rc := newRenderCtx(fam, node, b.settings.masqAll)
 	return &famSync{fi: fi, rc: rc, next: &famState{base: base, services: map[model.ServicePortKey]*svcState{},
 		classes: map[class]int{}, shared: map[sharedElem]int{}}}
 }
