@@ -47,6 +47,7 @@ func (nopKernel) ListRules(model.Family, string) ([]string, error) { return nil,
 func (nopKernel) Restore(model.Family, []byte) error               { return nil }
 func (nopKernel) RandomFully(model.Family) bool                    { return true }
 func (nopKernel) Check(model.Family) error                         { return nil }
+func (nopKernel) Sysctls() Sysctls                                 { return FakeSysctls{} }
 
 func benchVariants(b *testing.B, fn func(b *testing.B, v Variant)) {
 	netns.Skip(b)

@@ -27,10 +27,8 @@ package iptables
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/backend"
@@ -47,9 +45,8 @@ func WithKernel(k Kernel) Option { return func(b *Backend) { b.kernel = k } }
 // flavour the host uses (see DetectVariant).
 func WithVariant(v Variant) Option { return func(b *Backend) { b.variant = v } }
 
-// WithSysctls replaces /proc/sys (tests: FakeSysctls). With WithKernel and
-// without this option, sysctls are an empty FakeSysctls: a fake kernel must
-// not come with real sysctl writes.
+// WithSysctls replaces the kernel's sysctls (tests: FakeSysctls with a
+// real kernel in a namespace).
 func WithSysctls(s Sysctls) Option { return func(b *Backend) { b.sysctls = s } }
 
 // Backend is the iptables mode. It is used by one goroutine at a time.
@@ -86,12 +83,9 @@ func New(settings backend.Settings, families []model.Family, opts ...Option) (*B
 			return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
 		}
 		b.kernel = k
-		if b.sysctls == nil {
-			b.sysctls = procSysctls{}
-		}
 	}
 	if b.sysctls == nil {
-		b.sysctls = FakeSysctls{}
+		b.sysctls = b.kernel.Sysctls()
 	}
 	return b, nil
 }
@@ -109,15 +103,9 @@ func (b *Backend) Check(ctx context.Context) error {
 	return nil
 }
 
-// jump is a rule in a built-in chain that sends traffic to a base chain.
-type jump struct {
-	table, chain string
-	rule         []string
-}
-
 // jumps are inserted first in the built-in chains, as kube-proxy does: rules of
 // other software (a firewall's ACCEPT) must not bypass service translation.
-var jumps = []jump{
+var jumps = []Jump{
 	{tableNAT, "PREROUTING", []string{"-m", "comment", "--comment", "kpo service portals", "-j", chainServices}},
 	{tableNAT, "OUTPUT", []string{"-m", "comment", "--comment", "kpo service portals", "-j", chainServices}},
 	{tableNAT, "POSTROUTING", []string{"-m", "comment", "--comment", "kpo postrouting", "-j", chainPostrouting}},
@@ -148,7 +136,7 @@ var externalJump = []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "conntr
 	"-m", "comment", "--comment", "kpo external service rejects", "-j", chainExternalServices}
 
 // retiredJumps are jumps earlier versions inserted: cleanup removes them too.
-var retiredJumps = []jump{{tableFilter, "INPUT", filterJump}}
+var retiredJumps = []Jump{{tableFilter, "INPUT", filterJump}}
 
 var baseChains = []struct{ table, chain string }{
 	{tableNAT, chainServices}, {tableNAT, chainNodePorts}, {tableNAT, chainPostrouting},
@@ -299,84 +287,19 @@ func (b *Backend) repair(f model.Family, t *tableWriter) error {
 		}
 	}
 	for _, j := range jumps {
-		if j.table == t.name && !hasJump(lines, j) {
-			t.edit("-I " + j.chain + " " + strings.Join(quoteArgs(j.rule), " "))
+		if j.Table == t.name && !j.In(lines) {
+			t.edit(j.Insert())
 		}
 	}
 	return nil
 }
 
-// chainsOf returns the chains of an "iptables -S" listing.
-func chainsOf(lines []string) []string {
-	var out []string
-	for _, l := range lines {
-		if name, ok := strings.CutPrefix(l, "-N "); ok {
-			out = append(out, strings.TrimSpace(name))
-		} else if name, ok := strings.CutPrefix(l, "-P "); ok {
-			out = append(out, strings.Fields(name)[0])
-		}
-	}
-	return out
-}
-
-// hasJump reports whether the listing holds j, recognised by its comment and
-// target: iptables -S normalises matches differently across versions and
-// variants, and a jump missed here would be inserted again at every full sync.
-func hasJump(lines []string, j jump) bool {
-	return slices.ContainsFunc(lines, func(l string) bool { return isJump(j, l) })
-}
-
-// isJump reports whether a listed line is the jump j.
-func isJump(j jump, line string) bool {
-	line = strings.TrimSpace(line)
-	return strings.HasPrefix(line, "-A "+j.chain+" ") &&
-		strings.Contains(line, `--comment "`+argAfter(j.rule, "--comment")+`"`) &&
-		strings.HasSuffix(line, "-j "+argAfter(j.rule, "-j"))
-}
-
-// Cleanup implements backend.Backend: one restore per family deletes the
-// jumps (as listed, so that the rule spec matches whatever normalisation the
-// variant applies) and every chain of this mode in both tables (not the ipvs
-// mode's KPO-IPVS-* ones: a mode switch to ipvs cleans up after its first
-// sync); each table's section commits atomically, so no packet meets a
-// half-deleted chain. Sysctls stay as they are, as with kube-proxy.
+// Cleanup implements backend.Backend: it deletes the jumps and every chain of
+// this mode in both tables (not the ipvs mode's KPO-IPVS-* ones: a mode
+// switch to ipvs cleans up after its first sync), see RemoveOwn. Sysctls
+// stay as they are, as with kube-proxy.
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.needFull = true
 	b.fams = map[model.Family]*famState{}
-	var errs []error
-	for _, f := range b.families {
-		var tables []*tableWriter
-		for _, table := range []string{tableFilter, tableNAT} {
-			t := newTableWriter(table)
-			lines, err := b.kernel.ListRules(f, table)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: listing %s: %w", f, table, err))
-				continue
-			}
-			for _, c := range chainsOf(lines) {
-				if ownChain(c) {
-					t.remove(c)
-				}
-			}
-			for _, l := range lines {
-				for _, j := range slices.Concat(jumps, retiredJumps) {
-					if j.table == table && isJump(j, l) {
-						t.edit("-D" + strings.TrimPrefix(strings.TrimSpace(l), "-A"))
-						break
-					}
-				}
-			}
-			tables = append(tables, t)
-		}
-		var out bytes.Buffer
-		for _, t := range tables {
-			t.appendTo(&out)
-		}
-		if out.Len() > 0 {
-			if err := b.kernel.Restore(f, out.Bytes()); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", f, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
+	return RemoveOwn(b.kernel, b.families, ownChain, slices.Concat(jumps, retiredJumps))
 }

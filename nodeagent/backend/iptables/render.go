@@ -474,38 +474,22 @@ func (r *renderer) nodePortDispatch(nodePortIPs []netip.Addr, explicit bool) []s
 	}
 }
 
-// fixedNAT are the nat chains whose content depends only on settings and node.
+// fixedNAT are the nat chains whose content depends only on settings and
+// node: KPO-MARK-MASQ; KPO-CLUSTER-MASQ, which marks all but pods' traffic
+// (the translation of a route masquerading the node and outside); and
+// KPO-POSTROUTING.
 func (r *renderer) fixedNAT(randomFully bool) []chain {
-	mark := fmt.Sprintf("0x%x", r.settings.MasqueradeMark())
-	masq := masquerade(randomFully)
-	cm := chain{name: chainClusterMasq}
-	for _, m := range r.local {
-		cm.rules = append(cm.rules, m+" -j RETURN")
-	}
-	if len(r.local) > 0 {
-		cm.rules = append(cm.rules, "-j "+chainMarkMasq)
-	}
+	mark := r.settings.MasqueradeMark()
+	m := fmt.Sprintf("%#x", mark)
 	return []chain{
-		{name: chainMarkMasq, rules: []string{"-j MARK --or-mark " + mark}},
-		cm,
-		{name: chainPostrouting, rules: []string{
+		{name: chainMarkMasq, rules: []string{MarkRule(mark)}},
+		{name: chainClusterMasq, rules: UnlessPodsRules(r.local, chainMarkMasq)},
+		{name: chainPostrouting, rules: append([]string{
 			// Hairpin check for endpoints without SEP chain. Only first
 			// packets of DNATed connections not already marked enter it.
-			"-m mark ! --mark " + mark + "/" + mark + " -m conntrack --ctstate DNAT -j " + chainHairpin,
-			"-m mark ! --mark " + mark + "/" + mark + " -j RETURN",
-			// Clear the bit so that a packet re-entering the stack (for
-			// instance through a tunnel) is not masqueraded twice.
-			"-j MARK --xor-mark " + mark,
-			masq,
-		}},
+			"-m mark ! --mark " + m + "/" + m + " -m conntrack --ctstate DNAT -j " + chainHairpin,
+		}, MasqueradeRules(mark, randomFully)...)},
 	}
-}
-
-func masquerade(randomFully bool) string {
-	if randomFully {
-		return "-j MASQUERADE --random-fully"
-	}
-	return "-j MASQUERADE"
 }
 
 // hairpinRule masquerades a connection DNATed to the address it came from: a

@@ -15,8 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"syscall"
 	"time"
@@ -61,7 +59,6 @@ type Backend struct {
 	probe     Probe
 	now       func() time.Time
 	nodeAddrs func(model.Family) ([]netip.Addr, error)
-	sysctl    func(name, value string) error
 
 	// What the kernel holds, as far as this process knows. It is rebuilt from
 	// the kernel by every full sync, so a restart or drift loses nothing.
@@ -131,16 +128,8 @@ func New(settings backend.Settings, cfg Config, families []model.Family, opts ..
 		b.rawLinks = netlinkLinks{}
 	}
 	b.links = countingLinks{l: b.rawLinks, ops: &b.linkOps}
-	if b.sysctl == nil {
-		if b.raw != nil {
-			// A fake IPVS must not come with real sysctl writes.
-			b.sysctl = func(string, string) error { return nil }
-		} else {
-			b.sysctl = writeSysctl
-		}
-	}
 	if b.rules == nil {
-		b.rules = newExecRules(settings)
+		b.rules = newCompanionRules(settings, nil, nil)
 	}
 	return b, nil
 }
@@ -151,10 +140,6 @@ func (b *Backend) reset() {
 	b.addrRefs = map[netip.Addr]int{}
 	b.term = map[destKey]time.Time{}
 	b.nodeIPs = map[model.Family][]netip.Addr{}
-}
-
-func writeSysctl(name, value string) error {
-	return os.WriteFile(filepath.Join("/proc/sys", name), []byte(value), 0o644)
 }
 
 // Mode implements backend.Backend.
@@ -400,7 +385,7 @@ func (b *Backend) prepare() error {
 		sysctls = append(sysctls, [2]string{"net/ipv4/conf/all/arp_ignore", "1"}, [2]string{"net/ipv4/conf/all/arp_announce", "2"})
 	}
 	for _, s := range sysctls {
-		if err := b.sysctl(s[0], s[1]); err != nil {
+		if err := b.links.SetSysctl(s[0], s[1]); err != nil {
 			return fmt.Errorf("sysctl %s: %w", s[0], err)
 		}
 	}

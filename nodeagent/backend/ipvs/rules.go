@@ -266,18 +266,21 @@ const (
 	companionChainPfx = iptables.IPVSChainPrefix
 )
 
-// companionJump is a rule in a built-in chain sending traffic to our chain.
-type companionJump struct{ table, chain, rule string }
+// companionJumps send traffic from the built-in chains to the companion
+// chains.
+var companionJumps = []iptables.Jump{
+	{Table: "nat", Chain: "PREROUTING", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainServices}},
+	{Table: "nat", Chain: "OUTPUT", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainServices}},
+	{Table: "nat", Chain: "POSTROUTING", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainPostrouting}},
+	{Table: "filter", Chain: "INPUT", Rule: newOnly("-j", chainServices)},
+	{Table: "filter", Chain: "FORWARD", Rule: newOnly("-j", chainServices)},
+	{Table: "filter", Chain: "OUTPUT", Rule: newOnly("-j", chainServices)},
+	{Table: "filter", Chain: "INPUT", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainFilter}},
+	{Table: "filter", Chain: "FORWARD", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainForward}},
+}
 
-var companionJumps = []companionJump{
-	{"nat", "PREROUTING", `-m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"nat", "OUTPUT", `-m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"nat", "POSTROUTING", `-m comment --comment "kpo ipvs" -j ` + chainPostrouting},
-	{"filter", "INPUT", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"filter", "FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"filter", "OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"filter", "INPUT", `-m comment --comment "kpo ipvs" -j ` + chainFilter},
-	{"filter", "FORWARD", `-m comment --comment "kpo ipvs" -j ` + chainForward},
+func newOnly(target ...string) []string {
+	return append([]string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", companionComment}, target...)
 }
 
 // localMatches are the detect-local matches of a family: "-s <cidr>" per pod
@@ -295,32 +298,36 @@ func (rs *RuleSet) localMatches(f model.Family) []string {
 
 // renderChains renders a family's companion chains for iptables-restore
 // --noflush: declaring a chain flushes it, so the text replaces them whole.
-// KPO-IPVS-CLUSTER-MASQ marks the sources in masq: all, or all but pods
-// (returning for the local matches first), or none.
-func renderChains(f model.Family, s backend.Settings, masq model.Source, local []string) map[string][]string {
-	mark := fmt.Sprintf("%#x", s.MasqueradeMark())
+// KPO-IPVS-CLUSTER-MASQ marks the sources in masq
+// (model.RouteOptions.ClusterMasquerade): all, or all but pods (returning
+// for the local matches first), or none.
+func renderChains(f model.Family, s backend.Settings, masq model.Source, local []string, randomFully bool) map[string][]string {
+	mark := s.MasqueradeMark()
 	set := func(name string) string { return SetName(f, name) }
-	nat := []string{
+	in := func(chain string, rules ...string) []string {
+		out := make([]string, len(rules))
+		for i, r := range rules {
+			out[i] = "-A " + chain + " " + r
+		}
+		return out
+	}
+	var clusterMasq []string
+	switch masq {
+	case model.AllSources:
+		clusterMasq = []string{"-j " + chainMarkMasq}
+	case model.FromNode | model.FromOutside:
+		clusterMasq = iptables.UnlessPodsRules(local, chainMarkMasq)
+	}
+	nat := slices.Concat([]string{
 		":" + chainServices + " - [0:0]", ":" + chainPostrouting + " - [0:0]",
 		":" + chainMarkMasq + " - [0:0]", ":" + chainClusterMasq + " - [0:0]",
-		"-A " + chainMarkMasq + " -j MARK --or-mark " + mark,
+		"-A " + chainMarkMasq + " " + iptables.MarkRule(mark),
 		"-A " + chainServices + " -m set --match-set " + set(setClusterIP) + " dst,dst -j " + chainClusterMasq,
 		"-A " + chainServices + " -m set --match-set " + set(setExternal) + " dst,dst -j " + chainMarkMasq,
-	}
-	if masq&model.FromPods == 0 {
-		for _, m := range local {
-			nat = append(nat, "-A "+chainClusterMasq+" "+m+" -j RETURN")
-		}
-	}
-	if masq&(model.FromNode|model.FromOutside) != 0 {
-		nat = append(nat, "-A "+chainClusterMasq+" -j "+chainMarkMasq)
-	}
-	nat = append(nat,
-		"-A "+chainPostrouting+" -m set --match-set "+set(setLoopBack)+" dst,dst,src -j MASQUERADE",
-		"-A "+chainPostrouting+" -m mark ! --mark "+mark+"/"+mark+" -j RETURN",
-		"-A "+chainPostrouting+" -j MARK --xor-mark "+mark,
-		"-A "+chainPostrouting+" -j MASQUERADE",
-	)
+	}, in(chainClusterMasq, clusterMasq...),
+		// Hairpin: plain MASQUERADE, as kube-proxy's KUBE-LOOP-BACK rule.
+		in(chainPostrouting, "-m set --match-set "+set(setLoopBack)+" dst,dst,src -j MASQUERADE"),
+		in(chainPostrouting, iptables.MasqueradeRules(mark, randomFully)...))
 	filter := []string{
 		":" + chainServices + " - [0:0]", ":" + chainFirewall + " - [0:0]",
 		":" + chainFilter + " - [0:0]", ":" + chainForward + " - [0:0]",
@@ -336,10 +343,8 @@ func renderChains(f model.Family, s backend.Settings, masq model.Source, local [
 		"-A " + chainFilter + " -m set --match-set " + set(setVIPPorts) + " dst,dst -j RETURN",
 		"-A " + chainFilter + " -m set --match-set " + set(setHealthCheck) + " dst -j RETURN",
 		"-A " + chainFilter + " -m conntrack --ctstate NEW -m set --match-set " + set(setIPVSIPs) + " dst -j REJECT",
-		// Service traffic is forwarded even where the FORWARD policy drops.
-		"-A " + chainForward + ` -m comment --comment "kpo forwarding rules" -m mark --mark ` + mark + "/" + mark + " -j ACCEPT",
-		"-A " + chainForward + ` -m comment --comment "kpo forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
 	}
+	filter = append(filter, in(chainForward, iptables.ForwardRules(mark, false)...)...)
 	return map[string][]string{"nat": nat, "filter": filter}
 }
 

@@ -112,7 +112,9 @@ func TestRenderChains(t *testing.T) {
 	}{
 		{name: "detect-local", cidrs: cidrs,
 			has: []string{"-A KPO-IPVS-CLUSTER-MASQ -s 10.244.0.0/16 -j RETURN", "-A KPO-IPVS-CLUSTER-MASQ -j KPO-IPVS-MARK-MASQ",
-				"-A KPO-IPVS-MARK-MASQ -j MARK --or-mark 0x4000", "-A KPO-IPVS-POSTROUTING -m set --match-set KPO-LOOP-BACK dst,dst,src -j MASQUERADE",
+				"-A KPO-IPVS-MARK-MASQ -j MARK --or-mark 0x4000", "-A KPO-IPVS-POSTROUTING -m set --match-set KPO-LOOP-BACK dst,dst,src -j MASQUERADE\n",
+				// As kube-proxy's IPVS mode (and this one's iptables mode).
+				"-A KPO-IPVS-POSTROUTING -j MARK --xor-mark 0x4000\n-A KPO-IPVS-POSTROUTING -j MASQUERADE --random-fully",
 				// kube-proxy's KUBE-IPVS-FILTER and KUBE-FORWARD (no INVALID drop in its IPVS mode).
 				"-A KPO-IPVS-FILTER -m set --match-set KPO-VIP-PORTS dst,dst -j RETURN\n" +
 					"-A KPO-IPVS-FILTER -m set --match-set KPO-HEALTH-CHECK dst -j RETURN\n" +
@@ -131,7 +133,7 @@ func TestRenderChains(t *testing.T) {
 			s := testSettings
 			s.MasqueradeAll = tt.masqAll
 			masq := model.RouteOptions{MasqueradeAll: tt.masqAll, PodsKnown: len(tt.cidrs) > 0}.ClusterMasquerade()
-			c := renderChains(model.IPv4, s, masq, tt.cidrs)
+			c := renderChains(model.IPv4, s, masq, tt.cidrs, true)
 			all := strings.Join(append(c["nat"], c["filter"]...), "\n")
 			for _, h := range tt.has {
 				if !strings.Contains(all, h) {

@@ -470,10 +470,9 @@ func TestPartialSyncOpsAt1k(t *testing.T) {
 
 func TestTimeoutsAndSysctls(t *testing.T) {
 	e := newEnv(t, Config{})
-	set := map[string]string{}
+	set := e.l.Sysctls
 	b, err := New(testSettings, Config{StrictARP: true, Timeouts: Timeouts{TCP: 900 * time.Second, UDP: 30 * time.Second}}, nil,
-		WithHandle(e.h), WithLinks(e.l), WithRules(e.r),
-		WithSysctl(func(n, v string) error { set[n] = v; return nil }))
+		WithHandle(e.h), WithLinks(e.l), WithRules(e.r))
 	if err != nil {
 		t.Fatal(err)
 	}
