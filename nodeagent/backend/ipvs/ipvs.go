@@ -280,13 +280,32 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 	prev := b.vs
 	oldTerm := b.term
 	b.reset()
-
-	// Desired virtual servers, first owner wins on a conflict.
-	type want struct {
-		w     vsWant
-		owner model.ServicePortKey
+	desired := b.desired(snap, nodeIPs)
+	mine := func(s Service) bool {
+		_, made := prev[s.VSKey]
+		return dummySet[s.Addr] || made || owned[s.VSKey]
 	}
-	desired := map[VSKey]want{}
+	if err := b.reload(kernel, desired, mine); err != nil {
+		return 0, err
+	}
+	for _, d := range desired {
+		if err := b.apply(d.w, d.owner, oldTerm); err != nil {
+			return 0, err
+		}
+	}
+	return len(b.svcs), b.bindAddrs(onDummy, dummySet)
+}
+
+// wantedVS is a virtual server a service port wants.
+type wantedVS struct {
+	w     vsWant
+	owner model.ServicePortKey
+}
+
+// desired plans every service port and returns the virtual servers they
+// want, the first owner winning a conflict.
+func (b *Backend) desired(snap *model.Snapshot, nodeIPs map[model.Family][]netip.Addr) map[VSKey]wantedVS {
+	desired := map[VSKey]wantedVS{}
 	for k, sp := range snap.Services {
 		if !b.wanted(k) {
 			continue
@@ -297,14 +316,18 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 			if _, dup := desired[w.svc.VSKey]; dup {
 				continue
 			}
-			desired[w.svc.VSKey] = want{w, k}
+			desired[w.svc.VSKey] = wantedVS{w, k}
 			st.keys = append(st.keys, w.svc.VSKey)
 		}
 		b.svcs[k] = st
 	}
+	return desired
+}
 
-	// Load the kernel's view of the desired ones (with their draining
-	// destinations); delete the undesired ones that are ours.
+// reload loads the kernel's view of the desired virtual servers (with their
+// draining destinations) and deletes the undesired ones that are kpo's
+// (mine), never those in excludeCIDRs.
+func (b *Backend) reload(kernel []Service, desired map[VSKey]wantedVS, mine func(Service) bool) error {
 	for _, s := range kernel {
 		if !slices.Contains(b.families, model.FamilyOf(s.Addr)) {
 			continue
@@ -312,7 +335,7 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 		if _, ok := desired[s.VSKey]; ok {
 			ds, err := b.handle.GetDestinations(s.VSKey)
 			if err != nil {
-				return 0, fmt.Errorf("listing destinations of %v: %w", s.VSKey, err)
+				return fmt.Errorf("listing destinations of %v: %w", s.VSKey, err)
 			}
 			vs := &vsState{svc: s, dests: map[netip.AddrPort]int{}}
 			for _, d := range ds {
@@ -321,35 +344,34 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 			b.vs[s.VSKey] = vs
 			continue
 		}
-		_, mine := prev[s.VSKey]
-		if b.excluded(s.Addr) || (!dummySet[s.Addr] && !mine && !owned[s.VSKey]) {
+		if b.excluded(s.Addr) || !mine(s) {
 			continue
 		}
 		if err := b.handle.DelService(s.VSKey); err != nil && !notFound(err) {
-			return 0, fmt.Errorf("deleting %v: %w", s.VSKey, err)
+			return fmt.Errorf("deleting %v: %w", s.VSKey, err)
 		}
 	}
-	for _, d := range desired {
-		if err := b.apply(d.w, d.owner, oldTerm); err != nil {
-			return 0, err
-		}
-	}
-	// Addresses: exactly the dummy VIPs, plus whatever excludeCIDRs protects.
+	return nil
+}
+
+// bindAddrs makes kpo-ipvs0 hold exactly the VIPs, plus whatever
+// excludeCIDRs protects, given what it holds (onDummy, also as a set).
+func (b *Backend) bindAddrs(onDummy []netip.Addr, dummySet map[netip.Addr]bool) error {
 	for a := range b.addrRefs {
 		if !dummySet[a] {
 			if err := b.links.AddAddr(dummyName, a); err != nil && !errors.Is(err, syscall.EEXIST) {
-				return 0, fmt.Errorf("adding %v to %s: %w", a, dummyName, err)
+				return fmt.Errorf("adding %v to %s: %w", a, dummyName, err)
 			}
 		}
 	}
 	for _, a := range onDummy {
 		if b.addrRefs[a] == 0 && !b.excluded(a) && slices.Contains(b.families, model.FamilyOf(a)) {
 			if err := b.links.DelAddr(dummyName, a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
-				return 0, fmt.Errorf("removing %v from %s: %w", a, dummyName, err)
+				return fmt.Errorf("removing %v from %s: %w", a, dummyName, err)
 			}
 		}
 	}
-	return len(b.svcs), nil
+	return nil
 }
 
 // prepare makes what every virtual server relies on: the dummy interface, the
