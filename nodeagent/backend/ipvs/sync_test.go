@@ -14,77 +14,83 @@ import (
 
 // TestRender checks the virtual servers, destinations and dummy addresses
 // one service port gives, by VIP kind.
+// renderCase is a service port and the virtual servers it must make.
+type renderCase struct {
+	name   string
+	sp     func() *model.ServicePort
+	cfg    Config
+	vs     map[string][]string // VIP -> destinations
+	dummy  []string
+	sched  string
+	persis uint32
+}
+
+var twoEps = []model.Endpoint{ep("10.244.1.5:8080"), ep("10.244.2.6:8080")}
+
+var renderCases = []renderCase{{
+	name:  "clusterIP",
+	sp:    func() *model.ServicePort { return svc("a", "10.96.0.10", 80, twoEps...) },
+	vs:    map[string][]string{"10.96.0.10:80": {"10.244.1.5:8080", "10.244.2.6:8080"}},
+	dummy: []string{"10.96.0.10"},
+	sched: "rr",
+}, {
+	name: "nodePort on node addresses, not bound to the dummy",
+	sp: func() *model.ServicePort {
+		sp := svc("a", "10.96.0.10", 80, twoEps...)
+		sp.NodePort = 30080
+		return sp
+	},
+	vs: map[string][]string{
+		"10.96.0.10:80":      {"10.244.1.5:8080", "10.244.2.6:8080"},
+		"198.51.100.1:30080": {"10.244.1.5:8080", "10.244.2.6:8080"},
+	},
+	dummy: []string{"10.96.0.10"},
+	sched: "rr",
+}, {
+	name: "external and LB IPs use the external endpoints",
+	sp: func() *model.ServicePort {
+		sp := svc("a", "10.96.0.10", 80, twoEps...)
+		sp.ExternalIPs = []netip.Addr{addr("203.0.113.1")}
+		sp.LoadBalancerIPs = []netip.Addr{addr("198.51.100.7")}
+		sp.ExternalPolicyLocal = true
+		sp.ExternalEndpoints = twoEps[:1]
+		return sp
+	},
+	vs: map[string][]string{
+		"10.96.0.10:80":   {"10.244.1.5:8080", "10.244.2.6:8080"},
+		"203.0.113.1:80":  {"10.244.1.5:8080"},
+		"198.51.100.7:80": {"10.244.1.5:8080"},
+	},
+	dummy: []string{"10.96.0.10", "198.51.100.7", "203.0.113.1"},
+	sched: "rr",
+}, {
+	name: "affinity is persistence, rounded up to seconds",
+	sp: func() *model.ServicePort {
+		sp := svc("a", "10.96.0.10", 80, twoEps...)
+		sp.AffinityTimeout = 10800*time.Second + time.Millisecond
+		return sp
+	},
+	cfg:    Config{Scheduler: "sh"},
+	vs:     map[string][]string{"10.96.0.10:80": {"10.244.1.5:8080", "10.244.2.6:8080"}},
+	dummy:  []string{"10.96.0.10"},
+	sched:  "sh",
+	persis: 10801,
+}, {
+	name:  "no endpoints: a virtual server without destinations",
+	sp:    func() *model.ServicePort { return svc("a", "10.96.0.10", 80) },
+	vs:    map[string][]string{"10.96.0.10:80": nil},
+	dummy: []string{"10.96.0.10"},
+	sched: "rr",
+}, {
+	name:  "IPv6",
+	sp:    func() *model.ServicePort { return svc("a", "fd10:96::10", 80, ep("[fd10:244:0:1::5]:8080")) },
+	vs:    map[string][]string{"[fd10:96::10]:80": {"[fd10:244:0:1::5]:8080"}},
+	dummy: []string{"fd10:96::10"},
+	sched: "rr",
+}}
+
 func TestRender(t *testing.T) {
-	twoEps := []model.Endpoint{ep("10.244.1.5:8080"), ep("10.244.2.6:8080")}
-	tests := []struct {
-		name   string
-		sp     func() *model.ServicePort
-		cfg    Config
-		vs     map[string][]string // VIP -> destinations
-		dummy  []string
-		sched  string
-		persis uint32
-	}{{
-		name:  "clusterIP",
-		sp:    func() *model.ServicePort { return svc("a", "10.96.0.10", 80, twoEps...) },
-		vs:    map[string][]string{"10.96.0.10:80": {"10.244.1.5:8080", "10.244.2.6:8080"}},
-		dummy: []string{"10.96.0.10"},
-		sched: "rr",
-	}, {
-		name: "nodePort on node addresses, not bound to the dummy",
-		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, twoEps...)
-			sp.NodePort = 30080
-			return sp
-		},
-		vs: map[string][]string{
-			"10.96.0.10:80":      {"10.244.1.5:8080", "10.244.2.6:8080"},
-			"198.51.100.1:30080": {"10.244.1.5:8080", "10.244.2.6:8080"},
-		},
-		dummy: []string{"10.96.0.10"},
-		sched: "rr",
-	}, {
-		name: "external and LB IPs use the external endpoints",
-		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, twoEps...)
-			sp.ExternalIPs = []netip.Addr{addr("203.0.113.1")}
-			sp.LoadBalancerIPs = []netip.Addr{addr("198.51.100.7")}
-			sp.ExternalPolicyLocal = true
-			sp.ExternalEndpoints = twoEps[:1]
-			return sp
-		},
-		vs: map[string][]string{
-			"10.96.0.10:80":   {"10.244.1.5:8080", "10.244.2.6:8080"},
-			"203.0.113.1:80":  {"10.244.1.5:8080"},
-			"198.51.100.7:80": {"10.244.1.5:8080"},
-		},
-		dummy: []string{"10.96.0.10", "198.51.100.7", "203.0.113.1"},
-		sched: "rr",
-	}, {
-		name: "affinity is persistence, rounded up to seconds",
-		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, twoEps...)
-			sp.AffinityTimeout = 10800*time.Second + time.Millisecond
-			return sp
-		},
-		cfg:    Config{Scheduler: "sh"},
-		vs:     map[string][]string{"10.96.0.10:80": {"10.244.1.5:8080", "10.244.2.6:8080"}},
-		dummy:  []string{"10.96.0.10"},
-		sched:  "sh",
-		persis: 10801,
-	}, {
-		name:  "no endpoints: a virtual server without destinations",
-		sp:    func() *model.ServicePort { return svc("a", "10.96.0.10", 80) },
-		vs:    map[string][]string{"10.96.0.10:80": nil},
-		dummy: []string{"10.96.0.10"},
-		sched: "rr",
-	}, {
-		name:  "IPv6",
-		sp:    func() *model.ServicePort { return svc("a", "fd10:96::10", 80, ep("[fd10:244:0:1::5]:8080")) },
-		vs:    map[string][]string{"[fd10:96::10]:80": {"[fd10:244:0:1::5]:8080"}},
-		dummy: []string{"fd10:96::10"},
-		sched: "rr",
-	}}
+	tests := renderCases
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, tt.cfg)
