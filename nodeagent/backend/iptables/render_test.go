@@ -158,10 +158,7 @@ var behaviourCases = []behaviourCase{{
 }, {
 	name: "source ranges",
 	sp: func() *model.ServicePort {
-		sp := svc("a", "10.96.0.10", 80, behE2)
-		sp.LoadBalancerIPs = []netip.Addr{addr("203.0.113.6")}
-		sp.SourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/25")}
-		return sp
+		return modeltest.LoadBalancer(svc("a", "10.96.0.10", 80, behE2), "203.0.113.6", "198.51.100.0/25")
 	},
 	traces: []trace{
 		{name: "refused", hook: "PREROUTING", p: pkt(behClient, "203.0.113.6", 80), want: untranslated, fHook: "FORWARD", fWant: map[string]float64{"DROP": 1}},

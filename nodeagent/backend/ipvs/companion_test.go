@@ -2,7 +2,6 @@ package ipvs
 
 import (
 	"context"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +9,7 @@ import (
 
 	"kpo.dev/kpo/nodeagent/backend/iptables"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 // companionEnv is the ipvs backend with the real companion rules over the
@@ -50,9 +50,7 @@ func TestCompanionRules(t *testing.T) {
 	e := newCompanionEnv(t)
 	withEps := svc("a", "10.96.0.10", 80, ep("10.244.1.5:8080"))
 	withEps.NodePort = 30080
-	lb := svc("lb", "10.96.0.11", 80, ep("10.244.2.6:8080"))
-	lb.LoadBalancerIPs = []netip.Addr{addr("203.0.113.11")}
-	lb.SourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.200/30")}
+	lb := modeltest.LoadBalancer(svc("lb", "10.96.0.11", 80, ep("10.244.2.6:8080")), "203.0.113.11", "198.51.100.200/30")
 	none := svc("none", "10.96.0.12", 80)
 	s := snapOf(withEps, lb, none)
 	e.sync(s, true)

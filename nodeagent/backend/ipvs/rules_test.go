@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 // TestSetEntries checks each service port's contribution to the ipsets that
@@ -56,10 +57,7 @@ func TestSetEntries(t *testing.T) {
 	}, {
 		name: "source ranges",
 		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, e1)
-			sp.LoadBalancerIPs = []netip.Addr{addr("203.0.113.7")}
-			sp.SourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.128/25")}
-			return sp
+			return modeltest.LoadBalancer(svc("a", "10.96.0.10", 80, e1), "203.0.113.7", "198.51.100.128/25")
 		},
 		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-EXTERNAL 203.0.113.7,tcp:80", "KPO-FW 203.0.113.7,tcp:80",
 			"KPO-FW-SRC 203.0.113.7,tcp:80,198.51.100.128/25", "KPO-IPVS-IPS 10.96.0.10", "KPO-IPVS-IPS 203.0.113.7",

@@ -257,15 +257,30 @@ func (f *FakeKernel) Objects(_ context.Context, family knftables.Family) ([]stri
 // knftables transaction (full syncs, the fake), a netlink batch, or the log
 // of a partial transaction (netlinkTx).
 type objWriter interface {
-	addSet(fi famInfo, s setDef)
-	addChain(fi famInfo, name string)
-	flushChain(fi famInfo, name string)
-	addRule(fi famInfo, chain, rule string)
-	delElem(fi famInfo, e elemDef)
-	addElem(fi famInfo, e elemDef)
-	delChain(fi famInfo, name string)
-	delSet(fi famInfo, name string)
+	write(fi famInfo, o op)
 }
+
+// op is one write of a service object.
+type op struct {
+	kind opKind
+	name string // the chain (of a rule) or set
+	rule string
+	set  setDef
+	elem elemDef
+}
+
+type opKind uint8
+
+const (
+	opAddSet     opKind = iota // set: a named set (affinity), never flushed
+	opAddChain                 // name
+	opFlushChain               // name
+	opAddRule                  // rule in chain name
+	opDelElem                  // elem
+	opAddElem                  // elem
+	opDelChain                 // name
+	opDelSet                   // name
+)
 
 // knftWriter writes to a knftables transaction; with bulk set (full syncs
 // through nft), element additions go there instead.
@@ -274,40 +289,42 @@ type knftWriter struct {
 	bulk *bulkElems
 }
 
-func (w *knftWriter) addSet(fi famInfo, s setDef) {
-	w.tx.Add(&knftables.Set{Family: fi.family, Table: tableName, Name: s.name, Type: fi.addrT,
-		Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: knftables.PtrTo(secs(s.timeout))})
+func (w *knftWriter) write(fi famInfo, o op) {
+	fam, tbl := fi.family, tableName
+	switch o.kind {
+	case opAddSet:
+		w.tx.Add(&knftables.Set{Family: fam, Table: tbl, Name: o.set.name, Type: fi.addrT,
+			Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: knftables.PtrTo(secs(o.set.timeout))})
+	case opAddChain:
+		w.tx.Add(&knftables.Chain{Family: fam, Table: tbl, Name: o.name})
+	case opFlushChain:
+		w.tx.Flush(&knftables.Chain{Family: fam, Table: tbl, Name: o.name})
+	case opAddRule:
+		w.tx.Add(&knftables.Rule{Family: fam, Table: tbl, Chain: o.name, Rule: o.rule})
+	case opDelElem:
+		w.tx.Delete(knftElement(fi, o.elem, false))
+	case opAddElem:
+		if w.bulk != nil {
+			w.bulk.add(fi, o.elem)
+		} else {
+			w.tx.Add(knftElement(fi, o.elem, true))
+		}
+	case opDelChain:
+		w.tx.Delete(&knftables.Chain{Family: fam, Table: tbl, Name: o.name})
+	case opDelSet:
+		w.tx.Delete(&knftables.Set{Family: fam, Table: tbl, Name: o.name})
+	}
 }
-func (w *knftWriter) addChain(fi famInfo, name string) {
-	w.tx.Add(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
-}
-func (w *knftWriter) flushChain(fi famInfo, name string) {
-	w.tx.Flush(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
-}
-func (w *knftWriter) addRule(fi famInfo, chain, rule string) {
-	w.tx.Add(&knftables.Rule{Family: fi.family, Table: tableName, Chain: chain, Rule: rule})
-}
-func (w *knftWriter) delElem(fi famInfo, e elemDef) {
+
+// knftElement is e as a knftables element of a map (with its value when
+// withValue) or of a set.
+func knftElement(fi famInfo, e elemDef, withValue bool) *knftables.Element {
 	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key}
-	if isSet(e.mapName) {
-		el.Map, el.Set = "", e.mapName
+	if withValue {
+		el.Value = []string{e.value}
 	}
-	w.tx.Delete(el)
-}
-func (w *knftWriter) addElem(fi famInfo, e elemDef) {
-	if w.bulk != nil {
-		w.bulk.add(fi, e)
-		return
-	}
-	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}}
 	if isSet(e.mapName) {
 		el.Map, el.Set, el.Value = "", e.mapName, nil
 	}
-	w.tx.Add(el)
-}
-func (w *knftWriter) delChain(fi famInfo, name string) {
-	w.tx.Delete(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
-}
-func (w *knftWriter) delSet(fi famInfo, name string) {
-	w.tx.Delete(&knftables.Set{Family: fi.family, Table: tableName, Name: name})
+	return el
 }

@@ -77,36 +77,17 @@ func (t *netlinkTx) Check(ctx context.Context) error {
 
 // opLog records writes to replay them into another objWriter.
 type opLog struct {
-	ops []func(w objWriter)
+	fis []famInfo
+	ops []op
+}
+
+func (l *opLog) write(fi famInfo, o op) {
+	l.fis = append(l.fis, fi)
+	l.ops = append(l.ops, o)
 }
 
 func (l *opLog) replay(w objWriter) {
-	for _, op := range l.ops {
-		op(w)
+	for i, o := range l.ops {
+		w.write(l.fis[i], o)
 	}
-}
-
-func (l *opLog) addSet(fi famInfo, s setDef) {
-	l.ops = append(l.ops, func(w objWriter) { w.addSet(fi, s) })
-}
-func (l *opLog) addChain(fi famInfo, name string) {
-	l.ops = append(l.ops, func(w objWriter) { w.addChain(fi, name) })
-}
-func (l *opLog) flushChain(fi famInfo, name string) {
-	l.ops = append(l.ops, func(w objWriter) { w.flushChain(fi, name) })
-}
-func (l *opLog) addRule(fi famInfo, chain, rule string) {
-	l.ops = append(l.ops, func(w objWriter) { w.addRule(fi, chain, rule) })
-}
-func (l *opLog) delElem(fi famInfo, e elemDef) {
-	l.ops = append(l.ops, func(w objWriter) { w.delElem(fi, e) })
-}
-func (l *opLog) addElem(fi famInfo, e elemDef) {
-	l.ops = append(l.ops, func(w objWriter) { w.addElem(fi, e) })
-}
-func (l *opLog) delChain(fi famInfo, name string) {
-	l.ops = append(l.ops, func(w objWriter) { w.delChain(fi, name) })
-}
-func (l *opLog) delSet(fi famInfo, name string) {
-	l.ops = append(l.ops, func(w objWriter) { w.delSet(fi, name) })
 }

@@ -104,6 +104,39 @@ func (w *nlBatch) chain(fi famInfo, name string) *gnft.Chain {
 	return &gnft.Chain{Table: nlTable(fi), Name: name}
 }
 
+func (w *nlBatch) write(fi famInfo, o op) {
+	switch o.kind {
+	case opAddSet:
+		w.addSet(fi, o.set)
+	case opAddChain:
+		w.c.AddChain(w.chain(fi, o.name))
+	case opFlushChain:
+		w.c.FlushChain(w.chain(fi, o.name))
+	case opAddRule:
+		exprs, err := ruleExprs(fi, o.rule)
+		if err != nil {
+			w.fail(err)
+			return
+		}
+		w.c.AddRule(&gnft.Rule{Table: nlTable(fi), Chain: w.chain(fi, o.name), Exprs: exprs})
+	case opDelElem:
+		key, err := elemKey(fi, o.elem.mapName, o.elem.key)
+		if err != nil {
+			w.fail(err)
+			return
+		}
+		if err := w.c.SetDeleteElements(&gnft.Set{Table: nlTable(fi), Name: o.elem.mapName}, []gnft.SetElement{{Key: key}}); err != nil {
+			w.fail(err)
+		}
+	case opAddElem:
+		w.addElem(fi, o.elem)
+	case opDelChain:
+		w.c.DelChain(w.chain(fi, o.name))
+	case opDelSet:
+		w.c.DelSet(&gnft.Set{Table: nlTable(fi), Name: o.name})
+	}
+}
+
 func (w *nlBatch) addSet(fi famInfo, s setDef) {
 	kt := gnft.TypeIPAddr
 	if fi.ipKW == "ip6" {
@@ -115,33 +148,6 @@ func (w *nlBatch) addSet(fi famInfo, s setDef) {
 	set := &gnft.Set{Table: nlTable(fi), Name: s.name, KeyType: kt, Dynamic: true,
 		HasTimeout: true, Timeout: secs(s.timeout), Size: 65535}
 	if err := w.c.AddSet(set, nil); err != nil {
-		w.fail(err)
-	}
-}
-
-func (w *nlBatch) addChain(fi famInfo, name string)   { w.c.AddChain(w.chain(fi, name)) }
-func (w *nlBatch) flushChain(fi famInfo, name string) { w.c.FlushChain(w.chain(fi, name)) }
-func (w *nlBatch) delChain(fi famInfo, name string)   { w.c.DelChain(w.chain(fi, name)) }
-func (w *nlBatch) delSet(fi famInfo, name string) {
-	w.c.DelSet(&gnft.Set{Table: nlTable(fi), Name: name})
-}
-
-func (w *nlBatch) addRule(fi famInfo, chain, rule string) {
-	exprs, err := ruleExprs(fi, rule)
-	if err != nil {
-		w.fail(err)
-		return
-	}
-	w.c.AddRule(&gnft.Rule{Table: nlTable(fi), Chain: w.chain(fi, chain), Exprs: exprs})
-}
-
-func (w *nlBatch) delElem(fi famInfo, e elemDef) {
-	key, err := elemKey(fi, e.mapName, e.key)
-	if err != nil {
-		w.fail(err)
-		return
-	}
-	if err := w.c.SetDeleteElements(&gnft.Set{Table: nlTable(fi), Name: e.mapName}, []gnft.SetElement{{Key: key}}); err != nil {
 		w.fail(err)
 	}
 }

@@ -176,9 +176,9 @@ func (s *famSync) write(w objWriter, stale staleObjects) {
 func (s *famSync) writeChains(w objWriter) {
 	fi := s.fi
 	for _, c := range s.newClasses {
-		w.addChain(fi, c.name())
+		w.write(fi, op{kind: opAddChain, name: c.name()})
 		for _, r := range classRules(s.rc, c) {
-			w.addRule(fi, c.name(), r)
+			w.write(fi, op{kind: opAddRule, name: c.name(), rule: r})
 		}
 	}
 	for _, c := range s.changes {
@@ -187,14 +187,14 @@ func (s *famSync) writeChains(w objWriter) {
 		}
 		for _, st := range c.new.sets {
 			// No flush: the affinity entries must survive a rewrite.
-			w.addSet(fi, st)
+			w.write(fi, op{kind: opAddSet, set: st})
 		}
 		for _, ch := range c.new.chains {
-			w.addChain(fi, ch.name)
+			w.write(fi, op{kind: opAddChain, name: ch.name})
 			// A full sync flushed every chain the kernel holds (writeBase);
 			// a partial one flushes the chains it rewrites.
 			if c.old != nil {
-				w.flushChain(fi, ch.name)
+				w.write(fi, op{kind: opFlushChain, name: ch.name})
 			}
 		}
 	}
@@ -204,7 +204,7 @@ func (s *famSync) writeChains(w objWriter) {
 		}
 		for _, ch := range c.new.chains {
 			for _, r := range ch.rules {
-				w.addRule(fi, ch.name, r)
+				w.write(fi, op{kind: opAddRule, name: ch.name, rule: r})
 			}
 		}
 	}
@@ -218,21 +218,27 @@ func (s *famSync) writeElemDeletions(w objWriter) {
 		if c.old == nil {
 			continue
 		}
-		newElems := map[string]string{}
-		if c.new != nil {
-			for _, e := range c.new.elems {
-				newElems[e.id()] = e.value
-			}
-		}
+		newElems := elemValues(c.new)
 		for _, e := range c.old.elems {
 			if v, ok := newElems[e.id()]; !ok || v != e.value {
-				w.delElem(s.fi, e)
+				w.write(s.fi, op{kind: opDelElem, elem: e})
 			}
 		}
 	}
 	for _, e := range s.goneShared {
-		w.delElem(s.fi, e.elem())
+		w.write(s.fi, op{kind: opDelElem, elem: e.elem()})
 	}
+}
+
+// elemValues maps o's elements (none for nil) to their values.
+func elemValues(o *svcObjects) map[string]string {
+	m := map[string]string{}
+	if o != nil {
+		for _, e := range o.elems {
+			m[e.id()] = e.value
+		}
+	}
+	return m
 }
 
 // writeElemAdditions adds the new shared elements, then the services'
@@ -242,7 +248,7 @@ func (s *famSync) writeElemDeletions(w objWriter) {
 func (s *famSync) writeElemAdditions(w objWriter) {
 	fi := s.fi
 	for _, e := range s.newShared {
-		w.addElem(fi, e.elem())
+		w.write(fi, op{kind: opAddElem, elem: e.elem()})
 	}
 	if s.full() {
 		byMap := map[string][]elemDef{}
@@ -253,7 +259,7 @@ func (s *famSync) writeElemAdditions(w objWriter) {
 		}
 		for _, m := range slices.Sorted(maps.Keys(byMap)) {
 			for _, e := range byMap[m] {
-				w.addElem(fi, e)
+				w.write(fi, op{kind: opAddElem, elem: e})
 			}
 		}
 		return
@@ -262,17 +268,12 @@ func (s *famSync) writeElemAdditions(w objWriter) {
 		if c.new == nil {
 			continue
 		}
-		oldElems := map[string]string{}
-		if c.old != nil {
-			for _, e := range c.old.elems {
-				oldElems[e.id()] = e.value
-			}
-		}
+		oldElems := elemValues(c.old)
 		for _, e := range c.new.elems {
 			if v, ok := oldElems[e.id()]; ok && v == e.value {
 				continue
 			}
-			w.addElem(fi, e)
+			w.write(fi, op{kind: opAddElem, elem: e})
 		}
 	}
 }
@@ -297,12 +298,12 @@ func (s *famSync) deleteStale(w objWriter, stale staleObjects) {
 	}
 	for _, n := range stale.chains {
 		if !wantChains[n] && !isBase(n) {
-			w.delChain(s.fi, n)
+			w.write(s.fi, op{kind: opDelChain, name: n})
 		}
 	}
 	for _, n := range stale.sets {
 		if !wantSets[n] && !isBase(n) {
-			w.delSet(s.fi, n)
+			w.write(s.fi, op{kind: opDelSet, name: n})
 		}
 	}
 }
@@ -330,17 +331,17 @@ func (s *famSync) deleteGone(w objWriter) {
 		// deletes a chain that a rule still refers to (EBUSY).
 		for _, ch := range slices.Backward(c.old.chains) {
 			if !wantChains[ch.name] {
-				w.delChain(s.fi, ch.name)
+				w.write(s.fi, op{kind: opDelChain, name: ch.name})
 			}
 		}
 		for _, st := range c.old.sets {
 			if !wantSets[st.name] {
-				w.delSet(s.fi, st.name)
+				w.write(s.fi, op{kind: opDelSet, name: st.name})
 			}
 		}
 	}
 	for _, c := range s.goneClasses {
-		w.delChain(s.fi, c.name())
+		w.write(s.fi, op{kind: opDelChain, name: c.name()})
 	}
 }
 
