@@ -141,16 +141,17 @@ func (r *SourceRoutes) Uniform() bool {
 	return r.Pods.Set == r.Outside.Set && r.Node.Set == r.Outside.Set
 }
 
-// Diverted are the sources (pods, the node) whose endpoint set differs from
-// the route from outside, in the order they must be matched before it.
-func (r *SourceRoutes) Diverted() []Source {
-	var out []Source
+// Diverted is the set of sources (pods, the node) whose endpoint set
+// differs from the route from outside: a backend matches them, in the order
+// of Sources, before the route from outside.
+func (r *SourceRoutes) Diverted() Source {
+	var d Source
 	for _, s := range []Source{FromPods, FromNode} {
 		if r.From(s).Set != r.Outside.Set {
-			out = append(out, s)
+			d |= s
 		}
 	}
-	return out
+	return d
 }
 
 // HasEndpoints reports whether traffic from some source has endpoints.

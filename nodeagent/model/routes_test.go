@@ -127,11 +127,11 @@ func TestRoutesShapes(t *testing.T) {
 	sp := modeltest.LocalPolicy(modeltest.ServicePort("ns", "a", "10.96.0.10", 80), model.Endpoint{})
 	sp.NodePort = 30080
 	r := sp.Routes(model.RouteOptions{PodsKnown: true})
-	if r.External.Uniform() || !slices.Equal(r.External.Diverted(), []model.Source{model.FromPods, model.FromNode}) ||
+	if r.External.Uniform() || r.External.Diverted() != model.FromPods|model.FromNode ||
 		r.External.Masqueraded() != model.FromNode {
 		t.Errorf("policy Local: uniform %v, diverted %v, masqueraded %v", r.External.Uniform(), r.External.Diverted(), r.External.Masqueraded())
 	}
-	if !r.Cluster.Uniform() || r.Cluster.Diverted() != nil || r.Cluster.Masqueraded() != model.FromNode|model.FromOutside {
+	if !r.Cluster.Uniform() || r.Cluster.Diverted() != 0 || r.Cluster.Masqueraded() != model.FromNode|model.FromOutside {
 		t.Errorf("cluster: uniform %v, diverted %v, masqueraded %v", r.Cluster.Uniform(), r.Cluster.Diverted(), r.Cluster.Masqueraded())
 	}
 	if (model.RouteOptions{}).ClusterMasquerade() != 0 || (model.RouteOptions{MasqueradeAll: true}).ClusterMasquerade() != model.AllSources {

@@ -8,6 +8,7 @@ import (
 
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
 )
 
@@ -116,15 +117,15 @@ func BenchmarkPartialSync10k(b *testing.B) {
 		if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, cur, true); return err }); err != nil {
 			b.Fatal(err)
 		}
+		// Two snapshots in turn, as the tracker hands them over (a new map,
+		// the other pointers kept): the change set is the one service port.
+		snaps := []*model.Snapshot{modeltest.With(cur, &alt), modeltest.With(cur, orig)}
 		i := 0
 		for b.Loop() {
-			if i++; i%2 == 1 {
-				cur.Services[key] = &alt
-			} else {
-				cur.Services[key] = orig
-			}
+			snap := snaps[i%2]
+			i++
 			err := ns.Do(func() error {
-				r, err := backendtest.Sync(context.Background(), be, cur, false)
+				r, err := backendtest.Sync(context.Background(), be, snap, false)
 				if err == nil && r.ServicePortsWritten != 1 {
 					err = fmt.Errorf("wrote %d", r.ServicePortsWritten)
 				}

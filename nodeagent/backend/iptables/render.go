@@ -102,6 +102,14 @@ func (r *renderer) rejectWith(p corev1.Protocol) string {
 	}
 }
 
+// Matches and masquerade rules every service port uses, made once.
+var (
+	fromNodeMatches = []string{"-m addrtype --src-type LOCAL"}
+	anyMatches      = []string{""}
+	masqAllRules    = []string{"-j " + chainMarkMasq}
+	masqNotPodRules = []string{"-j " + chainClusterMasq}
+)
+
 // sourceMatches are the matches of traffic from one source: each pod
 // match, the node's own addresses, or nothing for the rest.
 func (r *renderer) sourceMatches(s model.Source) []string {
@@ -109,23 +117,23 @@ func (r *renderer) sourceMatches(s model.Source) []string {
 	case model.FromPods:
 		return r.local
 	case model.FromNode:
-		return []string{"-m addrtype --src-type LOCAL"}
+		return fromNodeMatches
 	}
-	return []string{""}
+	return anyMatches
 }
 
 // masqRules are the rules (after a match of their own) that mark the
 // sources in set for masquerading: one jump for every source, the fixed
 // KPO-CLUSTER-MASQ (which returns for pods) for all but pods, or a rule per
-// source match otherwise.
+// source match otherwise. The result is shared: callers must not change it.
 func (r *renderer) masqRules(set model.Source) []string {
 	switch set {
 	case 0:
 		return nil
 	case model.AllSources:
-		return []string{"-j " + chainMarkMasq}
+		return masqAllRules
 	case model.FromNode | model.FromOutside:
-		return []string{"-j " + chainClusterMasq}
+		return masqNotPodRules
 	}
 	var out []string
 	for _, s := range model.Sources {
@@ -159,10 +167,9 @@ func sameEndpoints(a, b []model.Endpoint) bool {
 
 // render computes the rules of one service port from its routes.
 func (r *renderer) render(sp *model.ServicePort) *rendered {
-	routes := sp.Routes(r.routeOptions())
-	s := &svcRender{r: r, sp: sp, routes: &routes, out: &rendered{sp: sp},
-		names: chainsForKey(sp.Key.String()), pp: protoPort(sp.Protocol, sp.Port),
-		seps: map[netip.AddrPort]string{}, hairpin: map[netip.Addr]bool{}}
+	key := sp.Key.String()
+	s := &svcRender{r: r, sp: sp, routes: sp.Routes(r.routeOptions()), out: &rendered{sp: sp},
+		key: key, names: chainsForKey(key), pp: protoPort(sp.Protocol, sp.Port)}
 	s.clusterChain()
 	s.externalChain()
 	s.out.nat = append(s.out.nat, s.sepChains...)
@@ -175,17 +182,18 @@ func (r *renderer) render(sp *model.ServicePort) *rendered {
 type svcRender struct {
 	r      *renderer
 	sp     *model.ServicePort
-	routes *model.Routes
+	routes model.Routes
 	out    *rendered
+	key    string // sp.Key, formatted once
 	names  serviceChains
 	pp     string // "-p tcp -m tcp --dport 80"
 	// inline: the cluster rules go straight into the destination bucket.
 	inline bool
 	// extTarget is the chain external traffic enters, "" when none.
 	extTarget string
-	seps      map[netip.AddrPort]string
+	seps      map[netip.AddrPort]string // made when needed (affinity)
 	sepChains []chain
-	hairpin   map[netip.Addr]bool
+	hairpin   map[netip.Addr]bool // made when needed
 }
 
 // sep is the chain of one endpoint, only for session affinity: the "recent"
@@ -198,7 +206,10 @@ func (s *svcRender) sep(ep model.Endpoint) string {
 	if name, ok := s.seps[ep.AddrPort()]; ok {
 		return name
 	}
-	name := sepChainForKey(s.sp.Key.String(), ep)
+	name := sepChainForKey(s.key, ep)
+	if s.seps == nil {
+		s.seps = map[netip.AddrPort]string{}
+	}
 	s.seps[ep.AddrPort()] = name
 	s.sepChains = append(s.sepChains, chain{name: name, rules: []string{
 		// Hairpin: a pod reaching itself through the service must be
@@ -236,6 +247,9 @@ func (s *svcRender) lbRules(match string, eps []model.Endpoint, masq []string) [
 	if s.sp.AffinityTimeout <= 0 {
 		for i, ep := range eps {
 			if s.needsHairpin(ep) {
+				if s.hairpin == nil {
+					s.hairpin = map[netip.Addr]bool{}
+				}
 				s.hairpin[ep.IP] = true
 				s.out.hairpin = append(s.out.hairpin, ep.IP)
 			}
@@ -325,12 +339,13 @@ func (s *svcRender) externalChain() {
 	ext := chain{name: s.names.ext}
 	if x.Uniform() {
 		if outsideLB != "" {
-			ext.rules = append(s.r.masqRules(x.Masqueraded()), "-j "+outsideLB)
+			ext.rules = append(slices.Clip(s.r.masqRules(x.Masqueraded())), "-j "+outsideLB)
 		}
 	} else {
-		for _, src := range x.Diverted() {
+		diverted := x.Diverted()
+		for _, src := range model.Sources {
 			r := x.From(src)
-			if len(r.Endpoints) == 0 {
+			if diverted&src == 0 || len(r.Endpoints) == 0 {
 				continue
 			}
 			lb := outsideLB

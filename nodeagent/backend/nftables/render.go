@@ -332,12 +332,12 @@ func flatShape(rc *renderCtx, r *model.Routes) (local, ok bool) {
 	if x.Uniform() {
 		return false, !x.HasEndpoints() || x.Masqueraded() == model.AllSources
 	}
-	wantDiverted := []model.Source{model.FromNode}
+	wantDiverted := model.FromNode
 	if rc.isLocal != "" {
-		wantDiverted = []model.Source{model.FromPods, model.FromNode}
+		wantDiverted |= model.FromPods
 	}
 	samePods := rc.isLocal == "" || x.Pods.Set == x.Node.Set
-	return true, slices.Equal(x.Diverted(), wantDiverted) && x.Masqueraded() == model.FromNode && samePods &&
+	return true, x.Diverted() == wantDiverted && x.Masqueraded() == model.FromNode && samePods &&
 		(len(x.Outside.Endpoints) > 0 || x.Outside.Empty == model.Drop)
 }
 

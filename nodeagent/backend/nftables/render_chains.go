@@ -167,9 +167,10 @@ func (ch *chainRenderer) externalChain(x *model.SourceRoutes, svc string, cluste
 		ch.choose(&c, x.Outside.Endpoints)
 		return c
 	}
-	for _, s := range x.Diverted() {
+	diverted := x.Diverted()
+	for _, s := range model.Sources {
 		r := x.From(s)
-		if len(r.Endpoints) == 0 {
+		if diverted&s == 0 || len(r.Endpoints) == 0 {
 			continue
 		}
 		match := rc.sourceMatch(s)
