@@ -272,9 +272,16 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	snap.Node = a.nodeInfo()
 	a.reportRejections(logger, change)
 	a.metrics.pending.Set(0)
+	// The node's settings (pod CIDRs, NodePort addresses) shape every
+	// service's rules: a change of them is a full sync.
+	full = full || a.last == nil || !a.last.Node.Equal(snap.Node)
+	var changes *backend.Changes // nil: a full sync
+	if !full {
+		changes = backend.ChangesOf(change.Changed, change.Removed)
+	}
 
 	start := time.Now()
-	res, err := a.backend.Sync(ctx, snap, full)
+	res, err := a.backend.Sync(ctx, snap, changes)
 	elapsed := time.Since(start)
 	if err != nil {
 		a.needFull = true
@@ -297,7 +304,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	a.status.synced(time.Now(), elapsed, res.Full, counts, res.Rules)
 	a.hc.update(snap)
 	a.clearStaleUDP(ctx, snap)
-	a.resyncWhileDraining()
+	a.resyncWhileDraining(res)
 	if !a.leftoversRemoved {
 		a.leftoversRemoved = a.removeOtherModes(ctx)
 		if a.opts.Config.MigrateFromKubeProxy {
@@ -362,9 +369,8 @@ const drainInterval = time.Second
 // resyncWhileDraining schedules another sync while the backend has removed
 // endpoints still draining, so that they go once their connections end (or at
 // the backend's bound) even when nothing else changes.
-func (a *Agent) resyncWhileDraining() {
-	d, ok := a.backend.(interface{ Pending() int })
-	if ok && d.Pending() > 0 {
+func (a *Agent) resyncWhileDraining(res backend.SyncResult) {
+	if res.Draining > 0 {
 		time.AfterFunc(drainInterval, a.runner.Trigger)
 	}
 }

@@ -47,7 +47,8 @@ func (b *recordingBackend) Mode() kpov1.Mode              { return kpov1.ModeNFT
 func (b *recordingBackend) Check(context.Context) error   { return nil }
 func (b *recordingBackend) Cleanup(context.Context) error { return nil }
 func (b *recordingBackend) setFail(err error)             { b.mu.Lock(); b.fail = err; b.mu.Unlock() }
-func (b *recordingBackend) Sync(_ context.Context, snap *model.Snapshot, full bool) (backend.SyncResult, error) {
+func (b *recordingBackend) Sync(_ context.Context, snap *model.Snapshot, changes *backend.Changes) (backend.SyncResult, error) {
+	full := changes == nil
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.fail != nil {
@@ -385,18 +386,13 @@ type drainingBackend struct {
 	draining int
 }
 
-func (b *drainingBackend) Pending() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.draining
-}
-
-func (b *drainingBackend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (backend.SyncResult, error) {
-	res, err := b.recordingBackend.Sync(ctx, snap, full)
+func (b *drainingBackend) Sync(ctx context.Context, snap *model.Snapshot, changes *backend.Changes) (backend.SyncResult, error) {
+	res, err := b.recordingBackend.Sync(ctx, snap, changes)
 	b.mu.Lock()
 	if b.draining > 0 {
 		b.draining--
 	}
+	res.Draining = b.draining
 	b.mu.Unlock()
 	return res, err
 }

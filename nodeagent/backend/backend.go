@@ -24,21 +24,50 @@ type Backend interface {
 
 	// Sync makes the kernel hold snap's rules.
 	//
-	// With full false the backend may rewrite only the service ports whose
-	// pointers differ from its last successful sync (model.ServicePort is
-	// immutable), plus those that went away. With full true it rewrites
+	// changes says what to rewrite. nil is a full sync: the backend rewrites
 	// everything and removes whatever of its own it does not know (repairing
-	// drift); the first sync of a backend is always full.
+	// drift). Otherwise the sync is partial: the backend rewrites exactly the
+	// service ports changes lists, and trusts the rest to be as its last
+	// successful sync left them. The agent decides which (see Changes); a
+	// backend with no record of a successful sync (new, cleaned up, or after a
+	// failure) syncs fully whatever changes says, and says so in SyncResult.
 	//
 	// A sync is one atomic kernel transaction where the mechanism allows it: when
 	// it fails, the previous rules stay in place, the error says why, and the
 	// next sync must be full.
-	Sync(ctx context.Context, snap *model.Snapshot, full bool) (SyncResult, error)
+	Sync(ctx context.Context, snap *model.Snapshot, changes *Changes) (SyncResult, error)
 
 	// Cleanup removes every kernel object of this mode that kpo made. It is safe
 	// to call when there is nothing to remove, and it never touches objects of
 	// other software (kube-proxy's KUBE-* chains, its kube-proxy tables).
 	Cleanup(ctx context.Context) error
+}
+
+// Changes are the service ports a partial sync rewrites: what differs between
+// the snapshot of the last successful sync and this one, as the tracker
+// found it (tracker.Change). A nil *Changes is a full sync.
+//
+// The agent makes a sync full at start, after a failure, periodically
+// (syncPeriod), and when the snapshot's Node differs from the last sync's
+// (node settings shape every service's rules); a partial sync's Node is
+// always the last sync's.
+type Changes struct {
+	// Changed are the service ports that are new or different in the snapshot.
+	Changed []model.ServicePortKey
+	// Removed are the service ports the last sync held that the snapshot lacks.
+	Removed []model.ServicePortKey
+}
+
+// ChangesOf lists the keys of the tracker's changed and removed service ports.
+func ChangesOf(changed, removed []*model.ServicePort) *Changes {
+	c := &Changes{Changed: make([]model.ServicePortKey, 0, len(changed)), Removed: make([]model.ServicePortKey, 0, len(removed))}
+	for _, sp := range changed {
+		c.Changed = append(c.Changed, sp.Key)
+	}
+	for _, sp := range removed {
+		c.Removed = append(c.Removed, sp.Key)
+	}
+	return c
 }
 
 // SyncResult describes one successful sync.
@@ -50,6 +79,11 @@ type SyncResult struct {
 	// Rules is the number of rules, map or set elements (or IPVS virtual servers
 	// and destinations) the mode holds after the sync.
 	Rules int
+	// Draining is how many removed endpoints still drain (IPVS graceful
+	// termination, which progresses only during syncs): while it is positive,
+	// the agent syncs again soon even when nothing changes, so that they go
+	// once their connections end (or at the backend's bound).
+	Draining int
 }
 
 // ErrUnavailable says that the kernel cannot run a mode.

@@ -41,33 +41,65 @@ func IsKubeProxyChain(name string) bool {
 	return false
 }
 
-// RemoveKubeProxyLeftovers removes kube-proxy's nftables tables, iptables
-// chains (IPv4 and IPv6, in iptables-nft and iptables-legacy) and kube-ipvs0
-// interface from the current network namespace. Missing tools or objects are
-// not errors.
-func RemoveKubeProxyLeftovers(ctx context.Context) error {
+// Host is what removing kube-proxy's leftovers needs of the node: its nft
+// tables, the iptables tools installed and their dumps and restores, and
+// its links. The real one (HostOf) runs the tools in the calling thread's
+// network namespace.
+type Host interface {
+	// HasTable reports whether nft holds table name of family ("ip", "ip6").
+	HasTable(ctx context.Context, family, name string) bool
+	DeleteTable(ctx context.Context, family, name string) error
+	// IPTablesTools are the iptables commands whose tables may hold
+	// kube-proxy's chains ("iptables-nft", "ip6tables-legacy", or the
+	// plain names on hosts that have only those).
+	IPTablesTools() []string
+	// Save dumps every table of tool that exists (tool-save without -t:
+	// naming a table would make iptables-legacy create it).
+	Save(ctx context.Context, tool string) (string, error)
+	// Restore feeds a script to tool-restore --noflush.
+	Restore(ctx context.Context, tool, script string) error
+	// DeleteLink deletes a link; a missing one is no error.
+	DeleteLink(name string) error
+}
+
+// RemoveKubeProxyLeftovers removes kube-proxy's leftovers from the calling
+// thread's network namespace (Remove on the real host).
+func RemoveKubeProxyLeftovers(ctx context.Context) error { return Remove(ctx, execHost{}) }
+
+// Remove removes kube-proxy's nftables tables, iptables chains (IPv4 and
+// IPv6, in iptables-nft and iptables-legacy) and kube-ipvs0 interface.
+// Missing tools or objects are not errors.
+func Remove(ctx context.Context, h Host) error {
 	var errs []error
 	for _, family := range []string{"ip", "ip6"} {
-		if err := run(ctx, nil, "nft", "list", "table", family, "kube-proxy"); err == nil {
-			errs = append(errs, run(ctx, nil, "nft", "delete", "table", family, "kube-proxy"))
+		if h.HasTable(ctx, family, "kube-proxy") {
+			errs = append(errs, h.DeleteTable(ctx, family, "kube-proxy"))
 		}
 	}
-	for _, tool := range iptablesTools() {
-		errs = append(errs, removeChains(ctx, tool))
+	for _, tool := range h.IPTablesTools() {
+		errs = append(errs, removeChains(ctx, h, tool))
 	}
-	if link, err := netlink.LinkByName("kube-ipvs0"); err == nil {
-		errs = append(errs, netlink.LinkDel(link))
-	}
+	errs = append(errs, h.DeleteLink("kube-ipvs0"))
 	return errors.Join(errs...)
 }
 
-// iptablesTools are the iptables commands whose tables may hold kube-proxy's
-// chains: both flavours of both families where they are installed, since
-// kube-proxy ran whichever its image's wrapper picked (nft unless kubelet's
-// hint said legacy, in today's wrapper; older wrappers counted rules), and a
-// flavour kpo does not use must not keep translating with stale rules. The
-// plain names serve hosts that have only those.
-func iptablesTools() []string {
+// execHost is the real Host.
+type execHost struct{}
+
+func (execHost) HasTable(ctx context.Context, family, name string) bool {
+	return run(ctx, nil, "nft", "list", "table", family, name) == nil
+}
+
+func (execHost) DeleteTable(ctx context.Context, family, name string) error {
+	return run(ctx, nil, "nft", "delete", "table", family, name)
+}
+
+// IPTablesTools: both flavours of both families where they are installed,
+// since kube-proxy ran whichever its image's wrapper picked (nft unless
+// kubelet's hint said legacy, in today's wrapper; older wrappers counted
+// rules), and a flavour kpo does not use must not keep translating with
+// stale rules.
+func (execHost) IPTablesTools() []string {
 	var out []string
 	for _, base := range []string{"iptables", "ip6tables"} {
 		found := false
@@ -83,27 +115,45 @@ func iptablesTools() []string {
 	return out
 }
 
-// removeChains deletes kube-proxy's chains of one iptables command, in one
-// restore whose table sections each commit atomically: first the jumps into
-// them from other chains, then their rules, then the chains. The dump is of
-// every table that exists ("-save" without "-t": naming a table would make
-// iptables-legacy create it).
-func removeChains(ctx context.Context, tool string) error {
+func (execHost) Save(ctx context.Context, tool string) (string, error) {
 	if _, err := exec.LookPath(tool + "-save"); err != nil {
-		return nil
+		return "", nil
 	}
 	out, err := exec.CommandContext(ctx, tool+"-save").Output()
 	if err != nil {
-		return fmt.Errorf("%s-save: %w", tool, err)
+		return "", fmt.Errorf("%s-save: %w", tool, err)
+	}
+	return string(out), nil
+}
+
+func (execHost) Restore(ctx context.Context, tool, script string) error {
+	return run(ctx, []byte(script), tool+"-restore", "--noflush", "--wait=5")
+}
+
+func (execHost) DeleteLink(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil // none, or nothing this agent could delete either
+	}
+	return netlink.LinkDel(link)
+}
+
+// removeChains deletes kube-proxy's chains of one iptables command, in one
+// restore whose table sections each commit atomically: first the jumps into
+// them from other chains, then their rules, then the chains.
+func removeChains(ctx context.Context, h Host, tool string) error {
+	dump, err := h.Save(ctx, tool)
+	if err != nil {
+		return err
 	}
 	var script strings.Builder
-	for table, dump := range tables(string(out)) {
-		script.WriteString(restoreScript(table, dump))
+	for table, section := range tables(dump) {
+		script.WriteString(restoreScript(table, section))
 	}
 	if script.Len() == 0 {
 		return nil
 	}
-	return run(ctx, []byte(script.String()), tool+"-restore", "--noflush", "--wait=5")
+	return h.Restore(ctx, tool, script.String())
 }
 
 // tables splits an iptables-save dump into its tables' sections.

@@ -8,6 +8,7 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"time"
 
@@ -249,6 +250,10 @@ type NodeInfo struct {
 	LocalInterface       string
 	LocalInterfacePrefix bool
 }
+
+// Equal reports whether two NodeInfos are the same: a sync after a change of
+// the node's settings must be full.
+func (n NodeInfo) Equal(o NodeInfo) bool { return reflect.DeepEqual(n, o) }
 
 // HasLocalDetector reports whether pods' traffic can be told apart in family f.
 func (n NodeInfo) HasLocalDetector(f Family) bool {

@@ -6,6 +6,7 @@
 package backendfuzz
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/fuzzcorpus"
@@ -22,10 +24,31 @@ import (
 type Target interface {
 	// Fresh returns a new backend over an empty ruleset.
 	Fresh(t *testing.T) backend.Backend
-	// Sync runs b.Sync where the target's kernel is (a namespace).
-	Sync(b backend.Backend, s *model.Snapshot, full bool) (backend.SyncResult, error)
+	// Do runs fn where the target's kernel is (a namespace: netns.NS.Do).
+	Do(fn func() error) error
 	// List is the backend's rules, comparable with ==: equal rules, equal text.
 	List(t *testing.T) string
+}
+
+// syncIn syncs s into b where tg's kernel is, as the agent would
+// (backendtest.Sync: the change set since b's last successful sync).
+func syncIn(tg Target, b backend.Backend, s *model.Snapshot, full bool) (res backend.SyncResult, err error) {
+	err = tg.Do(func() error {
+		res, err = backendtest.Sync(context.Background(), b, s, full)
+		return err
+	})
+	return res, err
+}
+
+// Fuzz is a backend's FuzzSync: the seeds, then fuzzed pairs of snapshots
+// through CheckSyncs into the target newTarget makes (the strict fake).
+func Fuzz(f *testing.F, newTarget func() Target) {
+	for _, seed := range Seeds() {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		CheckSyncs(t, data, newTarget())
+	})
 }
 
 // Verdicts are whether the first (full) and the second (partial) sync of a
@@ -57,7 +80,7 @@ func CheckSyncs(t *testing.T, data []byte, tg Target) Verdicts {
 		s    *model.Snapshot
 		full bool
 	}{{first, true}, {second, false}} {
-		_, err := tg.Sync(b, step.s, step.full)
+		_, err := syncIn(tg, b, step.s, step.full)
 		v[i] = err == nil
 		prevInContract := inContract
 		inContract = modeltest.CheckContract(step.s) == nil
@@ -66,7 +89,7 @@ func CheckSyncs(t *testing.T, data []byte, tg Target) Verdicts {
 		case prevInContract:
 			t.Fatalf("sync %d refused a snapshot within the contract: %v\n%s", i+1, err, describePair(first, second))
 		default:
-			if _, err2 := tg.Sync(b, step.s, false); err2 != nil {
+			if _, err2 := syncIn(tg, b, step.s, false); err2 != nil {
 				t.Fatalf("sync %d refused a snapshot within the contract after one outside it (%v), and so did the next sync: %v\n%s",
 					i+1, err, err2, describePair(first, second))
 			}
@@ -85,20 +108,20 @@ func CheckSyncs(t *testing.T, data []byte, tg Target) Verdicts {
 func checkIdempotent(t *testing.T, tg Target, b backend.Backend, first, second *model.Snapshot) {
 	t.Helper()
 	programmed := tg.List(t)
-	res, err := tg.Sync(b, second, false)
+	res, err := syncIn(tg, b, second, false)
 	if err != nil || res.ServicePortsWritten != 0 {
 		t.Fatalf("second partial sync of the same snapshot: %+v, %v\n%s", res, err, Describe(second))
 	}
 	if got := tg.List(t); got != programmed {
 		t.Fatalf("second partial sync of the same snapshot changed the rules:\n%s\n%s", LineDiff(got, programmed), Describe(second))
 	}
-	if _, err := tg.Sync(b, second, true); err != nil {
+	if _, err := syncIn(tg, b, second, true); err != nil {
 		t.Fatalf("full resync: %v\n%s", err, Describe(second))
 	}
 	if got := tg.List(t); got != programmed {
 		t.Fatalf("full resync of the same snapshot changed the rules:\n%s\n%s", LineDiff(got, programmed), Describe(second))
 	}
-	full, err := tg.Sync(tg.Fresh(t), second, true)
+	full, err := syncIn(tg, tg.Fresh(t), second, true)
 	if err != nil {
 		t.Fatalf("a full sync on an empty ruleset refused what the partial sync programmed: %v\n%s", err, Describe(second))
 	}

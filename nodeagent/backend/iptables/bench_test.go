@@ -6,7 +6,9 @@ import (
 	"slices"
 	"testing"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
 )
 
@@ -34,7 +36,7 @@ func BenchmarkFakeFullSync10k(b *testing.B) {
 	s := bigSnapshot(10000, 2)
 	for b.Loop() {
 		be, _ := New(testSettings, []model.Family{model.IPv4}, WithKernel(nopKernel{}))
-		if _, err := be.Sync(context.Background(), s, true); err != nil {
+		if _, err := backendtest.Sync(context.Background(), be, s, true); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -46,6 +48,7 @@ func (nopKernel) ListRules(model.Family, string) ([]string, error) { return nil,
 func (nopKernel) Restore(model.Family, []byte) error               { return nil }
 func (nopKernel) RandomFully(model.Family) bool                    { return true }
 func (nopKernel) Check(model.Family) error                         { return nil }
+func (nopKernel) Sysctls() Sysctls                                 { return FakeSysctls{} }
 
 func benchVariants(b *testing.B, fn func(b *testing.B, v Variant)) {
 	netns.Skip(b)
@@ -78,7 +81,7 @@ func BenchmarkColdSync(b *testing.B) {
 						b.Fatal(err)
 					}
 					b.StartTimer()
-					if err := ns.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
+					if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }); err != nil {
 						b.Fatal(err)
 					}
 					b.StopTimer()
@@ -111,18 +114,18 @@ func BenchmarkPartialSync10k(b *testing.B) {
 			b.Fatal(err)
 		}
 		cur := clone(s)
-		if err := ns.Do(func() error { _, err := be.Sync(context.Background(), cur, true); return err }); err != nil {
+		if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, cur, true); return err }); err != nil {
 			b.Fatal(err)
 		}
+		// Two snapshots in turn, as the tracker hands them over (a new map,
+		// the other pointers kept): the change set is the one service port.
+		snaps := []*model.Snapshot{modeltest.With(cur, &alt), modeltest.With(cur, orig)}
 		i := 0
 		for b.Loop() {
-			if i++; i%2 == 1 {
-				cur.Services[key] = &alt
-			} else {
-				cur.Services[key] = orig
-			}
+			snap := snaps[i%2]
+			i++
 			err := ns.Do(func() error {
-				r, err := be.Sync(context.Background(), cur, false)
+				r, err := backendtest.Sync(context.Background(), be, snap, false)
 				if err == nil && r.ServicePortsWritten != 1 {
 					err = fmt.Errorf("wrote %d", r.ServicePortsWritten)
 				}
@@ -160,7 +163,7 @@ func BenchmarkWarmFullSync10k(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		sync := func() error { _, err := be.Sync(context.Background(), s, true); return err }
+		sync := func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }
 		if err := ns.Do(sync); err != nil {
 			b.Fatal(err)
 		}

@@ -36,6 +36,13 @@ type Fake struct {
 	NoRandomFully bool
 	// Restores logs every restore input, successful or not.
 	Restores []FakeRestore
+
+	// SetExists says whether an ipset exists (iptables refuses a rule
+	// matching a missing one); nil: none does. The ipvs mode's companion
+	// rules match ipsets (package ipvs, FakeIPSet.Has).
+	SetExists func(name string) bool
+
+	sysctls FakeSysctls
 }
 
 // FakeRestore is one logged restore.
@@ -59,6 +66,8 @@ type fakeChain struct {
 type fakeTable struct {
 	name   string
 	chains map[string]*fakeChain
+	// hasSet is the Fake's SetExists, for a table being changed.
+	hasSet func(name string) bool
 }
 
 var builtinChains = map[string][]string{
@@ -68,7 +77,7 @@ var builtinChains = map[string][]string{
 
 // NewFake returns a Fake with empty nat and filter tables for both families.
 func NewFake() *Fake {
-	f := &Fake{tables: map[model.Family]map[string]*fakeTable{}}
+	f := &Fake{tables: map[model.Family]map[string]*fakeTable{}, sysctls: FakeSysctls{}}
 	for _, fam := range []model.Family{model.IPv4, model.IPv6} {
 		f.tables[fam] = map[string]*fakeTable{}
 		for name, chains := range builtinChains {
@@ -139,6 +148,9 @@ func (f *Fake) ListRules(fam model.Family, table string) ([]string, error) {
 
 func (f *Fake) RandomFully(model.Family) bool { return !f.NoRandomFully }
 
+// Sysctls are the fake's own, empty at first (a missing one reads as an error).
+func (f *Fake) Sysctls() Sysctls { return f.sysctls }
+
 func (f *Fake) Check(model.Family) error { return nil }
 
 func (f *Fake) Restore(fam model.Family, data []byte) error {
@@ -172,6 +184,7 @@ func (f *Fake) restore(fam model.Family, data string) error {
 				return fail(err)
 			}
 			tx = t.clone()
+			tx.hasSet = f.SetExists
 		case tx == nil:
 			return fail(fmt.Errorf("outside a table"))
 		case line == "COMMIT":
@@ -225,6 +238,7 @@ func (f *Fake) Exec(fam model.Family, table, cmd string) error {
 		return err
 	}
 	tx := t.clone()
+	tx.hasSet = f.SetExists
 	if err := tx.command(fam, args); err != nil {
 		return err
 	}
@@ -263,7 +277,7 @@ func (t *fakeTable) command(fam model.Family, args []string) error {
 	}
 	switch op {
 	case "-A", "-I":
-		r, err := t.parseRule(fam, rest)
+		r, err := t.parseRule(fam, name, rest)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,16 @@ import (
 	"kpo.dev/kpo/test/netns"
 )
 
+// paritySet is the one ipset that exists for the parity cases.
+const paritySet = "KPO-PARITY"
+
+// newParityFake is a Fake where paritySet exists.
+func newParityFake() *Fake {
+	f := NewFake()
+	f.SetExists = func(name string) bool { return name == paritySet }
+	return f
+}
+
 // parityCase is one iptables-restore --noflush input, run after setup.
 type parityCase struct {
 	name   string
@@ -72,6 +82,14 @@ var parityCases = []parityCase{
 	{"bad address type", model.IPv4, "", filter(":KPO-A - [0:0]", "-A KPO-A -m addrtype --dst-type NOPE -j DROP"), false},
 	{"mark wider than 32 bits", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -j MARK --or-mark 0x100000000"), false},
 	{"comment of 300 characters (iptables truncates it)", model.IPv4, "", filter(":KPO-A - [0:0]", `-A KPO-A -m comment --comment "`+strings.Repeat("c", 300)+`" -j DROP`), true},
+	{"-i with a prefix in a chain reached from OUTPUT", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -i veth+ -j RETURN", "-A OUTPUT -j KPO-A"), true},
+	{"interface name of 15 characters", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -i abcdefghijklmno -j RETURN"), true},
+	{"interface name of 16 characters", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -i abcdefghijklmnop -j RETURN"), false},
+	{"-i in OUTPUT", model.IPv4, "", nat("-A OUTPUT -i eth0 -j RETURN"), false},
+	{"a match of an existing ipset", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -m set --match-set "+paritySet+" dst,dst,src -j RETURN"), true},
+	{"a match of a missing ipset", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -m set --match-set KPO-NOSUCHSET dst,dst -j RETURN"), false},
+	{"bad ipset flags", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -m set --match-set "+paritySet+" dst,any -j RETURN"), false},
+	{"--match-set without -m set", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A --match-set "+paritySet+" dst -j RETURN"), false},
 	{"missing COMMIT", model.IPv4, "", "*nat\n:KPO-A - [0:0]\n", false},
 	{"DNAT reached from POSTROUTING", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -p tcp -j DNAT --to-destination 10.244.1.10:8080", "-A POSTROUTING -j KPO-A"), false},
 	{"MASQUERADE reached from PREROUTING", model.IPv4, "", nat(":KPO-A - [0:0]", "-A KPO-A -j MASQUERADE", "-A PREROUTING -j KPO-A"), false},
@@ -104,7 +122,7 @@ var parityCases = []parityCase{
 // verdict and the same resulting chains (with their rule counts) from all.
 func TestFakeParity(t *testing.T) {
 	for _, c := range parityCases { // the Fake alone, also with -short
-		f := NewFake()
+		f := newParityFake()
 		if c.setup != "" {
 			if err := f.Restore(c.fam, []byte(c.setup)); err != nil {
 				t.Fatalf("%s: setup refused by the Fake: %v", c.name, err)
@@ -118,6 +136,7 @@ func TestFakeParity(t *testing.T) {
 	for _, v := range []Variant{VariantNFT, VariantLegacy} {
 		t.Run(string(v), func(t *testing.T) {
 			ns := netns.New(t, "parity")
+			ns.MustRun(t, "ipset", "create", paritySet, "hash:ip,port,ip")
 			for _, c := range parityCases {
 				cmd, restore := v.binaries(c.fam)
 				for _, table := range []string{tableNAT, tableFilter} {
@@ -132,7 +151,7 @@ func TestFakeParity(t *testing.T) {
 					}
 					return nil
 				}
-				f := NewFake()
+				f := newParityFake()
 				if c.setup != "" {
 					if err := run(c.setup); err != nil {
 						t.Fatalf("%s: setup refused: %v", c.name, err)

@@ -45,17 +45,6 @@ func splitArgs(s string) ([]string, error) {
 	return out, nil
 }
 
-func quoteArgs(args []string) []string {
-	out := make([]string, len(args))
-	for i, a := range args {
-		if strings.ContainsAny(a, " \t") || a == "" {
-			a = `"` + a + `"`
-		}
-		out[i] = a
-	}
-	return out
-}
-
 // parseAddrMask parses addr, addr/len or addr/mask (iptables accepts
 // non-contiguous masks) into address and mask of the table's family.
 func parseAddrMask(fam model.Family, s string) (addr, mask netip.Addr, err error) {
@@ -107,194 +96,245 @@ func parsePort(s string) error {
 	return nil
 }
 
-// parseRule validates a rule for table t and returns it.
-func (t *fakeTable) parseRule(fam model.Family, args []string) (fakeRule, error) {
-	r := fakeRule{text: strings.Join(quoteArgs(args), " "), args: args}
-	proto := ""
-	mods := map[string]bool{}
-	need := func(i int) (string, error) {
-		if i+1 >= len(args) {
-			return "", fmt.Errorf("option %s needs a value", args[i])
-		}
-		return args[i+1], nil
+// checkInterface checks an -i or -o match as iptables does: a name (with
+// "+" for a prefix) shorter than IFNAMSIZ, and in a built-in chain only where
+// packets have such an interface ("Can't use -i with OUTPUT"). In a user
+// chain iptables checks nothing more: a locally generated packet reaching
+// it from OUTPUT simply has no input interface.
+func checkInterface(chain, opt, name string) error {
+	if len(name) > 15 {
+		return fmt.Errorf("interface name %q must be shorter than IFNAMSIZ (15)", name)
 	}
-	needMod := func(opt string, ms ...string) error {
-		for _, m := range ms {
-			if mods[m] {
-				return nil
-			}
-		}
-		return fmt.Errorf("option %s without -m %s", opt, strings.Join(ms, "/"))
+	noIn := chain == "OUTPUT" || chain == "POSTROUTING"
+	noOut := chain == "INPUT" || chain == "PREROUTING"
+	if (opt == "-i" && noIn) || (opt == "-o" && noOut) {
+		return fmt.Errorf("can't use %s with %s", opt, chain)
 	}
+	return nil
+}
+
+// parseRule validates a rule for chain of table t and returns it.
+func (t *fakeTable) parseRule(fam model.Family, chain string, args []string) (fakeRule, error) {
+	p := &ruleParser{t: t, fam: fam, chain: chain, mods: map[string]bool{},
+		r: fakeRule{text: strings.Join(quoteArgs(args), " "), args: args}}
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "!" {
 			continue
 		}
-		var v string
-		var err error
-		switch a {
-		case "--rcheck", "--set", "--reap", "--random-fully", "--rsource":
-		default:
-			if v, err = need(i); err != nil {
-				return r, err
+		var vals []string
+		if n := optionValues(a); n > 0 {
+			if i+n >= len(args) {
+				return p.r, fmt.Errorf("option %s needs %d values", a, n)
 			}
-			i++
+			vals = args[i+1 : i+1+n]
+			i += n
 		}
-		switch a {
-		case "-s", "-d":
-			if _, _, err := parseAddrMask(fam, v); err != nil {
-				return r, fmt.Errorf("%s: %w", a, err)
-			}
-		case "-p":
-			switch v {
-			case "tcp", "udp", "sctp", "all":
-			case "icmp":
-				if fam == model.IPv6 {
-					return r, fmt.Errorf("-p icmp in ip6tables")
-				}
-			default:
-				return r, fmt.Errorf("unknown protocol %q", v)
-			}
-			proto = v
-			if v == "tcp" || v == "udp" || v == "sctp" {
-				// iptables loads the protocol's match implicitly:
-				// "-p tcp --dport 80" is "-p tcp -m tcp --dport 80".
-				mods[v] = true
-			}
-		case "-m":
-			switch v {
-			case "tcp", "udp", "sctp":
-				// iptables: "-m tcp" needs "-p tcp" first.
-				if proto != v {
-					return r, fmt.Errorf("-m %s without -p %s", v, v)
-				}
-			case "comment", "conntrack", "addrtype", "statistic", "recent", "mark":
-			default:
-				return r, fmt.Errorf("unknown match %q", v)
-			}
-			mods[v] = true
-		case "--dport", "--sport":
-			if err := needMod(a, "tcp", "udp", "sctp"); err != nil {
-				return r, err
-			}
-			if err := parsePort(v); err != nil {
-				return r, err
-			}
-		case "--comment":
-			if err := needMod(a, "comment"); err != nil {
-				return r, err
-			}
-		case "--ctstate":
-			if err := needMod(a, "conntrack"); err != nil {
-				return r, err
-			}
-			for _, s := range strings.Split(v, ",") {
-				switch s {
-				case "NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT", "DNAT":
-				default:
-					return r, fmt.Errorf("bad ctstate %q", s)
-				}
-			}
-		case "--src-type", "--dst-type":
-			if err := needMod(a, "addrtype"); err != nil {
-				return r, err
-			}
-			if v != "LOCAL" && v != "UNICAST" && v != "BROADCAST" && v != "MULTICAST" {
-				return r, fmt.Errorf("bad address type %q", v)
-			}
-		case "--mode":
-			if err := needMod(a, "statistic"); err != nil {
-				return r, err
-			}
-			if v != "random" && v != "nth" {
-				return r, fmt.Errorf("bad statistic mode %q", v)
-			}
-		case "--probability":
-			if err := needMod(a, "statistic"); err != nil {
-				return r, err
-			}
-			p, err := strconv.ParseFloat(v, 64)
-			if err != nil || p < 0 || p > 1 {
-				return r, fmt.Errorf("bad probability %q", v)
-			}
-		case "--name":
-			if err := needMod(a, "recent"); err != nil {
-				return r, err
-			}
-		case "--rcheck", "--set", "--reap", "--rsource":
-			if err := needMod(a, "recent"); err != nil {
-				return r, err
-			}
-		case "--seconds":
-			if err := needMod(a, "recent"); err != nil {
-				return r, err
-			}
-			if n, err := strconv.Atoi(v); err != nil || n <= 0 {
-				return r, fmt.Errorf("bad seconds %q", v)
-			}
-		case "--random-fully":
-		case "--mark":
-			if err := needMod(a, "mark"); err != nil {
-				return r, err
-			}
-		case "-j", "-g":
-			if r.target != "" {
-				return r, fmt.Errorf("two targets")
-			}
-			r.target = v
-			if err := t.checkTarget(v); err != nil {
-				return r, err
-			}
-		case "--reject-with":
-			if r.target != "REJECT" {
-				return r, fmt.Errorf("--reject-with without -j REJECT")
-			}
-			switch v {
-			case "tcp-reset":
-				if proto != "tcp" {
-					return r, fmt.Errorf("tcp-reset needs -p tcp")
-				}
-			case "icmp-port-unreachable":
-				if fam == model.IPv6 {
-					return r, fmt.Errorf("%s in ip6tables", v)
-				}
-			case "icmp6-port-unreachable":
-				if fam == model.IPv4 {
-					return r, fmt.Errorf("%s in iptables", v)
-				}
-			default:
-				return r, fmt.Errorf("bad --reject-with %q", v)
-			}
-		case "--to-destination":
-			if r.target != "DNAT" {
-				return r, fmt.Errorf("--to-destination without -j DNAT")
-			}
-			ap, err := netip.ParseAddrPort(v)
-			if err != nil {
-				return r, fmt.Errorf("bad --to-destination %q: %w", v, err)
-			}
-			if model.FamilyOf(ap.Addr()) != fam {
-				return r, fmt.Errorf("--to-destination %s not of family %s", v, fam)
-			}
-			if proto == "" || proto == "all" {
-				return r, fmt.Errorf("DNAT to a port needs -p")
-			}
-		case "--or-mark", "--xor-mark", "--set-xmark":
-			if r.target != "MARK" {
-				return r, fmt.Errorf("%s without -j MARK", a)
-			}
-			if _, err := strconv.ParseUint(strings.SplitN(v, "/", 2)[0], 0, 32); err != nil {
-				return r, fmt.Errorf("bad mark %q", v)
-			}
-		default:
-			return r, fmt.Errorf("unknown option %q", a)
-		}
-		if a == "--random-fully" && r.target != "MASQUERADE" {
-			return r, fmt.Errorf("--random-fully without -j MASQUERADE")
+		if err := p.option(a, vals); err != nil {
+			return p.r, err
 		}
 	}
-	return r, nil
+	return p.r, nil
+}
+
+// ruleParser checks a rule's options in order, as iptables parses them.
+type ruleParser struct {
+	t     *fakeTable
+	fam   model.Family
+	chain string
+	r     fakeRule
+	proto string
+	mods  map[string]bool // loaded matches
+}
+
+// optionValues is how many values an option takes.
+func optionValues(opt string) int {
+	switch opt {
+	case "--rcheck", "--set", "--reap", "--random-fully", "--rsource":
+		return 0
+	case "--match-set":
+		return 2 // set name, direction flags
+	}
+	return 1
+}
+
+// optionMods are the matches an option needs loaded (any of them).
+var optionMods = map[string][]string{
+	"--dport": {"tcp", "udp", "sctp"}, "--sport": {"tcp", "udp", "sctp"},
+	"--comment": {"comment"}, "--ctstate": {"conntrack"},
+	"--src-type": {"addrtype"}, "--dst-type": {"addrtype"},
+	"--mode": {"statistic"}, "--probability": {"statistic"},
+	"--name": {"recent"}, "--rcheck": {"recent"}, "--set": {"recent"}, "--reap": {"recent"},
+	"--rsource": {"recent"}, "--seconds": {"recent"},
+	"--mark": {"mark"}, "--match-set": {"set"},
+}
+
+// targetOptions are the options of a target, valid after it.
+var targetOptions = map[string]string{
+	"--reject-with": "REJECT", "--to-destination": "DNAT", "--random-fully": "MASQUERADE",
+	"--or-mark": "MARK", "--xor-mark": "MARK", "--set-xmark": "MARK",
+}
+
+func (p *ruleParser) option(a string, vals []string) error {
+	if ms, ok := optionMods[a]; ok && !slices.ContainsFunc(ms, func(m string) bool { return p.mods[m] }) {
+		return fmt.Errorf("option %s without -m %s", a, strings.Join(ms, "/"))
+	}
+	if tgt, ok := targetOptions[a]; ok && p.r.target != tgt {
+		return fmt.Errorf("%s without -j %s", a, tgt)
+	}
+	v := ""
+	if len(vals) > 0 {
+		v = vals[0]
+	}
+	switch a {
+	case "-s", "-d":
+		if _, _, err := parseAddrMask(p.fam, v); err != nil {
+			return fmt.Errorf("%s: %w", a, err)
+		}
+	case "-i", "-o":
+		return checkInterface(p.chain, a, v)
+	case "-p":
+		return p.protocol(v)
+	case "-m":
+		return p.match(v)
+	case "-j", "-g":
+		if p.r.target != "" {
+			return fmt.Errorf("two targets")
+		}
+		p.r.target = v
+		return p.t.checkTarget(v)
+	case "--match-set":
+		return p.matchSet(vals[0], vals[1])
+	default:
+		return p.value(a, v)
+	}
+	return nil
+}
+
+func (p *ruleParser) protocol(v string) error {
+	switch v {
+	case "tcp", "udp", "sctp", "all":
+	case "icmp":
+		if p.fam == model.IPv6 {
+			return fmt.Errorf("-p icmp in ip6tables")
+		}
+	default:
+		return fmt.Errorf("unknown protocol %q", v)
+	}
+	p.proto = v
+	if v == "tcp" || v == "udp" || v == "sctp" {
+		// iptables loads the protocol's match implicitly:
+		// "-p tcp --dport 80" is "-p tcp -m tcp --dport 80".
+		p.mods[v] = true
+	}
+	return nil
+}
+
+func (p *ruleParser) match(v string) error {
+	switch v {
+	case "tcp", "udp", "sctp":
+		// iptables: "-m tcp" needs "-p tcp" first.
+		if p.proto != v {
+			return fmt.Errorf("-m %s without -p %s", v, v)
+		}
+	case "comment", "conntrack", "addrtype", "statistic", "recent", "mark", "set":
+	default:
+		return fmt.Errorf("unknown match %q", v)
+	}
+	p.mods[v] = true
+	return nil
+}
+
+// matchSet checks "--match-set NAME FLAGS": iptables refuses a set that
+// does not exist ("Set NAME doesn't exist") and flags other than one to
+// six of src and dst.
+func (p *ruleParser) matchSet(name, flags string) error {
+	if p.t.hasSet == nil || !p.t.hasSet(name) {
+		return fmt.Errorf("set %s doesn't exist", name)
+	}
+	fs := strings.Split(flags, ",")
+	if len(fs) > 6 || slices.ContainsFunc(fs, func(f string) bool { return f != "src" && f != "dst" }) {
+		return fmt.Errorf("bad set flags %q", flags)
+	}
+	return nil
+}
+
+// value checks the value of the other options.
+func (p *ruleParser) value(a, v string) error {
+	switch a {
+	case "--dport", "--sport":
+		return parsePort(v)
+	case "--comment", "--name", "--mark", "--rcheck", "--set", "--reap", "--rsource", "--random-fully":
+	case "--ctstate":
+		for _, s := range strings.Split(v, ",") {
+			switch s {
+			case "NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT", "DNAT":
+			default:
+				return fmt.Errorf("bad ctstate %q", s)
+			}
+		}
+	case "--src-type", "--dst-type":
+		if v != "LOCAL" && v != "UNICAST" && v != "BROADCAST" && v != "MULTICAST" {
+			return fmt.Errorf("bad address type %q", v)
+		}
+	case "--mode":
+		if v != "random" && v != "nth" {
+			return fmt.Errorf("bad statistic mode %q", v)
+		}
+	case "--probability":
+		if f, err := strconv.ParseFloat(v, 64); err != nil || f < 0 || f > 1 {
+			return fmt.Errorf("bad probability %q", v)
+		}
+	case "--seconds":
+		if n, err := strconv.Atoi(v); err != nil || n <= 0 {
+			return fmt.Errorf("bad seconds %q", v)
+		}
+	case "--reject-with":
+		return p.rejectWith(v)
+	case "--to-destination":
+		return p.toDestination(v)
+	case "--or-mark", "--xor-mark", "--set-xmark":
+		if _, err := strconv.ParseUint(strings.SplitN(v, "/", 2)[0], 0, 32); err != nil {
+			return fmt.Errorf("bad mark %q", v)
+		}
+	default:
+		return fmt.Errorf("unknown option %q", a)
+	}
+	return nil
+}
+
+func (p *ruleParser) rejectWith(v string) error {
+	switch v {
+	case "tcp-reset":
+		if p.proto != "tcp" {
+			return fmt.Errorf("tcp-reset needs -p tcp")
+		}
+	case "icmp-port-unreachable":
+		if p.fam == model.IPv6 {
+			return fmt.Errorf("%s in ip6tables", v)
+		}
+	case "icmp6-port-unreachable":
+		if p.fam == model.IPv4 {
+			return fmt.Errorf("%s in iptables", v)
+		}
+	default:
+		return fmt.Errorf("bad --reject-with %q", v)
+	}
+	return nil
+}
+
+func (p *ruleParser) toDestination(v string) error {
+	ap, err := netip.ParseAddrPort(v)
+	if err != nil {
+		return fmt.Errorf("bad --to-destination %q: %w", v, err)
+	}
+	if model.FamilyOf(ap.Addr()) != p.fam {
+		return fmt.Errorf("--to-destination %s not of family %s", v, p.fam)
+	}
+	if p.proto == "" || p.proto == "all" {
+		return fmt.Errorf("DNAT to a port needs -p")
+	}
+	return nil
 }
 
 func (t *fakeTable) checkTarget(v string) error {

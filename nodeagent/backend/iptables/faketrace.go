@@ -137,15 +137,6 @@ func (t *fakeTable) eval(name string, p Packet, paths []tracePath, depth int) []
 	return append(done, live...)
 }
 
-func argAfter(args []string, opt string) string {
-	for i, a := range args {
-		if a == opt && i+1 < len(args) {
-			return args[i+1]
-		}
-	}
-	return ""
-}
-
 func applyMark(mark uint32, args []string) uint32 {
 	for i, a := range args {
 		if i+1 >= len(args) {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/netns"
 )
@@ -28,7 +29,7 @@ func BenchmarkFirstPacket10k(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := top.Node.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
+		if err := top.Node.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }); err != nil {
 			b.Fatal(err)
 		}
 		for _, target := range []string{"10.96.0.1:80", "10.96.39.250:80"} {

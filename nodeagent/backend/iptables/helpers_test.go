@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
@@ -45,7 +46,7 @@ func newFakeBackend(t testing.TB, settings backend.Settings) (*Backend, *Fake) {
 
 func mustSync(t testing.TB, b *Backend, s *model.Snapshot, full bool) backend.SyncResult {
 	t.Helper()
-	res, err := b.Sync(context.Background(), s, full)
+	res, err := backendtest.Sync(context.Background(), b, s, full)
 	if err != nil {
 		t.Fatalf("sync: %v", err)
 	}

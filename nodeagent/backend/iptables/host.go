@@ -94,21 +94,7 @@ var loopback4 = netip.MustParsePrefix("127.0.0.0/8")
 
 // hostFilter are the filter chains KPO-FORWARD and KPO-FIREWALL.
 func (r *renderer) hostFilter(h hostState) []chain {
-	mark := fmt.Sprintf("0x%x", r.settings.MasqueradeMark())
-	fwd := chain{name: chainForward}
-	if !h.liberal {
-		// Out-of-window packets (a late retransmission, say) are INVALID and
-		// not translated back: forwarded as they are, they reach a client
-		// that answers with a RST and kills its own connection
-		// (kubernetes#74839, #117924).
-		fwd.rules = append(fwd.rules, "-m conntrack --ctstate INVALID -j DROP")
-	}
-	fwd.rules = append(fwd.rules,
-		// Service traffic is forwarded even where the FORWARD policy drops:
-		// the first packet carries the masquerade mark, the rest is
-		// ESTABLISHED.
-		`-m comment --comment "kpo forwarding rules" -m mark --mark `+mark+"/"+mark+" -j ACCEPT",
-		`-m comment --comment "kpo forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`)
+	fwd := chain{name: chainForward, rules: ForwardRules(r.settings.MasqueradeMark(), !h.liberal)}
 	fw := chain{name: chainFirewall}
 	if h.localnet && r.fam == model.IPv4 {
 		// route_localnet lets packets from the network reach 127.0.0.0/8

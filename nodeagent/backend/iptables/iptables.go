@@ -27,10 +27,8 @@ package iptables
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/backend"
@@ -47,9 +45,8 @@ func WithKernel(k Kernel) Option { return func(b *Backend) { b.kernel = k } }
 // flavour the host uses (see DetectVariant).
 func WithVariant(v Variant) Option { return func(b *Backend) { b.variant = v } }
 
-// WithSysctls replaces /proc/sys (tests: FakeSysctls). With WithKernel and
-// without this option, sysctls are an empty FakeSysctls: a fake kernel must
-// not come with real sysctl writes.
+// WithSysctls replaces the kernel's sysctls (tests: FakeSysctls with a
+// real kernel in a namespace).
 func WithSysctls(s Sysctls) Option { return func(b *Backend) { b.sysctls = s } }
 
 // Backend is the iptables mode. It is used by one goroutine at a time.
@@ -86,12 +83,9 @@ func New(settings backend.Settings, families []model.Family, opts ...Option) (*B
 			return nil, fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
 		}
 		b.kernel = k
-		if b.sysctls == nil {
-			b.sysctls = procSysctls{}
-		}
 	}
 	if b.sysctls == nil {
-		b.sysctls = FakeSysctls{}
+		b.sysctls = b.kernel.Sysctls()
 	}
 	return b, nil
 }
@@ -109,15 +103,9 @@ func (b *Backend) Check(ctx context.Context) error {
 	return nil
 }
 
-// jump is a rule in a built-in chain that sends traffic to a base chain.
-type jump struct {
-	table, chain string
-	rule         []string
-}
-
 // jumps are inserted first in the built-in chains, as kube-proxy does: rules of
 // other software (a firewall's ACCEPT) must not bypass service translation.
-var jumps = []jump{
+var jumps = []Jump{
 	{tableNAT, "PREROUTING", []string{"-m", "comment", "--comment", "kpo service portals", "-j", chainServices}},
 	{tableNAT, "OUTPUT", []string{"-m", "comment", "--comment", "kpo service portals", "-j", chainServices}},
 	{tableNAT, "POSTROUTING", []string{"-m", "comment", "--comment", "kpo postrouting", "-j", chainPostrouting}},
@@ -148,7 +136,7 @@ var externalJump = []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "conntr
 	"-m", "comment", "--comment", "kpo external service rejects", "-j", chainExternalServices}
 
 // retiredJumps are jumps earlier versions inserted: cleanup removes them too.
-var retiredJumps = []jump{{tableFilter, "INPUT", filterJump}}
+var retiredJumps = []Jump{{tableFilter, "INPUT", filterJump}}
 
 var baseChains = []struct{ table, chain string }{
 	{tableNAT, chainServices}, {tableNAT, chainNodePorts}, {tableNAT, chainPostrouting},
@@ -166,15 +154,17 @@ func isBase(table, name string) bool {
 	return false
 }
 
-// Sync implements backend.Backend.
-func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (backend.SyncResult, error) {
+// Sync implements backend.Backend: one restore per family.
+func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, changes *backend.Changes) (backend.SyncResult, error) {
 	if err := ctx.Err(); err != nil {
 		return backend.SyncResult{}, err
 	}
-	full = full || b.needFull
-	res := backend.SyncResult{Full: full}
+	if b.needFull {
+		changes = nil
+	}
+	res := backend.SyncResult{Full: changes == nil}
 	for _, f := range b.families {
-		n, err := b.syncFamily(snap, f, full)
+		n, err := b.syncFamily(snap, f, changes)
 		if err != nil {
 			// The kernel may now hold part of this sync (one table committed,
 			// the other not): forget what we believe and repair with a full sync.
@@ -191,82 +181,20 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 	return res, nil
 }
 
-func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (int, error) {
-	node := nodeViewOf(snap.Node, f)
+// syncFamily writes one family's changes (nil: everything) in one restore.
+func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, changes *backend.Changes) (int, error) {
+	nat, filter := newTableWriter(tableNAT), newTableWriter(tableFilter)
 	st := b.fams[f]
-	if st == nil || !st.node.equal(node) {
-		// Node info is baked into many rules (pod CIDRs in EXT chains, node
-		// port addresses): a change rewrites everything.
-		full = true
-	}
-	var host hostState
+	full := changes == nil || st == nil
+	var written int
 	if full {
-		// Base chains and the jumps to them are made by the restore below
-		// (declared, and inserted where the listing lacks them), which saves
-		// two dozen iptables executions per family; only sysctls come first.
 		var err error
-		if host, err = b.prepareHost(f, node); err != nil {
+		if st, err = b.writeFull(snap, f, nat, filter); err != nil {
 			return 0, err
 		}
-		r := &renderer{fam: f, settings: b.settings, local: localMatches(node)}
-		st = newFamState(f, r, node, b.kernel.RandomFully(f))
-	}
-	nat, filter := newTableWriter(tableNAT), newTableWriter(tableFilter)
-	d := newDirty()
-	written := 0
-	// kept counts the programmed service ports still in the snapshot: when it
-	// is all of them nothing was removed, and the partial sync skips a second
-	// pass of map lookups over every service port (the Go side of a partial
-	// sync is these lookups).
-	before, kept := len(st.svcs), 0
-	for k, sp := range snap.Services {
-		if k.Family != f {
-			continue
-		}
-		old := st.svcs[k]
-		if old != nil {
-			kept++
-		}
-		if !full && old != nil && old.sp == sp {
-			continue
-		}
-		nr := st.r.render(sp)
-		for _, name := range st.apply(k, nr, d) {
-			nat.remove(name)
-		}
-		for _, c := range nr.nat {
-			nat.write(c)
-		}
-		written++
-	}
-	if !full && kept < before {
-		for k := range st.svcs {
-			if _, ok := snap.Services[k]; !ok {
-				for _, name := range st.apply(k, nil, d) {
-					nat.remove(name)
-				}
-			}
-		}
-	}
-	st.writeShared(d, nat, filter, full)
-	if full {
-		fixed := st.r.fixedNAT(st.randomFully)
-		st.fixedRules = len(st.r.nodePortDispatch(node.nodePortIPs, node.explicitNP)) + 1
-		for _, c := range fixed {
-			nat.write(c)
-			st.fixedRules += len(c.rules)
-		}
-		for _, c := range st.r.hostFilter(host) {
-			filter.write(c)
-			st.fixedRules += len(c.rules)
-		}
-		// Drift repair: delete every chain of this mode we do not mean to
-		// have, and (re)insert missing jumps from the built-in chains.
-		for _, t := range []*tableWriter{nat, filter} {
-			if err := b.repair(f, t); err != nil {
-				return 0, err
-			}
-		}
+		written = len(st.svcs)
+	} else {
+		written = st.writeChanges(snap, f, changes, nat, filter)
 	}
 	if !nat.empty() || !filter.empty() {
 		// One restore, two sections, each committed atomically by itself.
@@ -279,6 +207,70 @@ func (b *Backend) syncFamily(snap *model.Snapshot, f model.Family, full bool) (i
 	}
 	b.fams[f] = st
 	return written, nil
+}
+
+// writeFull writes every chain of the family: the services', the shared
+// dispatch chains, the fixed and host chains, and the repair of drift (a
+// new state, since the kernel may hold anything).
+func (b *Backend) writeFull(snap *model.Snapshot, f model.Family, nat, filter *tableWriter) (*famState, error) {
+	node := nodeViewOf(snap.Node, f)
+	// Base chains and the jumps to them are made by the restore (declared,
+	// and inserted where the listing lacks them), which saves two dozen
+	// iptables executions per family; only sysctls come first.
+	host, err := b.prepareHost(f, node)
+	if err != nil {
+		return nil, err
+	}
+	r := newRenderer(f, b.settings, localMatches(node))
+	st := newFamState(f, r, node, b.kernel.RandomFully(f))
+	d := newDirty()
+	for k, sp := range snap.Services {
+		if k.Family == f {
+			st.write(k, sp, d, nat)
+		}
+	}
+	st.writeShared(d, nat, filter, true)
+	st.fixedRules = len(st.r.nodePortDispatch(node.nodePortIPs, node.explicitNP)) + 1
+	for _, c := range st.r.fixedNAT(st.randomFully) {
+		nat.write(c)
+		st.fixedRules += len(c.rules)
+	}
+	for _, c := range st.r.hostFilter(host) {
+		filter.write(c)
+		st.fixedRules += len(c.rules)
+	}
+	// Drift repair: delete every chain of this mode we do not mean to
+	// have, and (re)insert missing jumps from the built-in chains.
+	for _, t := range []*tableWriter{nat, filter} {
+		if err := b.repair(f, t); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// writeChanges writes the family's changed service ports and the shared
+// chains they touch; it returns how many it rewrote.
+func (s *famState) writeChanges(snap *model.Snapshot, f model.Family, changes *backend.Changes, nat, filter *tableWriter) int {
+	d := newDirty()
+	written := 0
+	for _, k := range changes.Changed {
+		if k.Family == f {
+			if sp := snap.Services[k]; sp != nil {
+				s.write(k, sp, d, nat)
+				written++
+			} else {
+				s.write(k, nil, d, nat)
+			}
+		}
+	}
+	for _, k := range changes.Removed {
+		if k.Family == f && s.svcs[k] != nil {
+			s.write(k, nil, d, nat)
+		}
+	}
+	s.writeShared(d, nat, filter, false)
+	return written
 }
 
 // repair lists a table, deletes this mode's chains t does not write and inserts
@@ -295,84 +287,19 @@ func (b *Backend) repair(f model.Family, t *tableWriter) error {
 		}
 	}
 	for _, j := range jumps {
-		if j.table == t.name && !hasJump(lines, j) {
-			t.edit("-I " + j.chain + " " + strings.Join(quoteArgs(j.rule), " "))
+		if j.Table == t.name && !j.In(lines) {
+			t.edit(j.Insert())
 		}
 	}
 	return nil
 }
 
-// chainsOf returns the chains of an "iptables -S" listing.
-func chainsOf(lines []string) []string {
-	var out []string
-	for _, l := range lines {
-		if name, ok := strings.CutPrefix(l, "-N "); ok {
-			out = append(out, strings.TrimSpace(name))
-		} else if name, ok := strings.CutPrefix(l, "-P "); ok {
-			out = append(out, strings.Fields(name)[0])
-		}
-	}
-	return out
-}
-
-// hasJump reports whether the listing holds j, recognised by its comment and
-// target: iptables -S normalises matches differently across versions and
-// variants, and a jump missed here would be inserted again at every full sync.
-func hasJump(lines []string, j jump) bool {
-	return slices.ContainsFunc(lines, func(l string) bool { return isJump(j, l) })
-}
-
-// isJump reports whether a listed line is the jump j.
-func isJump(j jump, line string) bool {
-	line = strings.TrimSpace(line)
-	return strings.HasPrefix(line, "-A "+j.chain+" ") &&
-		strings.Contains(line, `--comment "`+argAfter(j.rule, "--comment")+`"`) &&
-		strings.HasSuffix(line, "-j "+argAfter(j.rule, "-j"))
-}
-
-// Cleanup implements backend.Backend: one restore per family deletes the
-// jumps (as listed, so that the rule spec matches whatever normalisation the
-// variant applies) and every chain of this mode in both tables (not the ipvs
-// mode's KPO-IPVS-* ones: a mode switch to ipvs cleans up after its first
-// sync); each table's section commits atomically, so no packet meets a
-// half-deleted chain. Sysctls stay as they are, as with kube-proxy.
+// Cleanup implements backend.Backend: it deletes the jumps and every chain of
+// this mode in both tables (not the ipvs mode's KPO-IPVS-* ones: a mode
+// switch to ipvs cleans up after its first sync), see RemoveOwn. Sysctls
+// stay as they are, as with kube-proxy.
 func (b *Backend) Cleanup(ctx context.Context) error {
 	b.needFull = true
 	b.fams = map[model.Family]*famState{}
-	var errs []error
-	for _, f := range b.families {
-		var tables []*tableWriter
-		for _, table := range []string{tableFilter, tableNAT} {
-			t := newTableWriter(table)
-			lines, err := b.kernel.ListRules(f, table)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: listing %s: %w", f, table, err))
-				continue
-			}
-			for _, c := range chainsOf(lines) {
-				if ownChain(c) {
-					t.remove(c)
-				}
-			}
-			for _, l := range lines {
-				for _, j := range slices.Concat(jumps, retiredJumps) {
-					if j.table == table && isJump(j, l) {
-						t.edit("-D" + strings.TrimPrefix(strings.TrimSpace(l), "-A"))
-						break
-					}
-				}
-			}
-			tables = append(tables, t)
-		}
-		var out bytes.Buffer
-		for _, t := range tables {
-			t.appendTo(&out)
-		}
-		if out.Len() > 0 {
-			if err := b.kernel.Restore(f, out.Bytes()); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", f, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
+	return RemoveOwn(b.kernel, b.families, ownChain, slices.Concat(jumps, retiredJumps))
 }

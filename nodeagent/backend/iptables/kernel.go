@@ -32,6 +32,9 @@ type Kernel interface {
 	RandomFully(f model.Family) bool
 	// Check runs a harmless command to prove iptables works for the family.
 	Check(f model.Family) error
+	// Sysctls are the network namespace's settings the mode reads and
+	// writes along with its rules (route_localnet, tcp_be_liberal).
+	Sysctls() Sysctls
 }
 
 // lockWaitSeconds bounds the wait for the xtables lock (iptables-legacy; nft
@@ -124,6 +127,9 @@ func (k *execKernel) ListRules(f model.Family, table string) ([]string, error) {
 	}
 	return strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n"), nil
 }
+
+// Sysctls are /proc/sys of the calling thread's network namespace.
+func (k *execKernel) Sysctls() Sysctls { return procSysctls{} }
 
 func (k *execKernel) RandomFully(f model.Family) bool {
 	e, err := k.fam(f)

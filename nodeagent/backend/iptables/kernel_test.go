@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
@@ -22,7 +23,7 @@ type realBackend struct {
 func (r realBackend) sync(t *testing.T, s *model.Snapshot, full bool) {
 	t.Helper()
 	err := r.node.Do(func() error {
-		_, err := r.Sync(context.Background(), s, full)
+		_, err := backendtest.Sync(context.Background(), r.Backend, s, full)
 		return err
 	})
 	if err != nil {
@@ -203,7 +204,7 @@ func testRealKernel(t *testing.T, v Variant) {
 		delete(s2.Services, self.Key)
 		var r struct{ written int }
 		err := node.Do(func() error {
-			res, err := b.Sync(context.Background(), s2, false)
+			res, err := backendtest.Sync(context.Background(), b, s2, false)
 			r.written = res.ServicePortsWritten
 			return err
 		})

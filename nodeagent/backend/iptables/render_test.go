@@ -27,147 +27,159 @@ func approx(t *testing.T, what string, got map[NATResult]float64, want map[NATRe
 	}
 }
 
+// Endpoints, addresses and helpers of the behaviour table.
+var (
+	behE1, behE2 = ep("10.244.1.10:8080", true), ep("10.244.2.20:8080", false)
+	untranslated = one(res("", false))
+)
+
+const (
+	behNode, behClient, behPod = "198.51.100.1", "198.51.100.200", "10.244.1.10"
+	behOther                   = "10.244.3.3"
+)
+
+// trace is a packet through one hook and what must happen to it.
+type trace struct {
+	name  string
+	hook  string
+	p     Packet
+	want  map[NATResult]float64
+	fHook string             // filter hook for untranslated packets
+	fWant map[string]float64 // nil: no filter check
+}
+
+func half(a, b NATResult) map[NATResult]float64 { return map[NATResult]float64{a: .5, b: .5} }
+func one(a NATResult) map[NATResult]float64     { return map[NATResult]float64{a: 1} }
+func local(p Packet) Packet                     { p.DstLocal = true; return p }
+func fromNode(p Packet) Packet                  { p.SrcLocal = true; return p }
+
+// behaviourCase is a service port on a node and the traces through it.
+type behaviourCase struct {
+	name     string
+	settings backend.Settings
+	sp       func() *model.ServicePort
+	node     func(*model.NodeInfo)
+	traces   []trace
+}
+
+var behaviourCases = []behaviourCase{{
+	name: "cluster IP",
+	sp:   func() *model.ServicePort { return svc("a", "10.96.0.10", 80, behE1, behE2) },
+	traces: []trace{
+		{name: "pod", hook: "PREROUTING", p: pkt(behOther, "10.96.0.10", 80), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", false))},
+		{name: "node masqueraded", hook: "OUTPUT", p: fromNode(pkt(behNode, "10.96.0.10", 80)), want: half(res("10.244.1.10:8080", true), res("10.244.2.20:8080", true))},
+		{name: "hairpin", hook: "PREROUTING", p: pkt(behPod, "10.96.0.10", 80), want: half(res("10.244.1.10:8080", true), res("10.244.2.20:8080", false))},
+		{name: "other port", hook: "PREROUTING", p: pkt(behOther, "10.96.0.10", 81), want: untranslated},
+	},
+}, {
+	name: "no endpoints rejects",
+	sp:   func() *model.ServicePort { return svc("a", "10.96.0.10", 80) },
+	traces: []trace{
+		{name: "pod", hook: "PREROUTING", p: pkt(behOther, "10.96.0.10", 80), want: untranslated, fHook: "FORWARD", fWant: map[string]float64{"REJECT": 1}},
+		{name: "node", hook: "OUTPUT", p: fromNode(pkt(behNode, "10.96.0.10", 80)), want: untranslated, fHook: "OUTPUT", fWant: map[string]float64{"REJECT": 1}},
+	},
+}, {
+	name:     "masquerade all",
+	settings: backend.Settings{MasqueradeBit: 14, MasqueradeAll: true},
+	sp:       func() *model.ServicePort { return svc("a", "10.96.0.10", 80, behE2) },
+	traces:   []trace{{name: "pod", hook: "PREROUTING", p: pkt(behOther, "10.96.0.10", 80), want: one(res("10.244.2.20:8080", true))}},
+}, {
+	name:   "no cluster CIDRs: no masquerade",
+	sp:     func() *model.ServicePort { return svc("a", "10.96.0.10", 80, behE2) },
+	node:   func(n *model.NodeInfo) { n.ClusterCIDRs = nil },
+	traces: []trace{{name: "node", hook: "OUTPUT", p: fromNode(pkt(behNode, "10.96.0.10", 80)), want: one(res("10.244.2.20:8080", false))}},
+}, {
+	name: "node port, external IP, LB IP (policy Cluster)",
+	sp: func() *model.ServicePort {
+		sp := svc("a", "10.96.0.10", 80, behE2)
+		sp.NodePort, sp.ExternalIPs, sp.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.5")}, []netip.Addr{addr("203.0.113.6")}
+		return sp
+	},
+	traces: []trace{
+		{name: "node port", hook: "PREROUTING", p: local(pkt(behClient, behNode, 30080)), want: one(res("10.244.2.20:8080", true))},
+		{name: "node port not local", hook: "PREROUTING", p: pkt(behClient, behNode, 30080), want: untranslated},
+		{name: "external IP", hook: "PREROUTING", p: pkt(behClient, "203.0.113.5", 80), want: one(res("10.244.2.20:8080", true))},
+		{name: "LB IP", hook: "PREROUTING", p: pkt(behClient, "203.0.113.6", 80), want: one(res("10.244.2.20:8080", true))},
+		{name: "localhost", hook: "OUTPUT", p: local(fromNode(pkt("127.0.0.1", "127.0.0.1", 30080))), want: untranslated},
+	},
+}, {
+	name: "node port on explicit addresses",
+	sp: func() *model.ServicePort {
+		sp := svc("a", "10.96.0.10", 80, behE2)
+		sp.NodePort = 30080
+		return sp
+	},
+	node: func(n *model.NodeInfo) { n.NodePortIPs = map[model.Family][]netip.Addr{model.IPv4: {addr(behNode)}} },
+	traces: []trace{
+		{name: "listed", hook: "PREROUTING", p: local(pkt(behClient, behNode, 30080)), want: one(res("10.244.2.20:8080", true))},
+		{name: "other local", hook: "PREROUTING", p: local(pkt(behClient, "10.244.1.1", 30080)), want: untranslated},
+	},
+}, {
+	name: "policy Local",
+	sp: func() *model.ServicePort {
+		sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, behE1, behE2), behE1)
+		sp.NodePort, sp.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.6")}
+		return sp
+	},
+	traces: []trace{
+		{name: "outside client keeps source", hook: "PREROUTING", p: local(pkt(behClient, behNode, 30080)), want: one(res("10.244.1.10:8080", false))},
+		{name: "outside client LB", hook: "PREROUTING", p: pkt(behClient, "203.0.113.6", 80), want: one(res("10.244.1.10:8080", false))},
+		{name: "pod uses cluster endpoints", hook: "PREROUTING", p: pkt(behOther, "203.0.113.6", 80), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", false))},
+		{name: "node uses cluster endpoints", hook: "OUTPUT", p: fromNode(pkt(behNode, "203.0.113.6", 80)), want: half(res("10.244.1.10:8080", true), res("10.244.2.20:8080", true))},
+		// A remote endpoint reaching itself through this node's node port.
+		{name: "remote pod hairpin", hook: "PREROUTING", p: local(pkt("10.244.2.20", behNode, 30080)), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", true))},
+	},
+}, {
+	// External and cluster endpoints are the same set, so external traffic
+	// shares the SVC chain: its masquerade matches the ClusterIP only. (It
+	// did not: outside clients lost their source address.)
+	name: "policy Local, every endpoint local",
+	sp: func() *model.ServicePort {
+		sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, behE1), behE1)
+		sp.NodePort, sp.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.6")}
+		return sp
+	},
+	traces: []trace{
+		{name: "outside client keeps source", hook: "PREROUTING", p: local(pkt(behClient, behNode, 30080)), want: one(res("10.244.1.10:8080", false))},
+		{name: "outside client LB keeps source", hook: "PREROUTING", p: pkt(behClient, "203.0.113.6", 80), want: one(res("10.244.1.10:8080", false))},
+		{name: "ClusterIP from outside masqueraded", hook: "PREROUTING", p: pkt(behClient, "10.96.0.10", 80), want: one(res("10.244.1.10:8080", true))},
+	},
+}, {
+	name: "policy Local without local endpoints drops",
+	sp: func() *model.ServicePort {
+		sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, behE2))
+		sp.NodePort = 30080
+		return sp
+	},
+	traces: []trace{
+		{name: "outside", hook: "PREROUTING", p: local(pkt(behClient, behNode, 30080)), want: untranslated, fHook: "INPUT", fWant: map[string]float64{"DROP": 1}},
+		{name: "node", hook: "OUTPUT", p: local(fromNode(pkt(behNode, behNode, 30080))), want: one(res("10.244.2.20:8080", true))},
+	},
+}, {
+	name: "source ranges",
+	sp: func() *model.ServicePort {
+		return modeltest.LoadBalancer(svc("a", "10.96.0.10", 80, behE2), "203.0.113.6", "198.51.100.0/25")
+	},
+	traces: []trace{
+		{name: "refused", hook: "PREROUTING", p: pkt(behClient, "203.0.113.6", 80), want: untranslated, fHook: "FORWARD", fWant: map[string]float64{"DROP": 1}},
+		{name: "allowed", hook: "PREROUTING", p: pkt("198.51.100.7", "203.0.113.6", 80), want: one(res("10.244.2.20:8080", true))},
+		{name: "cluster IP unaffected", hook: "PREROUTING", p: pkt(behClient, "10.96.0.10", 80), want: one(res("10.244.2.20:8080", true))},
+	},
+}, {
+	name: "IPv6",
+	sp: func() *model.ServicePort {
+		return svc("a", "fd10:96::10", 80, ep("[fd10:244:0:1::a]:8080", true))
+	},
+	traces: []trace{
+		{name: "node", hook: "OUTPUT", p: fromNode(pkt("2001:db8:1::1", "fd10:96::10", 80)), want: one(res("[fd10:244:0:1::a]:8080", true))},
+		{name: "pod", hook: "PREROUTING", p: pkt("fd10:244:0:1::b", "fd10:96::10", 80), want: one(res("[fd10:244:0:1::a]:8080", false))},
+	},
+}}
+
 // TestBehaviour traces packets through the rules the backend programmed into
 // the Fake, one case per behaviour of kube-proxy's iptables mode.
 func TestBehaviour(t *testing.T) {
-	e1, e2 := ep("10.244.1.10:8080", true), ep("10.244.2.20:8080", false)
-	const node, client, pod = "198.51.100.1", "198.51.100.200", "10.244.1.10"
-	const other = "10.244.3.3"
-	type trace struct {
-		name  string
-		hook  string
-		p     Packet
-		want  map[NATResult]float64
-		fHook string             // filter hook for untranslated packets
-		fWant map[string]float64 // nil: no filter check
-	}
-	half := func(a, b NATResult) map[NATResult]float64 { return map[NATResult]float64{a: .5, b: .5} }
-	one := func(a NATResult) map[NATResult]float64 { return map[NATResult]float64{a: 1} }
-	local := func(p Packet) Packet { p.DstLocal = true; return p }
-	fromNode := func(p Packet) Packet { p.SrcLocal = true; return p }
-	untranslated := one(res("", false))
-	for _, tc := range []struct {
-		name     string
-		settings backend.Settings
-		sp       func() *model.ServicePort
-		node     func(*model.NodeInfo)
-		traces   []trace
-	}{{
-		name: "cluster IP",
-		sp:   func() *model.ServicePort { return svc("a", "10.96.0.10", 80, e1, e2) },
-		traces: []trace{
-			{name: "pod", hook: "PREROUTING", p: pkt(other, "10.96.0.10", 80), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", false))},
-			{name: "node masqueraded", hook: "OUTPUT", p: fromNode(pkt(node, "10.96.0.10", 80)), want: half(res("10.244.1.10:8080", true), res("10.244.2.20:8080", true))},
-			{name: "hairpin", hook: "PREROUTING", p: pkt(pod, "10.96.0.10", 80), want: half(res("10.244.1.10:8080", true), res("10.244.2.20:8080", false))},
-			{name: "other port", hook: "PREROUTING", p: pkt(other, "10.96.0.10", 81), want: untranslated},
-		},
-	}, {
-		name: "no endpoints rejects",
-		sp:   func() *model.ServicePort { return svc("a", "10.96.0.10", 80) },
-		traces: []trace{
-			{name: "pod", hook: "PREROUTING", p: pkt(other, "10.96.0.10", 80), want: untranslated, fHook: "FORWARD", fWant: map[string]float64{"REJECT": 1}},
-			{name: "node", hook: "OUTPUT", p: fromNode(pkt(node, "10.96.0.10", 80)), want: untranslated, fHook: "OUTPUT", fWant: map[string]float64{"REJECT": 1}},
-		},
-	}, {
-		name:     "masquerade all",
-		settings: backend.Settings{MasqueradeBit: 14, MasqueradeAll: true},
-		sp:       func() *model.ServicePort { return svc("a", "10.96.0.10", 80, e2) },
-		traces:   []trace{{name: "pod", hook: "PREROUTING", p: pkt(other, "10.96.0.10", 80), want: one(res("10.244.2.20:8080", true))}},
-	}, {
-		name:   "no cluster CIDRs: no masquerade",
-		sp:     func() *model.ServicePort { return svc("a", "10.96.0.10", 80, e2) },
-		node:   func(n *model.NodeInfo) { n.ClusterCIDRs = nil },
-		traces: []trace{{name: "node", hook: "OUTPUT", p: fromNode(pkt(node, "10.96.0.10", 80)), want: one(res("10.244.2.20:8080", false))}},
-	}, {
-		name: "node port, external IP, LB IP (policy Cluster)",
-		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, e2)
-			sp.NodePort, sp.ExternalIPs, sp.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.5")}, []netip.Addr{addr("203.0.113.6")}
-			return sp
-		},
-		traces: []trace{
-			{name: "node port", hook: "PREROUTING", p: local(pkt(client, node, 30080)), want: one(res("10.244.2.20:8080", true))},
-			{name: "node port not local", hook: "PREROUTING", p: pkt(client, node, 30080), want: untranslated},
-			{name: "external IP", hook: "PREROUTING", p: pkt(client, "203.0.113.5", 80), want: one(res("10.244.2.20:8080", true))},
-			{name: "LB IP", hook: "PREROUTING", p: pkt(client, "203.0.113.6", 80), want: one(res("10.244.2.20:8080", true))},
-			{name: "localhost", hook: "OUTPUT", p: local(fromNode(pkt("127.0.0.1", "127.0.0.1", 30080))), want: untranslated},
-		},
-	}, {
-		name: "node port on explicit addresses",
-		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, e2)
-			sp.NodePort = 30080
-			return sp
-		},
-		node: func(n *model.NodeInfo) { n.NodePortIPs = map[model.Family][]netip.Addr{model.IPv4: {addr(node)}} },
-		traces: []trace{
-			{name: "listed", hook: "PREROUTING", p: local(pkt(client, node, 30080)), want: one(res("10.244.2.20:8080", true))},
-			{name: "other local", hook: "PREROUTING", p: local(pkt(client, "10.244.1.1", 30080)), want: untranslated},
-		},
-	}, {
-		name: "policy Local",
-		sp: func() *model.ServicePort {
-			sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, e1, e2), e1)
-			sp.NodePort, sp.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.6")}
-			return sp
-		},
-		traces: []trace{
-			{name: "outside client keeps source", hook: "PREROUTING", p: local(pkt(client, node, 30080)), want: one(res("10.244.1.10:8080", false))},
-			{name: "outside client LB", hook: "PREROUTING", p: pkt(client, "203.0.113.6", 80), want: one(res("10.244.1.10:8080", false))},
-			{name: "pod uses cluster endpoints", hook: "PREROUTING", p: pkt(other, "203.0.113.6", 80), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", false))},
-			{name: "node uses cluster endpoints", hook: "OUTPUT", p: fromNode(pkt(node, "203.0.113.6", 80)), want: half(res("10.244.1.10:8080", true), res("10.244.2.20:8080", true))},
-			// A remote endpoint reaching itself through this node's node port.
-			{name: "remote pod hairpin", hook: "PREROUTING", p: local(pkt("10.244.2.20", node, 30080)), want: half(res("10.244.1.10:8080", false), res("10.244.2.20:8080", true))},
-		},
-	}, {
-		// External and cluster endpoints are the same set, so external traffic
-		// shares the SVC chain: its masquerade matches the ClusterIP only. (It
-		// did not: outside clients lost their source address.)
-		name: "policy Local, every endpoint local",
-		sp: func() *model.ServicePort {
-			sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, e1), e1)
-			sp.NodePort, sp.LoadBalancerIPs = 30080, []netip.Addr{addr("203.0.113.6")}
-			return sp
-		},
-		traces: []trace{
-			{name: "outside client keeps source", hook: "PREROUTING", p: local(pkt(client, node, 30080)), want: one(res("10.244.1.10:8080", false))},
-			{name: "outside client LB keeps source", hook: "PREROUTING", p: pkt(client, "203.0.113.6", 80), want: one(res("10.244.1.10:8080", false))},
-			{name: "ClusterIP from outside masqueraded", hook: "PREROUTING", p: pkt(client, "10.96.0.10", 80), want: one(res("10.244.1.10:8080", true))},
-		},
-	}, {
-		name: "policy Local without local endpoints drops",
-		sp: func() *model.ServicePort {
-			sp := modeltest.LocalPolicy(svc("a", "10.96.0.10", 80, e2))
-			sp.NodePort = 30080
-			return sp
-		},
-		traces: []trace{
-			{name: "outside", hook: "PREROUTING", p: local(pkt(client, node, 30080)), want: untranslated, fHook: "INPUT", fWant: map[string]float64{"DROP": 1}},
-			{name: "node", hook: "OUTPUT", p: local(fromNode(pkt(node, node, 30080))), want: one(res("10.244.2.20:8080", true))},
-		},
-	}, {
-		name: "source ranges",
-		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, e2)
-			sp.LoadBalancerIPs = []netip.Addr{addr("203.0.113.6")}
-			sp.SourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/25")}
-			return sp
-		},
-		traces: []trace{
-			{name: "refused", hook: "PREROUTING", p: pkt(client, "203.0.113.6", 80), want: untranslated, fHook: "FORWARD", fWant: map[string]float64{"DROP": 1}},
-			{name: "allowed", hook: "PREROUTING", p: pkt("198.51.100.7", "203.0.113.6", 80), want: one(res("10.244.2.20:8080", true))},
-			{name: "cluster IP unaffected", hook: "PREROUTING", p: pkt(client, "10.96.0.10", 80), want: one(res("10.244.2.20:8080", true))},
-		},
-	}, {
-		name: "IPv6",
-		sp: func() *model.ServicePort {
-			return svc("a", "fd10:96::10", 80, ep("[fd10:244:0:1::a]:8080", true))
-		},
-		traces: []trace{
-			{name: "node", hook: "OUTPUT", p: fromNode(pkt("2001:db8:1::1", "fd10:96::10", 80)), want: one(res("[fd10:244:0:1::a]:8080", true))},
-			{name: "pod", hook: "PREROUTING", p: pkt("fd10:244:0:1::b", "fd10:96::10", 80), want: one(res("[fd10:244:0:1::a]:8080", false))},
-		},
-	}} {
+	for _, tc := range behaviourCases {
 		t.Run(tc.name, func(t *testing.T) {
 			settings := tc.settings
 			if settings == (backend.Settings{}) {

@@ -33,11 +33,6 @@ func nodeViewOf(n model.NodeInfo, f model.Family) nodeView {
 	return v
 }
 
-func (a nodeView) equal(b nodeView) bool {
-	return a.explicitNP == b.explicitNP && a.localIface == b.localIface &&
-		slices.Equal(a.clusterCIDRs, b.clusterCIDRs) && slices.Equal(a.nodePortIPs, b.nodePortIPs)
-}
-
 // famState is what the backend believes one family's tables hold: the rendered
 // rules of every service port it programmed and the shared dispatch chains'
 // membership. It is the source of truth between full syncs (no listing).
@@ -169,6 +164,23 @@ func addMember(m map[uint8]keySet, b uint8, k model.ServicePortKey) {
 		m[b] = s
 	}
 	s[k] = struct{}{}
+}
+
+// write renders sp (nil: removed) as key's rules, records it, and writes
+// its chains (removing those it no longer has).
+func (s *famState) write(k model.ServicePortKey, sp *model.ServicePort, d *dirty, nat *tableWriter) {
+	var nr *rendered
+	if sp != nil {
+		nr = s.r.render(sp)
+	}
+	for _, name := range s.apply(k, nr, d) {
+		nat.remove(name)
+	}
+	if nr != nil {
+		for _, c := range nr.nat {
+			nat.write(c)
+		}
+	}
 }
 
 // apply records that key now renders as nr (nil: removed) and marks what it

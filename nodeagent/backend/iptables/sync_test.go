@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -181,7 +182,7 @@ func TestFailedRestoreKeepsPreviousRules(t *testing.T) {
 		break
 	}
 	f.FailRestore = func(model.Family, string) error { return errors.New("injected") }
-	if _, err := b.Sync(context.Background(), s2, false); err == nil {
+	if _, err := backendtest.Sync(context.Background(), b, s2, false); err == nil {
 		t.Fatal("sync succeeded")
 	}
 	if after := f.Dump(model.IPv4, tableNAT); after != before {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -47,7 +48,7 @@ func TestSyncWithoutIPVS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Sync(t.Context(), snapOf(), true); !errors.Is(err, backend.ErrUnavailable) {
+	if _, err := backendtest.Sync(t.Context(), b, snapOf(), true); !errors.Is(err, backend.ErrUnavailable) {
 		t.Fatalf("Sync: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/backend/iptables"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -67,11 +68,18 @@ func WithHandle(h Handle) Option {
 	}
 }
 
-// WithLinks replaces rtnetlink (tests: FakeLinks).
+// WithLinks replaces rtnetlink and /proc/sys (tests: FakeLinks).
 func WithLinks(l Links) Option { return func(b *Backend) { b.rawLinks = l } }
 
 // WithRules replaces the iptables/ipset companion (tests: FakeRules).
 func WithRules(r Rules) Option { return func(b *Backend) { b.rules = r } }
+
+// WithCompanion runs the companion rules over ipt and ipset instead of the
+// host's (tests: iptables.Fake with FakeIPSet.Has as its SetExists, and
+// FakeIPSet).
+func WithCompanion(ipt iptables.Kernel, ipset IPSet) Option {
+	return func(b *Backend) { b.rules = newCompanionRules(b.settings, ipt, ipset) }
+}
 
 // WithProbe replaces the IPVS availability probe.
 func WithProbe(p Probe) Option { return func(b *Backend) { b.probe = p } }
@@ -83,9 +91,4 @@ func WithClock(now func() time.Time) Option { return func(b *Backend) { b.now = 
 // virtual servers when the snapshot has no NodePortIPs for a family.
 func WithNodeAddrs(fn func(model.Family) ([]netip.Addr, error)) Option {
 	return func(b *Backend) { b.nodeAddrs = fn }
-}
-
-// WithSysctl replaces the writer of /proc/sys (tests: a map).
-func WithSysctl(set func(name, value string) error) Option {
-	return func(b *Backend) { b.sysctl = set }
 }

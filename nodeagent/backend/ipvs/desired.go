@@ -19,10 +19,30 @@ type vsWant struct {
 	external bool
 }
 
+// portPlan is what one service port makes: its virtual servers and its
+// entries in the companion sets.
+type portPlan struct {
+	wants []vsWant
+	sets  []setEntry
+}
+
+// routeOptions are the options the model resolves a family's routes with.
+func (b *Backend) routeOptions(f model.Family, node *model.NodeInfo) model.RouteOptions {
+	return model.RouteOptions{MasqueradeAll: b.settings.MasqueradeAll, PodsKnown: node.HasLocalDetector(f), Dialect: model.DialectIPVS}
+}
+
+// plan translates a service port's routes.
+func (b *Backend) plan(sp *model.ServicePort, node *model.NodeInfo, nodeIPs []netip.Addr) portPlan {
+	routes := sp.Routes(b.routeOptions(sp.Key.Family, node))
+	return portPlan{wants: b.render(sp, &routes, nodeIPs), sets: setEntries(sp, &routes, nodeIPs)}
+}
+
 // render maps one service port to its virtual servers. IPVS keys services by
-// address, so each VIP kind gets its own endpoint list: ClusterEndpoints for
-// the ClusterIP, ExternalEndpoints for NodePort, external and LB IPs.
-func (b *Backend) render(sp *model.ServicePort, nodeIPs []netip.Addr) []vsWant {
+// address, and a virtual server has one set of destinations for every
+// source (the model's IPVS dialect gives every source the same route): the
+// ClusterIP's route for the ClusterIP, the external route for NodePort,
+// external and LB IPs.
+func (b *Backend) render(sp *model.ServicePort, routes *model.Routes, nodeIPs []netip.Addr) []vsWant {
 	proto, ok := protoOf(sp.Protocol)
 	if !ok {
 		return nil
@@ -50,17 +70,18 @@ func (b *Backend) render(sp *model.ServicePort, nodeIPs []netip.Addr) []vsWant {
 		}
 		out = append(out, w)
 	}
-	add(sp.ClusterIP, sp.Port, sp.ClusterEndpoints, true, false)
+	add(sp.ClusterIP, sp.Port, routes.Cluster.Outside.Endpoints, true, false)
+	external := routes.External.Outside.Endpoints
 	if sp.NodePort != 0 {
 		for _, ip := range nodeIPs {
-			add(ip, sp.NodePort, sp.ExternalEndpoints, false, true)
+			add(ip, sp.NodePort, external, false, true)
 		}
 	}
 	for _, ip := range sp.ExternalIPs {
-		add(ip, sp.Port, sp.ExternalEndpoints, true, true)
+		add(ip, sp.Port, external, true, true)
 	}
 	for _, ip := range sp.LoadBalancerIPs {
-		add(ip, sp.Port, sp.ExternalEndpoints, true, true)
+		add(ip, sp.Port, external, true, true)
 	}
 	return out
 }

@@ -312,11 +312,13 @@ type FakeLinks struct {
 	// Node is what NodeAddrs returns.
 	Node []netip.Addr
 	Ops  map[string]int
+	// Sysctls are what SetSysctl wrote.
+	Sysctls map[string]string
 }
 
 // NewFakeLinks returns a fake with no interfaces and the given node addresses.
 func NewFakeLinks(node ...netip.Addr) *FakeLinks {
-	return &FakeLinks{links: map[string]map[netip.Addr]bool{}, Node: node, Ops: map[string]int{}}
+	return &FakeLinks{links: map[string]map[netip.Addr]bool{}, Node: node, Ops: map[string]int{}, Sysctls: map[string]string{}}
 }
 
 // EnsureDummy implements Links.
@@ -401,4 +403,12 @@ func (l *FakeLinks) HasLink(name string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.links[name] != nil
+}
+
+// SetSysctl implements Links.
+func (l *FakeLinks) SetSysctl(name, value string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.Sysctls[name] = value
+	return nil
 }

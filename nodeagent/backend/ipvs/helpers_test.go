@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
@@ -81,7 +82,7 @@ func (e *env) newBackend(cfg Config) *Backend {
 
 func (e *env) sync(s *model.Snapshot, full bool) backend.SyncResult {
 	e.t.Helper()
-	res, err := e.b.Sync(context.Background(), s, full)
+	res, err := backendtest.Sync(context.Background(), e.b, s, full)
 	if err != nil {
 		e.t.Fatalf("sync: %v", err)
 	}

@@ -15,8 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"syscall"
 	"time"
@@ -61,7 +59,6 @@ type Backend struct {
 	probe     Probe
 	now       func() time.Time
 	nodeAddrs func(model.Family) ([]netip.Addr, error)
-	sysctl    func(name, value string) error
 
 	// What the kernel holds, as far as this process knows. It is rebuilt from
 	// the kernel by every full sync, so a restart or drift loses nothing.
@@ -131,16 +128,8 @@ func New(settings backend.Settings, cfg Config, families []model.Family, opts ..
 		b.rawLinks = netlinkLinks{}
 	}
 	b.links = countingLinks{l: b.rawLinks, ops: &b.linkOps}
-	if b.sysctl == nil {
-		if b.raw != nil {
-			// A fake IPVS must not come with real sysctl writes.
-			b.sysctl = func(string, string) error { return nil }
-		} else {
-			b.sysctl = writeSysctl
-		}
-	}
 	if b.rules == nil {
-		b.rules = newExecRules(settings)
+		b.rules = newCompanionRules(settings, nil, nil)
 	}
 	return b, nil
 }
@@ -153,20 +142,11 @@ func (b *Backend) reset() {
 	b.nodeIPs = map[model.Family][]netip.Addr{}
 }
 
-func writeSysctl(name, value string) error {
-	return os.WriteFile(filepath.Join("/proc/sys", name), []byte(value), 0o644)
-}
-
 // Mode implements backend.Backend.
 func (b *Backend) Mode() kpov1.Mode { return kpov1.ModeIPVS }
 
 // Stats returns the counters of the last successful sync.
 func (b *Backend) Stats() Stats { return b.stats }
-
-// Pending reports how many destinations are draining: the agent should sync
-// again within the termination bound while this is not zero, since draining
-// progresses only during syncs.
-func (b *Backend) Pending() int { return len(b.term) }
 
 // Check implements backend.Backend.
 func (b *Backend) Check(ctx context.Context) error {
@@ -200,7 +180,7 @@ func (b *Backend) ensureHandle() (*countingHandle, error) {
 }
 
 // Sync implements backend.Backend.
-func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (backend.SyncResult, error) {
+func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, changes *backend.Changes) (backend.SyncResult, error) {
 	if err := ctx.Err(); err != nil {
 		return backend.SyncResult{}, err
 	}
@@ -209,17 +189,14 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 		return backend.SyncResult{}, fmt.Errorf("%w: ipvs: %v", backend.ErrUnavailable, err)
 	}
 	h.ops, b.linkOps = 0, 0
-	full = full || b.needFull
+	if b.needFull {
+		changes = nil
+	}
+	full := changes == nil
 	nodeIPs, err := b.nodePortIPs(snap, full)
 	if err != nil {
 		b.needFull = true
 		return backend.SyncResult{}, fmt.Errorf("ipvs: node addresses: %w", err)
-	}
-	for _, f := range b.families {
-		if !slices.Equal(nodeIPs[f], b.nodeIPs[f]) {
-			// NodePort virtual servers exist per node address.
-			full = true
-		}
 	}
 	var written int
 	if full {
@@ -227,7 +204,7 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 		written, err = b.syncFull(snap, nodeIPs)
 		b.inFull = false
 	} else {
-		written, err = b.syncPartial(snap, nodeIPs)
+		written, err = b.syncPartial(snap, b.withNodePortChanges(snap, changes, nodeIPs), nodeIPs)
 	}
 	if err == nil {
 		err = b.drain()
@@ -247,7 +224,28 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, full bool) (ba
 		b.stats.Destinations += len(v.dests)
 	}
 	return backend.SyncResult{Full: full, ServicePortsWritten: written,
-		Rules: b.stats.VirtualServers + b.stats.Destinations}, nil
+		Rules: b.stats.VirtualServers + b.stats.Destinations, Draining: len(b.term)}, nil
+}
+
+// withNodePortChanges adds to changes the service ports with a NodePort
+// when the node's addresses changed since the last sync: NodePort virtual
+// servers exist per node address, which the backend finds itself when the
+// snapshot names none (a change the agent cannot see).
+func (b *Backend) withNodePortChanges(snap *model.Snapshot, changes *backend.Changes, nodeIPs map[model.Family][]netip.Addr) *backend.Changes {
+	moved := false
+	for _, f := range b.families {
+		moved = moved || !slices.Equal(nodeIPs[f], b.nodeIPs[f])
+	}
+	if !moved {
+		return changes
+	}
+	out := &backend.Changes{Changed: slices.Clone(changes.Changed), Removed: changes.Removed}
+	for k, sp := range snap.Services {
+		if sp.NodePort != 0 && !slices.Contains(out.Changed, k) {
+			out.Changed = append(out.Changed, k)
+		}
+	}
+	return out
 }
 
 // wanted reports whether a service port is of one of our families.
@@ -282,31 +280,54 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 	prev := b.vs
 	oldTerm := b.term
 	b.reset()
-
-	// Desired virtual servers, first owner wins on a conflict.
-	type want struct {
-		w     vsWant
-		owner model.ServicePortKey
+	desired := b.desired(snap, nodeIPs)
+	mine := func(s Service) bool {
+		_, made := prev[s.VSKey]
+		return dummySet[s.Addr] || made || owned[s.VSKey]
 	}
-	desired := map[VSKey]want{}
+	if err := b.reload(kernel, desired, mine); err != nil {
+		return 0, err
+	}
+	for _, d := range desired {
+		if err := b.apply(d.w, d.owner, oldTerm); err != nil {
+			return 0, err
+		}
+	}
+	return len(b.svcs), b.bindAddrs(onDummy, dummySet)
+}
+
+// wantedVS is a virtual server a service port wants.
+type wantedVS struct {
+	w     vsWant
+	owner model.ServicePortKey
+}
+
+// desired plans every service port and returns the virtual servers they
+// want, the first owner winning a conflict.
+func (b *Backend) desired(snap *model.Snapshot, nodeIPs map[model.Family][]netip.Addr) map[VSKey]wantedVS {
+	desired := map[VSKey]wantedVS{}
 	for k, sp := range snap.Services {
 		if !b.wanted(k) {
 			continue
 		}
-		st := &spState{sp: sp}
-		for _, w := range b.render(sp, nodeIPs[k.Family]) {
+		p := b.plan(sp, &snap.Node, nodeIPs[k.Family])
+		st := &spState{sp: sp, sets: p.sets}
+		for _, w := range p.wants {
 			if _, dup := desired[w.svc.VSKey]; dup {
 				continue
 			}
-			desired[w.svc.VSKey] = want{w, k}
+			desired[w.svc.VSKey] = wantedVS{w, k}
 			st.keys = append(st.keys, w.svc.VSKey)
 		}
-		st.sets = b.setEntries(sp, nodeIPs[k.Family])
 		b.svcs[k] = st
 	}
+	return desired
+}
 
-	// Load the kernel's view of the desired ones (with their draining
-	// destinations); delete the undesired ones that are ours.
+// reload loads the kernel's view of the desired virtual servers (with their
+// draining destinations) and deletes the undesired ones that are kpo's
+// (mine), never those in excludeCIDRs.
+func (b *Backend) reload(kernel []Service, desired map[VSKey]wantedVS, mine func(Service) bool) error {
 	for _, s := range kernel {
 		if !slices.Contains(b.families, model.FamilyOf(s.Addr)) {
 			continue
@@ -314,7 +335,7 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 		if _, ok := desired[s.VSKey]; ok {
 			ds, err := b.handle.GetDestinations(s.VSKey)
 			if err != nil {
-				return 0, fmt.Errorf("listing destinations of %v: %w", s.VSKey, err)
+				return fmt.Errorf("listing destinations of %v: %w", s.VSKey, err)
 			}
 			vs := &vsState{svc: s, dests: map[netip.AddrPort]int{}}
 			for _, d := range ds {
@@ -323,35 +344,34 @@ func (b *Backend) syncFull(snap *model.Snapshot, nodeIPs map[model.Family][]neti
 			b.vs[s.VSKey] = vs
 			continue
 		}
-		_, mine := prev[s.VSKey]
-		if b.excluded(s.Addr) || (!dummySet[s.Addr] && !mine && !owned[s.VSKey]) {
+		if b.excluded(s.Addr) || !mine(s) {
 			continue
 		}
 		if err := b.handle.DelService(s.VSKey); err != nil && !notFound(err) {
-			return 0, fmt.Errorf("deleting %v: %w", s.VSKey, err)
+			return fmt.Errorf("deleting %v: %w", s.VSKey, err)
 		}
 	}
-	for _, d := range desired {
-		if err := b.apply(d.w, d.owner, oldTerm); err != nil {
-			return 0, err
-		}
-	}
-	// Addresses: exactly the dummy VIPs, plus whatever excludeCIDRs protects.
+	return nil
+}
+
+// bindAddrs makes kpo-ipvs0 hold exactly the VIPs, plus whatever
+// excludeCIDRs protects, given what it holds (onDummy, also as a set).
+func (b *Backend) bindAddrs(onDummy []netip.Addr, dummySet map[netip.Addr]bool) error {
 	for a := range b.addrRefs {
 		if !dummySet[a] {
 			if err := b.links.AddAddr(dummyName, a); err != nil && !errors.Is(err, syscall.EEXIST) {
-				return 0, fmt.Errorf("adding %v to %s: %w", a, dummyName, err)
+				return fmt.Errorf("adding %v to %s: %w", a, dummyName, err)
 			}
 		}
 	}
 	for _, a := range onDummy {
 		if b.addrRefs[a] == 0 && !b.excluded(a) && slices.Contains(b.families, model.FamilyOf(a)) {
 			if err := b.links.DelAddr(dummyName, a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
-				return 0, fmt.Errorf("removing %v from %s: %w", a, dummyName, err)
+				return fmt.Errorf("removing %v from %s: %w", a, dummyName, err)
 			}
 		}
 	}
-	return len(b.svcs), nil
+	return nil
 }
 
 // prepare makes what every virtual server relies on: the dummy interface, the
@@ -387,76 +407,82 @@ func (b *Backend) prepare() error {
 		sysctls = append(sysctls, [2]string{"net/ipv4/conf/all/arp_ignore", "1"}, [2]string{"net/ipv4/conf/all/arp_announce", "2"})
 	}
 	for _, s := range sysctls {
-		if err := b.sysctl(s[0], s[1]); err != nil {
+		if err := b.links.SetSysctl(s[0], s[1]); err != nil {
 			return fmt.Errorf("sysctl %s: %w", s[0], err)
 		}
 	}
 	return nil
 }
 
-// syncPartial rewrites only the service ports whose pointer changed since the
-// last successful sync, and removes those that went away.
-func (b *Backend) syncPartial(snap *model.Snapshot, nodeIPs map[model.Family][]netip.Addr) (int, error) {
-	written, kept := 0, 0
-	for k, sp := range snap.Services {
-		if !b.wanted(k) {
+// syncPartial rewrites the changed service ports and removes those that
+// went away: first every virtual server they no longer want is released
+// (deleted, unless another of them takes it over), then they take what
+// they want. A virtual server can move between service ports in one sync
+// (a port renamed, a VIP arbitrated to another Service); its old owner is
+// then in the change set too.
+func (b *Backend) syncPartial(snap *model.Snapshot, changes *backend.Changes, nodeIPs map[model.Family][]netip.Addr) (int, error) {
+	type move struct {
+		k  model.ServicePortKey
+		sp *model.ServicePort // nil: removed
+		portPlan
+	}
+	var moves []move
+	moving := map[model.ServicePortKey]bool{}
+	wantedBy := map[VSKey]model.ServicePortKey{}
+	add := func(k model.ServicePortKey, sp *model.ServicePort) {
+		if !b.wanted(k) || moving[k] || (sp == nil && b.svcs[k] == nil) {
+			return
+		}
+		m := move{k: k, sp: sp}
+		if sp != nil {
+			m.portPlan = b.plan(sp, &snap.Node, nodeIPs[k.Family])
+		}
+		for _, w := range m.wants {
+			if _, taken := wantedBy[w.svc.VSKey]; !taken {
+				wantedBy[w.svc.VSKey] = k
+			}
+		}
+		moving[k] = true
+		moves = append(moves, m)
+	}
+	for _, k := range changes.Changed {
+		add(k, snap.Services[k])
+	}
+	for _, k := range changes.Removed {
+		add(k, nil)
+	}
+	for _, m := range moves {
+		if old := b.svcs[m.k]; old != nil {
+			for _, key := range old.keys {
+				if _, taken := wantedBy[key]; !taken {
+					if err := b.deleteVS(key); err != nil {
+						return 0, err
+					}
+				}
+			}
+		}
+	}
+	written := 0
+	for _, m := range moves {
+		written++
+		if m.sp == nil {
+			delete(b.svcs, m.k)
 			continue
 		}
-		old := b.svcs[k]
-		if old != nil {
-			kept++
-			if old.sp == sp {
-				continue
-			}
-		}
-		if err := b.update(k, sp, old, nodeIPs[k.Family]); err != nil {
-			return written, err
-		}
-		written++
-	}
-	if kept < len(b.svcs) {
-		for k, old := range b.svcs {
-			if _, ok := snap.Services[k]; !ok {
-				if err := b.update(k, nil, old, nil); err != nil {
-					return written, err
-				}
-				written++
-			}
-		}
-	}
-	return written, nil
-}
-
-// update moves one service port from old to sp (nil: removed).
-func (b *Backend) update(k model.ServicePortKey, sp *model.ServicePort, old *spState, nodeIPs []netip.Addr) error {
-	st := &spState{sp: sp}
-	keep := map[VSKey]bool{}
-	if sp != nil {
-		for _, w := range b.render(sp, nodeIPs) {
-			if cur := b.vs[w.svc.VSKey]; cur != nil && cur.owner != k {
+		st := &spState{sp: m.sp, sets: m.sets}
+		for _, w := range m.wants {
+			key := w.svc.VSKey
+			if cur := b.vs[key]; wantedBy[key] != m.k || (cur != nil && cur.owner != m.k && !moving[cur.owner]) {
 				continue // another service port's VIP: first owner wins
 			}
-			if err := b.apply(w, k, b.term); err != nil {
-				return err
+			if err := b.apply(w, m.k, b.term); err != nil {
+				return written, err
 			}
-			keep[w.svc.VSKey] = true
-			st.keys = append(st.keys, w.svc.VSKey)
+			st.keys = append(st.keys, key)
 		}
-		st.sets = b.setEntries(sp, nodeIPs)
-		b.svcs[k] = st
-	} else {
-		delete(b.svcs, k)
+		b.svcs[m.k] = st
 	}
-	if old != nil {
-		for _, key := range old.keys {
-			if !keep[key] {
-				if err := b.deleteVS(key); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	return nil
+	return written, nil
 }
 
 // apply makes one virtual server match w, given what b.vs holds of it.

@@ -102,9 +102,10 @@ type Handle interface {
 	SetConfig(t Timeouts) error
 }
 
-// Links is what the backend needs of rtnetlink: the dummy interface that holds
-// the VIPs (so that the kernel accepts packets to them and hands them to IPVS
-// at LOCAL_IN) and the node's own addresses (NodePort virtual servers).
+// Links is what the backend needs of the node's network configuration: over
+// rtnetlink, the dummy interface that holds the VIPs (so that the kernel
+// accepts packets to them and hands them to IPVS at LOCAL_IN) and the node's
+// own addresses (NodePort virtual servers); and the sysctls IPVS depends on.
 type Links interface {
 	// EnsureDummy creates the dummy interface when missing and sets it up.
 	EnsureDummy(name string) error
@@ -117,6 +118,9 @@ type Links interface {
 	// NodeAddrs lists the node's addresses that accept NodePort traffic by
 	// default: global unicast addresses on interfaces other than skip.
 	NodeAddrs(skip string) ([]netip.Addr, error)
+	// SetSysctl writes a sysctl (name relative to /proc/sys) of the network
+	// namespace.
+	SetSysctl(name, value string) error
 }
 
 // countingHandle counts every netlink request it passes on: the issue asks for
@@ -167,3 +171,6 @@ func (c countingLinks) NodeAddrs(skip string) ([]netip.Addr, error) {
 	*c.ops++
 	return c.l.NodeAddrs(skip)
 }
+
+// SetSysctl is no netlink request: not counted.
+func (c countingLinks) SetSysctl(name, value string) error { return c.l.SetSysctl(name, value) }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -113,4 +115,9 @@ func (netlinkLinks) NodeAddrs(skip string) ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// SetSysctl writes /proc/sys of the calling thread's network namespace.
+func (netlinkLinks) SetSysctl(name, value string) error {
+	return os.WriteFile(filepath.Join("/proc/sys", name), []byte(value), 0o644)
 }

@@ -97,8 +97,9 @@ type setEntry struct {
 	entry string
 }
 
-// setEntries computes a service port's elements in the companion ipsets.
-func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setEntry {
+// setEntries translates a service port's routes into its elements in the
+// companion ipsets.
+func setEntries(sp *model.ServicePort, routes *model.Routes, nodeIPs []netip.Addr) []setEntry {
 	proto, ok := protoOf(sp.Protocol)
 	if !ok {
 		return nil
@@ -111,10 +112,18 @@ func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setE
 	ipPort := func(a netip.Addr, port int32) string {
 		return a.Unmap().String() + "," + protoName(proto) + ":" + fmt.Sprint(port)
 	}
+	verdictSet := func(v model.Verdict) string {
+		if v == model.Drop {
+			return setDrop
+		}
+		return setReject
+	}
 	vip := ipPort(sp.ClusterIP, sp.Port)
+	// Every ClusterIP: KPO-IPVS-CLUSTER-MASQ marks the sources
+	// RuleSet.ClusterMasquerade names.
 	add(setClusterIP, vip)
 	// The VIPs on kpo-ipvs0, for the host-port filter.
-	for _, ip := range append(append([]netip.Addr{sp.ClusterIP}, sp.ExternalIPs...), sp.LoadBalancerIPs...) {
+	for _, ip := range slices.Concat([]netip.Addr{sp.ClusterIP}, sp.ExternalIPs, sp.LoadBalancerIPs) {
 		add(setVIPPorts, ipPort(ip, sp.Port))
 		add(setIPVSIPs, ip.Unmap().String())
 	}
@@ -126,21 +135,27 @@ func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setE
 	if sp.HealthCheckNodePort != 0 {
 		add(setHealthCheck, fmt.Sprint(sp.HealthCheckNodePort))
 	}
-	// No endpoint to go to: refused, or dropped when a policy Local leaves
-	// this node without one (the model's verdict).
-	empty := setReject
-	if sp.EmptyVerdict() == model.Drop {
-		empty = setDrop
+	cluster := &routes.Cluster.Outside
+	if len(cluster.Endpoints) == 0 {
+		add(verdictSet(cluster.Empty), vip)
 	}
-	if len(sp.ClusterEndpoints) == 0 {
-		add(empty, vip)
+	// Hairpin: a pod reaching itself through a virtual server, where that
+	// traffic is not masqueraded anyway.
+	hairpin := slices.Clone(cluster.Endpoints)
+	x := &routes.External.Outside
+	if sp.HasExternal() && !x.Masquerade {
+		for _, e := range x.Endpoints {
+			if !slices.ContainsFunc(hairpin, func(c model.Endpoint) bool { return c.AddrPort() == e.AddrPort() }) {
+				hairpin = append(hairpin, e)
+			}
+		}
 	}
-	for _, e := range sp.ClusterEndpoints {
+	for _, e := range hairpin {
 		add(setLoopBack, ipPort(e.IP, e.Port), e.IP.Unmap().String())
 	}
 	var ext []string
-	for _, ip := range nodeIPs {
-		if sp.NodePort != 0 {
+	if sp.NodePort != 0 {
+		for _, ip := range nodeIPs {
 			ext = append(ext, ipPort(ip, sp.NodePort))
 		}
 	}
@@ -149,28 +164,19 @@ func (b *Backend) setEntries(sp *model.ServicePort, nodeIPs []netip.Addr) []setE
 	}
 	for _, ip := range sp.LoadBalancerIPs {
 		ext = append(ext, ipPort(ip, sp.Port))
-		if len(sp.SourceRanges) > 0 {
+		if routes.Firewall != nil {
 			add(setFW, ipPort(ip, sp.Port))
-			for _, r := range sp.SourceRanges {
+			for _, r := range routes.Firewall {
 				add(setFWSrc, ipPort(ip, sp.Port), r.Masked().String())
 			}
 		}
 	}
 	for _, e := range ext {
 		switch {
-		case len(sp.ExternalEndpoints) == 0:
-			add(empty, e)
-		case !sp.ExternalPolicyLocal:
+		case len(x.Endpoints) == 0:
+			add(verdictSet(x.Empty), e)
+		case x.Masquerade:
 			add(setExternal, e)
-		}
-	}
-	if !sp.ExternalPolicyLocal {
-		return out
-	}
-	// Policy Local: endpoints may differ from the cluster ones.
-	for _, e := range sp.ExternalEndpoints {
-		if !slices.ContainsFunc(sp.ClusterEndpoints, func(c model.Endpoint) bool { return c.AddrPort() == e.AddrPort() }) {
-			add(setLoopBack, ipPort(e.IP, e.Port), e.IP.Unmap().String())
 		}
 	}
 	return out
@@ -187,6 +193,9 @@ type RuleSet struct {
 	// interface pods' traffic arrives on.
 	ClusterCIDRs   map[model.Family][]netip.Prefix
 	LocalInterface string
+	// ClusterMasquerade is, by family, which sources of ClusterIP traffic
+	// are masqueraded (model.RouteOptions.ClusterMasquerade).
+	ClusterMasquerade map[model.Family]model.Source
 }
 
 // Rules programs the companion ipsets and iptables chains. Apply gets the
@@ -219,7 +228,8 @@ func parseVSEntry(e string) (VSKey, bool) {
 
 // syncRules collects every service port's set entries and applies them.
 func (b *Backend) syncRules(snap *model.Snapshot, full bool) error {
-	rs := &RuleSet{Families: b.families, Sets: map[string]map[string]bool{}, ClusterCIDRs: snap.Node.ClusterCIDRs}
+	rs := &RuleSet{Families: b.families, Sets: map[string]map[string]bool{}, ClusterCIDRs: snap.Node.ClusterCIDRs,
+		ClusterMasquerade: map[model.Family]model.Source{}}
 	if n := snap.Node; n.LocalInterface != "" {
 		rs.ClusterCIDRs, rs.LocalInterface = nil, n.LocalInterface
 		if n.LocalInterfacePrefix {
@@ -230,6 +240,7 @@ func (b *Backend) syncRules(snap *model.Snapshot, full bool) error {
 		for set := range setTypes {
 			rs.Sets[SetName(f, set)] = map[string]bool{}
 		}
+		rs.ClusterMasquerade[f] = b.routeOptions(f, &snap.Node).ClusterMasquerade()
 	}
 	for _, st := range b.svcs {
 		for _, e := range st.sets {
@@ -255,18 +266,21 @@ const (
 	companionChainPfx = iptables.IPVSChainPrefix
 )
 
-// companionJump is a rule in a built-in chain sending traffic to our chain.
-type companionJump struct{ table, chain, rule string }
+// companionJumps send traffic from the built-in chains to the companion
+// chains.
+var companionJumps = []iptables.Jump{
+	{Table: "nat", Chain: "PREROUTING", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainServices}},
+	{Table: "nat", Chain: "OUTPUT", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainServices}},
+	{Table: "nat", Chain: "POSTROUTING", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainPostrouting}},
+	{Table: "filter", Chain: "INPUT", Rule: newOnly("-j", chainServices)},
+	{Table: "filter", Chain: "FORWARD", Rule: newOnly("-j", chainServices)},
+	{Table: "filter", Chain: "OUTPUT", Rule: newOnly("-j", chainServices)},
+	{Table: "filter", Chain: "INPUT", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainFilter}},
+	{Table: "filter", Chain: "FORWARD", Rule: []string{"-m", "comment", "--comment", companionComment, "-j", chainForward}},
+}
 
-var companionJumps = []companionJump{
-	{"nat", "PREROUTING", `-m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"nat", "OUTPUT", `-m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"nat", "POSTROUTING", `-m comment --comment "kpo ipvs" -j ` + chainPostrouting},
-	{"filter", "INPUT", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"filter", "FORWARD", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"filter", "OUTPUT", `-m conntrack --ctstate NEW -m comment --comment "kpo ipvs" -j ` + chainServices},
-	{"filter", "INPUT", `-m comment --comment "kpo ipvs" -j ` + chainFilter},
-	{"filter", "FORWARD", `-m comment --comment "kpo ipvs" -j ` + chainForward},
+func newOnly(target ...string) []string {
+	return append([]string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", companionComment}, target...)
 }
 
 // localMatches are the detect-local matches of a family: "-s <cidr>" per pod
@@ -284,32 +298,36 @@ func (rs *RuleSet) localMatches(f model.Family) []string {
 
 // renderChains renders a family's companion chains for iptables-restore
 // --noflush: declaring a chain flushes it, so the text replaces them whole.
-func renderChains(f model.Family, s backend.Settings, local []string) map[string][]string {
-	mark := fmt.Sprintf("%#x", s.MasqueradeMark())
+// KPO-IPVS-CLUSTER-MASQ marks the sources in masq
+// (model.RouteOptions.ClusterMasquerade): all, or all but pods (returning
+// for the local matches first), or none.
+func renderChains(f model.Family, s backend.Settings, masq model.Source, local []string, randomFully bool) map[string][]string {
+	mark := s.MasqueradeMark()
 	set := func(name string) string { return SetName(f, name) }
-	nat := []string{
+	in := func(chain string, rules ...string) []string {
+		out := make([]string, len(rules))
+		for i, r := range rules {
+			out[i] = "-A " + chain + " " + r
+		}
+		return out
+	}
+	var clusterMasq []string
+	switch masq {
+	case model.AllSources:
+		clusterMasq = []string{"-j " + chainMarkMasq}
+	case model.FromNode | model.FromOutside:
+		clusterMasq = iptables.UnlessPodsRules(local, chainMarkMasq)
+	}
+	nat := slices.Concat([]string{
 		":" + chainServices + " - [0:0]", ":" + chainPostrouting + " - [0:0]",
 		":" + chainMarkMasq + " - [0:0]", ":" + chainClusterMasq + " - [0:0]",
-		"-A " + chainMarkMasq + " -j MARK --or-mark " + mark,
+		"-A " + chainMarkMasq + " " + iptables.MarkRule(mark),
 		"-A " + chainServices + " -m set --match-set " + set(setClusterIP) + " dst,dst -j " + chainClusterMasq,
 		"-A " + chainServices + " -m set --match-set " + set(setExternal) + " dst,dst -j " + chainMarkMasq,
-	}
-	if !s.MasqueradeAll {
-		// Pod sources keep their address; without pod CIDRs nothing to the
-		// ClusterIP is masqueraded (kube-proxy's behaviour too).
-		for _, m := range local {
-			nat = append(nat, "-A "+chainClusterMasq+" "+m+" -j RETURN")
-		}
-	}
-	if s.MasqueradeAll || len(local) > 0 {
-		nat = append(nat, "-A "+chainClusterMasq+" -j "+chainMarkMasq)
-	}
-	nat = append(nat,
-		"-A "+chainPostrouting+" -m set --match-set "+set(setLoopBack)+" dst,dst,src -j MASQUERADE",
-		"-A "+chainPostrouting+" -m mark ! --mark "+mark+"/"+mark+" -j RETURN",
-		"-A "+chainPostrouting+" -j MARK --xor-mark "+mark,
-		"-A "+chainPostrouting+" -j MASQUERADE",
-	)
+	}, in(chainClusterMasq, clusterMasq...),
+		// Hairpin: plain MASQUERADE, as kube-proxy's KUBE-LOOP-BACK rule.
+		in(chainPostrouting, "-m set --match-set "+set(setLoopBack)+" dst,dst,src -j MASQUERADE"),
+		in(chainPostrouting, iptables.MasqueradeRules(mark, randomFully)...))
 	filter := []string{
 		":" + chainServices + " - [0:0]", ":" + chainFirewall + " - [0:0]",
 		":" + chainFilter + " - [0:0]", ":" + chainForward + " - [0:0]",
@@ -325,10 +343,8 @@ func renderChains(f model.Family, s backend.Settings, local []string) map[string
 		"-A " + chainFilter + " -m set --match-set " + set(setVIPPorts) + " dst,dst -j RETURN",
 		"-A " + chainFilter + " -m set --match-set " + set(setHealthCheck) + " dst -j RETURN",
 		"-A " + chainFilter + " -m conntrack --ctstate NEW -m set --match-set " + set(setIPVSIPs) + " dst -j REJECT",
-		// Service traffic is forwarded even where the FORWARD policy drops.
-		"-A " + chainForward + ` -m comment --comment "kpo forwarding rules" -m mark --mark ` + mark + "/" + mark + " -j ACCEPT",
-		"-A " + chainForward + ` -m comment --comment "kpo forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
 	}
+	filter = append(filter, in(chainForward, iptables.ForwardRules(mark, false)...)...)
 	return map[string][]string{"nat": nat, "filter": filter}
 }
 

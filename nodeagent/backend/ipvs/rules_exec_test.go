@@ -17,7 +17,7 @@ func TestOwnedRealIPSet(t *testing.T) {
 	netns.Skip(t)
 	ns := netns.New(t, "owned")
 	fams := []model.Family{model.IPv4, model.IPv6}
-	r := newExecRules(testSettings)
+	r := newCompanionRules(testSettings, nil, nil)
 	var none map[VSKey]bool
 	if err := ns.Do(func() error {
 		var err error
@@ -40,7 +40,7 @@ func TestOwnedRealIPSet(t *testing.T) {
 	if err := ns.Do(func() error {
 		// The sets alone: the chains need iptables' set match, which is
 		// the VM tests' part.
-		if err := runIPSet(ipsetRestore(rs, nil)); err != nil {
+		if err := r.ipset.Restore(ipsetRestore(rs, nil)); err != nil {
 			return err
 		}
 		var err error

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 // TestSetEntries checks each service port's contribution to the ipsets that
@@ -56,10 +57,7 @@ func TestSetEntries(t *testing.T) {
 	}, {
 		name: "source ranges",
 		sp: func() *model.ServicePort {
-			sp := svc("a", "10.96.0.10", 80, e1)
-			sp.LoadBalancerIPs = []netip.Addr{addr("203.0.113.7")}
-			sp.SourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.128/25")}
-			return sp
+			return modeltest.LoadBalancer(svc("a", "10.96.0.10", 80, e1), "203.0.113.7", "198.51.100.128/25")
 		},
 		want: []string{"KPO-CLUSTER-IP 10.96.0.10,tcp:80", "KPO-EXTERNAL 203.0.113.7,tcp:80", "KPO-FW 203.0.113.7,tcp:80",
 			"KPO-FW-SRC 203.0.113.7,tcp:80,198.51.100.128/25", "KPO-IPVS-IPS 10.96.0.10", "KPO-IPVS-IPS 203.0.113.7",
@@ -112,7 +110,9 @@ func TestRenderChains(t *testing.T) {
 	}{
 		{name: "detect-local", cidrs: cidrs,
 			has: []string{"-A KPO-IPVS-CLUSTER-MASQ -s 10.244.0.0/16 -j RETURN", "-A KPO-IPVS-CLUSTER-MASQ -j KPO-IPVS-MARK-MASQ",
-				"-A KPO-IPVS-MARK-MASQ -j MARK --or-mark 0x4000", "-A KPO-IPVS-POSTROUTING -m set --match-set KPO-LOOP-BACK dst,dst,src -j MASQUERADE",
+				"-A KPO-IPVS-MARK-MASQ -j MARK --or-mark 0x4000", "-A KPO-IPVS-POSTROUTING -m set --match-set KPO-LOOP-BACK dst,dst,src -j MASQUERADE\n",
+				// As kube-proxy's IPVS mode (and this one's iptables mode).
+				"-A KPO-IPVS-POSTROUTING -j MARK --xor-mark 0x4000\n-A KPO-IPVS-POSTROUTING -j MASQUERADE --random-fully",
 				// kube-proxy's KUBE-IPVS-FILTER and KUBE-FORWARD (no INVALID drop in its IPVS mode).
 				"-A KPO-IPVS-FILTER -m set --match-set KPO-VIP-PORTS dst,dst -j RETURN\n" +
 					"-A KPO-IPVS-FILTER -m set --match-set KPO-HEALTH-CHECK dst -j RETURN\n" +
@@ -130,7 +130,8 @@ func TestRenderChains(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := testSettings
 			s.MasqueradeAll = tt.masqAll
-			c := renderChains(model.IPv4, s, tt.cidrs)
+			masq := model.RouteOptions{MasqueradeAll: tt.masqAll, PodsKnown: len(tt.cidrs) > 0}.ClusterMasquerade()
+			c := renderChains(model.IPv4, s, masq, tt.cidrs, true)
 			all := strings.Join(append(c["nat"], c["filter"]...), "\n")
 			for _, h := range tt.has {
 				if !strings.Contains(all, h) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/netns"
 )
@@ -13,7 +14,7 @@ import (
 // two endpoints and a NodePort.
 func BenchmarkRenderService(b *testing.B) {
 	s := bigSnapshot(1000, 2)
-	rc := &renderCtx{fi: fams[model.IPv4]}
+	rc := newRenderCtx(model.IPv4, &model.NodeInfo{}, false)
 	rc.isLocal, rc.notLocal = localMatch(rc.fi, &testNode, model.IPv4)
 	sps := make([]*model.ServicePort, 0, len(s.Services))
 	for _, sp := range s.Services {
@@ -34,7 +35,7 @@ func BenchmarkFakeFullSync1k(b *testing.B) {
 	for b.Loop() {
 		k := NewFakeKernel()
 		be, _ := New(testSettings, []model.Family{model.IPv4}, WithKernel(k))
-		if _, err := be.Sync(context.Background(), s, true); err != nil {
+		if _, err := backendtest.Sync(context.Background(), be, s, true); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -66,7 +67,7 @@ func BenchmarkKernelColdFullSync(b *testing.B) {
 			s := bigSnapshot(c.services, c.eps)
 			for b.Loop() {
 				be := benchBackend(b, ns)
-				if err := ns.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
+				if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }); err != nil {
 					b.Fatal(err)
 				}
 				b.StopTimer()
@@ -86,7 +87,7 @@ func BenchmarkKernelWarmFullSync10k(b *testing.B) {
 	s := bigSnapshot(10000, 2)
 	be := benchBackend(b, ns)
 	for b.Loop() {
-		if err := ns.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
+		if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -99,9 +100,12 @@ func BenchmarkKernelPartialSync10k(b *testing.B) {
 		b.Run(via, func(b *testing.B) {
 			ns := benchNode(b)
 			s := bigSnapshot(10000, 2)
-			be := benchBackend(b, ns)
-			be.noNetlink = via == "nft"
-			if err := ns.Do(func() error { _, err := be.Sync(context.Background(), s, true); return err }); err != nil {
+			be, spy := newSpiedBackend(b, ns)
+			if via == "nft" {
+				// nft alone, as the kernel was before partial syncs went over netlink.
+				be.kernel = spy
+			}
+			if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }); err != nil {
 				b.Fatal(err)
 			}
 			k := key("default", "svc5000", model.IPv4)
@@ -115,9 +119,9 @@ func BenchmarkKernelPartialSync10k(b *testing.B) {
 				snap := snaps[i%2]
 				i++
 				if err := ns.Do(func() error {
-					res, err := be.Sync(context.Background(), snap, false)
-					if err == nil && (res.ServicePortsWritten != 1 || be.lastVia != via) {
-						err = fmt.Errorf("wrote %d service ports via %s", res.ServicePortsWritten, be.lastVia)
+					res, err := backendtest.Sync(context.Background(), be, snap, false)
+					if err == nil && (res.ServicePortsWritten != 1 || (via == "netlink") != (spy.partial == 0)) {
+						err = fmt.Errorf("wrote %d service ports, %d partial nft transactions", res.ServicePortsWritten, spy.partial)
 					}
 					return err
 				}); err != nil {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/netns"
 )
@@ -66,43 +67,40 @@ func syncParityCases() []syncParityCase {
 // TestFakeParitySync: whole syncs, on the fake and (as root) on the kernel.
 func TestFakeParitySync(t *testing.T) {
 	cases := syncParityCases()
-	run := func(t *testing.T, who string, newBackend func() (*Backend, func(func() error) error)) {
+	run := func(t *testing.T, who string, newBackend func() (*Backend, *spyNFT, func(func() error) error)) {
 		for _, c := range cases {
-			b, do := newBackend()
+			b, spy, do := newBackend()
 			if c.first != nil {
-				if err := do(func() error { _, err := b.Sync(context.Background(), c.first, true); return err }); err != nil {
+				if err := do(func() error { _, err := backendtest.Sync(context.Background(), b, c.first, true); return err }); err != nil {
 					t.Errorf("%s: %s: first sync: %v", who, c.name, err)
 					continue
 				}
 			}
-			err := do(func() error { _, err := b.Sync(context.Background(), c.snap, !c.partial); return err })
+			err := do(func() error { _, err := backendtest.Sync(context.Background(), b, c.snap, !c.partial); return err })
 			switch {
 			case c.refuse && err == nil:
 				t.Errorf("%s accepted %q, the kernel refuses it", who, c.name)
 			case !c.refuse && err != nil:
 				t.Errorf("%s refused %q, the kernel accepts it: %v", who, c.name, err)
 			}
-			if c.partial && who == "kernel" && b.lastVia != "" && b.lastVia != "netlink" {
-				t.Errorf("%s: the partial sync went through %s, not netlink", c.name, b.lastVia)
+			if c.partial && spy != nil && err == nil && spy.partial > 0 {
+				t.Errorf("%s: the partial sync went through nft, not netlink", c.name)
 			}
 		}
 	}
 	t.Run("fake", func(t *testing.T) {
-		run(t, "fake", func() (*Backend, func(func() error) error) {
+		run(t, "fake", func() (*Backend, *spyNFT, func(func() error) error) {
 			b, _ := newFake(t)
-			return b, func(fn func() error) error { return fn() }
+			return b, nil, func(fn func() error) error { return fn() }
 		})
 	})
 	t.Run("kernel", func(t *testing.T) {
 		netns.Skip(t)
 		ns := netns.New(t, "nftsyncparity")
-		run(t, "kernel", func() (*Backend, func(func() error) error) {
+		run(t, "kernel", func() (*Backend, *spyNFT, func(func() error) error) {
 			ns.MustRun(t, "nft", "flush", "ruleset")
-			var b *Backend
-			if err := ns.Do(func() error { var err error; b, err = New(testSettings, nil); return err }); err != nil {
-				t.Fatal(err)
-			}
-			return b, ns.Do
+			b, spy := newSpiedBackend(t, ns)
+			return b, spy, ns.Do
 		})
 	})
 }

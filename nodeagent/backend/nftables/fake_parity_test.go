@@ -308,14 +308,14 @@ func TestFakeParity(t *testing.T) {
 	t.Run("kernel", func(t *testing.T) {
 		netns.Skip(t)
 		ns := netns.New(t, "nftparity")
-		var k *realKernel
-		if err := ns.Do(func() error { var err error; k, err = newRealKernel(); return err }); err != nil {
+		var k *nftKernel
+		if err := ns.Do(func() error { var err error; k, err = newNFTKernel(); return err }); err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range cases {
 			ns.MustRun(t, "nft", "flush", "ruleset")
-			err := runCase(c, k.NewTransaction, func(tx *knftables.Transaction) error {
-				return ns.Do(func() error { return k.Run(context.Background(), tx) })
+			err := runCase(c, k.tx.NewTransaction, func(tx *knftables.Transaction) error {
+				return ns.Do(func() error { return k.run(context.Background(), tx, nil) })
 			})
 			checkVerdict(t, "kernel", c, err)
 		}

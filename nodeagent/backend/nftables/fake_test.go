@@ -10,6 +10,7 @@ import (
 
 	"sigs.k8s.io/knftables"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
@@ -26,7 +27,7 @@ func newFake(t *testing.T) (*Backend, *FakeKernel) {
 
 func mustSync(t *testing.T, b *Backend, s *model.Snapshot, full bool) {
 	t.Helper()
-	if _, err := b.Sync(context.Background(), s, full); err != nil {
+	if _, err := backendtest.Sync(context.Background(), b, s, full); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -150,7 +151,7 @@ func countOps(tx *knftables.Transaction) int { return tx.NumOperations() }
 func TestPartialSyncTouchesOnlyChanged(t *testing.T) {
 	b, k := newFake(t)
 	s1 := bigSnapshot(100, 2)
-	res, err := b.Sync(context.Background(), s1, true)
+	res, err := backendtest.Sync(context.Background(), b, s1, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +164,7 @@ func TestPartialSyncTouchesOnlyChanged(t *testing.T) {
 	changed.ClusterEndpoints = []model.Endpoint{old.ClusterEndpoints[0], ep("10.244.200.1", 8080, false)}
 	changed.ExternalEndpoints = changed.ClusterEndpoints
 	s2 := withSnap(s1, &changed)
-	res2, err := b.Sync(context.Background(), s2, false)
+	res2, err := backendtest.Sync(context.Background(), b, s2, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,13 +194,13 @@ func TestPartialSyncTouchesOnlyChanged(t *testing.T) {
 		t.Errorf("partial sync has %d operations", countOps(k.LastTransaction))
 	}
 	// An unchanged snapshot writes nothing but still succeeds.
-	res3, err := b.Sync(context.Background(), s2, false)
+	res3, err := backendtest.Sync(context.Background(), b, s2, false)
 	if err != nil || res3.ServicePortsWritten != 0 || res3.Rules != res2.Rules {
 		t.Fatalf("no-op sync: %+v %v", res3, err)
 	}
 	// Rules is consistent with a from-scratch full sync.
 	b2, _ := newFake(t)
-	res4, _ := b2.Sync(context.Background(), s2, true)
+	res4, _ := backendtest.Sync(context.Background(), b2, s2, true)
 	if res4.Rules != res2.Rules {
 		t.Errorf("rule count after partial %d != full %d", res2.Rules, res4.Rules)
 	}
@@ -244,13 +245,13 @@ func TestFailedTransactionKeepsStateAndForcesFull(t *testing.T) {
 	before := dump(k)
 	k.FailNext = errors.New("boom")
 	s2 := snapshot(testNode, svc("b", "10.96.0.2", 80, ep("10.244.1.10", 8080, true)))
-	if _, err := b.Sync(context.Background(), s2, false); err == nil {
+	if _, err := backendtest.Sync(context.Background(), b, s2, false); err == nil {
 		t.Fatal("expected an error")
 	}
 	if dump(k) != before {
 		t.Fatal("failed transaction changed the ruleset")
 	}
-	res, err := b.Sync(context.Background(), s2, false)
+	res, err := backendtest.Sync(context.Background(), b, s2, false)
 	if err != nil || !res.Full {
 		t.Fatalf("sync after failure must be full: %+v %v", res, err)
 	}
@@ -304,7 +305,7 @@ func TestNodeChangeForcesFull(t *testing.T) {
 	mustSync(t, b, s1, true)
 	s2 := withSnap(s1)
 	s2.Node = model.NodeInfo{Name: "node", NodePortIPs: map[model.Family][]netip.Addr{model.IPv4: {netip.MustParseAddr("198.51.100.1")}}}
-	res, err := b.Sync(context.Background(), s2, false)
+	res, err := backendtest.Sync(context.Background(), b, s2, false)
 	if err != nil || !res.Full {
 		t.Fatalf("%+v %v", res, err)
 	}
@@ -327,9 +328,9 @@ func TestHairpinShared(t *testing.T) {
 		t.Errorf("hairpin element left:\n%s", dump(k))
 	}
 	// And a full sync from scratch agrees with the partial ones.
-	res, _ := b.Sync(context.Background(), snapshot(testNode, a), false)
+	res, _ := backendtest.Sync(context.Background(), b, snapshot(testNode, a), false)
 	b2, _ := newFake(t)
-	res2, _ := b2.Sync(context.Background(), snapshot(testNode, a), true)
+	res2, _ := backendtest.Sync(context.Background(), b2, snapshot(testNode, a), true)
 	if res.Rules != res2.Rules {
 		t.Errorf("rules after partial syncs %d != full %d", res.Rules, res2.Rules)
 	}

@@ -3,12 +3,14 @@ package nftables
 import (
 	"fmt"
 	"net/netip"
+	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
+	"kpo.dev/kpo/test/netns"
 )
 
 var testSettings = backend.Settings{MasqueradeBit: 14}
@@ -53,4 +55,40 @@ func bigSnapshot(n, eps int) *model.Snapshot {
 		s.Services[sp.Key] = sp
 	}
 	return s
+}
+
+// spyNFT counts the transactions the production kernel hands to nft: a
+// partial sync must go over netlink.
+type spyNFT struct {
+	Kernel
+	full, partial int
+}
+
+func (s *spyNFT) Begin(full bool) Tx {
+	if full {
+		s.full++
+	} else {
+		s.partial++
+	}
+	return s.Kernel.Begin(full)
+}
+
+// newSpiedBackend is a backend on the production kernel of ns, with a spy
+// on its nft half.
+func newSpiedBackend(t testing.TB, ns *netns.NS) (*Backend, *spyNFT) {
+	t.Helper()
+	var b *Backend
+	var spy *spyNFT
+	if err := ns.Do(func() error {
+		nft, err := newNFTKernel()
+		if err != nil {
+			return err
+		}
+		spy = &spyNFT{Kernel: nft}
+		b, err = New(testSettings, nil, WithKernel(&netlinkKernel{nft: spy}))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return b, spy
 }

@@ -14,29 +14,60 @@ import (
 	"sigs.k8s.io/knftables"
 )
 
-// Kernel is what the backend needs from nf_tables: run one transaction that
-// may span both families' tables, and (on full syncs only) list the chains and
-// sets of one family's kpo table.
+// Kernel is what the backend needs from nf_tables: transactions that may
+// span both families' kpo tables, and (on full syncs only) a listing of the
+// chains and sets of one family's table.
+//
+// Two implementations run the same transactions: the real one (netlinkKernel
+// over nftKernel) and FakeKernel, which refuses what the kernel refuses.
 type Kernel interface {
-	NewTransaction() *knftables.Transaction
-	Run(ctx context.Context, tx *knftables.Transaction) error
-	Check(ctx context.Context, tx *knftables.Transaction) error
+	// Begin starts a transaction. A full one (full true) may carry the
+	// table's fixed objects (Tx.Fixed); a partial one only service objects,
+	// which lets the kernel take a faster path (netlink, see netlink.go).
+	Begin(full bool) Tx
 	// Objects lists the chain and set/map names of the family's kpo table; a
 	// missing table is no error (nil, nil).
 	Objects(ctx context.Context, family knftables.Family) (chains, sets []string, err error)
 }
 
-// realKernel execs nft. One familyless knftables.Interface carries the
-// transactions (so that a dual-stack sync is one `nft -f`); per-family ones
-// are only for listing.
-type realKernel struct {
-	tx   knftables.Interface
-	list map[knftables.Family]knftables.Interface
-	nl   nlConn
+// Tx is one transaction, applied all or nothing by Commit. Service objects
+// are written through the objWriter methods, in transaction order (see
+// Backend.Sync for why the order matters); a full transaction's fixed
+// objects go into Fixed first.
+type Tx interface {
+	objWriter
+	// Fixed is the knftables transaction for the table's fixed objects
+	// (tables, typed maps, hooked chains); nil in a partial transaction.
+	Fixed() *knftables.Transaction
+	// Commit applies the transaction.
+	Commit(ctx context.Context) error
+	// Check asks whether the kernel would accept the transaction, without
+	// applying anything (nft --check).
+	Check(ctx context.Context) error
 }
 
-// newRealKernel fails when nft is missing or cannot talk to the kernel.
-func newRealKernel() (*realKernel, error) {
+// knftTx is a transaction written into a knftables transaction: nft's text
+// (nftKernel) or knftables' Fake (FakeKernel).
+type knftTx struct {
+	knftWriter
+	commit func(ctx context.Context, tx *knftables.Transaction, bulk *bulkElems) error
+	check  func(ctx context.Context, tx *knftables.Transaction) error
+}
+
+func (t *knftTx) Fixed() *knftables.Transaction    { return t.tx }
+func (t *knftTx) Commit(ctx context.Context) error { return t.commit(ctx, t.tx, t.bulk) }
+func (t *knftTx) Check(ctx context.Context) error  { return t.check(ctx, t.tx) }
+
+// nftKernel execs nft. One familyless knftables.Interface carries the
+// transactions (so that a dual-stack sync is one `nft -f`); per-family ones
+// are only for listing.
+type nftKernel struct {
+	tx   knftables.Interface
+	list map[knftables.Family]knftables.Interface
+}
+
+// newNFTKernel fails when nft is missing or cannot talk to the kernel.
+func newNFTKernel() (*nftKernel, error) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		return nil, err
 	}
@@ -46,23 +77,26 @@ func newRealKernel() (*realKernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &realKernel{tx: nft, list: map[knftables.Family]knftables.Interface{}}, nil
+	return &nftKernel{tx: nft, list: map[knftables.Family]knftables.Interface{}}, nil
 }
 
-func (k *realKernel) NewTransaction() *knftables.Transaction { return k.tx.NewTransaction() }
-
-// Run feeds tx to `nft -f -`.
-func (k *realKernel) Run(ctx context.Context, tx *knftables.Transaction) error {
-	return k.runBulk(ctx, tx, nil)
+// Begin starts a transaction for one `nft -f`; a full one collects its
+// element additions in bulk (see run).
+func (k *nftKernel) Begin(full bool) Tx {
+	t := &knftTx{knftWriter: knftWriter{tx: k.tx.NewTransaction()}, commit: k.run, check: k.tx.Check}
+	if full {
+		t.bulk = &bulkElems{}
+	}
+	return t
 }
 
-// runBulk feeds tx and then the bulk element additions to one `nft -f -`
+// run feeds tx and then the bulk element additions to one `nft -f -`
 // (one transaction). The bulk elements bypass knftables' objects: a cold sync
 // is mostly elements (the flat layout), and nft parses and evaluates every
 // statement on its own, so one statement per map instead of one per element
 // halves nft's time (10k services: 0.67 s → 0.36 s, TestExperimentValidate);
 // knftables' per-element validation and formatting were half of the Go side.
-func (k *realKernel) runBulk(ctx context.Context, tx *knftables.Transaction, bulk *bulkElems) error {
+func (k *nftKernel) run(ctx context.Context, tx *knftables.Transaction, bulk *bulkElems) error {
 	text := tx.String()
 	if i := strings.Index(text, "# ERROR: "); i >= 0 {
 		return errors.New(strings.TrimSpace(text[i+len("# ERROR: "):]))
@@ -118,11 +152,7 @@ func (b *bulkElems) reader() io.Reader {
 	return io.MultiReader(rs...)
 }
 
-func (k *realKernel) Check(ctx context.Context, tx *knftables.Transaction) error {
-	return k.tx.Check(ctx, tx)
-}
-
-func (k *realKernel) Objects(ctx context.Context, family knftables.Family) ([]string, []string, error) {
+func (k *nftKernel) Objects(ctx context.Context, family knftables.Family) ([]string, []string, error) {
 	l := k.list[family]
 	if l == nil {
 		var err error
@@ -167,6 +197,13 @@ type FakeKernel struct {
 // NewFakeKernel returns an empty fake kernel.
 func NewFakeKernel() *FakeKernel {
 	return &FakeKernel{Fake: knftables.NewFake("", ""), strict: newStrictNFT()}
+}
+
+// Begin starts a transaction into the fake, full or partial alike.
+func (f *FakeKernel) Begin(bool) Tx {
+	return &knftTx{knftWriter: knftWriter{tx: f.NewTransaction()},
+		commit: func(ctx context.Context, tx *knftables.Transaction, _ *bulkElems) error { return f.Run(ctx, tx) },
+		check:  f.Check}
 }
 
 // Run applies tx unless FailNext is set or the kernel would refuse it.
@@ -216,69 +253,78 @@ func (f *FakeKernel) Objects(_ context.Context, family knftables.Family) ([]stri
 	return chains, sets, nil
 }
 
-// netlinkKernel is a Kernel that can also apply a partial sync as one
-// netlink batch (netlink.go). FakeKernel is not one: partial syncs against
-// the fake stay knftables transactions, which the fake checks.
-type netlinkKernel interface {
-	newBatch() (*nlBatch, error)
-}
-
-func (k *realKernel) newBatch() (*nlBatch, error) { return k.nl.batch() }
-
 // objWriter receives a sync's service objects, in transaction order: a
-// knftables transaction (full syncs, the fake) or a netlink batch.
+// knftables transaction (full syncs, the fake), a netlink batch, or the log
+// of a partial transaction (netlinkTx).
 type objWriter interface {
-	addSet(fi famInfo, s setDef)
-	addChain(fi famInfo, name string)
-	flushChain(fi famInfo, name string)
-	addRule(fi famInfo, chain, rule string)
-	delElem(fi famInfo, e elemDef)
-	addElem(fi famInfo, e elemDef)
-	delChain(fi famInfo, name string)
-	delSet(fi famInfo, name string)
+	write(fi famInfo, o op)
 }
 
-// knftWriter writes to a knftables transaction; with bulk set (full syncs on
-// the real kernel), element additions go there instead.
+// op is one write of a service object.
+type op struct {
+	kind opKind
+	name string // the chain (of a rule) or set
+	rule string
+	set  setDef
+	elem elemDef
+}
+
+type opKind uint8
+
+const (
+	opAddSet     opKind = iota // set: a named set (affinity), never flushed
+	opAddChain                 // name
+	opFlushChain               // name
+	opAddRule                  // rule in chain name
+	opDelElem                  // elem
+	opAddElem                  // elem
+	opDelChain                 // name
+	opDelSet                   // name
+)
+
+// knftWriter writes to a knftables transaction; with bulk set (full syncs
+// through nft), element additions go there instead.
 type knftWriter struct {
 	tx   *knftables.Transaction
 	bulk *bulkElems
 }
 
-func (w *knftWriter) addSet(fi famInfo, s setDef) {
-	w.tx.Add(&knftables.Set{Family: fi.family, Table: tableName, Name: s.name, Type: fi.addrT,
-		Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: knftables.PtrTo(secs(s.timeout))})
+func (w *knftWriter) write(fi famInfo, o op) {
+	fam, tbl := fi.family, tableName
+	switch o.kind {
+	case opAddSet:
+		w.tx.Add(&knftables.Set{Family: fam, Table: tbl, Name: o.set.name, Type: fi.addrT,
+			Flags: []knftables.SetFlag{knftables.DynamicFlag, knftables.TimeoutFlag}, Timeout: knftables.PtrTo(secs(o.set.timeout))})
+	case opAddChain:
+		w.tx.Add(&knftables.Chain{Family: fam, Table: tbl, Name: o.name})
+	case opFlushChain:
+		w.tx.Flush(&knftables.Chain{Family: fam, Table: tbl, Name: o.name})
+	case opAddRule:
+		w.tx.Add(&knftables.Rule{Family: fam, Table: tbl, Chain: o.name, Rule: o.rule})
+	case opDelElem:
+		w.tx.Delete(knftElement(fi, o.elem, false))
+	case opAddElem:
+		if w.bulk != nil {
+			w.bulk.add(fi, o.elem)
+		} else {
+			w.tx.Add(knftElement(fi, o.elem, true))
+		}
+	case opDelChain:
+		w.tx.Delete(&knftables.Chain{Family: fam, Table: tbl, Name: o.name})
+	case opDelSet:
+		w.tx.Delete(&knftables.Set{Family: fam, Table: tbl, Name: o.name})
+	}
 }
-func (w *knftWriter) addChain(fi famInfo, name string) {
-	w.tx.Add(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
-}
-func (w *knftWriter) flushChain(fi famInfo, name string) {
-	w.tx.Flush(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
-}
-func (w *knftWriter) addRule(fi famInfo, chain, rule string) {
-	w.tx.Add(&knftables.Rule{Family: fi.family, Table: tableName, Chain: chain, Rule: rule})
-}
-func (w *knftWriter) delElem(fi famInfo, e elemDef) {
+
+// knftElement is e as a knftables element of a map (with its value when
+// withValue) or of a set.
+func knftElement(fi famInfo, e elemDef, withValue bool) *knftables.Element {
 	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key}
-	if isSet(e.mapName) {
-		el.Map, el.Set = "", e.mapName
+	if withValue {
+		el.Value = []string{e.value}
 	}
-	w.tx.Delete(el)
-}
-func (w *knftWriter) addElem(fi famInfo, e elemDef) {
-	if w.bulk != nil {
-		w.bulk.add(fi, e)
-		return
-	}
-	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key, Value: []string{e.value}}
 	if isSet(e.mapName) {
 		el.Map, el.Set, el.Value = "", e.mapName, nil
 	}
-	w.tx.Add(el)
-}
-func (w *knftWriter) delChain(fi famInfo, name string) {
-	w.tx.Delete(&knftables.Chain{Family: fi.family, Table: tableName, Name: name})
-}
-func (w *knftWriter) delSet(fi famInfo, name string) {
-	w.tx.Delete(&knftables.Set{Family: fi.family, Table: tableName, Name: name})
+	return el
 }

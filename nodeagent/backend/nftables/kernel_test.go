@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
@@ -53,7 +54,7 @@ func spread(t *testing.T, from *netns.NS, addr string, want ...string) {
 
 func kernelSync(t *testing.T, node *netns.NS, b *Backend, s *model.Snapshot, full bool) {
 	t.Helper()
-	if err := node.Do(func() error { _, err := b.Sync(context.Background(), s, full); return err }); err != nil {
+	if err := node.Do(func() error { _, err := backendtest.Sync(context.Background(), b, s, full); return err }); err != nil {
 		t.Fatal(err)
 	}
 }

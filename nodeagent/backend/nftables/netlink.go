@@ -104,6 +104,39 @@ func (w *nlBatch) chain(fi famInfo, name string) *gnft.Chain {
 	return &gnft.Chain{Table: nlTable(fi), Name: name}
 }
 
+func (w *nlBatch) write(fi famInfo, o op) {
+	switch o.kind {
+	case opAddSet:
+		w.addSet(fi, o.set)
+	case opAddChain:
+		w.c.AddChain(w.chain(fi, o.name))
+	case opFlushChain:
+		w.c.FlushChain(w.chain(fi, o.name))
+	case opAddRule:
+		exprs, err := ruleExprs(fi, o.rule)
+		if err != nil {
+			w.fail(err)
+			return
+		}
+		w.c.AddRule(&gnft.Rule{Table: nlTable(fi), Chain: w.chain(fi, o.name), Exprs: exprs})
+	case opDelElem:
+		key, err := elemKey(fi, o.elem.mapName, o.elem.key)
+		if err != nil {
+			w.fail(err)
+			return
+		}
+		if err := w.c.SetDeleteElements(&gnft.Set{Table: nlTable(fi), Name: o.elem.mapName}, []gnft.SetElement{{Key: key}}); err != nil {
+			w.fail(err)
+		}
+	case opAddElem:
+		w.addElem(fi, o.elem)
+	case opDelChain:
+		w.c.DelChain(w.chain(fi, o.name))
+	case opDelSet:
+		w.c.DelSet(&gnft.Set{Table: nlTable(fi), Name: o.name})
+	}
+}
+
 func (w *nlBatch) addSet(fi famInfo, s setDef) {
 	kt := gnft.TypeIPAddr
 	if fi.ipKW == "ip6" {
@@ -115,33 +148,6 @@ func (w *nlBatch) addSet(fi famInfo, s setDef) {
 	set := &gnft.Set{Table: nlTable(fi), Name: s.name, KeyType: kt, Dynamic: true,
 		HasTimeout: true, Timeout: secs(s.timeout), Size: 65535}
 	if err := w.c.AddSet(set, nil); err != nil {
-		w.fail(err)
-	}
-}
-
-func (w *nlBatch) addChain(fi famInfo, name string)   { w.c.AddChain(w.chain(fi, name)) }
-func (w *nlBatch) flushChain(fi famInfo, name string) { w.c.FlushChain(w.chain(fi, name)) }
-func (w *nlBatch) delChain(fi famInfo, name string)   { w.c.DelChain(w.chain(fi, name)) }
-func (w *nlBatch) delSet(fi famInfo, name string) {
-	w.c.DelSet(&gnft.Set{Table: nlTable(fi), Name: name})
-}
-
-func (w *nlBatch) addRule(fi famInfo, chain, rule string) {
-	exprs, err := ruleExprs(fi, rule)
-	if err != nil {
-		w.fail(err)
-		return
-	}
-	w.c.AddRule(&gnft.Rule{Table: nlTable(fi), Chain: w.chain(fi, chain), Exprs: exprs})
-}
-
-func (w *nlBatch) delElem(fi famInfo, e elemDef) {
-	key, err := elemKey(fi, e.mapName, e.key)
-	if err != nil {
-		w.fail(err)
-		return
-	}
-	if err := w.c.SetDeleteElements(&gnft.Set{Table: nlTable(fi), Name: e.mapName}, []gnft.SetElement{{Key: key}}); err != nil {
 		w.fail(err)
 	}
 }
@@ -220,45 +226,19 @@ func ruleExprs(fi famInfo, rule string) ([]expr.Any, error) {
 	for i := 0; i < len(t); {
 		switch {
 		case t[i] == fi.ipKW && i+2 < len(t) && (t[i+1] == "saddr" || t[i+1] == "daddr"):
-			field := t[i+1]
-			i += 2
-			op := expr.CmpOpEq
-			if t[i] == "!=" {
-				op = expr.CmpOpNeq
-				i++
-				if i >= len(t) {
-					return nil, grammarErr(rule)
-				}
-			}
-			v := t[i]
-			i++
-			if set, ok := strings.CutPrefix(v, "@"); ok {
-				out = append(out, addrField(fi, field, addrLen(fi)), &expr.Lookup{SourceRegister: 1, SetName: set, Invert: op == expr.CmpOpNeq})
-				continue
-			}
-			m, err := prefixMatch(fi, field, v, op)
+			e, n, err := addrMatch(fi, t[i:])
 			if err != nil {
-				return nil, err
-			}
-			out = append(out, m...)
-		case t[i] == "iifname" && i+1 < len(t):
-			// iifname "name" (exact: the name and its NUL, as nft encodes it) or
-			// "prefix*" (the prefix only); optionally negated.
-			op := expr.CmpOpEq
-			i++
-			if t[i] == "!=" {
-				op, i = expr.CmpOpNeq, i+1
-			}
-			if i >= len(t) || len(t[i]) < 3 || t[i][0] != '"' || t[i][len(t[i])-1] != '"' {
 				return nil, grammarErr(rule)
 			}
-			name := t[i][1 : len(t[i])-1]
-			data := append([]byte(name), 0)
-			if p, ok := strings.CutSuffix(name, "*"); ok {
-				data = []byte(p)
+			out = append(out, e...)
+			i += n
+		case t[i] == "iifname" && i+1 < len(t):
+			e, n, err := iifnameMatch(t[i:])
+			if err != nil {
+				return nil, grammarErr(rule)
 			}
-			out = append(out, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: op, Register: 1, Data: data})
-			i++
+			out = append(out, e...)
+			i += n
 		case t[i] == "fib" && i+3 < len(t) && t[i+1] == "saddr" && t[i+2] == "type" && t[i+3] == "local":
 			out = append(out, &expr.Fib{Register: 1, ResultADDRTYPE: true, FlagSADDR: true},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)})
@@ -314,6 +294,44 @@ func ruleExprs(fi famInfo, rule string) ([]expr.Any, error) {
 		}
 	}
 	return out, nil
+}
+
+// addrMatch translates "ip saddr|daddr [!=] @set|addr|prefix"; it returns
+// the number of tokens used.
+func addrMatch(fi famInfo, t []string) ([]expr.Any, int, error) {
+	field, i := t[1], 2
+	op := expr.CmpOpEq
+	if t[i] == "!=" {
+		op, i = expr.CmpOpNeq, i+1
+		if i >= len(t) {
+			return nil, 0, grammarErr(strings.Join(t, " "))
+		}
+	}
+	v := t[i]
+	if set, ok := strings.CutPrefix(v, "@"); ok {
+		return []expr.Any{addrField(fi, field, addrLen(fi)), &expr.Lookup{SourceRegister: 1, SetName: set, Invert: op == expr.CmpOpNeq}}, i + 1, nil
+	}
+	m, err := prefixMatch(fi, field, v, op)
+	return m, i + 1, err
+}
+
+// iifnameMatch translates iifname "name" (exact: the name and its NUL, as
+// nft encodes it) or "prefix*" (the prefix only), optionally negated; it
+// returns the number of tokens used.
+func iifnameMatch(t []string) ([]expr.Any, int, error) {
+	op, i := expr.CmpOpEq, 1
+	if t[i] == "!=" {
+		op, i = expr.CmpOpNeq, i+1
+	}
+	if i >= len(t) || len(t[i]) < 3 || t[i][0] != '"' || t[i][len(t[i])-1] != '"' {
+		return nil, 0, grammarErr(strings.Join(t, " "))
+	}
+	name := t[i][1 : len(t[i])-1]
+	data := append([]byte(name), 0)
+	if p, ok := strings.CutSuffix(name, "*"); ok {
+		data = []byte(p)
+	}
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: op, Register: 1, Data: data}}, i + 1, nil
 }
 
 // reg is the register nft 1.0.6 uses for the concatenation field at byte

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
@@ -57,8 +58,7 @@ func TestNetlinkGrammar(t *testing.T) {
 		for i, node := range []model.NodeInfo{testNode, {LocalInterface: "veth", LocalInterfacePrefix: true},
 			{LocalInterface: "cbr0"}, {}} {
 			masqAll := i == 3
-			rc := &renderCtx{fi: fi, masqAll: masqAll}
-			rc.isLocal, rc.notLocal = localMatch(fi, &node, fam)
+			rc := newRenderCtx(fam, &node, masqAll)
 			for _, sp := range variety(fam) {
 				o := renderService(rc, sp)
 				chains := slices.Clone(o.chains)
@@ -166,10 +166,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 	v6 := svc("v6", "fd10:96::18", 80, e60, e61)
 	s1 := snapshot(testNode, cluster, np, aff, fw, v6)
 
-	var b *Backend
-	if err := node.Do(func() error { var err error; b, err = New(testSettings, nil); return err }); err != nil {
-		t.Fatal(err)
-	}
+	b, spy := newSpiedBackend(t, node)
 	kernelSync(t, node, b, s1, true)
 	spread(t, client, "10.96.0.10:80", "pod0", "pod1")
 
@@ -188,9 +185,9 @@ func TestKernelNetlinkPartial(t *testing.T) {
 	v62.ClusterEndpoints, v62.ExternalEndpoints = []model.Endpoint{e61}, []model.Endpoint{e61}
 	s2 := snapshot(testNode, &c2, &aff2, &fw2, late, &v62)
 	if err := node.Do(func() error {
-		res, err := b.Sync(context.Background(), s2, false)
-		if err == nil && (res.Full || b.lastVia != "netlink") {
-			err = errors.New("partial sync not applied over netlink: " + b.lastVia)
+		res, err := backendtest.Sync(context.Background(), b, s2, false)
+		if err == nil && (res.Full || spy.partial > 0) {
+			err = errors.New("partial sync not applied over netlink")
 		}
 		return err
 	}); err != nil {
@@ -241,7 +238,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 		if err := ref.Do(func() error {
 			var err error
 			if rb, err = New(testSettings, nil); err == nil {
-				_, err = rb.Sync(context.Background(), s2, true)
+				_, err = backendtest.Sync(context.Background(), rb, s2, true)
 			}
 			return err
 		}); err != nil {
@@ -274,14 +271,14 @@ func TestKernelNetlinkPartial(t *testing.T) {
 		// sync that follows must delete them as stale ones (svc- still
 		// jumping to ep- until flushed).
 		delete(s3.Services, aff2.Key)
-		if err := node.Do(func() error { _, err := b.Sync(context.Background(), s3, false); return err }); err == nil {
+		if err := node.Do(func() error { _, err := backendtest.Sync(context.Background(), b, s3, false); return err }); err == nil {
 			t.Fatal("want the batch to fail")
 		}
 		sameTables(t, "after a failed batch", listKpo(t, node), before)
 		// The next sync is full (nft), repairs the foreign rule and applies s3.
 		if err := node.Do(func() error {
-			res, err := b.Sync(context.Background(), s3, false)
-			if err == nil && (!res.Full || b.lastVia != "nft") {
+			res, err := backendtest.Sync(context.Background(), b, s3, false)
+			if err == nil && !res.Full {
 				err = errors.New("the sync after a failure must be full")
 			}
 			return err
@@ -310,19 +307,12 @@ func TestKernelNetlinkInterfaceDetector(t *testing.T) {
 	late.NodePort = 30011
 	second := withSnap(first, late)
 	ns, ref := netns.New(t, "ifnode"), netns.New(t, "ifref")
-	var b, rb *Backend
-	for _, x := range []struct {
-		ns *netns.NS
-		b  **Backend
-	}{{ns, &b}, {ref, &rb}} {
-		if err := x.ns.Do(func() error { var err error; *x.b, err = New(testSettings, nil); return err }); err != nil {
-			t.Fatal(err)
-		}
-	}
+	b, spy := newSpiedBackend(t, ns)
+	rb, _ := newSpiedBackend(t, ref)
 	kernelSync(t, ns, b, first, true)
 	kernelSync(t, ns, b, second, false)
-	if b.lastVia != "netlink" {
-		t.Fatalf("partial sync went through %q", b.lastVia)
+	if spy.partial > 0 {
+		t.Fatal("the partial sync went through nft")
 	}
 	kernelSync(t, ref, rb, second, true)
 	got := ns.MustRun(t, "nft", "list", "table", "ip", "kpo")

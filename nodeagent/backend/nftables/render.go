@@ -80,9 +80,9 @@ func (o *svcObjects) share(set string, addr netip.Addr) {
 // packet, source == destination == the endpoint. Only local endpoints, as
 // kube-proxy (its hairpin-connections set): only they send through this node
 // without having been translated by their own node first.
-func (o *svcObjects) shareCommon(sp *model.ServicePort) {
+func (o *svcObjects) shareCommon(sp *model.ServicePort, routes *model.Routes) {
 	o.share(setClusterIPs, sp.ClusterIP)
-	for _, eps := range [][]model.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints, sp.ShortCircuitEndpoints} {
+	for _, eps := range routeEndpoints(routes) {
 		for _, ep := range eps {
 			if ep.Local {
 				o.share(setHairpin, ep.IP)
@@ -91,11 +91,17 @@ func (o *svcObjects) shareCommon(sp *model.ServicePort) {
 	}
 }
 
-// emptyVerdict is what the no-endpoint maps do with traffic whose endpoint
-// set is empty: refuse it, or drop it when a policy Local leaves this node
-// without endpoints while others have some (the model decides).
-func emptyVerdict(sp *model.ServicePort) string {
-	if sp.EmptyVerdict() == model.Drop {
+// routeEndpoints are the endpoint lists the routes use: the ClusterIP's,
+// the external traffic's from outside, and the short-circuit ones (the
+// node's route).
+func routeEndpoints(r *model.Routes) [][]model.Endpoint {
+	return [][]model.Endpoint{r.Cluster.Outside.Endpoints, r.External.Outside.Endpoints, r.External.Node.Endpoints}
+}
+
+// emptyVerdict renders a route's verdict for the no-endpoint maps: refuse
+// (a reject needs a filter chain), or drop.
+func emptyVerdict(v model.Verdict) string {
+	if v == model.Drop {
 		return "drop"
 	}
 	return "goto " + chainReject
@@ -125,11 +131,70 @@ var fams = map[model.Family]famInfo{
 
 // renderCtx is the per-sync, per-family input of rendering besides the service.
 type renderCtx struct {
-	fi      famInfo
-	masqAll bool
+	fi   famInfo
+	opts model.RouteOptions
 	// isLocal and notLocal match traffic from pods (detect-local), "" when
 	// the node has no detector.
 	isLocal, notLocal string
+}
+
+// newRenderCtx is the rendering context of a family on a node.
+func newRenderCtx(fam model.Family, node *model.NodeInfo, masqAll bool) *renderCtx {
+	fi := fams[fam]
+	rc := &renderCtx{fi: fi, opts: model.RouteOptions{MasqueradeAll: masqAll, PodsKnown: node.HasLocalDetector(fam),
+		Dialect: model.DialectNFTables}}
+	rc.isLocal, rc.notLocal = localMatch(fi, node, fam)
+	return rc
+}
+
+// sourceMatch matches traffic from the sources in s: "" for every source,
+// the not-local match for all but pods; one source at a time otherwise
+// (masqRules splits other sets).
+func (rc *renderCtx) sourceMatch(s model.Source) string {
+	switch s {
+	case model.AllSources:
+		return ""
+	case model.FromNode | model.FromOutside:
+		return rc.notLocal
+	case model.FromPods:
+		return rc.isLocal
+	case model.FromNode:
+		return "fib saddr type local"
+	}
+	return strings.TrimSpace(rc.notLocal + " fib saddr type != local")
+}
+
+// masqRules are the matches (each to be followed by the jump to
+// mark-for-masquerade) of the sources in set, as few as the matches allow.
+func (rc *renderCtx) masqRules(set model.Source) []string {
+	switch set {
+	case 0:
+		return nil
+	case model.AllSources, model.FromNode | model.FromOutside:
+		return []string{rc.sourceMatch(set)}
+	}
+	var out []string
+	for _, s := range model.Sources {
+		if set&s != 0 {
+			out = append(out, rc.sourceMatch(s))
+		}
+	}
+	return out
+}
+
+// join joins rule parts, skipping empty ones.
+func join(parts ...string) string {
+	var b strings.Builder
+	for _, p := range parts {
+		if p == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(p)
+	}
+	return b.String()
 }
 
 // localMatch renders the detect-local matches of a family: the source in
@@ -225,23 +290,17 @@ func classRules(rc *renderCtx, c class) []string {
 	var r []string
 	switch c.kind {
 	case clusterK:
-		switch {
-		case rc.masqAll:
-			r = append(r, "jump "+chainMarkMasq)
-		case rc.notLocal != "":
-			r = append(r, rc.notLocal+" jump "+chainMarkMasq)
+		for _, m := range rc.masqRules(rc.opts.ClusterMasquerade()) {
+			r = append(r, join(m, "jump "+chainMarkMasq))
 		}
 		r = append(r, dnat(c.n, 0))
 	case externalK, nodePortK:
 		r = append(r, "jump "+chainMarkMasq, dnat(c.n, 0))
 	case externalLocalK, nodePortLocalK:
+		// The short-circuit shape flatShape accepts: pods (when told
+		// apart) to slots m…m+n-1, keeping their source; the node there too,
+		// masqueraded; the rest to slots 0…m-1, or dropped.
 		if c.n > 0 {
-			// Pods and the node itself use the short-circuit endpoints, as if
-			// the traffic had gone out to the load balancer and come back.
-			// Pods keep their source (kube-proxy never masquerades it here,
-			// even with masqueradeAll: that applies to ClusterIP traffic); the
-			// node's own traffic is masqueraded so that the reply comes back
-			// through this node.
 			if rc.isLocal != "" {
 				r = append(r, rc.isLocal+" "+dnat(c.n, c.m))
 			}
@@ -250,22 +309,48 @@ func classRules(rc *renderCtx, c class) []string {
 		if c.m > 0 {
 			r = append(r, dnat(c.m, 0))
 		} else {
-			// No local endpoint: drop, so that the load balancer's health
-			// check (not a reject) steers traffic elsewhere.
 			r = append(r, "drop")
 		}
 	}
 	return r
 }
 
+// flatShape says which pick chains serve routes, or ok false when they take
+// a shape the shared pick chains do not render (the port then gets chains of
+// its own, renderChains, which render any). The pick chains render the
+// shapes the model gives: ClusterIP traffic with the node's cluster
+// masquerading; external traffic either the same for every source and
+// masqueraded (externalTrafficPolicy Cluster), or short-circuited for pods
+// (when told apart) and the node (masqueraded), with the rest kept to the
+// outside route unmasqueraded and dropped when it has no endpoint (Local).
+func flatShape(rc *renderCtx, r *model.Routes) (local, ok bool) {
+	c := &r.Cluster
+	if !c.Uniform() || c.Masqueraded() != rc.opts.ClusterMasquerade() {
+		return false, false
+	}
+	x := &r.External
+	if x.Uniform() {
+		return false, !x.HasEndpoints() || x.Masqueraded() == model.AllSources
+	}
+	wantDiverted := model.FromNode
+	if rc.isLocal != "" {
+		wantDiverted |= model.FromPods
+	}
+	samePods := rc.isLocal == "" || x.Pods.Set == x.Node.Set
+	return true, x.Diverted() == wantDiverted && x.Masqueraded() == model.FromNode && samePods &&
+		(len(x.Outside.Endpoints) > 0 || x.Outside.Empty == model.Drop)
+}
+
 // renderService renders one ServicePort: into chains of its own with ClientIP
-// affinity (renderChains), flat otherwise.
+// affinity or routes the pick chains do not render (renderChains), flat
+// otherwise.
 func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
+	routes := sp.Routes(rc.opts)
 	var o *svcObjects
-	if sp.AffinityTimeout > 0 {
-		o = renderChains(rc, sp)
+	if local, ok := flatShape(rc, &routes); ok && sp.AffinityTimeout == 0 {
+		o = renderFlat(rc, sp, &routes, local)
 	} else {
-		o = renderFlat(rc, sp)
+		o = renderChains(rc, sp, &routes)
 	}
 	o.elems = uniqueElems(o.elems)
 	return o
@@ -288,8 +373,10 @@ func uniqueElems(es []elemDef) []elemDef {
 	return out
 }
 
-// renderFlat renders a ServicePort without affinity into the shared maps.
-func renderFlat(rc *renderCtx, sp *model.ServicePort) *svcObjects {
+// renderFlat renders a ServicePort without affinity into the shared maps:
+// each destination's elements point at the pick chain of its routes' shape
+// (local: the short-circuit one), or at the no-endpoint verdict.
+func renderFlat(rc *renderCtx, sp *model.ServicePort, routes *model.Routes, local bool) *svcObjects {
 	o := &svcObjects{}
 	proto := protoOf(sp)
 	port := itoa(int64(sp.Port))
@@ -299,7 +386,7 @@ func renderFlat(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 			o.elems = append(o.elems, elemDef{m, k, ep.IP.String() + " . " + itoa(int64(ep.Port))})
 		}
 	}
-	o.shareCommon(sp)
+	o.shareCommon(sp, routes)
 	use := func(c class) string {
 		if !slices.Contains(o.classes, c) {
 			o.classes = append(o.classes, c)
@@ -307,38 +394,41 @@ func renderFlat(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 		return "goto " + c.name()
 	}
 
-	nC, nX, nSC := len(sp.ClusterEndpoints), len(sp.ExternalEndpoints), len(sp.ShortCircuitEndpoints)
+	cluster := &routes.Cluster.Outside // the same for every source (flatShape)
 	clusterKey := []string{sp.ClusterIP.String(), proto, port}
-	if nC > 0 {
-		o.elems = append(o.elems, elemDef{mapServiceIPs, clusterKey, use(class{kind: clusterK, n: nC})})
-		slots(mapEndpoints, clusterKey, 0, sp.ClusterEndpoints)
+	if n := len(cluster.Endpoints); n > 0 {
+		o.elems = append(o.elems, elemDef{mapServiceIPs, clusterKey, use(class{kind: clusterK, n: n})})
+		slots(mapEndpoints, clusterKey, 0, cluster.Endpoints)
 	} else {
-		o.elems = append(o.elems, elemDef{mapNoEndpointServices, clusterKey, emptyVerdict(sp)})
+		o.elems = append(o.elems, elemDef{mapNoEndpointServices, clusterKey, emptyVerdict(cluster.Empty)})
 	}
 	if !sp.HasExternal() {
 		return o
 	}
 
 	// External traffic: the pick chain for an address and for a NodePort, or
-	// none (no endpoint anywhere: reject). fill writes one external
-	// destination's slots.
+	// none (no endpoint for any source). fill writes one destination's
+	// slots: the outside route's, then the short-circuit one's.
+	x := &routes.External
+	outside, short := x.Outside.Endpoints, x.Node.Endpoints
 	var addrC, npC *class
 	var fill func(m string, key []string)
 	switch {
-	case !sp.ExternalPolicyLocal && nX > 0:
-		addrC, npC = &class{kind: externalK, n: nX}, &class{kind: nodePortK, n: nX}
-		fill = func(m string, key []string) { slots(m, key, 0, sp.ExternalEndpoints) }
-	case sp.ExternalPolicyLocal && (nSC > 0 || nX > 0):
-		addrC, npC = &class{kind: externalLocalK, m: nX, n: nSC}, &class{kind: nodePortLocalK, m: nX, n: nSC}
+	case !x.HasEndpoints():
+	case !local:
+		addrC, npC = &class{kind: externalK, n: len(outside)}, &class{kind: nodePortK, n: len(outside)}
+		fill = func(m string, key []string) { slots(m, key, 0, outside) }
+	default:
+		addrC, npC = &class{kind: externalLocalK, m: len(outside), n: len(short)}, &class{kind: nodePortLocalK, m: len(outside), n: len(short)}
 		fill = func(m string, key []string) {
-			slots(m, key, 0, sp.ExternalEndpoints)
-			slots(m, key, nX, sp.ShortCircuitEndpoints)
+			slots(m, key, 0, outside)
+			slots(m, key, len(outside), short)
 		}
 	}
 	for _, ip := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
 		key := []string{ip.String(), proto, port}
 		if addrC == nil {
-			o.elems = append(o.elems, elemDef{mapNoEndpointServices, key, emptyVerdict(sp)})
+			o.elems = append(o.elems, elemDef{mapNoEndpointServices, key, emptyVerdict(x.Outside.Empty)})
 			continue
 		}
 		o.elems = append(o.elems, elemDef{mapServiceIPs, key, use(*addrC)})
@@ -347,25 +437,25 @@ func renderFlat(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 	if sp.NodePort != 0 {
 		key := []string{proto, itoa(int64(sp.NodePort))}
 		if npC == nil {
-			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, key, emptyVerdict(sp)})
+			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, key, emptyVerdict(x.Outside.Empty)})
 		} else {
 			o.elems = append(o.elems, elemDef{mapServiceNodePorts, key, use(*npC)})
 			fill(mapNodePortEndpoints, key)
 		}
 	}
-	renderFirewall(rc, sp, o)
+	renderFirewall(rc, sp, routes, o)
 	return o
 }
 
 // renderFirewall renders the source ranges: checked before DNAT in a filter
 // chain of the service's own (drop is a filter decision), one rule per range
 // so that no anonymous set is needed. Rare, and untouched by endpoint changes.
-func renderFirewall(rc *renderCtx, sp *model.ServicePort, o *svcObjects) {
-	if len(sp.LoadBalancerIPs) == 0 || len(sp.SourceRanges) == 0 {
+func renderFirewall(rc *renderCtx, sp *model.ServicePort, routes *model.Routes, o *svcObjects) {
+	if routes.Firewall == nil {
 		return
 	}
 	c := chainDef{name: firewallChainName(sp.Key)}
-	for _, r := range sp.SourceRanges {
+	for _, r := range routes.Firewall {
 		c.rules = append(c.rules, fmt.Sprintf("%s saddr %s return", rc.fi.ipKW, r.Masked()))
 	}
 	c.rules = append(c.rules, "drop")

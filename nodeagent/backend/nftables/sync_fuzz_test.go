@@ -1,7 +1,6 @@
 package nftables
 
 import (
-	"context"
 	"maps"
 	"slices"
 	"strings"
@@ -9,7 +8,6 @@ import (
 
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/backendfuzz"
-	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/netns"
 )
 
@@ -25,9 +23,7 @@ func (f *fakeTarget) Fresh(t *testing.T) backend.Backend {
 	return b
 }
 
-func (f *fakeTarget) Sync(b backend.Backend, s *model.Snapshot, full bool) (backend.SyncResult, error) {
-	return b.Sync(context.Background(), s, full)
-}
+func (f *fakeTarget) Do(fn func() error) error { return fn() }
 
 // List is the fake's dump with the elements sorted (partial syncs append
 // them in another order than a full sync).
@@ -56,10 +52,7 @@ func (k *kernelTarget) Fresh(t *testing.T) backend.Backend {
 	return b
 }
 
-func (k *kernelTarget) Sync(b backend.Backend, s *model.Snapshot, full bool) (res backend.SyncResult, err error) {
-	err = k.ns.Do(func() error { res, err = b.Sync(context.Background(), s, full); return err })
-	return res, err
-}
+func (k *kernelTarget) Do(fn func() error) error { return k.ns.Do(fn) }
 
 func (k *kernelTarget) List(t *testing.T) string {
 	c := listKpo(t, k.ns)
@@ -75,12 +68,7 @@ func (k *kernelTarget) List(t *testing.T) string {
 // (testdata/fuzz/FuzzSync) run in every `go test` and, as root, against the
 // kernel (TestSyncCorpusOnKernel).
 func FuzzSync(f *testing.F) {
-	for _, seed := range backendfuzz.Seeds() {
-		f.Add(seed)
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		backendfuzz.CheckSyncs(t, data, &fakeTarget{})
-	})
+	backendfuzz.Fuzz(f, func() backendfuzz.Target { return &fakeTarget{} })
 }
 
 // TestSyncCorpusOnKernel replays FuzzSync's seeds and committed corpus on the

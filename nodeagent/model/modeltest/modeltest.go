@@ -78,3 +78,13 @@ func Without(s *model.Snapshot, sps ...*model.ServicePort) *model.Snapshot {
 	}
 	return c
 }
+
+// LoadBalancer gives sp a load-balancer IP and the source ranges allowed to
+// reach it.
+func LoadBalancer(sp *model.ServicePort, ip string, sourceRanges ...string) *model.ServicePort {
+	sp.LoadBalancerIPs = append(sp.LoadBalancerIPs, netip.MustParseAddr(ip))
+	for _, r := range sourceRanges {
+		sp.SourceRanges = append(sp.SourceRanges, netip.MustParsePrefix(r))
+	}
+	return sp
+}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/netns"
@@ -46,7 +47,7 @@ func benchSync(b *testing.B, services int) {
 	}
 	sync := func(s *model.Snapshot, full bool) time.Duration {
 		start := time.Now()
-		if err := node.Do(func() error { _, err := be.Sync(context.Background(), s, full); return err }); err != nil {
+		if err := node.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, full); return err }); err != nil {
 			b.Fatal(err)
 		}
 		return time.Since(start)

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
@@ -86,7 +87,7 @@ func (e *env) sync(snap *model.Snapshot, full bool) backend.SyncResult {
 	var res backend.SyncResult
 	err := e.node(func() error {
 		var err error
-		res, err = e.b.Sync(context.Background(), snap, full)
+		res, err = backendtest.Sync(context.Background(), e.b, snap, full)
 		return err
 	})
 	if err != nil {

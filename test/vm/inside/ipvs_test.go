@@ -111,26 +111,26 @@ func TestGracefulTermination(t *testing.T) {
 	// Connections to both: the closed ones linger in IPVS as inactive.
 	dialN(t, e.top.Pods[0].NS, clusterIP+":80", 4)
 
-	e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1))), false)
+	res := e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1))), false)
 	removed := fmt.Sprintf("%s:%d", e.top.Pods[2].IP4, echoPort)
 	ds := e.dests(h, clusterIP, 80)
 	if w, ok := ds[removed]; !ok || w != 0 {
 		t.Fatalf("removed endpoint: destinations %v, want %s at weight 0", ds, removed)
 	}
-	if e.b.Pending() != 1 {
-		t.Errorf("Pending() = %d, want 1", e.b.Pending())
+	if res.Draining != 1 {
+		t.Errorf("Draining = %d, want 1", res.Draining)
 	}
 	if seen := dialN(t, e.top.Pods[0].NS, clusterIP+":80", 4); seen["pod2"] != 0 {
 		t.Fatalf("new connections reached the draining endpoint: %v", seen)
 	}
 
 	time.Sleep(2500 * time.Millisecond)
-	e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1))), false)
+	res = e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1))), false)
 	if ds := e.dests(h, clusterIP, 80); len(ds) != 1 {
 		t.Fatalf("after the bound: destinations %v, want only pod1", ds)
 	}
-	if e.b.Pending() != 0 {
-		t.Errorf("Pending() = %d after the bound", e.b.Pending())
+	if res.Draining != 0 {
+		t.Errorf("Draining = %d after the bound", res.Draining)
 	}
 }
 

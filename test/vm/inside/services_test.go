@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/netns"
@@ -229,7 +230,7 @@ func TestSchedulers(t *testing.T) {
 	// its scheduler and its traffic.
 	e.cfg.Scheduler = "twos"
 	e.b = e.newBackend()
-	err := e.node(func() error { _, err := e.b.Sync(context.Background(), snap, true); return err })
+	err := e.node(func() error { _, err := backendtest.Sync(context.Background(), e.b, snap, true); return err })
 	t.Logf("sync with twos: %v", err)
 	if !errors.Is(err, syscall.ENOENT) {
 		t.Fatalf("sync with an unavailable scheduler: %v, want the kernel's ENOENT", err)

@@ -1,0 +1,93 @@
+package nftables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"sigs.k8s.io/knftables"
+)
+
+// netlinkKernel is the production Kernel: full transactions through nft
+// (nftKernel), partial ones as one netlink batch (netlink.go), which skips
+// nft's exec and its listing of the whole table into its cache. A partial
+// transaction with a rule outside the netlink grammar goes through nft
+// instead, rather than guess.
+type netlinkKernel struct {
+	nft Kernel // nftKernel; tests put a spy around it
+	nl  nlConn
+}
+
+// newKernel returns the production Kernel of the calling thread's namespace.
+func newKernel() (*netlinkKernel, error) {
+	nft, err := newNFTKernel()
+	if err != nil {
+		return nil, err
+	}
+	return &netlinkKernel{nft: nft}, nil
+}
+
+func (k *netlinkKernel) Begin(full bool) Tx {
+	if full {
+		return k.nft.Begin(true)
+	}
+	return &netlinkTx{k: k}
+}
+
+func (k *netlinkKernel) Objects(ctx context.Context, family knftables.Family) ([]string, []string, error) {
+	return k.nft.Objects(ctx, family)
+}
+
+// netlinkTx is a partial transaction: it logs the writes, and Commit
+// encodes them into one netlink batch, or, when one is outside the netlink
+// grammar, replays them into an nft transaction. Partial syncs are small,
+// so the log costs little.
+type netlinkTx struct {
+	opLog
+	k *netlinkKernel
+}
+
+func (t *netlinkTx) Fixed() *knftables.Transaction { return nil }
+
+func (t *netlinkTx) Commit(ctx context.Context) error {
+	b, err := t.k.nl.batch()
+	if err != nil {
+		return fmt.Errorf("nftables netlink batch: %w", err)
+	}
+	t.replay(b)
+	if errors.Is(b.err, errGrammar) {
+		// The connection holds the messages queued so far: drop it.
+		b.broken()
+		tx := t.k.nft.Begin(false)
+		t.replay(tx)
+		return tx.Commit(ctx)
+	}
+	if err := b.flush(); err != nil {
+		return fmt.Errorf("nftables netlink batch: %w", err)
+	}
+	return nil
+}
+
+// Check asks nft: a netlink batch cannot be checked without applying it.
+func (t *netlinkTx) Check(ctx context.Context) error {
+	tx := t.k.nft.Begin(false)
+	t.replay(tx)
+	return tx.Check(ctx)
+}
+
+// opLog records writes to replay them into another objWriter.
+type opLog struct {
+	fis []famInfo
+	ops []op
+}
+
+func (l *opLog) write(fi famInfo, o op) {
+	l.fis = append(l.fis, fi)
+	l.ops = append(l.ops, o)
+}
+
+func (l *opLog) replay(w objWriter) {
+	for i, o := range l.ops {
+		w.write(l.fis[i], o)
+	}
+}
