@@ -93,6 +93,9 @@ type Agent struct {
 
 	minSync, syncPeriod time.Duration
 	needFull            bool
+	// lastFull is when the last successful full sync started: a sync is full
+	// once it is syncPeriod old, also while changes keep every run a Change.
+	lastFull time.Time
 	// leftoversRemoved is set once the other modes' rules are gone.
 	leftoversRemoved bool
 	// deleting is set when the ProxyConfiguration is being deleted; cleanedUp once
@@ -267,7 +270,8 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	}
 	// A full sync rewrites the kernel from the model; the model itself is always
 	// current (the tracker folds every event in), so it is not rebuilt.
-	full := a.needFull || reason != runner.Change
+	now := time.Now()
+	full := a.needFull || reason != runner.Change || a.fullSyncDue(now)
 	snap, change := a.tracker.Snapshot()
 	snap.Node = a.nodeInfo()
 	a.reportRejections(logger, change)
@@ -297,6 +301,9 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 		return err
 	}
 	a.needFull = false
+	if res.Full {
+		a.lastFull = now
+	}
 	a.last = snap
 	a.metrics.observeSync(res.Full, elapsed, res.Rules, change.TriggerTimes)
 	a.health.synced(time.Now())
@@ -328,6 +335,15 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	logger.V(2).Info("synced", "full", res.Full, "reason", reason.String(), "servicePorts", counts.ServicePorts,
 		"written", res.ServicePortsWritten, "rules", res.Rules, "duration", elapsed)
 	return nil
+}
+
+// fullSyncDue says whether the last full sync is syncPeriod old. The runner's
+// periodic run is full, but under continuous churn every run is a Change and
+// the periodic one never comes: this bounds how long rules someone else
+// changed (or a missed partial update) can last, as kube-proxy bounds it with
+// FullSyncPeriod (pkg/proxy/nftables/proxier.go, doFullSync).
+func (a *Agent) fullSyncDue(now time.Time) bool {
+	return now.Sub(a.lastFull) >= a.syncPeriod
 }
 
 // fallBack keeps the node serving when the kernel cannot run the configured

@@ -423,3 +423,67 @@ func TestAgentResyncsWhileDraining(t *testing.T) {
 		return nil
 	})
 }
+
+// TestFullSyncUnderContinuousChurn: while changes keep coming faster than
+// syncPeriod, every run is a change and the runner's periodic (full) run never
+// comes; the agent still makes a sync full once the last full one is
+// syncPeriod old. (The soak found the old agent doing none in 30 minutes.)
+func TestFullSyncUnderContinuousChurn(t *testing.T) {
+	if env == nil {
+		t.Skip("needs kube-apiserver; not run with -short")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := env.Client
+	must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "churn"}}))
+	be := &recordingBackend{}
+	cfg := &kpov1.AgentConfiguration{ConfigurationName: "churn", Mode: kpov1.ModeNFTables}
+	cfg.MinSyncPeriod, cfg.SyncPeriod = "50ms", "2s"
+	cfg.Default()
+	runAgent(t, ctx, cancel, be, Options{
+		Config: cfg, NodeName: "churn-node", Kube: kubernetes.NewForConfigOrDie(env.Config),
+		HealthzBindAddress: freePort(t), MetricsBindAddress: freePort(t),
+	})
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		if _, ok := be.last(); !ok {
+			return errors.New("no first sync yet")
+		}
+		return nil
+	})
+
+	// A new Service every 200 ms: a change well inside every syncPeriod.
+	churnDone := make(chan struct{})
+	go func() {
+		defer close(churnDone)
+		for i := 0; ctx.Err() == nil; i++ {
+			svc := &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "churn", Name: fmt.Sprintf("s%d", i)},
+				Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}},
+			}
+			if err := c.Create(ctx, svc); err != nil && ctx.Err() == nil {
+				t.Errorf("creating %s: %v", svc.Name, err)
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	defer func() { cancel(); <-churnDone }()
+
+	// Past the first full sync: at least two partial syncs, then a full one.
+	apiserver.Eventually(t, 15*time.Second, func() error {
+		be.mu.Lock()
+		defer be.mu.Unlock()
+		partials := 0
+		for _, s := range be.syncs[1:] {
+			if !s.full {
+				partials++
+			} else if partials >= 2 {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d syncs, %d partial, no full sync after them", len(be.syncs), partials)
+	})
+}

@@ -268,6 +268,10 @@ func settle(t *testing.T, n *node) Sample {
 // syncedLine is the agent's log of a full sync, with its service ports.
 var syncedLine = regexp.MustCompile(`"synced" full=true reason="[a-z]+" servicePorts=(\d+)`)
 
+// agentSyncPeriod is the agents' syncPeriod (kube-proxy's default, as
+// AgentConfiguration.Default sets it).
+const agentSyncPeriod = 30 * time.Second
+
 // startAgent starts the node's agent with kube-proxy's default sync periods
 // (1s, 30s: the periodic full sync happens 60 times in 30 minutes) and waits
 // for a full sync of at least ports service ports.
