@@ -153,19 +153,14 @@ func outWhy(sp *model.ServicePort, c model.Candidate, r *model.Route, local bool
 		}
 		return fmt.Sprintf("%s: %s uses this node's endpoints only", where, policyField(sp, r))
 	}
-	fallback := sp.Selection.ClusterTerminating
-	if local {
-		fallback = sp.Selection.LocalTerminating
-	}
 	switch {
-	case fallback && !c.Serving:
+	case c.Ready:
+	case !c.Serving:
 		return "not ready, not serving"
-	case fallback && !c.Terminating:
+	case !c.Terminating:
 		return "not ready, serving but not terminating"
-	case !c.Ready && c.Serving && c.Terminating:
+	default:
 		return "terminating: used only when no endpoint is ready"
-	case !c.Ready:
-		return "not ready"
 	}
 	switch sp.Selection.Topology {
 	case model.TopologyNodeHints:

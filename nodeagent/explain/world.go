@@ -2,6 +2,7 @@ package explain
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/model"
@@ -188,4 +190,32 @@ func (m *NodeModel) candidates(key model.ServicePortKey) []model.Candidate {
 		ordered = append(ordered, byName[n])
 	}
 	return model.Candidates(svc, ordered, m.ctx)[key]
+}
+
+// Load reads the objects the agents watch: every Service, EndpointSlice
+// and ServiceCIDR (arbitration between Services is cluster-wide).
+func Load(ctx context.Context, c client.Reader) (*Objects, error) {
+	objs := &Objects{}
+	var svcs corev1.ServiceList
+	var sl discoveryv1.EndpointSliceList
+	var cidrs networkingv1.ServiceCIDRList
+	if err := c.List(ctx, &svcs); err != nil {
+		return nil, fmt.Errorf("listing Services: %w", err)
+	}
+	if err := c.List(ctx, &sl); err != nil {
+		return nil, fmt.Errorf("listing EndpointSlices: %w", err)
+	}
+	// ServiceCIDRs only name the ranges (what an unallocated address gets):
+	// a cluster without the API still explains every Service.
+	_ = c.List(ctx, &cidrs)
+	for i := range svcs.Items {
+		objs.Services = append(objs.Services, &svcs.Items[i])
+	}
+	for i := range sl.Items {
+		objs.Slices = append(objs.Slices, &sl.Items[i])
+	}
+	for i := range cidrs.Items {
+		objs.ServiceCIDRs = append(objs.ServiceCIDRs, &cidrs.Items[i])
+	}
+	return objs, nil
 }
