@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -107,15 +108,30 @@ func masqueradeReason(r *model.Route) Reason {
 	return Reason{ReasonKeepSource, "spec.externalTrafficPolicy: Local", "source kept: a pod's short-circuited traffic keeps its address"}
 }
 
+// hairpinMasqueraded says whether the node masquerades a connection it
+// sends back to the endpoint it came from. Which endpoints get the check is
+// the one decision backends still make per mode: nftables checks this
+// node's endpoints only (nftables/render.go shareCommon, kube-proxy's
+// hairpin-connections set); iptables every endpoint with a SEP chain
+// (affinity), else local ones, and every one when external traffic keeps
+// its source (iptables/render.go needsHairpin, kube-proxy's KUBE-SEP
+// "-s ep -j KUBE-MARK-MASQ"); IPVS local ones.
+func (n *Node) hairpinMasqueraded(sp *model.ServicePort, routes *model.Routes, ep model.Endpoint) bool {
+	if n.Mode != kpov1.ModeIPTables {
+		return ep.Local
+	}
+	return sp.AffinityTimeout > 0 || ep.Local || sp.HasExternal() && !routes.External.Outside.Masquerade
+}
+
 // endpoints sorts the candidates into those route r may use and the others,
 // each with why.
-func endpoints(sp *model.ServicePort, cands []model.Candidate, r *model.Route, src Source) (in, out []Endpoint) {
+func (n *Node) endpoints(sp *model.ServicePort, routes *model.Routes, cands []model.Candidate, r *model.Route, src Source) (in, out []Endpoint) {
 	local := localSet(sp, r)
 	for _, c := range cands {
 		e := Endpoint{Address: c.AddrPort().String(), Node: c.NodeName, Ready: c.Ready}
 		if slices.ContainsFunc(r.Endpoints, func(x model.Endpoint) bool { return x.AddrPort() == c.AddrPort() }) {
 			e.Why = inWhy(sp, c, local)
-			e.Hairpin = src.Kind == FromPod && src.IP == c.IP
+			e.Hairpin = src.IP == c.IP && n.hairpinMasqueraded(sp, routes, c.Endpoint)
 			in = append(in, e)
 			continue
 		}

@@ -77,7 +77,7 @@ func Explain(sp *model.ServicePort, cands []model.Candidate, n *Node, q Query) E
 	}
 	r := sr.From(class)
 	e.Reasons = append(e.Reasons, setReasons(sp, r)...)
-	e.Endpoints, e.Excluded = endpoints(sp, cands, r, q.Source)
+	e.Endpoints, e.Excluded = n.endpoints(sp, &routes, cands, r, q.Source)
 	if len(r.Endpoints) == 0 {
 		e.Reasons = append(e.Reasons, emptyReason(sp, r))
 		switch {

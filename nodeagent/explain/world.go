@@ -219,3 +219,43 @@ func Load(ctx context.Context, c client.Reader) (*Objects, error) {
 	}
 	return objs, nil
 }
+
+// ExplainService explains q for the port of Service namespace/name that
+// port names (see Find; the port is looked up as lookup's port, and q.Port
+// is set from it when zero). A Service the agents do not proxy at all is
+// explained as not handled, with why.
+func (m *NodeModel) ExplainService(namespace, name, port string, lookup Target, q Query) (Explanation, error) {
+	sp, err := m.Find(namespace, name, port, lookup, q.Addr)
+	if err != nil {
+		if r, ok := m.notProxied(namespace, name); ok {
+			return Explanation{Node: m.Node.Name, Service: namespace + "/" + name, Query: q, SourceClass: "-",
+				Outcome: NotHandled, Reasons: []Reason{r}}, nil
+		}
+		return Explanation{}, err
+	}
+	if q.Port == 0 {
+		q.Port = sp.Port
+		if q.Target == ToNodePort {
+			q.Port = sp.NodePort
+		}
+	}
+	return m.Explain(sp, q), nil
+}
+
+// notProxied says why the agents leave a Service alone, if they do.
+func (m *NodeModel) notProxied(namespace, name string) (Reason, bool) {
+	for _, s := range m.objs.Services {
+		if s.Namespace != namespace || s.Name != name {
+			continue
+		}
+		if v, ok := s.Labels[model.LabelServiceProxyName]; ok {
+			return Reason{ReasonNotServed, "label " + model.LabelServiceProxyName, fmt.Sprintf(
+				"the Service is handed to the proxy %q: kpo's agents ignore it", v)}, true
+		}
+		if !model.Proxied(s) {
+			return Reason{ReasonNotServed, "spec.type / spec.clusterIP",
+				"a headless or ExternalName Service has no virtual address to proxy"}, true
+		}
+	}
+	return Reason{}, false
+}

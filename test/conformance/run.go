@@ -68,7 +68,11 @@ func (r *Result) Summary() string {
 	if len(r.Unstable) > 0 {
 		s += fmt.Sprintf(" (%d unstable: did not repeat)", len(r.Unstable))
 	}
-	return s + fmt.Sprintf("; explain: %d of %d predictions wrong", len(r.Explain.Wrong), r.Explain.Checked)
+	s += fmt.Sprintf("; explain: %d of %d predictions wrong", len(r.Explain.Wrong), r.Explain.Checked)
+	if r.Explain.Unstable > 0 {
+		s += fmt.Sprintf(" (%d missed once, right when probed again)", r.Explain.Unstable)
+	}
+	return s
 }
 
 // Report lists the differences with the cases they come from.
@@ -301,12 +305,14 @@ func (s *Suite) explain(t *testing.T, settings Settings, probes []Probe, obs map
 	}
 	s.explained.Checked += c.Checked
 	s.explained.Wrong = append(s.explained.Wrong, c.Wrong...)
+	s.explained.Unstable += c.Unstable
 }
 
 func (r *Result) merge(o *Result) {
 	r.Probes += o.Probes
 	r.Explain.Checked += o.Explain.Checked
 	r.Explain.Wrong = append(r.Explain.Wrong, o.Explain.Wrong...)
+	r.Explain.Unstable += o.Explain.Unstable
 	r.Diffs = append(r.Diffs, o.Diffs...)
 	r.Accepted = append(r.Accepted, o.Accepted...)
 	r.Unstable = append(r.Unstable, o.Unstable...)
