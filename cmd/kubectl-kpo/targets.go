@@ -101,7 +101,7 @@ func freshness(st *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, hash str
 	if r.ActiveMode != "" && r.RequestedMode != "" && r.ActiveMode != r.RequestedMode {
 		out = append(out, fmt.Sprintf("%s runs mode %s, not the requested %s (explained in %s)", st.Name, r.ActiveMode, r.RequestedMode, r.ActiveMode))
 	}
-	out = append(out, fmt.Sprintf("%s does not report a model hash yet: this explanation (model %s) holds once its agent has synced these objects (last sync %s)",
+	out = append(out, fmt.Sprintf("%s does not report which model it programmed: this one (%s) holds once it has synced these objects (last sync %s)",
 		st.Name, hash, lastSync(r)))
 	return out
 }

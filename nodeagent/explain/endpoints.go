@@ -59,11 +59,11 @@ func setReasons(sp *model.ServicePort, r *model.Route) []Reason {
 	if !local {
 		switch sel.Topology {
 		case model.TopologyNodeHints:
-			out = append(out, Reason{ReasonTopologyNode, "EndpointSlice hints.forNodes (spec.trafficDistribution)",
-				"every ready endpoint has node hints and some name this node: only those are used"})
+			out = append(out, Reason{ReasonTopologyNode, "EndpointSlice hints.forNodes",
+				"every ready endpoint has node hints (set from spec.trafficDistribution) and some name this node: only those are used"})
 		case model.TopologyZoneHints:
-			out = append(out, Reason{ReasonTopologyZone, "EndpointSlice hints.forZones (spec.trafficDistribution or the topology-mode annotation)",
-				"every ready endpoint has zone hints and some name this node's zone: only those are used"})
+			out = append(out, Reason{ReasonTopologyZone, "EndpointSlice hints.forZones",
+				"every ready endpoint has zone hints (set from spec.trafficDistribution or the topology-mode annotation) and some name this node's zone: only those are used"})
 		}
 	}
 	if local && sel.LocalTerminating || !local && sel.ClusterTerminating {
@@ -171,6 +171,8 @@ func outWhy(sp *model.ServicePort, c model.Candidate, r *model.Route, local bool
 	}
 	switch {
 	case c.Ready:
+	case !c.Serving && c.Terminating:
+		return "terminating, not serving"
 	case !c.Serving:
 		return "not ready, not serving"
 	case !c.Terminating:
