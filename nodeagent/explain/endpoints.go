@@ -2,6 +2,7 @@ package explain
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -109,18 +110,50 @@ func masqueradeReason(r *model.Route) Reason {
 }
 
 // hairpinMasqueraded says whether the node masquerades a connection it
-// sends back to the endpoint it came from. Which endpoints get the check is
-// the one decision backends still make per mode: nftables checks this
-// node's endpoints only (nftables/render.go shareCommon, kube-proxy's
-// hairpin-connections set); iptables every endpoint with a SEP chain
-// (affinity), else local ones, and every one when external traffic keeps
-// its source (iptables/render.go needsHairpin, kube-proxy's KUBE-SEP
-// "-s ep -j KUBE-MARK-MASQ"); IPVS local ones.
+// sends back to the endpoint it came from: the endpoint's address is in the
+// node's hairpin set (HairpinIPs), or, in the iptables mode, the port has
+// affinity (each endpoint's SEP chain masquerades its own address, as
+// kube-proxy's KUBE-SEP "-s ep -j KUBE-MARK-MASQ").
 func (n *Node) hairpinMasqueraded(sp *model.ServicePort, routes *model.Routes, ep model.Endpoint) bool {
-	if n.Mode != kpov1.ModeIPTables {
+	if n.Mode == kpov1.ModeIPTables && sp.AffinityTimeout > 0 {
+		return true
+	}
+	if n.HairpinIPs != nil {
+		return n.HairpinIPs[ep.IP]
+	}
+	return hairpinChecked(n.Mode, sp, routes, ep)
+}
+
+// hairpinChecked says whether a backend puts ep's address into the node's
+// hairpin set for sp. The set is shared by every service port: which
+// endpoints get the check is the one decision backends still make per mode:
+// nftables this node's endpoints (nftables/render.go shareCommon, kube-proxy's
+// hairpin-connections set); iptables, for ports without affinity, local
+// ones and every one when external traffic keeps its source
+// (iptables/render.go needsHairpin); IPVS local ones.
+func hairpinChecked(mode kpov1.Mode, sp *model.ServicePort, routes *model.Routes, ep model.Endpoint) bool {
+	if mode != kpov1.ModeIPTables {
 		return ep.Local
 	}
-	return sp.AffinityTimeout > 0 || ep.Local || sp.HasExternal() && !routes.External.Outside.Masquerade
+	return sp.AffinityTimeout <= 0 && (ep.Local || sp.HasExternal() && !routes.External.Outside.Masquerade)
+}
+
+// HairpinSet is the node's hairpin set: the endpoint addresses whose
+// connections back to themselves it masquerades, across every service port.
+func HairpinSet(snap *model.Snapshot, n *Node) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for _, sp := range snap.Services {
+		routes := sp.Routes(n.Options(sp.Key.Family))
+		x := &routes.External
+		for _, eps := range [][]model.Endpoint{routes.Cluster.Outside.Endpoints, x.Outside.Endpoints, x.Node.Endpoints, x.Pods.Endpoints} {
+			for _, ep := range eps {
+				if hairpinChecked(n.Mode, sp, &routes, ep) {
+					out[ep.IP] = true
+				}
+			}
+		}
+	}
+	return out
 }
 
 // endpoints sorts the candidates into those route r may use and the others,

@@ -28,6 +28,9 @@ type Node struct {
 	// Addrs are the node's local addresses: where NodePorts answer when
 	// nodePortAddresses leaves a family to every local address.
 	Addrs []netip.Addr
+	// HairpinIPs is the node's hairpin set (HairpinSet); nil: judged from
+	// the explained port alone.
+	HairpinIPs map[netip.Addr]bool
 }
 
 // Options are the route options the node's backend uses in family f (as
@@ -55,12 +58,13 @@ func Explain(sp *model.ServicePort, cands []model.Candidate, n *Node, q Query) E
 	class, why := n.classify(q.Source, f)
 	e.SourceClass = sourceName(class)
 	e.Reasons = append(e.Reasons, why)
+	routes := sp.Routes(o)
 	if r, ok := n.accepts(sp, q); !ok {
 		e.Outcome = NotHandled
 		e.Reasons = append(e.Reasons, r)
+		n.nodePortFilter(sp, &routes, q, &e)
 		return e
 	}
-	routes := sp.Routes(o)
 	if q.Target == ToLoadBalancerIP && routes.Firewall != nil {
 		if !slices.ContainsFunc(routes.Firewall, func(p netip.Prefix) bool { return p.Contains(q.Source.IP) }) {
 			e.Outcome = Dropped
@@ -109,6 +113,27 @@ func Explain(sp *model.ServicePort, cands []model.Candidate, n *Node, q Query) E
 			"a client sticks to the endpoint it first reached for %s (spec.sessionAffinityConfig.clientIP.timeoutSeconds)", sp.AffinityTimeout)})
 	}
 	return e
+}
+
+// nodePortFilter: in the iptables mode, the refusal (or drop) of a
+// NodePort without endpoints for traffic from outside applies on every local
+// address, whatever nodePortAddresses says, and also where NodePorts are not
+// translated (loopback), as kube-proxy's KUBE-EXTERNAL-SERVICES
+// (iptables/state.go writeExternal).
+func (n *Node) nodePortFilter(sp *model.ServicePort, routes *model.Routes, q Query, e *Explanation) {
+	out := &routes.External.Outside
+	if n.Mode != kpov1.ModeIPTables || q.Target != ToNodePort || sp.NodePort == 0 || q.Port != sp.NodePort || len(out.Endpoints) > 0 {
+		return
+	}
+	if !q.Addr.IsLoopback() && !slices.Contains(n.Addrs, q.Addr) {
+		return
+	}
+	e.Reasons = append(e.Reasons, emptyReason(sp, out), Reason{ReasonIPTablesNodePortFilter, "spec.mode: iptables",
+		"the iptables mode refuses or drops a NodePort without endpoints on every local address, whatever nodePortAddresses says"})
+	e.Outcome = Refused
+	if out.Empty == model.Drop {
+		e.Outcome = Dropped
+	}
 }
 
 // classify is how the node sees the source (kube-proxy's detect-local).

@@ -187,6 +187,9 @@ func TestExplain(t *testing.T) {
 			q: toNodePort("127.0.0.1", fromNode), outcome: NotHandled, codes: []string{ReasonLocalhostNodePort}},
 		{name: "NodePort on localhost in iptables mode", svc: service(nodePort(false)), slice: slice(local1), cfg: config(kpov1.ModeIPTables, nil),
 			q: toNodePort("127.0.0.1", fromNode), outcome: Forwarded, masq: true, eps: []string{"10.244.1.2:8080"}},
+		{name: "iptables: a NodePort without endpoints is dropped on addresses it does not translate", svc: service(nodePort(true)), slice: slice(local2),
+			cfg: config(kpov1.ModeIPTables, func(c *kpov1.AgentConfiguration) { c.IPTables.LocalhostNodePorts = ptr.To(false) }),
+			q:   toNodePort("127.0.0.1", fromNode), outcome: Dropped, codes: []string{ReasonLocalhostNodePort, ReasonIPTablesNodePortFilter}},
 		{name: "load-balancer source ranges keep a client out", svc: service(loadBalancer("198.51.100.201/32")), slice: slice(local1),
 			q: toLB(fromOutside), outcome: Dropped, codes: []string{ReasonSourceRanges}},
 		{name: "load-balancer source ranges let a client in", svc: service(loadBalancer("198.51.100.200/31")), slice: slice(local1),
@@ -253,7 +256,7 @@ func TestExplain(t *testing.T) {
 	for _, c := range []string{ReasonNotServed, ReasonNodePortAddress, ReasonLocalhostNodePort, ReasonDetectLocal, ReasonSourceRanges,
 		ReasonClusterIP, ReasonInternalPolicyLocal, ReasonExternalCluster, ReasonExternalLocal, ReasonShortCircuit, ReasonPodsUnknown,
 		ReasonIPVSOneSet, ReasonTopologyNode, ReasonTopologyZone, ReasonTerminatingFallback, ReasonNoEndpoints, ReasonNoLocalEndpoints,
-		ReasonIPTablesOutput, ReasonMasqueradeAll, ReasonMasquerade, ReasonKeepSource, ReasonHairpin, ReasonAffinity, ReasonRejected} {
+		ReasonIPTablesOutput, ReasonIPTablesNodePortFilter, ReasonMasqueradeAll, ReasonMasquerade, ReasonKeepSource, ReasonHairpin, ReasonAffinity, ReasonRejected} {
 		if !seen[c] {
 			t.Errorf("no case shows reason %s", c)
 		}
