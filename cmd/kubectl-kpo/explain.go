@@ -106,15 +106,11 @@ func (c *cli) explain(ctx context.Context, ref string, o *explainOptions) error 
 		if err != nil {
 			return err
 		}
-		sp, err := m.Find(ns, name, o.port, explain.ToClusterIP, tg.addr)
+		// --port names the Service port; the query's port follows from it.
+		e, err := m.ExplainService(ns, name, o.port, explain.ToClusterIP, explain.Query{Target: kind, Addr: tg.addr, Source: src})
 		if err != nil {
 			return err
 		}
-		port := sp.Port
-		if kind == explain.ToNodePort {
-			port = sp.NodePort
-		}
-		e := m.Explain(sp, explain.Query{Target: kind, Addr: tg.addr, Port: port, Source: src})
 		e.Warnings = append(e.Warnings, warnings...)
 		out = append(out, e)
 	}

@@ -136,7 +136,7 @@ func nodeStatus(p *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, now time
 		lag = append(lag, "mode "+orNone(string(r.ActiveMode)))
 	}
 	if pc != nil && r.LastSyncTime != nil {
-		if period, err := pc.Spec.ProxySettings.SyncPeriodDuration(); err == nil && period > 0 && now.Sub(r.LastSyncTime.Time) > 2*period {
+		if period, err := pc.Spec.SyncPeriodDuration(); err == nil && period > 0 && now.Sub(r.LastSyncTime.Time) > 2*period {
 			lag = append(lag, "no sync for "+now.Sub(r.LastSyncTime.Time).Round(time.Second).String())
 		}
 	}

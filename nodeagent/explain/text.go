@@ -47,20 +47,22 @@ func Text(e *Explanation, color bool) string {
 	}
 	fmt.Fprintf(&b, "  => %s\n", verdict)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	// Writes to a strings.Builder through a tabwriter do not fail.
+	line := func(format string, args ...any) { _, _ = fmt.Fprintf(tw, format, args...) }
 	list := func(title string, eps []Endpoint) {
 		if len(eps) == 0 {
 			return
 		}
-		fmt.Fprintf(tw, "  %s:\n", title)
+		line("  %s:\n", title)
 		for _, ep := range eps {
-			fmt.Fprintf(tw, "    %s\t%s\t%s\n", ep.Address, orDash(ep.Node), ep.Why)
+			line("    %s\t%s\t%s\n", ep.Address, orDash(ep.Node), ep.Why)
 		}
 	}
 	list("endpoints", e.Endpoints)
 	list("not used", e.Excluded)
-	fmt.Fprintf(tw, "  why:\n")
+	line("  why:\n")
 	for _, r := range e.Reasons {
-		fmt.Fprintf(tw, "    %s\t%s\t%s\n", r.Code, orDash(r.DecidedBy), r.Message)
+		line("    %s\t%s\t%s\n", r.Code, orDash(r.DecidedBy), r.Message)
 	}
 	_ = tw.Flush()
 	for _, w := range e.Warnings {
