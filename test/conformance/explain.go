@@ -267,13 +267,15 @@ func (w *World) observationOf(e explain.Explanation, v where, handler *testnet.N
 		epHome := w.homeOf(epName)
 		onHandlerHost := epName == handler.Name
 		masq := (e.Masquerade || ep.Hairpin) && !onHandlerHost
-		// A node host's UDP echo server answers IPv6 datagrams DNATed to it
-		// from another source address than the one they were sent to (its
-		// wildcard socket leaves the choice to the kernel, which prefers an
-		// address sharing the longest prefix with the client: a pod-link
-		// one), so conntrack cannot reverse the translation and the client
-		// drops the answer. Observed alike with kube-proxy (random seed 20).
-		hostUDP6 := p.Network == "udp" && ap.Addr().Is6() && epHome != nil && epName == epHome.Name
+		// A node host's UDP echo server answers from an address the kernel
+		// picks (its wildcard socket): in IPv6, one on the interface towards
+		// the client (RFC 6724 rule 5), else the longest match. Towards its
+		// own pods, or its own pod-link address, that is the pod-link
+		// address, not the one the datagram was translated to: conntrack
+		// cannot reverse the translation and the client drops the answer.
+		// Observed alike with kube-proxy (random seed 20).
+		hostUDP6 := p.Network == "udp" && ap.Addr().Is6() && epHome != nil && epName == epHome.Name && !masq &&
+			replyViaPodLink(v, epHome, dst)
 		if hostUDP6 || !masq && epHome != handler && v.home != handler {
 			// The reply goes straight back from the endpoint's node,
 			// around the node that translated the request.
@@ -314,4 +316,21 @@ func (w *World) homeOf(name string) *testnet.Node {
 func (w *World) nodeAddrs(n *testnet.Node) []string {
 	gw4, gw6 := netns.PodGateways(n.Index)
 	return []string{n.IP4, n.IP6, gw4, gw6}
+}
+
+// replyViaPodLink says whether a node host's reply to v leaves by one of
+// its pod links, or to its own pod-link address: v is a pod of that node,
+// or the node itself sending to the service or pod ranges (fd10::/16),
+// for which IPv6 source selection picks its pod-link address.
+func replyViaPodLink(v where, host *testnet.Node, dst netip.Addr) bool {
+	if v.home != host {
+		return false
+	}
+	switch v.kind {
+	case explain.FromPod:
+		return true
+	case explain.FromNode:
+		return netip.MustParsePrefix("fd10::/16").Contains(dst)
+	}
+	return false
 }
