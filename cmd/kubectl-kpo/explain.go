@@ -37,7 +37,7 @@ it is dropped or refused, naming the field, policy, hint, condition or setting t
 Nodes concerned: a pod's or node's own node; for --from-ip every node (the network decides where
 the traffic enters), or --node; for --to nodeport every node's primary address, or --node.`,
 		Example: `  kubectl kpo explain svc/web --from pod/client-7d9f
-  kubectl kpo explain svc/web -n shop --from-ip 203.0.113.7 --to nodeport --node node-2
+  kubectl kpo explain svc/web -n shop --from-ip 198.51.100.200 --to nodeport --node node-2
   kubectl kpo explain svc/web --from node/node-1 --to lb -o yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

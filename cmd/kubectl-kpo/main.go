@@ -38,6 +38,7 @@ func newRoot(out, errOut io.Writer) *cobra.Command {
 	c := &cli{flags: genericclioptions.NewConfigFlags(true), out: out, err: errOut, color: isTerminal(out)}
 	root := &cobra.Command{
 		Use:           "kubectl-kpo",
+		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl kpo"},
 		Short:         "Explain what kpo's node agents do with Service traffic",
 		SilenceUsage:  true,
 		SilenceErrors: false,
