@@ -66,7 +66,7 @@ lint: $(GOLANGCI_LINT) ## golangci-lint.
 ##@ Build
 
 .PHONY: build
-build: ## Build the operator and node-agent binaries into bin/.
+build: ## Build the operator, node-agent and kubectl-kpo (the kubectl plugin) binaries into bin/.
 	CGO_ENABLED=0 go build -o $(LOCALBIN)/ ./cmd/...
 
 # The tests need these (kube-scheduler, kubelet: the local cluster; kube-proxy: the migration test and the benchmarks).

@@ -34,7 +34,7 @@ import (
 	"kpo.dev/kpo/nodeagent/conntrack"
 	"kpo.dev/kpo/nodeagent/migrate"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/nodeagent/nodeports"
+	"kpo.dev/kpo/nodeagent/nodeinfo"
 	"kpo.dev/kpo/nodeagent/runner"
 	"kpo.dev/kpo/nodeagent/tracker"
 )
@@ -434,39 +434,10 @@ func (a *Agent) clearStaleUDP(ctx context.Context, snap *model.Snapshot) {
 
 // nodeInfo is what backends need of the node: node-port addresses and cluster CIDRs.
 func (a *Agent) nodeInfo() model.NodeInfo {
-	info := model.NodeInfo{Name: a.opts.NodeName, ClusterCIDRs: map[model.Family][]netip.Prefix{}}
 	a.nodeMu.Lock()
 	node := a.node
 	a.nodeMu.Unlock()
-	cfg := a.opts.Config
-	cidrs := cfg.ClusterCIDRs
-	switch cfg.DetectLocalMode {
-	case kpov1.DetectLocalNodeCIDR:
-		// This node's pod ranges (kube-proxy waits for them to be set).
-		cidrs = nil
-		if node != nil {
-			for _, c := range node.Spec.PodCIDRs {
-				cidrs = append(cidrs, kpov1.CIDR(c))
-			}
-		}
-	case kpov1.DetectLocalBridgeInterface:
-		cidrs, info.LocalInterface = nil, cfg.DetectLocal.BridgeInterface
-	case kpov1.DetectLocalInterfaceNamePrefix:
-		cidrs, info.LocalInterface, info.LocalInterfacePrefix = nil, cfg.DetectLocal.InterfaceNamePrefix, true
-	}
-	for _, c := range cidrs {
-		if p, err := netip.ParsePrefix(string(c)); err == nil {
-			f := model.FamilyOf(p.Addr())
-			info.ClusterCIDRs[f] = append(info.ClusterCIDRs[f], p.Masked())
-		}
-	}
-	var setting []string
-	for _, npa := range cfg.NodePortAddresses {
-		setting = append(setting, string(npa))
-	}
-	info.NodePortIPs = nodeports.Resolve(setting, cfg.Mode, node, localAddrs())
-	info.ServiceCIDRs = a.serviceCIDRs.prefixes()
-	return info
+	return nodeinfo.Resolve(a.opts.Config, a.opts.NodeName, node, localAddrs(), a.serviceCIDRs.prefixes())
 }
 
 // localAddrs are the addresses of the node's interfaces (the agent runs in
