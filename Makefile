@@ -10,6 +10,12 @@ SHELL := /usr/bin/env bash -o pipefail
 IMG ?= kpo:dev
 AGENT_IMG ?= $(IMG)
 
+# The version stamped into the binaries (--version, the agents' agentVersion,
+# User-Agents) and the images' labels; `make release VERSION=v0.1.0` sets it.
+VERSION ?= dev
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+LDFLAGS := -X kpo.dev/kpo/version.Version=$(VERSION) -X kpo.dev/kpo/version.Commit=$(COMMIT)
+
 # Tool versions are pinned here and nowhere else.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.2
@@ -67,7 +73,7 @@ lint: $(GOLANGCI_LINT) ## golangci-lint.
 
 .PHONY: build
 build: ## Build the operator and node-agent binaries into bin/.
-	CGO_ENABLED=0 go build -o $(LOCALBIN)/ ./cmd/...
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ ./cmd/...
 
 # The tests need these (kube-scheduler, kubelet: the local cluster; kube-proxy: the migration test and the benchmarks).
 TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager kube-scheduler kube-proxy kubelet
@@ -82,11 +88,11 @@ containerd: ## Build containerd, its runc shim and ctr (the local cluster's runt
 
 .PHONY: images
 images: deps ## Build kpo's images without a container engine: OCI layouts for linux/amd64 and arm64 in bin/images (digests.txt, package lists).
-	go run ./hack/mkimages -out $(LOCALBIN)/images $(IMAGES_FLAGS)
+	go run ./hack/mkimages -out $(LOCALBIN)/images -version $(VERSION) -commit "$(COMMIT)" $(IMAGES_FLAGS)
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine; GO_IMAGE/BASE_IMAGE pin the bases by digest).
-	docker build -t $(IMG) $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
+	docker build -t $(IMG) --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
 
 .PHONY: docker-push
 docker-push: ## Push the container image.

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"net"
 	"os"
 
@@ -18,6 +19,7 @@ import (
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/controllers"
 	"kpo.dev/kpo/controllers/imagepolicy"
+	"kpo.dev/kpo/version"
 )
 
 func main() {
@@ -36,9 +38,14 @@ func main() {
 		podName = flag.String("pod-name", os.Getenv("POD_NAME"),
 			"the operator's own pod, read once to pin --agent-image by the digest the operator runs (empty: no pinning)")
 	)
+	printVersion := flag.Bool("version", false, "print the version and exit")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	if *printVersion {
+		fmt.Println(version.String("kpo-operator"))
+		return
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	setupLog := ctrl.Log.WithName("setup")
 
@@ -86,7 +93,7 @@ func main() {
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
 
-	setupLog.Info("starting", "namespace", *namespace, "agentImage", policy.Default(), "allowedAgentImages", policy.Entries())
+	setupLog.Info("starting", "version", version.Get(), "commit", version.Revision(), "namespace", *namespace, "agentImage", policy.Default(), "allowedAgentImages", policy.Entries())
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		setupLog.Error(err, "manager stopped")
 		os.Exit(1)

@@ -37,10 +37,12 @@ import (
 	"kpo.dev/kpo/nodeagent/nodeports"
 	"kpo.dev/kpo/nodeagent/runner"
 	"kpo.dev/kpo/nodeagent/tracker"
+	"kpo.dev/kpo/version"
 )
 
-// Version is the agent's version, reported in its ProxyNodeStatus.
-var Version = "dev"
+// Version is the agent's version, reported in its ProxyNodeStatus
+// (agentVersion) and its User-Agent: the build's stamp (package version).
+var Version = version.Get()
 
 // Options configure an Agent.
 type Options struct {
