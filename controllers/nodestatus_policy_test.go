@@ -136,22 +136,7 @@ func TestAgentsWriteOnlyTheirOwnNodeStatus(t *testing.T) {
 	pc := createConfig(t, sel, sel, nil)
 	pc = getConfig(t, pc.Name)
 	sa := render.AgentName(pc)
-	// The suite's operator renders the ServiceAccount and binds kpo-agent to it.
-	apiserver.Eventually(t, wait, func() error {
-		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: testNamespace, Name: sa}, &corev1.ServiceAccount{}); err != nil {
-			return err
-		}
-		b := &rbacv1.ClusterRoleBinding{}
-		if err := k8s.Get(testCtx, types.NamespacedName{Name: render.AgentBindingName}, b); err != nil {
-			return err
-		}
-		for _, s := range b.Subjects {
-			if s.Name == sa {
-				return nil
-			}
-		}
-		return fmt.Errorf("the agents' binding does not name %s yet", sa)
-	})
+	waitForAgentAccount(t, sa)
 	for _, n := range []*corev1.Node{n1, n2} {
 		pns := &kpov1.ProxyNodeStatus{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
 		t.Cleanup(func() { _ = k8s.Delete(testCtx, pns) })
@@ -194,16 +179,7 @@ func TestAgentsWriteOnlyTheirOwnNodeStatus(t *testing.T) {
 	next := createConfig(t, sel+"-next", sel+"-nothing", nil)
 	next = getConfig(t, next.Name)
 	saNext := render.AgentName(next)
-	apiserver.Eventually(t, wait, func() error {
-		b := &rbacv1.ClusterRoleBinding{}
-		if err := k8s.Get(testCtx, types.NamespacedName{Name: render.AgentBindingName}, b); err != nil {
-			return err
-		}
-		if !slices.ContainsFunc(b.Subjects, func(s rbacv1.Subject) bool { return s.Name == saNext }) {
-			return fmt.Errorf("the agents' binding does not name %s yet", saNext)
-		}
-		return nil
-	})
+	waitForAgentAccount(t, saNext)
 	agentNext := clientFor(t, tokenConfig(t, testNamespace, saNext, agentPod(t, saNext, n1.Name)))
 	if err := agentReport(agentNext, n1.Name, n1, agentNodeReport(next, kpov1.NodeReasonSynced)); err != nil {
 		t.Errorf("the successor's agent on %s taking the report over: %v", n1.Name, err)
@@ -288,4 +264,24 @@ func hasNodeReason(pns *kpov1.ProxyNodeStatus, reason string) error {
 		}
 	}
 	return fmt.Errorf("no Synced condition in %+v", pns.Status.Conditions)
+}
+
+// waitForAgentAccount waits until the suite's operator has rendered the
+// agents' ServiceAccount sa and bound kpo-agent to it: the binding may name
+// the account before the account exists, and a token needs both.
+func waitForAgentAccount(t *testing.T, sa string) {
+	t.Helper()
+	apiserver.Eventually(t, wait, func() error {
+		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: testNamespace, Name: sa}, &corev1.ServiceAccount{}); err != nil {
+			return err
+		}
+		b := &rbacv1.ClusterRoleBinding{}
+		if err := k8s.Get(testCtx, types.NamespacedName{Name: render.AgentBindingName}, b); err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(b.Subjects, func(s rbacv1.Subject) bool { return s.Name == sa }) {
+			return fmt.Errorf("the agents' binding does not name %s yet", sa)
+		}
+		return nil
+	})
 }
