@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
 
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -153,7 +154,7 @@ func (a *Agent) serve(ctx context.Context) error {
 	}
 	metricsAddr := a.opts.MetricsBindAddress
 	if metricsAddr == "" {
-		metricsAddr = "127.0.0.1:" + strconv.Itoa(int(a.opts.Config.MetricsPort))
+		metricsAddr = metricsAddress(&a.opts.Config.ProxySettings)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/healthz", a.health.serveHTTP(true))
@@ -168,6 +169,16 @@ func (a *Agent) serve(ctx context.Context) error {
 		return fmt.Errorf("metrics server: %w", err)
 	}
 	return nil
+}
+
+// metricsAddress is where /metrics listens: spec.metricsBindAddress
+// (127.0.0.1 unless set, as kube-proxy's metricsBindAddress) and metricsPort.
+func metricsAddress(s *kpov1.ProxySettings) string {
+	host := s.MetricsBindAddress
+	if host == "" {
+		host = kpov1.DefaultMetricsBindAddress
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(s.MetricsPort)))
 }
 
 func listenAndServe(ctx context.Context, addr string, h http.Handler) error {
