@@ -20,6 +20,7 @@ LDFLAGS := -X kpo.dev/kpo/version.Version=$(VERSION) -X kpo.dev/kpo/version.Comm
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.2
 GOLANGCI_LINT_VERSION ?= v2.15.0
+HELM_VERSION ?= v3.22.0
 # Kubernetes release the tests run against (see hack/tools/go.mod).
 K8S_VERSION ?= v1.37.1
 # The local cluster's container runtime (hack/build-containerd.sh; hack/cluster pins the same).
@@ -30,6 +31,7 @@ K8S_BIN := $(LOCALBIN)/k8s-$(K8S_VERSION)
 CONTROLLER_GEN := $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE := $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 GOLANGCI_LINT := $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM := $(LOCALBIN)/helm-$(HELM_VERSION)
 
 export KPO_K8S_BIN := $(K8S_BIN)
 # envtest finds kube-apiserver and etcd here.
@@ -54,8 +56,12 @@ verify-modules: ## Check the module cache's dependencies against go.sum (go mod 
 	go mod verify
 
 .PHONY: verify-generated
-verify-generated: manifests generate ## Fail when committed generated files are stale.
-	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make manifests generate' and commit"; exit 1; }
+verify-generated: manifests generate chart ## Fail when committed generated files are stale.
+	@git diff --exit-code -- api config charts || { echo "generated files are stale: run 'make manifests generate chart' and commit"; exit 1; }
+
+.PHONY: chart
+chart: k8s-binaries ## Regenerate the Helm chart's generated files (crds/, RBAC, admission policy) from config/.
+	go run ./hack/mkrelease -chart-only -kubectl $(K8S_BIN)/kubectl
 
 .PHONY: fmt
 fmt: ## gofmt the tree.
@@ -98,6 +104,21 @@ docker-build: ## Build the container image (needs a Docker engine; GO_IMAGE/BASE
 docker-push: ## Push the container image.
 	docker push $(IMG)
 
+##@ Release
+
+# The image's repository in the release: the operator runs, and hands the
+# agents, $(IMAGE_REPO)@<digest of bin/images> (push the OCI layout
+# bin/images/kpo there, e.g. with crane or skopeo, under that digest).
+IMAGE_REPO ?= kpo
+
+.PHONY: release
+release: k8s-binaries images $(HELM) ## make release VERSION=v0.1.0 [IMAGE_REPO=registry/kpo]: dist/install.yaml (operator pinned by digest) and the Helm chart dist/kpo-<version>.tgz.
+	@[ "$(VERSION)" != dev ] || { echo "set the version: make release VERSION=v0.1.0"; exit 1; }
+	go run ./hack/mkrelease -version $(VERSION) -image $(IMAGE_REPO) -kubectl $(K8S_BIN)/kubectl \
+		-digests $(LOCALBIN)/images/digests.txt -out dist -chart charts/kpo
+	$(HELM) lint dist/chart/kpo
+	$(HELM) package dist/chart/kpo --version $(patsubst v%,%,$(VERSION)) --app-version $(VERSION) -d dist
+
 ##@ Demo
 
 .PHONY: deps
@@ -111,7 +132,7 @@ demo: deps k8s-binaries containerd images ## A 3-node local cluster (kubelet + c
 ##@ Test
 
 .PHONY: test
-test: deps verify-modules verify-generated vet lint k8s-binaries containerd images ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
+test: deps verify-modules verify-generated vet lint k8s-binaries containerd images $(HELM) ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
 	@rm -f $(LOCALBIN)/conformance.log
 	go test ./... -count=1 -timeout 20m 2>&1 | tee $(LOCALBIN)/test.log
 	@cat $(LOCALBIN)/conformance.log 2>/dev/null || true
@@ -210,6 +231,13 @@ $(CONTROLLER_GEN):
 $(KUSTOMIZE):
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 	mv $(LOCALBIN)/kustomize $@
+
+.PHONY: helm
+helm: $(HELM) ## Install helm (the release test renders the chart with it).
+
+$(HELM):
+	GOBIN=$(LOCALBIN) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(LOCALBIN)/helm $@
 
 $(GOLANGCI_LINT):
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -30,7 +29,9 @@ func main() {
 		probeAddr   = flag.String("health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 		leaderElect = flag.Bool("leader-elect", false, "elect a leader, so that only one replica reconciles")
 		apiServer   = flag.String("agent-kube-apiserver", os.Getenv("KPO_AGENT_KUBE_APISERVER"),
-			"host:port of the API server for the agents (needed when no other proxy serves the kubernetes Service)")
+			"host:port of the API server for the agents (default: --kube-apiserver, else discovered from the kubernetes Service's EndpointSlice)")
+		ownAPIServer = flag.String("kube-apiserver", os.Getenv("KPO_KUBE_APISERVER"),
+			"host:port of the API server for the operator itself (default: in-cluster; needed only while nothing serves the kubernetes Service)")
 		imageAllow = flag.String("agent-image-allow", os.Getenv("KPO_AGENT_IMAGE_ALLOW"),
 			"comma-separated images the agents may run besides --agent-image, which run privileged as root on every selected node: "+
 				"sha256:<digest>, an exact reference (repo:tag or repo@sha256:...), a repository (any tag or digest), "+
@@ -53,7 +54,12 @@ func main() {
 	must(clientgoscheme.AddToScheme(scheme))
 	must(kpov1.AddToScheme(scheme))
 
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	restCfg, err := restConfig(*ownAPIServer)
+	if err != nil {
+		setupLog.Error(err, "the API server connection")
+		os.Exit(1)
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
 		HealthProbeBindAddress: *probeAddr,
@@ -65,12 +71,10 @@ func main() {
 		setupLog.Error(err, "creating manager")
 		os.Exit(1)
 	}
-	var apiHost, apiPort string
-	if *apiServer != "" {
-		if apiHost, apiPort, err = net.SplitHostPort(*apiServer); err != nil {
-			setupLog.Error(err, "--agent-kube-apiserver must be host:port")
-			os.Exit(1)
-		}
+	apiHost, apiPort, err := agentAPIServer(context.Background(), setupLog, mgr.GetAPIReader(), *apiServer, *ownAPIServer)
+	if err != nil {
+		setupLog.Error(err, "--agent-kube-apiserver")
+		os.Exit(1)
 	}
 	pinned := pinnedOwnImage(ctrl.LoggerInto(context.Background(), setupLog), mgr.GetAPIReader(), *namespace, *podName, *agentImage)
 	policy, err := imagepolicy.New(*agentImage, pinned, splitList(*imageAllow))
