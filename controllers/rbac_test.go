@@ -160,6 +160,11 @@ func TestOperatorAccessReviews(t *testing.T) {
 		{verb: "patch", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings", name: render.AgentBindingName},
 		{verb: "create", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings", name: render.AgentBindingName},
 		{verb: "watch", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings", name: render.AgentBindingName},
+		// The API server's own address for the agents (controllers/apiserveraddr).
+		{verb: "get", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default", name: "kubernetes"},
+		// Events on ProxyConfigurations (cluster-scoped: they land in default).
+		{verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"},
+		{verb: "patch", group: "events.k8s.io", resource: "events", namespace: "default"},
 	}
 	denials := []access{
 		// Outside its namespace.
@@ -171,7 +176,20 @@ func TestOperatorAccessReviews(t *testing.T) {
 		{verb: "create", resource: "serviceaccounts", namespace: "kube-system"},
 		{verb: "list", resource: "configmaps"},
 		{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: "kube-system"},
-		{verb: "create", resource: "events", namespace: "default"},
+		// In default: that one EndpointSlice, read, and events, written; nothing else.
+		{verb: "list", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default"},
+		{verb: "watch", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default"},
+		{verb: "get", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default", name: "other"},
+		{verb: "update", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default", name: "kubernetes"},
+		{verb: "get", group: "discovery.k8s.io", resource: "endpointslices", namespace: "kube-system", name: "kubernetes"},
+		{verb: "list", group: "discovery.k8s.io", resource: "endpointslices"},
+		{verb: "create", group: "events.k8s.io", resource: "events", namespace: "kube-system"},
+		{verb: "create", resource: "events", namespace: "default"}, // the core group's: the recorder writes events.k8s.io
+		{verb: "delete", group: "events.k8s.io", resource: "events", namespace: "default"},
+		{verb: "list", group: "events.k8s.io", resource: "events", namespace: "default"},
+		{verb: "get", resource: "services", namespace: "default", name: "kubernetes"},
+		{verb: "get", resource: "secrets", namespace: "default"},
+		{verb: "create", resource: "pods", namespace: "default"},
 		// Cluster roles and bindings: no write, no escalate, no other bind.
 		{verb: "update", group: "rbac.authorization.k8s.io", resource: "clusterroles"},
 		{verb: "update", group: "rbac.authorization.k8s.io", resource: "clusterroles", name: render.AgentClusterRoleName},
