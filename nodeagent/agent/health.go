@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -161,14 +162,25 @@ func (a *Agent) serve(ctx context.Context) error {
 	mux.Handle("/livez", a.health.serveHTTP(false))
 	mux.Handle(ReadyPath, a.health.readyHandler(time.Now))
 	if err := listenAndServe(ctx, healthz, mux); err != nil {
-		return fmt.Errorf("healthz server: %w", err)
+		return fmt.Errorf("healthz server: %w%s", err, portHint(err))
 	}
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
 	if err := listenAndServe(ctx, metricsAddr, metricsMux); err != nil {
-		return fmt.Errorf("metrics server: %w", err)
+		return fmt.Errorf("metrics server: %w%s", err, portHint(err))
 	}
 	return nil
+}
+
+// portHint explains a port held by another process: kpo's ports are
+// kube-proxy's (10256, 10249), so the usual holder is a kube-proxy still
+// running on the node.
+func portHint(err error) string {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return " (is kube-proxy still running on this node? remove its DaemonSet first, docs/install.md; " +
+			"or give the ProxyConfiguration other healthzPort/metricsPort)"
+	}
+	return ""
 }
 
 // metricsAddress is where /metrics listens: spec.metricsBindAddress

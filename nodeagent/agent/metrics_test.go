@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,5 +144,21 @@ func TestMetricsAsKubeProxy(t *testing.T) {
 	})
 	if sum := f[programming].GetMetric()[0].GetHistogram().GetSampleSum(); sum > 60 {
 		t.Errorf("programming latency %vs: not this change's", sum)
+	}
+}
+
+// TestPortHeldByKubeProxy: an agent whose port is taken (kube-proxy still
+// running) stops with an error that says what to do.
+func TestPortHeldByKubeProxy(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = held.Close() }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err = listenAndServe(ctx, held.Addr().String(), http.NewServeMux())
+	if err == nil || !strings.Contains(portHint(err), "kube-proxy") {
+		t.Errorf("error %v, hint %q", err, portHint(err))
 	}
 }
