@@ -116,7 +116,7 @@ release: k8s-binaries images $(HELM) ## make release VERSION=v0.1.0 [IMAGE_REPO=
 	@[ "$(VERSION)" != dev ] || { echo "set the version: make release VERSION=v0.1.0"; exit 1; }
 	go run ./hack/mkrelease -version $(VERSION) -image $(IMAGE_REPO) -kubectl $(K8S_BIN)/kubectl \
 		-digests $(LOCALBIN)/images/digests.txt -out dist -chart charts/kpo
-	$(HELM) lint dist/chart/kpo
+	$(HELM) lint dist/chart/kpo --namespace kpo-system
 	$(HELM) package dist/chart/kpo --version $(patsubst v%,%,$(VERSION)) --app-version $(VERSION) -d dist
 
 ##@ Demo
