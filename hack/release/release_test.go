@@ -201,3 +201,45 @@ func TestPinValues(t *testing.T) {
 		t.Error("no error for values without image")
 	}
 }
+
+// helmTemplate renders the chart with args.
+func helmTemplate(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(helm(t), append([]string{"template", "kpo", filepath.Join(apiserver.RepoRoot(), "charts", "kpo")}, args...)...)
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	err := cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	return out.String(), err
+}
+
+// TestChartValues: the documented values act, and a namespace other than
+// kpo-system is refused with a message saying which to use.
+func TestChartValues(t *testing.T) {
+	out, err := helmTemplate(t, "-n", Namespace, "--set", "kubeAPIServer=198.51.100.254:6443",
+		"--set", "agentKubeAPIServer=198.51.100.253:6443", "--set", "operator.metricsBindAddress=:8080",
+		"--set", "namespace.create=false", "--set", "image.repository=registry.example/kpo", "--set", "image.tag=v1.2.3",
+		"--set", "agentImageAllow=registry.example/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"name: KPO_KUBE_APISERVER\n              value: \"198.51.100.254:6443\"",
+		"name: KPO_AGENT_KUBE_APISERVER\n              value: \"198.51.100.253:6443\"",
+		"--metrics-bind-address=:8080",
+		"image: registry.example/kpo:v1.2.3",
+		"name: KPO_AGENT_IMAGE_ALLOW\n              value: \"registry.example/\"",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm template output lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "kind: Namespace") {
+		t.Error("namespace.create=false rendered the Namespace")
+	}
+	if _, err := helmTemplate(t, "-n", "other"); err == nil || !strings.Contains(err.Error(), "kpo installs into the namespace kpo-system only") {
+		t.Errorf("namespace other: %v", err)
+	}
+}
