@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -40,6 +41,8 @@ func main() {
 			"the operator's own pod, read once to pin --agent-image by the digest the operator runs (empty: no pinning)")
 	)
 	printVersion := flag.Bool("version", false, "print the version and exit")
+	uninstallMode := flag.Bool("uninstall", false, "delete every ProxyConfiguration, wait until their agents have cleaned the nodes, and exit (the Helm chart's pre-delete hook)")
+	uninstallTimeout := flag.Duration("uninstall-timeout", 5*time.Minute, "how long --uninstall waits")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -58,6 +61,13 @@ func main() {
 	if err != nil {
 		setupLog.Error(err, "the API server connection")
 		os.Exit(1)
+	}
+	if *uninstallMode {
+		if err := uninstall(ctrl.SetupSignalHandler(), setupLog, restCfg, scheme, *uninstallTimeout); err != nil {
+			setupLog.Error(err, "uninstall")
+			os.Exit(1)
+		}
+		return
 	}
 	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                 scheme,

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -164,10 +165,27 @@ func TestBundleAppliesToAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromChart, err := decode(chart.Bytes())
+	rendered, err := decode(chart.Bytes())
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The uninstall hook is the chart's own (install.yaml's uninstall is
+	// `make undeploy`'s order, docs/install.md).
+	var fromChart []*unstructured.Unstructured
+	hooks := 0
+	for _, o := range rendered {
+		if o.GetAnnotations()["helm.sh/hook"] == "pre-delete" {
+			hooks++
+			continue
+		}
+		fromChart = append(fromChart, o)
+	}
+	if hooks != 6 {
+		t.Errorf("%d pre-delete hook objects, want the uninstall Job and its ServiceAccount and RBAC (6)", hooks)
+	}
+	// Helm keeps its release in the namespace, so it must exist before the
+	// chart installs: the chart has none (docs/install.md creates it).
+	fromInstall = slices.DeleteFunc(fromInstall, func(o *unstructured.Unstructured) bool { return o.GetKind() == "Namespace" })
 	if len(fromChart) != len(fromInstall) {
 		t.Errorf("the chart renders %d objects, install.yaml %d", len(fromChart), len(fromInstall))
 	}
@@ -220,7 +238,7 @@ func helmTemplate(t *testing.T, args ...string) (string, error) {
 func TestChartValues(t *testing.T) {
 	out, err := helmTemplate(t, "-n", Namespace, "--set", "kubeAPIServer=198.51.100.254:6443",
 		"--set", "agentKubeAPIServer=198.51.100.253:6443", "--set", "operator.metricsBindAddress=:8080",
-		"--set", "namespace.create=false", "--set", "image.repository=registry.example/kpo", "--set", "image.tag=v1.2.3",
+		"--set", "image.repository=registry.example/kpo", "--set", "image.tag=v1.2.3",
 		"--set", "agentImageAllow=registry.example/")
 	if err != nil {
 		t.Fatal(err)
@@ -237,7 +255,7 @@ func TestChartValues(t *testing.T) {
 		}
 	}
 	if strings.Contains(out, "kind: Namespace") {
-		t.Error("namespace.create=false rendered the Namespace")
+		t.Error("the chart renders a Namespace, which helm install cannot own (it keeps the release there)")
 	}
 	if _, err := helmTemplate(t, "-n", "other"); err == nil || !strings.Contains(err.Error(), "kpo installs into the namespace kpo-system only") {
 		t.Errorf("namespace other: %v", err)
