@@ -161,7 +161,7 @@ func pinOperator(d *unstructured.Unstructured, o Options) error {
 		pinned = true
 	}
 	if !pinned {
-		return fmt.Errorf("Deployment %s has no container %q", OperatorDeployment, operatorContainer)
+		return fmt.Errorf("the operator Deployment %s has no container %q", OperatorDeployment, operatorContainer)
 	}
 	return unstructured.SetNestedSlice(d.Object, containers, "spec", "template", "spec", "containers")
 }
