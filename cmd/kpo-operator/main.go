@@ -30,7 +30,7 @@ func main() {
 		probeAddr   = flag.String("health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 		leaderElect = flag.Bool("leader-elect", false, "elect a leader, so that only one replica reconciles")
 		apiServer   = flag.String("agent-kube-apiserver", os.Getenv("KPO_AGENT_KUBE_APISERVER"),
-			"host:port of the API server for the agents (default: --kube-apiserver, else discovered from the kubernetes Service's EndpointSlice)")
+			"host:port of the API server for the agents (default: discovered from the kubernetes Service's EndpointSlice, else --kube-apiserver)")
 		ownAPIServer = flag.String("kube-apiserver", os.Getenv("KPO_KUBE_APISERVER"),
 			"host:port of the API server for the operator itself (default: in-cluster; needed only while nothing serves the kubernetes Service)")
 		imageAllow = flag.String("agent-image-allow", os.Getenv("KPO_AGENT_IMAGE_ALLOW"),

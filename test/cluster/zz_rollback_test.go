@@ -82,6 +82,12 @@ func checkInstallation(t *testing.T, c *cluster.Cluster) {
 	if env["KUBERNETES_SERVICE_HOST"] != "198.51.100.254" || env["KUBERNETES_SERVICE_PORT"] != "6443" {
 		t.Errorf("the agents' API server address %v, want the discovered 198.51.100.254:6443", env)
 	}
+	// Discovered from the kubernetes EndpointSlice, not the operator's own
+	// --kube-apiserver (which this cluster sets too).
+	if logs, err := c.Kubectl(ctx, nil, "-n", "kpo-system", "logs", "deploy/kpo-operator"); err != nil ||
+		!strings.Contains(logs, "discovered the API server's address for the agents") {
+		t.Errorf("the operator did not discover the agents' API server address (%v):\n%s", err, tailOf(logs, 2000))
+	}
 	// The agent's metrics, on the node (127.0.0.1, the default bind address).
 	out, err := c.Nodes[0].NS.Run("curl", "-sf", "http://127.0.0.1:10249/metrics")
 	if err != nil {
