@@ -56,7 +56,7 @@ type ProxyConfigurationReconciler struct {
 	APIServerHost, APIServerPort string
 	// Clock stamps condition transitions; tests may replace it.
 	Clock clock.PassiveClock
-	// Recorder records events (a deletion that gave up on some nodes); the
+	// Recorder records events (rolls, degradation, cleanup: events.go); the
 	// manager's when nil.
 	Recorder events.EventRecorder
 }
@@ -117,6 +117,7 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 	if !equality.Semantic.DeepEqual(status, pc.Status) {
 		// An update, not a merge patch: zero counts must be written out, not omitted
 		// as "unchanged". The resourceVersion makes it fail on a concurrent change.
+		old := pc.Status.Conditions
 		pc.Status = status
 		if err := r.Status().Update(ctx, pc); err != nil {
 			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
@@ -125,6 +126,7 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 			}
 			return reconcile.Result{}, fmt.Errorf("updating status: %w", err)
 		}
+		r.recordTransitions(pc, old) // only once the status that says it is written
 	}
 	// An apply error is returned so that the request is retried with backoff.
 	return reconcile.Result{}, applyErr

@@ -160,6 +160,11 @@ func TestOperatorAccessReviews(t *testing.T) {
 		{verb: "patch", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings", name: render.AgentBindingName},
 		{verb: "create", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings", name: render.AgentBindingName},
 		{verb: "watch", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings", name: render.AgentBindingName},
+		// The API server's own address for the agents (controllers/apiserveraddr).
+		{verb: "get", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default", name: "kubernetes"},
+		// Events on ProxyConfigurations (cluster-scoped: they land in default).
+		{verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"},
+		{verb: "patch", group: "events.k8s.io", resource: "events", namespace: "default"},
 	}
 	denials := []access{
 		// Outside its namespace.
@@ -171,7 +176,20 @@ func TestOperatorAccessReviews(t *testing.T) {
 		{verb: "create", resource: "serviceaccounts", namespace: "kube-system"},
 		{verb: "list", resource: "configmaps"},
 		{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: "kube-system"},
-		{verb: "create", resource: "events", namespace: "default"},
+		// In default: that one EndpointSlice, read, and events, written; nothing else.
+		{verb: "list", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default"},
+		{verb: "watch", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default"},
+		{verb: "get", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default", name: "other"},
+		{verb: "update", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default", name: "kubernetes"},
+		{verb: "get", group: "discovery.k8s.io", resource: "endpointslices", namespace: "kube-system", name: "kubernetes"},
+		{verb: "list", group: "discovery.k8s.io", resource: "endpointslices"},
+		{verb: "create", group: "events.k8s.io", resource: "events", namespace: "kube-system"},
+		{verb: "create", resource: "events", namespace: "default"}, // the core group's: the recorder writes events.k8s.io
+		{verb: "delete", group: "events.k8s.io", resource: "events", namespace: "default"},
+		{verb: "list", group: "events.k8s.io", resource: "events", namespace: "default"},
+		{verb: "get", resource: "services", namespace: "default", name: "kubernetes"},
+		{verb: "get", resource: "secrets", namespace: "default"},
+		{verb: "create", resource: "pods", namespace: "default"},
 		// Cluster roles and bindings: no write, no escalate, no other bind.
 		{verb: "update", group: "rbac.authorization.k8s.io", resource: "clusterroles"},
 		{verb: "update", group: "rbac.authorization.k8s.io", resource: "clusterroles", name: render.AgentClusterRoleName},
@@ -285,13 +303,15 @@ func TestOperatorTokenIsRefused(t *testing.T) {
 func TestOperatorCanIList(t *testing.T) {
 	needAPIServer(t)
 	installShipped(t, "rbac")
-	for _, ns := range []string{metav1.NamespaceDefault, testNamespace} {
+	// kube-public holds no kpo Role: its list is the cluster-wide rules alone.
+	// default adds the operator's Role there, whose only writes are Events.
+	for _, ns := range []string{metav1.NamespacePublic, metav1.NamespaceDefault, testNamespace} {
 		out, err := env.Kubectl(testCtx, nil, "auth", "can-i", "--list", "--as="+operatorUser, "-n", ns)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("kubectl auth can-i --list --as=%s -n %s\n%s", operatorUser, ns, out)
-		if ns != metav1.NamespaceDefault {
+		if ns == testNamespace {
 			continue
 		}
 		writes := []string{"create", "update", "patch", "delete", "deletecollection", "*", "escalate", "bind", "impersonate"}
@@ -314,6 +334,7 @@ func TestOperatorCanIList(t *testing.T) {
 			case resource == "clusterrolebindings.rbac.authorization.k8s.io" && strings.Contains(names, "["+render.AgentBindingName+"]"):
 			case resource == "clusterroles.rbac.authorization.k8s.io" && strings.Contains(names, "["+render.AgentClusterRoleName+"]") &&
 				slices.Equal(verbs, []string{"bind"}):
+			case ns == metav1.NamespaceDefault && resource == "events.events.k8s.io" && slices.Equal(verbs, []string{"create", "patch"}):
 			// Every authenticated user's (system:basic-user etc.): reviews of its own access.
 			case strings.HasSuffix(resource, ".authorization.k8s.io") && strings.Contains(resource, "selfsubject"),
 				strings.HasSuffix(resource, ".authentication.k8s.io") && strings.Contains(resource, "selfsubject"):

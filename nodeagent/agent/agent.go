@@ -37,10 +37,12 @@ import (
 	"kpo.dev/kpo/nodeagent/nodeinfo"
 	"kpo.dev/kpo/nodeagent/runner"
 	"kpo.dev/kpo/nodeagent/tracker"
+	"kpo.dev/kpo/version"
 )
 
-// Version is the agent's version, reported in its ProxyNodeStatus.
-var Version = "dev"
+// Version is the agent's version, reported in its ProxyNodeStatus
+// (agentVersion) and its User-Agent: the build's stamp (package version).
+var Version = version.Get()
 
 // Options configure an Agent.
 type Options struct {
@@ -146,14 +148,16 @@ func New(opts Options) (*Agent, error) {
 	a.hc = newHealthCheckServers(func() bool { ok, _ := a.health.fresh(time.Now()); return ok })
 	a.serviceCIDRs.byName = map[string][]string{}
 	a.tracker = tracker.New(model.NodeContext{Name: opts.NodeName}, func() {
-		a.health.queued(time.Now())
-		a.metrics.pending.Set(float64(a.tracker.Pending()))
+		now := time.Now()
+		a.health.queued(now)
+		a.metrics.queued(now, a.tracker.Stats())
 		a.runner.Trigger()
 	})
 	a.runner = runner.New(a.sync, minSync, syncPeriod, max(syncPeriod, 30*time.Second), nil)
 	a.status = newStatusReporter(opts.Client, opts.NodeName, cfg, be.Mode())
 	a.status.health = a.health
 	a.status.report.Conntrack = opts.ConntrackSysctls
+	a.metrics.setInfo(Version, cfg.ConfigurationName, string(cfg.Mode), string(be.Mode()))
 	return a, nil
 }
 
@@ -275,7 +279,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	snap, change := a.tracker.Snapshot()
 	snap.Node = a.nodeInfo()
 	a.reportRejections(logger, change)
-	a.metrics.pending.Set(0)
+	a.metrics.setChanges(a.tracker.Stats())
 	// The node's settings (pod CIDRs, NodePort addresses) shape every
 	// service's rules: a change of them is a full sync.
 	full = full || a.last == nil || !a.last.Node.Equal(snap.Node)
@@ -375,6 +379,7 @@ func (a *Agent) fallBack(ctx context.Context, unavailable error) {
 	logger.Info("keeping the previous mode's rules synced until the configured mode can run",
 		"configured", a.backend.Mode(), "active", previous)
 	a.status.fallBack(previous, unavailable)
+	a.metrics.setInfo(Version, a.opts.Config.ConfigurationName, string(a.opts.Config.Mode), string(previous))
 	a.backend = b
 }
 
