@@ -83,7 +83,8 @@ func writeResult(t *testing.T, r Result) {
 }
 
 // configFromEnv: KPO_SCALE_NODES (the size; unset: the CI slice),
-// KPO_SCALE_STEADY (the steady window), KPO_SCALE_MAX_UNAVAILABLE.
+// KPO_SCALE_STEADY (the steady window), KPO_SCALE_LEASE_RENEW,
+// KPO_SCALE_MAX_UNAVAILABLE.
 func configFromEnv(t *testing.T) (Config, bool) {
 	cfg := Config{
 		Nodes:   100,
@@ -119,6 +120,15 @@ func configFromEnv(t *testing.T) (Config, bool) {
 			t.Fatalf("KPO_SCALE_STEADY: %v", err)
 		}
 		cfg.Steady = d
+	}
+	if v := os.Getenv("KPO_SCALE_LEASE_RENEW"); v != "" {
+		// A longer renewal than the kubelet's, for a machine that cannot
+		// take N/10 s Lease updates next to the rest; the duration stays 4×.
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second {
+			t.Fatalf("KPO_SCALE_LEASE_RENEW=%q: want a duration ≥ 1s", v)
+		}
+		cfg.LeaseRenew, cfg.LeaseDuration = d, int32(4*d/time.Second)
 	}
 	if v := os.Getenv("KPO_SCALE_MAX_UNAVAILABLE"); v != "" {
 		cfg.MaxUnavailable = intstr.Parse(v)
