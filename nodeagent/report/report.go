@@ -357,7 +357,8 @@ func (r *Reporter) takeIfDue() (kpov1.ProxyNodeReport, types.UID, bool) {
 		return kpov1.ProxyNodeReport{}, "", false
 	}
 	heartbeat := !r.nextHeartbeat.IsZero() && !now.Before(r.nextHeartbeat)
-	if !heartbeat && !(r.changed && r.changes.AllowN(now, 1)) {
+	// A change spends a token of the change rate; a heartbeat does not.
+	if !heartbeat && (!r.changed || !r.changes.AllowN(now, 1)) {
 		return kpov1.ProxyNodeReport{}, "", false
 	}
 	r.changed = false

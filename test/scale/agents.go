@@ -138,16 +138,6 @@ func (a *agent) step(ctx context.Context, now time.Time) (bool, error) {
 	return r.WriteIfDue(ctx)
 }
 
-// writes is how many reports the agent's current reporter wrote.
-func (a *agent) writes() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.reporter == nil {
-		return 0
-	}
-	return a.reporter.Writes()
-}
-
 // fleet drives every simulated agent once per report.Tick from a pool of
 // workers, as N agents' reporters would each on their own.
 type fleet struct {

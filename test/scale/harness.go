@@ -433,7 +433,7 @@ func (h *Harness) MassFailure() error {
 			_, _ = fmt.Sscanf(c.Message, "%d node(s) failing", &failing)
 		}
 		if failing < want {
-			return fmt.Errorf("Degraded %+v, want %d nodes failing", c, want)
+			return fmt.Errorf("condition Degraded %+v, want %d nodes failing", c, want)
 		}
 		h.Result.StatusBytesMassFailure = statusBytes(st)
 		h.Result.MassFailureNamed = len(st.FailingNodes)
