@@ -164,6 +164,17 @@ soak: deps k8s-binaries ## Churn at 5,000 Services for 30 minutes, nftables and 
 		| tee $(LOCALBIN)/soak-test.log | grep --line-buffered -Ev '^ +[IEW][0-9]{4} '
 	@echo "full log: $(LOCALBIN)/soak-test.log; samples: $(LOCALBIN)/soak-samples.csv; heap profiles: $(LOCALBIN)/soak-*.heap"
 
+# The scale harness: SCALE_NODES simulated nodes against a real API server and
+# the real operator (docs/scale.md). 1,000 takes about 10 minutes; 5,000 is
+# opt-in (SCALE_NODES=5000, about 20 minutes on 2 cores). `go test ./...` runs
+# a bounded 100-node slice.
+SCALE_NODES ?= 1000
+
+.PHONY: scale
+scale: k8s-binaries ## Measure the operator and the API server with SCALE_NODES (1,000) simulated nodes: figures in bin/scale-N.json (docs/scale.md).
+	KPO_SCALE_NODES=$(SCALE_NODES) KPO_SCALE_OUT=$(LOCALBIN)/scale-$(SCALE_NODES).json \
+		nice -n 5 go test ./test/scale/ -run 'TestScale$$' -count=1 -v -timeout 60m
+
 .PHONY: bench
 bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comparison section), docs/kube-proxy-comparison.md/.json (BENCH=full adds 5k×50).
 	KPO_BENCH_WRITE=1 $(if $(filter full,$(BENCH)),KPO_BENCH_LARGE=1) \

@@ -20,6 +20,7 @@ import (
 	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -156,6 +157,9 @@ func TestOperatorAccessReviews(t *testing.T) {
 		{verb: "patch", resource: "serviceaccounts", namespace: ns},
 		{verb: "get", resource: "pods", namespace: ns},
 		{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: ns},
+		// The node heartbeats, read only (the rollup's staleness, rollup.go).
+		{verb: "watch", group: "coordination.k8s.io", resource: "leases", namespace: NodeLeaseNamespace},
+		{verb: "list", group: "coordination.k8s.io", resource: "leases", namespace: NodeLeaseNamespace},
 		{verb: "bind", group: "rbac.authorization.k8s.io", resource: "clusterroles", name: render.AgentClusterRoleName},
 		{verb: "patch", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings", name: render.AgentBindingName},
 		{verb: "create", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings", name: render.AgentBindingName},
@@ -190,6 +194,9 @@ func TestOperatorAccessReviews(t *testing.T) {
 		{verb: "get", resource: "services", namespace: "default", name: "kubernetes"},
 		{verb: "get", resource: "secrets", namespace: "default"},
 		{verb: "create", resource: "pods", namespace: "default"},
+		{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: NodeLeaseNamespace},
+		{verb: "delete", group: "coordination.k8s.io", resource: "leases", namespace: NodeLeaseNamespace},
+		{verb: "list", group: "coordination.k8s.io", resource: "leases"},
 		// Cluster roles and bindings: no write, no escalate, no other bind.
 		{verb: "update", group: "rbac.authorization.k8s.io", resource: "clusterroles"},
 		{verb: "update", group: "rbac.authorization.k8s.io", resource: "clusterroles", name: render.AgentClusterRoleName},
@@ -361,7 +368,12 @@ func TestOperatorRBACIsSufficient(t *testing.T) {
 	r := &ProxyConfigurationReconciler{Client: restricted, Namespace: testNamespace, DefaultAgentImage: testAgentImage, Clock: clock.RealClock{}}
 	// The reconcile lists through the API server (no cache), which needs the
 	// field index as a selectable field: the CRD declares it.
-	if _, err := r.Reconcile(testCtx, reconcile.Request{NamespacedName: types.NamespacedName{Name: pc.Name}}); err != nil {
+	// The suite's operator writes the same object meanwhile (its finalizer,
+	// then its rollup's status): a conflict is retried, as the manager would.
+	if err := retry.OnError(retry.DefaultRetry, apierrors.IsConflict, func() error {
+		_, err := r.Reconcile(testCtx, reconcile.Request{NamespacedName: types.NamespacedName{Name: pc.Name}})
+		return err
+	}); err != nil {
 		t.Fatalf("reconcile with only the operator's shipped roles: %v", err)
 	}
 	name := render.AgentName(pc)

@@ -331,7 +331,7 @@ func TestKubectlShowsColumns(t *testing.T) {
 		[]string{"NAME", "MODE", "DESIRED", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "ACTIVE", "DEGRADED"},
 		[]string{"default", "nftables", "1", "1", "1", "True", "*", "nftables", "AsExpected"})
 	checkTable([]string{"get", "proxynodestatus"},
-		[]string{"NAME", "CONFIG", "MODE", "SYNCED", "SERVICES", "ENDPOINTS", "LAST-SYNC", "AGE"},
+		[]string{"NAME", "CONFIG", "MODE", "SYNCED", "SERVICES", "ENDPOINTS", "REPORTED", "AGE"},
 		[]string{sel + "-a", "default", "nftables", "True", "*", "*", "*", "*"})
 }
 

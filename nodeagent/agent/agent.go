@@ -35,6 +35,7 @@ import (
 	"kpo.dev/kpo/nodeagent/migrate"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/nodeinfo"
+	"kpo.dev/kpo/nodeagent/report"
 	"kpo.dev/kpo/nodeagent/runner"
 	"kpo.dev/kpo/nodeagent/tracker"
 	"kpo.dev/kpo/version"
@@ -90,7 +91,7 @@ type Agent struct {
 	runner  *runner.Runner
 	health  *healthState
 	metrics *metrics
-	status  *statusReporter
+	status  *report.Reporter
 	hc      *healthCheckServers
 
 	minSync, syncPeriod time.Duration
@@ -154,9 +155,11 @@ func New(opts Options) (*Agent, error) {
 		a.runner.Trigger()
 	})
 	a.runner = runner.New(a.sync, minSync, syncPeriod, max(syncPeriod, 30*time.Second), nil)
-	a.status = newStatusReporter(opts.Client, opts.NodeName, cfg, be.Mode())
-	a.status.health = a.health
-	a.status.report.Conntrack = opts.ConntrackSysctls
+	a.status = report.New(opts.Client, opts.NodeName, cfg, be.Mode(), report.Options{
+		Freshness: a.health.fresh, AgentVersion: Version})
+	if opts.ConntrackSysctls != nil {
+		a.status.SetConntrack(opts.ConntrackSysctls)
+	}
 	a.metrics.setInfo(Version, cfg.ConfigurationName, string(cfg.Mode), string(be.Mode()))
 	return a, nil
 }
@@ -166,7 +169,7 @@ func New(opts Options) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
 	if err := a.backend.Check(ctx); err != nil {
-		a.status.setUnavailable(err)
+		a.status.SetUnavailable(err)
 		logger.Error(err, "the kernel cannot run the configured mode", "mode", a.backend.Mode())
 		a.fallBack(ctx, err)
 	}
@@ -248,7 +251,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); a.status.run(ctx) }()
+	go func() { defer wg.Done(); a.status.Run(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); a.watchConfiguration(ctx) }()
 	a.runner.Loop(ctx)
@@ -261,7 +264,7 @@ func (a *Agent) setNode(n *corev1.Node) {
 	a.nodeMu.Lock()
 	a.node = n
 	a.nodeMu.Unlock()
-	a.status.setNode(n)
+	a.status.SetNode(n.UID)
 	a.health.setNodeDeleting(n.DeletionTimestamp != nil || hasTaint(n, "ToBeDeletedByClusterAutoscaler"))
 	a.tracker.SetNode(model.NodeContext{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]})
 }
@@ -297,9 +300,9 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 		a.metrics.syncFailures.Inc()
 		if errors.Is(err, backend.ErrUnavailable) {
 			// Not a bad rule set: this kernel cannot run the mode at all.
-			a.status.setUnavailable(err)
+			a.status.SetUnavailable(err)
 		} else {
-			a.status.syncFailed(err)
+			a.status.SyncFailed(err)
 		}
 		logger.Error(err, "sync failed; the previous rules stay in place", "full", full, "reason", reason.String())
 		return err
@@ -312,7 +315,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	a.metrics.observeSync(res.Full, elapsed, res.Rules, change.TriggerTimes)
 	a.health.synced(time.Now())
 	counts := snap.Count()
-	a.status.synced(time.Now(), elapsed, res.Full, counts, res.Rules)
+	a.status.Synced(time.Now(), elapsed, res.Full, counts, res.Rules)
 	a.hc.update(snap)
 	a.clearStaleUDP(ctx, snap)
 	a.resyncWhileDraining(res)
@@ -378,7 +381,7 @@ func (a *Agent) fallBack(ctx context.Context, unavailable error) {
 	}
 	logger.Info("keeping the previous mode's rules synced until the configured mode can run",
 		"configured", a.backend.Mode(), "active", previous)
-	a.status.fallBack(previous, unavailable)
+	a.status.FallBack(previous, unavailable)
 	a.metrics.setInfo(Version, a.opts.Config.ConfigurationName, string(a.opts.Config.Mode), string(previous))
 	a.backend = b
 }
