@@ -97,7 +97,7 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	restCfg.UserAgent = "kpo-agent/" + agent.Version
-	kube, err := kubernetes.NewForConfig(restCfg)
+	kube, err := kubernetes.NewForConfig(agent.ListWatchConfig(restCfg))
 	if err != nil {
 		return err
 	}

@@ -173,7 +173,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	resync := time.Duration(0)
 	svcFactory := informers.NewSharedInformerFactoryWithOptions(a.opts.Kube, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
-		informers.WithTransform(dropManagedFields))
+		informers.WithTransform(slimObject))
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(a.opts.Kube, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", a.opts.NodeName).String()
