@@ -53,6 +53,7 @@ func main() {
 }
 
 func run(ctx context.Context, f flags) error {
+	agent.StartCPUProfile()
 	data, err := os.ReadFile(f.configFile)
 	if err != nil && !f.cleanup {
 		return err

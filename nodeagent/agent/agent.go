@@ -330,6 +330,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 		// now rather than at the scavenger's pace: full syncs are rare (start,
 		// syncPeriod, after failures), and node memory is the cluster's.
 		debug.FreeOSMemory()
+		stopCPUProfile()
 		writeHeapProfile(logger)
 	}
 	logger.V(2).Info("synced", "full", res.Full, "reason", reason.String(), "servicePorts", counts.ServicePorts,
