@@ -103,4 +103,7 @@ func TestListWatchConfigIsProtobuf(t *testing.T) {
 	if c.ContentType != runtime.ContentTypeProtobuf || in.ContentType != "" {
 		t.Errorf("ContentType = %q (input %q), want protobuf on a copy", c.ContentType, in.ContentType)
 	}
+	if !c.DisableCompression || in.DisableCompression {
+		t.Errorf("DisableCompression = %v (input %v), want true on a copy", c.DisableCompression, in.DisableCompression)
+	}
 }
