@@ -352,7 +352,9 @@ func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 	} else {
 		o = renderChains(rc, sp, &routes)
 	}
-	o.elems = uniqueElems(o.elems)
+	if len(sp.ExternalIPs)+len(sp.LoadBalancerIPs) > 0 {
+		o.elems = uniqueElems(o.elems) // the only source of repeats (below)
+	}
 	return o
 }
 
