@@ -176,9 +176,9 @@ scale: k8s-binaries ## Measure the operator and the API server with SCALE_NODES 
 		nice -n 5 go test ./test/scale/ -run 'TestScale$$' -count=1 -v -timeout 60m
 
 .PHONY: bench
-bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comparison section), docs/kube-proxy-comparison.md/.json (BENCH=full adds 5k×50).
+bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comparison section), docs/kube-proxy-comparison.md/.json (BENCH=full adds 5k×50 and 50k×2).
 	KPO_BENCH_WRITE=1 $(if $(filter full,$(BENCH)),KPO_BENCH_LARGE=1) \
-		nice -n 5 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
+		nice -n 5 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout $(if $(filter full,$(BENCH)),3h,90m)
 
 # Fuzz targets as package:Fuzz. Their committed corpora (testdata/fuzz/) run in
 # every `go test`; the backends' are also replayed on the real kernel

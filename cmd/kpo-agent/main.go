@@ -59,6 +59,7 @@ func main() {
 }
 
 func run(ctx context.Context, f flags) error {
+	agent.StartCPUProfile()
 	data, err := os.ReadFile(f.configFile)
 	if err != nil && !f.cleanup {
 		return err
@@ -103,7 +104,7 @@ func run(ctx context.Context, f flags) error {
 		return err
 	}
 	restCfg.UserAgent = "kpo-agent/" + agent.Version
-	kube, err := kubernetes.NewForConfig(restCfg)
+	kube, err := kubernetes.NewForConfig(agent.ListWatchConfig(restCfg))
 	if err != nil {
 		return err
 	}

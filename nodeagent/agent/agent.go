@@ -180,7 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	resync := time.Duration(0)
 	svcFactory := informers.NewSharedInformerFactoryWithOptions(a.opts.Kube, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }),
-		informers.WithTransform(dropManagedFields))
+		informers.WithTransform(slimObject))
 	nodeFactory := informers.NewSharedInformerFactoryWithOptions(a.opts.Kube, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", a.opts.NodeName).String()
@@ -337,6 +337,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 		// now rather than at the scavenger's pace: full syncs are rare (start,
 		// syncPeriod, after failures), and node memory is the cluster's.
 		debug.FreeOSMemory()
+		stopCPUProfile()
 		writeHeapProfile(logger)
 	}
 	logger.V(2).Info("synced", "full", res.Full, "reason", reason.String(), "servicePorts", counts.ServicePorts,

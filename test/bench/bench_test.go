@@ -102,7 +102,7 @@ var (
 //	KPO_BENCH_WRITE=1 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout 90m
 //
 // KPO_BENCH_SIZES (default "1000x2,1000x50,10000x2"; measured in ascending order
-// of Services, see sizes), KPO_BENCH_LARGE=1 (adds 5000x50), KPO_BENCH_MODES (default
+// of Services, see sizes), KPO_BENCH_LARGE=1 (adds 5000x50 and 50000x2), KPO_BENCH_MODES (default
 // "nftables,iptables"), KPO_BENCH_CAP (default 5m, per proxy and run),
 // KPO_BENCH_LATENCY_SIZES (default "10000x2": where connect and churn
 // latencies are measured), KPO_BENCH_CHURN_MIN_SYNC (default 1ms),
@@ -505,17 +505,21 @@ func nodeKubeconfig(b *testing.B, dir string) string {
 // defaultSizes is the short variant: the 1k × 2, 1k × 50 and 10k × 2.
 const defaultSizes = "1000x2,1000x50,10000x2"
 
+// largeSizes are what KPO_BENCH_LARGE=1 (make bench BENCH=full) adds.
+var largeSizes = []string{"5000x50", "50000x2"}
+
 // sizes are the data sets to measure, in ascending order of Services (stable:
 // sizes with as many Services keep their order). The loader cannot delete
 // Services, so a smaller count after a larger one would leave the proxies
 // syncing the larger; the endpoints per Service can go both ways, since Ensure
 // rewrites every EndpointSlice whose count differs (1000x50 → 10000x2 puts the
 // first 1000 back to 2). KPO_BENCH_LARGE=1 adds 5000x50 (250k endpoints): it
-// lands between the 1000s and 10000x2.
+// lands between the 1000s and 10000x2; and 50000x2 (a 50k-Service cluster),
+// last. kube-proxy runs into KPO_BENCH_CAP there.
 func sizes(b *testing.B) [][2]int {
 	list := envList("KPO_BENCH_SIZES", defaultSizes)
 	if os.Getenv("KPO_BENCH_LARGE") == "1" {
-		list = append(list, "5000x50")
+		list = append(list, largeSizes...)
 	}
 	out, err := parseSizes(list)
 	if err != nil {

@@ -140,8 +140,15 @@ func (l *Loader) one(ctx context.Context, i, n int) error {
 }
 
 // BenchServiceIP is the ClusterIP of the loader's service i (10.96.100.1
-// onwards, 250 to a /24).
-func BenchServiceIP(i int) string { return fmt.Sprintf("10.96.%d.%d", 100+i/250, 1+i%250) }
+// onwards, 250 to a /24); from service 39000 on (10.96.255.250 is the last
+// of those), 10.96.1.1 onwards, so that 50k Services fit the /16.
+func BenchServiceIP(i int) string {
+	if i >= 39000 {
+		i -= 39000
+		return fmt.Sprintf("10.96.%d.%d", 1+i/250, 1+i%250)
+	}
+	return fmt.Sprintf("10.96.%d.%d", 100+i/250, 1+i%250)
+}
 
 // ChangedEndpointIP is the gen-th address that Touch and Retarget move
 // endpoints to: 10.244.252.1–10.244.255.250, pod network addresses that Ensure

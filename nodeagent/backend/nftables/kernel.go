@@ -39,6 +39,10 @@ type Tx interface {
 	// Fixed is the knftables transaction for the table's fixed objects
 	// (tables, typed maps, hooked chains); nil in a partial transaction.
 	Fixed() *knftables.Transaction
+	// FixedApart reports whether Fixed is committed as a transaction of its
+	// own, before the service objects (see base_apart.go): the fixed part
+	// must then never empty what the services use.
+	FixedApart() bool
 	// Commit applies the transaction.
 	Commit(ctx context.Context) error
 	// Check asks whether the kernel would accept the transaction, without
@@ -55,6 +59,7 @@ type knftTx struct {
 }
 
 func (t *knftTx) Fixed() *knftables.Transaction    { return t.tx }
+func (t *knftTx) FixedApart() bool                 { return false }
 func (t *knftTx) Commit(ctx context.Context) error { return t.commit(ctx, t.tx, t.bulk) }
 func (t *knftTx) Check(ctx context.Context) error  { return t.check(ctx, t.tx) }
 
@@ -280,6 +285,7 @@ const (
 	opAddElem                  // elem
 	opDelChain                 // name
 	opDelSet                   // name
+	opFlushSet                 // name: a set or map (full syncs whose fixed part goes apart)
 )
 
 // knftWriter writes to a knftables transaction; with bulk set (full syncs
@@ -313,6 +319,12 @@ func (w *knftWriter) write(fi famInfo, o op) {
 		w.tx.Delete(&knftables.Chain{Family: fam, Table: tbl, Name: o.name})
 	case opDelSet:
 		w.tx.Delete(&knftables.Set{Family: fam, Table: tbl, Name: o.name})
+	case opFlushSet:
+		if isSet(o.name) {
+			w.tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: o.name})
+		} else {
+			w.tx.Flush(&knftables.Map{Family: fam, Table: tbl, Name: o.name})
+		}
 	}
 }
 

@@ -16,6 +16,10 @@ import (
 type netlinkKernel struct {
 	nft Kernel // nftKernel; tests put a spy around it
 	nl  nlConn
+	// fullByNFT makes the next full sync one nft transaction (writeBase):
+	// set after a full sync over netlink failed, in case the kernel holds
+	// what only that repairs (see base_apart.go).
+	fullByNFT bool
 }
 
 // newKernel returns the production Kernel of the calling thread's namespace.
@@ -29,9 +33,73 @@ func newKernel() (*netlinkKernel, error) {
 
 func (k *netlinkKernel) Begin(full bool) Tx {
 	if full {
-		return k.nft.Begin(true)
+		if k.fullByNFT {
+			k.fullByNFT = false
+			return k.nft.Begin(true)
+		}
+		return newNetlinkFullTx(k)
 	}
 	return &netlinkTx{k: k}
+}
+
+func (t *netlinkTx) FixedApart() bool { return false }
+
+// netlinkFullTx is a full sync in two transactions (base_apart.go): Fixed
+// through nft, then the service objects, encoded as they are written (a full
+// sync holds every element: no log), as one netlink batch.
+type netlinkFullTx struct {
+	k     *netlinkKernel
+	fixed Tx // an nft transaction; only its Fixed part is written
+	b     *nlBatch
+	err   error
+}
+
+func newNetlinkFullTx(k *netlinkKernel) *netlinkFullTx {
+	// Begin(true): the nft half sees the fixed part of a full sync.
+	t := &netlinkFullTx{k: k, fixed: k.nft.Begin(true)}
+	t.b, t.err = k.nl.batch()
+	return t
+}
+
+func (t *netlinkFullTx) Fixed() *knftables.Transaction { return t.fixed.Fixed() }
+func (t *netlinkFullTx) FixedApart() bool              { return true }
+
+func (t *netlinkFullTx) write(fi famInfo, o op) {
+	if t.b != nil {
+		t.b.write(fi, o)
+	}
+}
+
+// Commit applies the fixed part, then the batch. A failure of either makes
+// the next full sync one nft transaction.
+func (t *netlinkFullTx) Commit(ctx context.Context) error {
+	err := t.err
+	if err == nil {
+		err = t.b.pendingErr()
+	}
+	if err == nil {
+		if err = t.fixed.Commit(ctx); err != nil {
+			t.b.broken()
+			t.k.fullByNFT = true
+			return err
+		}
+		err = t.b.flush()
+	} else if t.b != nil {
+		t.b.broken()
+	}
+	if err != nil {
+		t.k.fullByNFT = true
+		return fmt.Errorf("nftables netlink batch: %w", err)
+	}
+	return nil
+}
+
+// Check asks nft about the fixed part (Backend.Check writes nothing else).
+func (t *netlinkFullTx) Check(ctx context.Context) error {
+	if t.b != nil {
+		t.b.broken() // drop whatever was queued
+	}
+	return t.fixed.Check(ctx)
 }
 
 func (k *netlinkKernel) Objects(ctx context.Context, family knftables.Family) ([]string, []string, error) {

@@ -34,6 +34,12 @@ import (
 type nlBatch struct {
 	c   *gnft.Conn
 	err error // first translation error; the batch must not be sent
+	// elems are consecutive element additions to one set or map, sent as
+	// one message of at most maxElemsPerMsg elements (a full sync adds
+	// them by the hundred thousand; one message each would mean as many
+	// ACKs to read).
+	elems    []gnft.SetElement
+	elemsSet *gnft.Set
 	// broken is called when the batch failed: the socket may hold replies
 	// the next batch must not read.
 	broken func()
@@ -104,8 +110,19 @@ func (w *nlBatch) chain(fi famInfo, name string) *gnft.Chain {
 	return &gnft.Chain{Table: nlTable(fi), Name: name}
 }
 
+// maxElemsPerMsg bounds one NEWSETELEM message: its element list is one
+// netlink attribute, whose length is 16 bits (64 KiB); an element of the
+// largest map (IPv6 endpoints: 16+4+4+4 bytes of key, 16+4 of value, with
+// attribute headers) takes under 120 bytes.
+const maxElemsPerMsg = 512
+
 func (w *nlBatch) write(fi famInfo, o op) {
+	if o.kind != opAddElem {
+		w.sendElems()
+	}
 	switch o.kind {
+	case opFlushSet:
+		w.c.FlushSet(&gnft.Set{Table: nlTable(fi), Name: o.name})
 	case opAddSet:
 		w.addSet(fi, o.set)
 	case opAddChain:
@@ -170,16 +187,36 @@ func (w *nlBatch) addElem(fi famInfo, e elemDef) {
 		w.fail(err)
 		return
 	}
-	if err := w.c.SetAddElements(&gnft.Set{Table: nlTable(fi), Name: e.mapName, IsMap: !isSet(e.mapName)}, []gnft.SetElement{el}); err != nil {
+	if s := w.elemsSet; s == nil || s.Name != e.mapName || s.Table.Family != nlTable(fi).Family || len(w.elems) == maxElemsPerMsg {
+		w.sendElems()
+		w.elemsSet = &gnft.Set{Table: nlTable(fi), Name: e.mapName, IsMap: !isSet(e.mapName)}
+	}
+	w.elems = append(w.elems, el)
+}
+
+// sendElems queues the collected element additions as one message.
+func (w *nlBatch) sendElems() {
+	if len(w.elems) == 0 {
+		return
+	}
+	if err := w.c.SetAddElements(w.elemsSet, w.elems); err != nil {
 		w.fail(err)
 	}
+	w.elems, w.elemsSet = w.elems[:0], nil
+}
+
+// pendingErr queues what is still collected and returns the first
+// translation error.
+func (w *nlBatch) pendingErr() error {
+	w.sendElems()
+	return w.err
 }
 
 // flush sends the batch. google/nftables asks for an ACK per message; that is
 // cheap for the few dozen messages of a partial sync.
 func (w *nlBatch) flush() error {
-	if w.err != nil {
-		return w.err
+	if err := w.pendingErr(); err != nil {
+		return err
 	}
 	err := w.c.Flush()
 	if err != nil && w.broken != nil {

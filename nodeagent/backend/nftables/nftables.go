@@ -192,8 +192,17 @@ func (b *Backend) Sync(ctx context.Context, snap *model.Snapshot, changes *backe
 			fi := fams[fam]
 			base := renderBase(fi, fam, b.settings, &snap.Node)
 			st := stale[fam]
-			writeBase(tx.Fixed(), fi, base, true, &st)
-			linkBase(tx.Fixed(), fi, base)
+			if tx.FixedApart() {
+				var inKernel *staleObjects
+				if st.chains != nil || st.sets != nil {
+					inKernel = &st
+				}
+				writeBaseApart(tx.Fixed(), fi, base, inKernel)
+				flushServiceObjects(tx, fi, st)
+			} else {
+				writeBase(tx.Fixed(), fi, base, true, &st)
+				linkBase(tx.Fixed(), fi, base)
+			}
 			fs = b.planFull(fam, snap, base)
 		} else {
 			fs = b.planPartial(fam, snap, changes, b.synced.fams[fam])
