@@ -19,17 +19,6 @@ type Acceptance struct {
 // acceptances is the list docs/conformance.md explains.
 var acceptances = []Acceptance{
 	{
-		ID: "ipv6-tcp-reset",
-		Why: "iptables mode: kpo refuses TCP without endpoints with a TCP reset in both families; kube-proxy " +
-			"answers IPv6 TCP with ICMPv6 port unreachable, which Linux (6.18 here) only honours for the " +
-			"SYN's retransmission: the client is refused after about a second instead of at once (the " +
-			"harness waits 600 ms)",
-		Match: func(d Diff) bool {
-			return d.Mode == "iptables" && d.Probe.Network == "tcp" && isIPv6(d.Probe.Addr) &&
-				slices.Equal(d.Ref.Outcomes, []string{"timeout"}) && slices.Equal(d.Kpo.Outcomes, []string{"refused"})
-		},
-	},
-	{
 		ID: "ipv6-localhost-nodeport",
 		Why: "iptables mode: kpo does not capture NodePorts on ::1 (IPv6 has no route_localnet, so a " +
 			"translated packet is dropped as a martian); a connection to [::1]:<nodePort> is refused at " +

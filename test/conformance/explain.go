@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/explain"
 	"kpo.dev/kpo/test/netns"
 	"kpo.dev/kpo/test/testnet"
@@ -67,7 +66,7 @@ func (s *Suite) checkExplanations(settings Settings, probes []Probe, obs map[str
 			continue
 		}
 		out.Checked++
-		pred, text, err := s.predict(models, p, settings.Mode)
+		pred, text, err := s.predict(models, p)
 		if err != nil {
 			out.Wrong = append(out.Wrong, fmt.Sprintf("%s\n    explain error: %v", p.ID(), err))
 			continue
@@ -161,7 +160,7 @@ func (w *World) nodeNamed(name string) *testnet.Node {
 
 // predict explains a probe on the node that handles it and turns the
 // explanation into the observation it implies here.
-func (s *Suite) predict(models map[string]*explain.NodeModel, p Probe, mode kpov1.Mode) (prediction, string, error) {
+func (s *Suite) predict(models map[string]*explain.NodeModel, p Probe) (prediction, string, error) {
 	w := s.World
 	host, portStr, _ := net.SplitHostPort(p.Addr)
 	addr := netip.MustParseAddr(host)
@@ -191,7 +190,7 @@ func (s *Suite) predict(models map[string]*explain.NodeModel, p Probe, mode kpov
 	if err != nil {
 		return prediction{}, "", err
 	}
-	return w.observationOf(e, v, handler, addr, p, mode), explain.Text(&e, false), nil
+	return w.observationOf(e, v, handler, addr, p), explain.Text(&e, false), nil
 }
 
 // prediction is an expected observation; Partial says that some endpoints
@@ -227,7 +226,7 @@ func (p prediction) matches(o Observation) bool {
 }
 
 // observationOf is what the explanation implies in this world.
-func (w *World) observationOf(e explain.Explanation, v where, handler *testnet.Node, dst netip.Addr, p Probe, mode kpov1.Mode) prediction {
+func (w *World) observationOf(e explain.Explanation, v where, handler *testnet.Node, dst netip.Addr, p Probe) prediction {
 	sticky := p.Sticky
 	// A node's own UDP datagram refused or dropped on output fails to send
 	// (EPERM); NodePorts are refused on input, where it gets the ICMP error.
@@ -237,13 +236,9 @@ func (w *World) observationOf(e explain.Explanation, v where, handler *testnet.N
 		switch {
 		case onOutput:
 			return prediction{Observation: Observation{Outcomes: []string{"denied"}}}
-		case dst.Is6() && p.Network == "tcp" && mode != kpov1.ModeIPTables:
-			// nftables refuses with ICMPv6 port unreachable, which Linux
-			// honours only for a SYN's retransmission, after about a
-			// second: longer than a probe's attempt (docs/conformance.md,
-			// ipv6-tcp-reset; the iptables mode resets at once).
-			return prediction{Observation: Observation{Outcomes: []string{"timeout"}}}
 		}
+		// nftables refuses IPv6 TCP with ICMPv6, which reaches the client
+		// after about a second: the probe waits for it (settle).
 		return prediction{Observation: Observation{Outcomes: []string{"refused"}}}
 	case explain.Dropped:
 		if onOutput {
