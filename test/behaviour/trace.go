@@ -117,3 +117,25 @@ func describeHops(hops map[Hop]float64) string {
 	sort.Strings(parts)
 	return "{" + strings.Join(parts, ", ") + "}"
 }
+
+// HopOf is the Hop of a packet that left a fake kernel's rules with
+// verdict (accept, drop or reject, in either case), translated to dnat
+// (invalid when not translated), masqueraded or not. An accepted packet
+// that nothing translated is refused when the node itself is its
+// destination (nothing listens there) and dropped otherwise (the test
+// networks send untranslated service traffic into a sink).
+func HopOf(p Packet, verdict string, dnat netip.AddrPort, masq bool) Hop {
+	switch strings.ToLower(verdict) {
+	case "drop":
+		return Hop{Answer: Dropped}
+	case "reject":
+		return Hop{Answer: Refused}
+	}
+	switch {
+	case dnat.IsValid():
+		return Hop{Answer: Served, To: dnat, Masqueraded: masq}
+	case IsNodeAddr(p.Dst.Addr()):
+		return Hop{Answer: Refused}
+	}
+	return Hop{Answer: Dropped}
+}
