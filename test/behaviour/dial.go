@@ -63,7 +63,7 @@ func dialRound(h Hosts, dial Dialer, timing Timing, p Probe, want Outcome) error
 			return fmt.Errorf("answered by %s", r.Server)
 		case !errors.Is(err, netns.ErrRefused):
 			return err
-		case time.Since(start) > time.Second:
+		case time.Since(start) > refusalBound(p):
 			return fmt.Errorf("refused only after %v", time.Since(start))
 		}
 		return nil
@@ -134,4 +134,16 @@ func checkSource(want Source, from, server Role, own netip.Addr, masqueraded boo
 		return fmt.Errorf("want the client's own address %s", own)
 	}
 	return nil
+}
+
+// refusalBound is how soon a refusal must come: at once, before TCP sends
+// its SYN again (1 s). Over IPv6 in the test namespaces the first SYN's
+// ICMPv6 error does not reach the client and the retransmission is refused
+// (seen with kpo's and the old tests alike, cause not found yet): there a
+// refusal must come before the second retransmission (3 s).
+func refusalBound(p Probe) time.Duration {
+	if netip.MustParseAddrPort(p.To).Addr().Is6() && p.Network() == "tcp" {
+		return 2500 * time.Millisecond
+	}
+	return time.Second
 }

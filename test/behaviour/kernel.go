@@ -73,8 +73,10 @@ func (w *OneNode) Dial(from Role, network, addr string, timeout time.Duration) (
 // RunKernel runs the table against a backend on the real kernel of the
 // one-node world: newBackend makes it inside the node's namespace (where
 // its netlink sockets and commands act); it is checked, synced as the agent
-// does, probed with real connections, and cleaned up.
-func RunKernel(t *testing.T, mode kpov1.Mode, timing Timing, newBackend func() (backend.Backend, error)) {
+// does and probed with real connections. The world and the backend, still
+// holding the table's last step, are the caller's to go on with (drift,
+// cleanup: what is particular to a backend).
+func RunKernel(t *testing.T, mode kpov1.Mode, timing Timing, newBackend func() (backend.Backend, error)) (*OneNode, backend.Backend) {
 	t.Helper()
 	w := NewOneNode(t)
 	var b backend.Backend
@@ -88,7 +90,8 @@ func RunKernel(t *testing.T, mode kpov1.Mode, timing Timing, newBackend func() (
 		t.Fatal(err)
 	}
 	RunBackend(t, mode, b, w.Node.Do, DialCheck(oneNodeHosts, w.Dial, timing))
-	if err := w.Node.Do(func() error { return b.Cleanup(context.Background()) }); err != nil {
-		t.Errorf("cleanup: %v", err)
-	}
+	return w, b
 }
+
+// Pod is the world's pod of role r.
+func (w *OneNode) Pod(r Role) *netns.Pod { return w.pods[r] }

@@ -54,6 +54,7 @@ func clusterCases() []Case {
 			// rejects); its iptables mode has no such rule, the packet
 			// goes on untranslated.
 			except(tcp(ClientPod, "10.96.1.1:81", refused), kpov1.ModeIPTables, dropped),
+			except(tcp(PodA, "[fd10:96::101]:81", refused), kpov1.ModeIPTables, dropped),
 		},
 	}, {
 		Name: "no endpoints: refused",

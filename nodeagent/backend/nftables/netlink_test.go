@@ -260,7 +260,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 		// kernel refuses that deletion (EBUSY), which must abort the whole
 		// batch.
 		pick := class{kind: nodePortLocalK, m: 1, n: 2}.name()
-		node.MustRun(t, "nft", "insert rule ip kpo services ip daddr 192.0.2.99 jump "+pick)
+		node.MustRun(t, "nft", "insert rule ip kpo services ip daddr 203.0.113.99 jump "+pick)
 		before := listKpo(t, node)
 		late2 := *late
 		late2.ClusterEndpoints = []model.Endpoint{e0}
@@ -285,7 +285,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if out := node.MustRun(t, "nft", "list", "chain", "ip", "kpo", "services"); strings.Contains(out, "192.0.2.99") {
+		if out := node.MustRun(t, "nft", "list", "chain", "ip", "kpo", "services"); strings.Contains(out, "203.0.113.99") {
 			t.Errorf("foreign rule left:\n%s", out)
 		}
 		spread(t, client, "10.96.0.31:80", "pod0")
