@@ -48,26 +48,34 @@ func NewOneNode(t *testing.T) *OneNode {
 
 // Dial is the world's Dialer.
 func (w *OneNode) Dial(from Role, network, addr string, timeout time.Duration) (Reply, error) {
-	ns, local := w.Node, ""
-	switch from {
-	case Client:
-		ns = w.Client
-	case OtherClient:
-		ns = w.Client
-		local = net.JoinHostPort(oneNodeHosts.Addr(from, netip.MustParseAddrPort(addr).Addr()).String(), "0")
-	case Node:
-	default:
-		ns = w.pods[from].NS
+	byRole := map[Role]*netns.NS{Node: w.Node, Client: w.Client, OtherClient: w.Client}
+	for r, p := range w.pods {
+		byRole[r] = p.NS
 	}
-	r, err := ns.DialFrom(network, local, addr, timeout)
-	if err != nil {
-		return Reply{}, err
+	return NamespaceDialer(oneNodeHosts, byRole)(from, network, addr, timeout)
+}
+
+// NamespaceDialer dials from each role's namespace (byRole). The clients
+// dial from their own address: they share a namespace with two addresses.
+func NamespaceDialer(h Hosts, byRole map[Role]*netns.NS) Dialer {
+	return func(from Role, network, addr string, timeout time.Duration) (Reply, error) {
+		ns, local := byRole[from], ""
+		if ns == nil {
+			return Reply{}, fmt.Errorf("no namespace for %s", from)
+		}
+		if from == Client || from == OtherClient {
+			local = net.JoinHostPort(h.Addr(from, netip.MustParseAddrPort(addr).Addr()).String(), "0")
+		}
+		r, err := ns.DialFrom(network, local, addr, timeout)
+		if err != nil {
+			return Reply{}, err
+		}
+		client, err := netip.ParseAddr(r.ClientIP())
+		if err != nil {
+			return Reply{}, fmt.Errorf("reply %+v: %w", r, err)
+		}
+		return Reply{Server: Role(strings.TrimSpace(r.Server)), Client: client}, nil
 	}
-	client, err := netip.ParseAddr(r.ClientIP())
-	if err != nil {
-		return Reply{}, fmt.Errorf("reply %+v: %w", r, err)
-	}
-	return Reply{Server: Role(strings.TrimSpace(r.Server)), Client: client}, nil
 }
 
 // RunKernel runs the table against a backend on the real kernel of the

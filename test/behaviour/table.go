@@ -158,9 +158,8 @@ func externalCases() []Case {
 		},
 		Probes: localPolicyProbes(),
 	}, {
-		Name: "load-balancer source ranges",
-		Services: []Service{{Name: "fenced", Type: corev1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.2.5"}, NodePort: 30205,
-			Ingress: []string{"203.0.113.105"}, SourceRanges: []string{"198.51.100.200/32"}, Endpoints: ready(PodA, Remote)}},
+		Name:     "load-balancer source ranges",
+		Services: []Service{fenced([]string{"198.51.100.200/32"})},
 		Probes: []Probe{
 			tcp(Client, "203.0.113.105:80", ServedBy(Masqueraded, PodA, Remote)),
 			// Dropped, not refused: a source outside the ranges learns nothing.
@@ -168,7 +167,18 @@ func externalCases() []Case {
 			// The ranges fence the load-balancer IP only.
 			tcp(OtherClient, node4+":30205", ServedBy(Masqueraded, PodA, Remote)),
 		},
+		Steps: []Step{{
+			Name:     "ranges removed",
+			Services: []Service{fenced(nil)},
+			Probes:   []Probe{tcp(OtherClient, "203.0.113.105:80", ServedBy(Masqueraded, PodA, Remote))},
+		}},
 	}}
+}
+
+// fenced is the load balancer of the source-ranges case.
+func fenced(ranges []string) Service {
+	return Service{Name: "fenced", Type: corev1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.2.5"}, NodePort: 30205,
+		Ingress: []string{"203.0.113.105"}, SourceRanges: ranges, Endpoints: ready(PodA, Remote)}
 }
 
 // localPolicyProbes: traffic from outside goes to the node's own endpoints
