@@ -11,11 +11,7 @@ import (
 // backend over the fake kernel: every probe's first packet is traced
 // through the rules the syncs left there (FakeKernel.Trace).
 func TestBehaviourTable(t *testing.T) {
-	k := NewFakeKernel()
-	b, err := New(testSettings, nil, WithKernel(k))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, k := newFake(t)
 	behaviour.RunFake(t, kpov1.ModeNFTables, b, behaviour.TracerFunc(func(p behaviour.Packet) (map[behaviour.Hop]float64, error) {
 		out, err := k.Trace(TracePacket{Proto: p.Proto, Src: p.Src, Dst: p.Dst.Addr(), DPort: p.Dst.Port(), FromNode: p.FromNode,
 			Local: behaviour.IsNodeAddr})

@@ -69,25 +69,9 @@ func (tr *tracer) exprWords(t *knftables.FakeTable, w []string, i int, p tracePa
 		return nil, fmt.Errorf("expression without a match at the end")
 	}
 	if w[i] == "vmap" {
-		var out []tracePath
-		for _, a := range alts {
-			q := p
-			q.weight *= a.prob
-			v, ok, err := lookup(t, strings.TrimPrefix(w[i+1], "@"), a.key)
-			if err != nil {
-				return nil, err
-			}
-			if !ok {
-				out = append(out, q)
-				continue
-			}
-			sub, err := tr.verdict(t, strings.Fields(v[0]), q, depth)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, sub...)
-		}
-		return out, nil
+		return eachLookup(t, w[i+1], alts, p, func(q tracePath, v []string) ([]tracePath, error) {
+			return tr.verdict(t, strings.Fields(v[0]), q, depth)
+		})
 	}
 	neg := w[i] == "!="
 	if neg {
@@ -265,27 +249,43 @@ func (tr *tracer) dnat(t *knftables.FakeTable, w []string, p tracePath) ([]trace
 	if len(w) != n+3 || w[n+1] != "map" {
 		return nil, fmt.Errorf("unknown dnat map %q", strings.Join(w, " "))
 	}
+	return eachLookup(t, w[n+2], alts, p, func(q tracePath, v []string) ([]tracePath, error) {
+		v = strings.Split(strings.Join(v, " . "), " . ")
+		addr, err := netip.ParseAddr(v[0])
+		if err != nil || len(v) != 2 {
+			return nil, fmt.Errorf("dnat map value %v", v)
+		}
+		port, err := strconv.ParseUint(v[1], 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("dnat map value %v: %w", v, err)
+		}
+		q.dst, q.dnat, q.verdict = netip.AddrPortFrom(addr, uint16(port)), true, "accept"
+		return []tracePath{q}, nil
+	})
+}
+
+// eachLookup looks each value of alts up in the map "@m" and calls hit
+// with the path (weighted by the value's probability) and the value found;
+// a miss goes on to the rule after this one.
+func eachLookup(t *knftables.FakeTable, m string, alts []alt, p tracePath,
+	hit func(q tracePath, v []string) ([]tracePath, error)) ([]tracePath, error) {
 	var out []tracePath
 	for _, a := range alts {
 		q := p
 		q.weight *= a.prob
-		v, ok, err := lookup(t, strings.TrimPrefix(w[n+2], "@"), a.key)
+		v, ok, err := lookup(t, strings.TrimPrefix(m, "@"), a.key)
 		if err != nil {
 			return nil, err
 		}
-		if ok {
-			v = strings.Split(strings.Join(v, " . "), " . ")
-			if len(v) != 2 {
-				return nil, fmt.Errorf("dnat map value %v", v)
-			}
-			addr, err := netip.ParseAddr(v[0])
-			port, perr := strconv.ParseUint(v[1], 10, 16)
-			if err != nil || perr != nil {
-				return nil, fmt.Errorf("dnat map value %v", v)
-			}
-			q.dst, q.dnat, q.verdict = netip.AddrPortFrom(addr, uint16(port)), true, "accept"
+		if !ok {
+			out = append(out, q)
+			continue
 		}
-		out = append(out, q)
+		sub, err := hit(q, v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sub...)
 	}
 	return out, nil
 }
