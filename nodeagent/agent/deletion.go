@@ -94,7 +94,7 @@ func (a *Agent) syncDeletion(ctx context.Context) error {
 	if a.cleanedUp || a.handedOver {
 		// Nothing to sync, and nothing stale: keep /livez happy until the
 		// DaemonSet (and this pod) goes.
-		a.health.synced(time.Now())
+		a.health.Synced()
 		return nil
 	}
 	logger := klog.FromContext(ctx)
@@ -112,7 +112,7 @@ func (a *Agent) syncDeletion(ctx context.Context) error {
 		return err
 	}
 	a.cleanedUp = true
-	a.health.synced(time.Now())
+	a.health.Synced()
 	return nil
 }
 
@@ -166,7 +166,7 @@ func (a *Agent) handOver(ctx context.Context, successor string) error {
 		return fmt.Errorf("reporting the hand-over to %s: %w", successor, err)
 	}
 	a.handedOver = true
-	a.hc.closeAll()
+	a.hc.CloseAll()
 	if a.stopServing != nil {
 		a.stopServing()
 	}
@@ -184,7 +184,7 @@ func (a *Agent) cleanUpForDeletion(ctx context.Context) error {
 		a.status.cleanupFailed(err)
 		return err
 	}
-	a.hc.closeAll()
+	a.hc.CloseAll()
 	a.status.cleanedUp(time.Now())
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/health"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/tracker"
 )
@@ -48,7 +49,7 @@ type statusReporter struct {
 	dirty     bool
 	important bool
 	lastWrite time.Time
-	health    *healthState
+	health    *health.State
 	// unavailable is set when the configured mode cannot run and the agent
 	// keeps another mode (mode) synced instead.
 	unavailable error
@@ -267,7 +268,7 @@ func (r *statusReporter) refreshHealthLocked() {
 	if r.health == nil {
 		return
 	}
-	if ok, why := r.health.fresh(time.Now()); ok {
+	if ok, why := r.health.Fresh(); ok {
 		r.setCondition(kpov1.NodeConditionHealthy, metav1.ConditionTrue, kpov1.NodeReasonFresh, "rules are fresh")
 	} else {
 		r.setCondition(kpov1.NodeConditionHealthy, metav1.ConditionFalse, kpov1.NodeReasonStale, why)

@@ -4,7 +4,10 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/utils/clock"
+
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/health"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -14,8 +17,8 @@ import (
 func TestIdleStatusIsNotRewritten(t *testing.T) {
 	cfg := &kpov1.AgentConfiguration{ConfigurationName: "c", Mode: kpov1.ModeNFTables}
 	r := newStatusReporter(nil, "n", cfg, kpov1.ModeNFTables)
-	r.health = newHealthState(time.Minute)
-	r.health.synced(time.Now())
+	r.health = health.New(time.Minute, clock.RealClock{})
+	r.health.Synced()
 	r.synced(time.Now(), time.Millisecond, true, model.Counts{}, 0)
 
 	r.mu.Lock()
