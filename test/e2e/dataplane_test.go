@@ -78,13 +78,7 @@ func TestDataplane(t *testing.T) {
 	}
 }
 
-func agentConfig(mode kpov1.Mode) *kpov1.AgentConfiguration {
-	cfg := &kpov1.AgentConfiguration{ConfigurationName: "default", ConfigurationGeneration: 1, Mode: mode}
-	cfg.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "fd10:244::/48"}
-	cfg.MinSyncPeriod = "50ms"
-	cfg.Default()
-	return cfg
-}
+func agentConfig(mode kpov1.Mode) *kpov1.AgentConfiguration { return testnet.AgentConfig(mode) }
 
 // healthCheckAndAffinity: node-2's agent answers its health-check node port
 // by whether it has local endpoints, and sends policy Local traffic to them
