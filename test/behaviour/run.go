@@ -63,7 +63,7 @@ func probe(t *testing.T, l Level, probes []Probe) {
 	}
 }
 
-// Describe says what an outcome is, for failure messages.
+// String says what an outcome is, for failure messages.
 func (o Outcome) String() string {
 	switch {
 	case o.Answer != Served:
