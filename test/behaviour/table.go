@@ -148,6 +148,17 @@ func externalCases() []Case {
 			tcp(Client, "203.0.113.202:80", dropped),
 		},
 	}, {
+		Name: "IPv6 external IP, IPv6 without endpoints",
+		Services: []Service{
+			{Name: "ext6", ClusterIPs: []string{"10.96.2.6", "fd10:96::206"}, ExternalIPs: []string{"2001:db8:2::6"},
+				Endpoints: ready(PodA, Remote)},
+			{Name: "empty6", ClusterIPs: []string{"fd10:96::207"}},
+		},
+		Probes: []Probe{
+			tcp(Client, "[2001:db8:2::6]:80", ServedBy(Masqueraded, PodA, Remote)),
+			tcp(ClientPod, "[fd10:96::207]:80", refused),
+		},
+	}, {
 		Name: "externalTrafficPolicy Local",
 		Services: []Service{
 			{Name: "local", Type: corev1.ServiceTypeLoadBalancer, ClusterIPs: []string{"10.96.2.3"}, NodePort: 30203,
