@@ -23,8 +23,13 @@ COPY api/ api/
 COPY cmd/ cmd/
 COPY controllers/ controllers/
 COPY nodeagent/ nodeagent/
-# Static binaries (no cgo: no libc to match in the image, nothing loaded at run time).
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/... \
+COPY version/ version/
+# Static binaries (no cgo: no libc to match in the image, nothing loaded at run
+# time), stamped with the version (make docker-build passes VERSION and COMMIT).
+ARG VERSION=dev
+ARG COMMIT=
+RUN CGO_ENABLED=0 go build -trimpath \
+      -ldflags="-s -w -X kpo.dev/kpo/version.Version=${VERSION} -X kpo.dev/kpo/version.Commit=${COMMIT}" -o /out/ ./cmd/... \
  && for b in /out/*; do go version -m "$b" | grep -q 'CGO_ENABLED=0' || { echo "$b is not static"; exit 1; }; done
 
 # The agent drives the kernel over netlink, but iptables mode needs
@@ -33,6 +38,10 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/... \
 # it; kmod lets iptables-legacy load a missing table module; netbase gives
 # /etc/protocols, which iptables and nft print names from.
 FROM ${BASE_IMAGE}
+ARG VERSION=dev
+ARG COMMIT=
+LABEL org.opencontainers.image.title=kpo org.opencontainers.image.version=${VERSION} \
+      org.opencontainers.image.revision=${COMMIT} org.opencontainers.image.licenses=Apache-2.0
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables nftables ipset conntrack ipvsadm kmod netbase \
  && rm -rf /var/lib/apt/lists/*

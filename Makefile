@@ -10,10 +10,17 @@ SHELL := /usr/bin/env bash -o pipefail
 IMG ?= kpo:dev
 AGENT_IMG ?= $(IMG)
 
+# The version stamped into the binaries (--version, the agents' agentVersion,
+# User-Agents) and the images' labels; `make release VERSION=v0.1.0` sets it.
+VERSION ?= dev
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+LDFLAGS := -X kpo.dev/kpo/version.Version=$(VERSION) -X kpo.dev/kpo/version.Commit=$(COMMIT)
+
 # Tool versions are pinned here and nowhere else.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.2
 GOLANGCI_LINT_VERSION ?= v2.15.0
+HELM_VERSION ?= v3.22.0
 # Kubernetes release the tests run against: named here and in test/apiserver.K8sVersion
 # only, and required by hack/tools/go.mod (TestOneKubernetesVersion checks the three agree).
 K8S_VERSION ?= v1.37.1
@@ -25,6 +32,7 @@ K8S_BIN := $(LOCALBIN)/k8s-$(K8S_VERSION)
 CONTROLLER_GEN := $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE := $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 GOLANGCI_LINT := $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM := $(LOCALBIN)/helm-$(HELM_VERSION)
 
 export KPO_K8S_BIN := $(K8S_BIN)
 # envtest finds kube-apiserver and etcd here.
@@ -49,8 +57,12 @@ verify-modules: ## Check the module cache's dependencies against go.sum (go mod 
 	go mod verify
 
 .PHONY: verify-generated
-verify-generated: manifests generate ## Fail when committed generated files are stale.
-	@git diff --exit-code -- api config || { echo "generated files are stale: run 'make manifests generate' and commit"; exit 1; }
+verify-generated: manifests generate chart ## Fail when committed generated files are stale.
+	@git diff --exit-code -- api config charts || { echo "generated files are stale: run 'make manifests generate chart' and commit"; exit 1; }
+
+.PHONY: chart
+chart: k8s-binaries ## Regenerate the Helm chart's generated files (crds/, RBAC, admission policy) from config/.
+	go run ./hack/mkrelease -chart-only -kubectl $(K8S_BIN)/kubectl
 
 .PHONY: fmt
 fmt: ## gofmt the tree.
@@ -67,8 +79,8 @@ lint: $(GOLANGCI_LINT) ## golangci-lint.
 ##@ Build
 
 .PHONY: build
-build: ## Build the operator and node-agent binaries into bin/.
-	CGO_ENABLED=0 go build -o $(LOCALBIN)/ ./cmd/...
+build: ## Build the operator, node-agent and kubectl-kpo (the kubectl plugin) binaries into bin/.
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ ./cmd/...
 
 # The tests need these (kube-scheduler, kubelet: the local cluster; kube-proxy: the migration test and the benchmarks).
 TEST_K8S_BINARIES := kube-apiserver etcd kubectl kube-controller-manager kube-scheduler kube-proxy kubelet
@@ -83,15 +95,30 @@ containerd: ## Build containerd, its runc shim and ctr (the local cluster's runt
 
 .PHONY: images
 images: deps ## Build kpo's images without a container engine: OCI layouts for linux/amd64 and arm64 in bin/images (digests.txt, package lists).
-	go run ./hack/mkimages -out $(LOCALBIN)/images $(IMAGES_FLAGS)
+	go run ./hack/mkimages -out $(LOCALBIN)/images -version $(VERSION) -commit "$(COMMIT)" $(IMAGES_FLAGS)
 
 .PHONY: docker-build
 docker-build: ## Build the container image (needs a Docker engine; GO_IMAGE/BASE_IMAGE pin the bases by digest).
-	docker build -t $(IMG) $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
+	docker build -t $(IMG) --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
 
 .PHONY: docker-push
 docker-push: ## Push the container image.
 	docker push $(IMG)
+
+##@ Release
+
+# The image's repository in the release: the operator runs, and hands the
+# agents, $(IMAGE_REPO)@<digest of bin/images> (push the OCI layout
+# bin/images/kpo there, e.g. with crane or skopeo, under that digest).
+IMAGE_REPO ?= kpo
+
+.PHONY: release
+release: k8s-binaries images $(HELM) ## make release VERSION=v0.1.0 [IMAGE_REPO=registry/kpo]: dist/install.yaml (operator pinned by digest) and the Helm chart dist/kpo-<version>.tgz.
+	@[ "$(VERSION)" != dev ] || { echo "set the version: make release VERSION=v0.1.0"; exit 1; }
+	go run ./hack/mkrelease -version $(VERSION) -image $(IMAGE_REPO) -kubectl $(K8S_BIN)/kubectl \
+		-digests $(LOCALBIN)/images/digests.txt -out dist -chart charts/kpo
+	$(HELM) lint dist/chart/kpo --namespace kpo-system
+	$(HELM) package dist/chart/kpo --version $(patsubst v%,%,$(VERSION)) --app-version $(VERSION) -d dist
 
 ##@ Demo
 
@@ -106,7 +133,7 @@ demo: deps k8s-binaries containerd images ## A 3-node local cluster (kubelet + c
 ##@ Test
 
 .PHONY: test
-test: deps verify-modules verify-generated vet lint k8s-binaries containerd images ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
+test: deps verify-modules verify-generated vet lint k8s-binaries containerd images $(HELM) ## Run every test: lint, unit, envtest, real kernel, the bounded conformance run.
 	@rm -f $(LOCALBIN)/conformance.log
 	go test ./... -count=1 -timeout 20m 2>&1 | tee $(LOCALBIN)/test.log
 	@cat $(LOCALBIN)/conformance.log 2>/dev/null || true
@@ -137,6 +164,17 @@ soak: deps k8s-binaries ## Churn at 5,000 Services for 30 minutes, nftables and 
 		go test ./test/soak/ -run 'TestSoak$$' -count=1 -v -timeout $(SOAK_TIMEOUT) 2>&1 \
 		| tee $(LOCALBIN)/soak-test.log | grep --line-buffered -Ev '^ +[IEW][0-9]{4} '
 	@echo "full log: $(LOCALBIN)/soak-test.log; samples: $(LOCALBIN)/soak-samples.csv; heap profiles: $(LOCALBIN)/soak-*.heap"
+
+# The scale harness: SCALE_NODES simulated nodes against a real API server and
+# the real operator (docs/scale.md). 1,000 takes about 10 minutes; 5,000 is
+# opt-in (SCALE_NODES=5000, about 20 minutes on 2 cores). `go test ./...` runs
+# a bounded 100-node slice.
+SCALE_NODES ?= 1000
+
+.PHONY: scale
+scale: k8s-binaries ## Measure the operator and the API server with SCALE_NODES (1,000) simulated nodes: figures in bin/scale-N.json (docs/scale.md).
+	KPO_SCALE_NODES=$(SCALE_NODES) KPO_SCALE_OUT=$(LOCALBIN)/scale-$(SCALE_NODES).json \
+		nice -n 5 go test ./test/scale/ -run 'TestScale$$' -count=1 -v -timeout 60m
 
 .PHONY: bench
 bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comparison section), docs/kube-proxy-comparison.md/.json (BENCH=full adds 5k×50).
@@ -205,6 +243,13 @@ $(CONTROLLER_GEN):
 $(KUSTOMIZE):
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 	mv $(LOCALBIN)/kustomize $@
+
+.PHONY: helm
+helm: $(HELM) ## Install helm (the release test renders the chart with it).
+
+$(HELM):
+	GOBIN=$(LOCALBIN) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(LOCALBIN)/helm $@
 
 $(GOLANGCI_LINT):
 	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

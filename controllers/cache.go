@@ -2,6 +2,7 @@ package controllers
 
 import (
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -18,12 +19,18 @@ import (
 // resourceNames allow.
 func CacheOptions(namespace string) cache.Options {
 	inNamespace := map[string]cache.Config{namespace: {}}
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&appsv1.DaemonSet{}:      {Namespaces: inNamespace},
-		&corev1.ConfigMap{}:      {Namespaces: inNamespace},
-		&corev1.ServiceAccount{}: {Namespaces: inNamespace},
-		&rbacv1.ClusterRoleBinding{}: {
-			Field: fields.OneTermEqualSelector("metadata.name", render.AgentBindingName),
-		},
-	}}
+	return cache.Options{
+		// Nothing the operator does reads managedFields; at 5,000 nodes they
+		// are most of a cached Node, report or Lease (docs/scale.md).
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&appsv1.DaemonSet{}:      {Namespaces: inNamespace},
+			&corev1.ConfigMap{}:      {Namespaces: inNamespace},
+			&corev1.ServiceAccount{}: {Namespaces: inNamespace},
+			&rbacv1.ClusterRoleBinding{}: {
+				Field: fields.OneTermEqualSelector("metadata.name", render.AgentBindingName),
+			},
+			// The kubelets' node heartbeats, for the rollup's staleness.
+			&coordinationv1.Lease{}: {Namespaces: map[string]cache.Config{NodeLeaseNamespace: {}}},
+		}}
 }

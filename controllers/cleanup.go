@@ -87,6 +87,10 @@ func (r *ProxyConfigurationReconciler) finalize(ctx context.Context, pc *kpov1.P
 			r.Recorder.Eventf(pc, nil, corev1.EventTypeWarning, kpov1.ReasonCleanupTimedOut, "Delete", "%s", truncate(msg, 1024))
 		}
 	}
+	if len(waiting) == 0 && r.Recorder != nil {
+		r.Recorder.Eventf(pc, nil, corev1.EventTypeNormal, EventCleanedUp, "Delete",
+			"every node's kpo rules are removed, or handed over to the configuration that selects the node next (%d node(s))", len(held))
+	}
 	patch := client.MergeFrom(pc.DeepCopy())
 	controllerutil.RemoveFinalizer(pc, CleanupFinalizer)
 	if err := r.Patch(ctx, pc, patch); err != nil {

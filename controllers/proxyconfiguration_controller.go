@@ -11,6 +11,7 @@ import (
 	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -56,9 +57,13 @@ type ProxyConfigurationReconciler struct {
 	APIServerHost, APIServerPort string
 	// Clock stamps condition transitions; tests may replace it.
 	Clock clock.PassiveClock
-	// Recorder records events (a deletion that gave up on some nodes); the
+	// Recorder records events (rolls, degradation, cleanup: events.go); the
 	// manager's when nil.
 	Recorder events.EventRecorder
+	// Rollup counts the nodes' reports event by event and writes the status
+	// (rollup.go); SetupWithManager makes one. Without one (a reconciler run
+	// by hand) Reconcile computes and writes the status from scratch.
+	Rollup *Rollup
 }
 
 // The operator's RBAC (make manifests writes config/rbac/role.yaml). Cluster-wide
@@ -72,6 +77,7 @@ type ProxyConfigurationReconciler struct {
 // +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxyconfigurations/finalizers,verbs=update
 // +kubebuilder:rbac:groups=proxy.kpo.dev,resources=proxynodestatuses,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=coordination.k8s.io,namespace=kube-node-lease,resources=leases,verbs=get;list;watch
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=kpo-agent
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterrolebindings,verbs=get;list;watch;create;update;patch,resourceNames=kpo-agent
 // +kubebuilder:rbac:groups="",namespace=kpo-system,resources=configmaps;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
@@ -86,10 +92,16 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 	logger := log.FromContext(ctx)
 	pc := &kpov1.ProxyConfiguration{}
 	if err := r.Get(ctx, req.NamespacedName, pc); err != nil {
+		if apierrors.IsNotFound(err) && r.Rollup != nil {
+			r.Rollup.Forget(req.Name)
+		}
 		// Deleted: owner references let the garbage collector remove what it owned.
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if pc.DeletionTimestamp != nil {
+		if r.Rollup != nil {
+			r.Rollup.Deleting(pc.Name)
+		}
 		return r.finalize(ctx, pc)
 	}
 	if err := r.ensureFinalizer(ctx, pc); err != nil {
@@ -106,6 +118,11 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 		logger.Error(applyErr, "applying the agent's objects")
 	}
 
+	if r.Rollup != nil {
+		// The rollup writes the status (at a bounded rate).
+		r.Rollup.SetConfiguration(pc, held, conflicts, applyErr)
+		return reconcile.Result{}, applyErr
+	}
 	reports, err := r.reports(ctx, pc, held)
 	if err != nil {
 		return reconcile.Result{}, err
@@ -117,6 +134,7 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 	if !equality.Semantic.DeepEqual(status, pc.Status) {
 		// An update, not a merge patch: zero counts must be written out, not omitted
 		// as "unchanged". The resourceVersion makes it fail on a concurrent change.
+		old := pc.Status.Conditions
 		pc.Status = status
 		if err := r.Status().Update(ctx, pc); err != nil {
 			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
@@ -125,6 +143,7 @@ func (r *ProxyConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 			}
 			return reconcile.Result{}, fmt.Errorf("updating status: %w", err)
 		}
+		r.recordTransitions(pc, old) // only once the status that says it is written
 	}
 	// An apply error is returned so that the request is retried with backoff.
 	return reconcile.Result{}, applyErr
@@ -230,6 +249,12 @@ func (r *ProxyConfigurationReconciler) SetupWithManager(mgr ctrl.Manager) error 
 	if r.Recorder == nil {
 		r.Recorder = mgr.GetEventRecorder("kpo-operator")
 	}
+	if r.Rollup == nil {
+		r.Rollup = NewRollup(mgr.GetClient(), r.Clock, 0)
+	}
+	if err := mgr.Add(r.Rollup); err != nil {
+		return err
+	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &kpov1.ProxyNodeStatus{}, reportConfigurationIndex,
 		func(o client.Object) []string {
 			return []string{o.(*kpov1.ProxyNodeStatus).Status.Configuration}
@@ -237,8 +262,10 @@ func (r *ProxyConfigurationReconciler) SetupWithManager(mgr ctrl.Manager) error 
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&kpov1.ProxyConfiguration{}).
-		Owns(&appsv1.DaemonSet{}).
+		// Not on status writes (the rollup's, up to one a second): a reconcile
+		// applies four objects, which at scale is the API server's load.
+		For(&kpov1.ProxyConfiguration{}, builder.WithPredicates(specOrMetadataChanged())).
+		Owns(&appsv1.DaemonSet{}, builder.WithPredicates(specOrMetadataChanged())).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.ServiceAccount{}).
 		// The agents' binding has every configuration as owner, none as controller.
@@ -249,7 +276,9 @@ func (r *ProxyConfigurationReconciler) SetupWithManager(mgr ctrl.Manager) error 
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allConfigurations),
 			builder.WithPredicates(nodeSelectionChanged())).
-		Watches(&kpov1.ProxyNodeStatus{}, handler.EnqueueRequestsFromMapFunc(reportedConfiguration)).
+		// Reports and node Leases feed the rollup, one node at a time.
+		Watches(&kpov1.ProxyNodeStatus{}, r.Rollup.reportHandler()).
+		Watches(&coordinationv1.Lease{}, r.Rollup.leaseHandler()).
 		Complete(r)
 }
 
@@ -266,14 +295,6 @@ func (r *ProxyConfigurationReconciler) allConfigurations(ctx context.Context, _ 
 	return reqs
 }
 
-func reportedConfiguration(_ context.Context, o client.Object) []reconcile.Request {
-	name := o.(*kpov1.ProxyNodeStatus).Status.Configuration
-	if name == "" {
-		return nil
-	}
-	return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: name}}}
-}
-
 // nodeSelectionChanged passes the node events that can change which configuration
 // selects a node: creation, deletion, labels and taints. Status heartbeats do not.
 func nodeSelectionChanged() predicate.Funcs {
@@ -285,4 +306,11 @@ func nodeSelectionChanged() predicate.Funcs {
 				(oldNode.DeletionTimestamp == nil) != (newNode.DeletionTimestamp == nil)
 		},
 	}
+}
+
+// specOrMetadataChanged passes creations, deletions and updates of the spec
+// (generation; a deletion bumps it too), labels or annotations: not status
+// updates, which for a DaemonSet come with every pod it rolls.
+func specOrMetadataChanged() predicate.Predicate {
+	return predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{})
 }

@@ -109,6 +109,10 @@ func TestInvalidConfigurationsAreRejected(t *testing.T) {
 			[]string{"spec.healthzPort", "less than or equal to 65535"}, false},
 		{"metrics port below range", func(pc *kpov1.ProxyConfiguration) { pc.Spec.MetricsPort = -1 },
 			[]string{"spec.metricsPort", "greater than or equal to 1"}, false},
+		{"metrics bind address a hostname", func(pc *kpov1.ProxyConfiguration) { pc.Spec.MetricsBindAddress = "localhost" },
+			[]string{"spec.metricsBindAddress", "must be an IP address"}, false},
+		{"metrics bind address IPv4-mapped", func(pc *kpov1.ProxyConfiguration) { pc.Spec.MetricsBindAddress = "::ffff:127.0.0.1" },
+			[]string{"spec.metricsBindAddress", "must be an IP address"}, false},
 		{"healthz and metrics on one port", func(pc *kpov1.ProxyConfiguration) { pc.Spec.HealthzPort, pc.Spec.MetricsPort = 9000, 9000 },
 			[]string{"spec.metricsPort", "must differ"}, false},
 		{"iptables masquerade bit above 31", func(pc *kpov1.ProxyConfiguration) { pc.Spec.IPTables.MasqueradeBit = ptr.To[int32](32) },
@@ -322,7 +326,7 @@ func TestKubectlShowsColumns(t *testing.T) {
 		[]string{"NAME", "MODE", "DESIRED", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "ACTIVE", "DEGRADED"},
 		[]string{"default", "nftables", "1", "1", "1", "True", "*", "nftables", "AsExpected"})
 	checkTable([]string{"get", "proxynodestatus"},
-		[]string{"NAME", "CONFIG", "MODE", "SYNCED", "SERVICES", "ENDPOINTS", "LAST-SYNC", "AGE"},
+		[]string{"NAME", "CONFIG", "MODE", "SYNCED", "SERVICES", "ENDPOINTS", "REPORTED", "AGE"},
 		[]string{sel + "-a", "default", "nftables", "True", "*", "*", "*", "*"})
 }
 

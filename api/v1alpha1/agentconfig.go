@@ -59,6 +59,10 @@ func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 	return cfg, nil
 }
 
+// DefaultMetricsBindAddress keeps the agents' metrics on the node, as
+// kube-proxy's default (127.0.0.1:10249).
+const DefaultMetricsBindAddress = "127.0.0.1"
+
 // Default fills in kube-proxy's defaults for every unset setting: the
 // defaulting half of Resolve (call Resolve). The CRD's OpenAPI defaults say
 // the same; this keeps configurations rendered by hand or by an older
@@ -75,6 +79,9 @@ func (s *ProxySettings) Default() {
 	}
 	if s.HealthzPort == 0 {
 		s.HealthzPort = 10256
+	}
+	if s.MetricsBindAddress == "" {
+		s.MetricsBindAddress = DefaultMetricsBindAddress
 	}
 	if s.MetricsPort == 0 {
 		s.MetricsPort = 10249

@@ -211,12 +211,25 @@ type ProxySettings struct {
 	// +optional
 	HealthzPort int32 `json:"healthzPort,omitempty"`
 
-	// MetricsPort is the node port of the agent's Prometheus /metrics (on 127.0.0.1).
+	// MetricsPort is the node port of the agent's Prometheus /metrics (on
+	// metricsBindAddress).
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
 	// +kubebuilder:default=10249
 	// +optional
 	MetricsPort int32 `json:"metricsPort,omitempty"`
+
+	// MetricsBindAddress is the IP address the agent's /metrics listens on
+	// (the port is metricsPort), as kube-proxy's metricsBindAddress: 127.0.0.1
+	// (the default) keeps the metrics on the node; 0.0.0.0 (or ::, both
+	// families) lets Prometheus scrape them over the network
+	// (config/monitoring), on every address of the node, as kube-proxy
+	// does with that setting.
+	// +kubebuilder:validation:MaxLength=45
+	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="spec.metricsBindAddress must be an IP address such as 127.0.0.1 or 0.0.0.0"
+	// +kubebuilder:default="127.0.0.1"
+	// +optional
+	MetricsBindAddress string `json:"metricsBindAddress,omitempty"`
 
 	// Conntrack sets the node's connection-tracking limits and timeouts.
 	// +kubebuilder:default={}

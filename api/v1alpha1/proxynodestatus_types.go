@@ -29,6 +29,10 @@ const (
 	// NodeReasonHandedOver: the configuration is being deleted and another one
 	// takes the node over; its agent replaces the rules (make-before-break).
 	NodeReasonHandedOver = "HandedOver"
+	// NodeReasonNotReporting is the operator's, never an agent's: the node's
+	// report was not written for longer than its staleAfterSeconds, so the
+	// agent (or its node) stopped reporting and its last word is not trusted.
+	NodeReasonNotReporting = "NotReporting"
 )
 
 // MaxRejectedObjects is how many rejected objects a ProxyNodeStatus names.
@@ -78,7 +82,9 @@ type ProxyNodeReport struct {
 	// +optional
 	ActiveMode Mode `json:"activeMode,omitempty"`
 
-	// LastSyncTime is when the last successful sync finished.
+	// LastSyncTime is when the last successful sync finished, as of
+	// LastReportTime: a sync that changes nothing the operator needs (counts,
+	// times) is not written on its own (docs/scale.md).
 	// +optional
 	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
 
@@ -121,6 +127,19 @@ type ProxyNodeReport struct {
 	// +optional
 	RejectedObjectCount int32 `json:"rejectedObjectCount,omitempty"`
 
+	// LastReportTime is when the agent wrote this report. It writes when its
+	// state changes (conditions, mode, errors, rejected objects) and otherwise
+	// once per heartbeat (5 minutes), with its current counts and sync times.
+	// +optional
+	LastReportTime *metav1.Time `json:"lastReportTime,omitempty"`
+	// StaleAfterSeconds is how long the report may be trusted without a newer
+	// write (two heartbeats and their jitter): the operator counts a node
+	// whose report it has not seen written for that long as not ready, with
+	// reason NotReporting, instead of believing the report's last word.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	StaleAfterSeconds int32 `json:"staleAfterSeconds,omitempty"`
+
 	// AgentVersion is the version of the agent binary.
 	// +kubebuilder:validation:MaxLength=64
 	// +optional
@@ -146,9 +165,10 @@ type ProxyNodeReport struct {
 // +kubebuilder:printcolumn:name="Synced",type=string,JSONPath=`.status.conditions[?(@.type=="Synced")].status`
 // +kubebuilder:printcolumn:name="Services",type=integer,JSONPath=`.status.services`
 // +kubebuilder:printcolumn:name="Endpoints",type=integer,JSONPath=`.status.endpoints`
-// +kubebuilder:printcolumn:name="Last-sync",type=date,JSONPath=`.status.lastSyncTime`
+// +kubebuilder:printcolumn:name="Reported",type=date,JSONPath=`.status.lastReportTime`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Synced")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Last-sync",type=date,JSONPath=`.status.lastSyncTime`,priority=1
 // +kubebuilder:printcolumn:name="Rules",type=integer,JSONPath=`.status.rules`,priority=1
 // +kubebuilder:printcolumn:name="Duration",type=string,JSONPath=`.status.lastSyncDuration`,priority=1
 // +kubebuilder:printcolumn:name="Rejected",type=integer,JSONPath=`.status.rejectedObjectCount`,priority=1

@@ -89,6 +89,13 @@ func ValidateSettings(mode Mode, s *ProxySettings, path *field.Path) field.Error
 
 	errs = append(errs, validatePort(path.Child("healthzPort"), s.HealthzPort)...)
 	errs = append(errs, validatePort(path.Child("metricsPort"), s.MetricsPort)...)
+	if s.MetricsBindAddress != "" {
+		// CEL's isIP refuses IPv4-mapped IPv6 addresses and zones too.
+		if a, err := netip.ParseAddr(s.MetricsBindAddress); err != nil || a.Is4In6() || a.Zone() != "" {
+			errs = append(errs, field.Invalid(path.Child("metricsBindAddress"), s.MetricsBindAddress,
+				"spec.metricsBindAddress must be an IP address such as 127.0.0.1 or 0.0.0.0"))
+		}
+	}
 	if s.HealthzPort == s.MetricsPort {
 		errs = append(errs, field.Invalid(path.Child("metricsPort"), s.MetricsPort, "spec.healthzPort and spec.metricsPort must differ"))
 	}

@@ -363,6 +363,10 @@ func (in *ProxyNodeReport) DeepCopyInto(out *ProxyNodeReport) {
 		*out = make([]RejectedObject, len(*in))
 		copy(*out, *in)
 	}
+	if in.LastReportTime != nil {
+		in, out := &in.LastReportTime, &out.LastReportTime
+		*out = (*in).DeepCopy()
+	}
 	if in.Conditions != nil {
 		in, out := &in.Conditions, &out.Conditions
 		*out = make([]metav1.Condition, len(*in))

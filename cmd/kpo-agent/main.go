@@ -21,6 +21,7 @@ import (
 	"kpo.dev/kpo/nodeagent/backends"
 	"kpo.dev/kpo/nodeagent/conntrack"
 	"kpo.dev/kpo/nodeagent/sysctl"
+	"kpo.dev/kpo/version"
 )
 
 // flags are kpo-agent's command line.
@@ -28,7 +29,7 @@ type flags struct {
 	configFile, kubeconfig, nodeName string
 	healthzAddr, metricsAddr         string
 	lockFile                         string
-	cleanup                          bool
+	cleanup, printVersion            bool
 }
 
 func main() {
@@ -41,8 +42,13 @@ func main() {
 	flag.StringVar(&f.lockFile, "lock-file", agent.DefaultLockFile,
 		"this node's agent lock: a second agent (or --cleanup) waits until the holder exits or hands the node over")
 	flag.BoolVar(&f.cleanup, "cleanup", false, "remove every kpo rule of every mode from this node and exit")
+	flag.BoolVar(&f.printVersion, "version", false, "print the version and exit")
 	klog.InitFlags(nil)
 	flag.Parse()
+	if f.printVersion {
+		fmt.Println(version.String("kpo-agent"))
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, f); err != nil {

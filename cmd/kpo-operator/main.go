@@ -5,8 +5,9 @@ package main
 import (
 	"context"
 	"flag"
-	"net"
+	"fmt"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -18,6 +19,7 @@ import (
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/controllers"
 	"kpo.dev/kpo/controllers/imagepolicy"
+	"kpo.dev/kpo/version"
 )
 
 func main() {
@@ -28,7 +30,9 @@ func main() {
 		probeAddr   = flag.String("health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 		leaderElect = flag.Bool("leader-elect", false, "elect a leader, so that only one replica reconciles")
 		apiServer   = flag.String("agent-kube-apiserver", os.Getenv("KPO_AGENT_KUBE_APISERVER"),
-			"host:port of the API server for the agents (needed when no other proxy serves the kubernetes Service)")
+			"host:port of the API server for the agents (default: discovered from the kubernetes Service's EndpointSlice, else --kube-apiserver)")
+		ownAPIServer = flag.String("kube-apiserver", os.Getenv("KPO_KUBE_APISERVER"),
+			"host:port of the API server for the operator itself (default: in-cluster; needed only while nothing serves the kubernetes Service)")
 		imageAllow = flag.String("agent-image-allow", os.Getenv("KPO_AGENT_IMAGE_ALLOW"),
 			"comma-separated images the agents may run besides --agent-image, which run privileged as root on every selected node: "+
 				"sha256:<digest>, an exact reference (repo:tag or repo@sha256:...), a repository (any tag or digest), "+
@@ -36,9 +40,16 @@ func main() {
 		podName = flag.String("pod-name", os.Getenv("POD_NAME"),
 			"the operator's own pod, read once to pin --agent-image by the digest the operator runs (empty: no pinning)")
 	)
+	printVersion := flag.Bool("version", false, "print the version and exit")
+	uninstallMode := flag.Bool("uninstall", false, "delete every ProxyConfiguration, wait until their agents have cleaned the nodes, and exit (the Helm chart's pre-delete hook)")
+	uninstallTimeout := flag.Duration("uninstall-timeout", 5*time.Minute, "how long --uninstall waits")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
+	if *printVersion {
+		fmt.Println(version.String("kpo-operator"))
+		return
+	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	setupLog := ctrl.Log.WithName("setup")
 
@@ -46,7 +57,19 @@ func main() {
 	must(clientgoscheme.AddToScheme(scheme))
 	must(kpov1.AddToScheme(scheme))
 
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	restCfg, err := restConfig(*ownAPIServer)
+	if err != nil {
+		setupLog.Error(err, "the API server connection")
+		os.Exit(1)
+	}
+	if *uninstallMode {
+		if err := uninstall(ctrl.SetupSignalHandler(), setupLog, restCfg, scheme, *uninstallTimeout); err != nil {
+			setupLog.Error(err, "uninstall")
+			os.Exit(1)
+		}
+		return
+	}
+	mgr, err := ctrl.NewManager(restCfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: *metricsAddr},
 		HealthProbeBindAddress: *probeAddr,
@@ -58,12 +81,10 @@ func main() {
 		setupLog.Error(err, "creating manager")
 		os.Exit(1)
 	}
-	var apiHost, apiPort string
-	if *apiServer != "" {
-		if apiHost, apiPort, err = net.SplitHostPort(*apiServer); err != nil {
-			setupLog.Error(err, "--agent-kube-apiserver must be host:port")
-			os.Exit(1)
-		}
+	apiHost, apiPort, err := agentAPIServer(context.Background(), setupLog, mgr.GetAPIReader(), *apiServer, *ownAPIServer)
+	if err != nil {
+		setupLog.Error(err, "--agent-kube-apiserver")
+		os.Exit(1)
 	}
 	pinned := pinnedOwnImage(ctrl.LoggerInto(context.Background(), setupLog), mgr.GetAPIReader(), *namespace, *podName, *agentImage)
 	policy, err := imagepolicy.New(*agentImage, pinned, splitList(*imageAllow))
@@ -86,7 +107,7 @@ func main() {
 	must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	must(mgr.AddReadyzCheck("readyz", healthz.Ping))
 
-	setupLog.Info("starting", "namespace", *namespace, "agentImage", policy.Default(), "allowedAgentImages", policy.Entries())
+	setupLog.Info("starting", "version", version.Get(), "commit", version.Revision(), "namespace", *namespace, "agentImage", policy.Default(), "allowedAgentImages", policy.Entries())
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		setupLog.Error(err, "manager stopped")
 		os.Exit(1)

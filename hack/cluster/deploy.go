@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -15,15 +16,18 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/images"
+	"kpo.dev/kpo/hack/release"
 	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/test/netns"
 )
 
 // Manifests the demo and the whole-system tests apply, relative to the repository.
 const (
-	// OperatorKustomization is config/default plus the bootstrap API server address.
-	OperatorKustomization = "hack/demo"
-	SamplesDir            = "config/samples"
-	EchoApp               = "hack/demo/echo.yaml"
+	SamplesDir = "config/samples"
+	EchoApp    = "hack/demo/echo.yaml"
+	// InstallYAML is where DeployOperator writes the install.yaml it applies.
+	InstallYAML = "bin/cluster-install.yaml"
 )
 
 // Repo is a path inside the repository.
@@ -71,13 +75,36 @@ func (c *Cluster) WaitNodesReady(ctx context.Context, timeout time.Duration) err
 	})
 }
 
-// DeployOperator applies the operator's manifests (config/default through
-// hack/demo) and waits until its Deployment is available.
+// DeployOperator applies install.yaml as `make release` renders it (package
+// hack/release): the operator pinned by the digest `make images` wrote, with
+// one setting a release leaves empty, the operator's own API server address:
+// this cluster has no kube-proxy, so nothing serves the kubernetes Service
+// before kpo's agents run. The agents' address is discovered (the operator
+// reads the kubernetes EndpointSlice). It waits until the Deployment is
+// available.
 func (c *Cluster) DeployOperator(ctx context.Context, timeout time.Duration) error {
-	if _, err := c.Kubectl(ctx, nil, "apply", "--server-side", "-k", Repo(OperatorKustomization)); err != nil {
+	kubectl, err := apiserver.Binary("kubectl")
+	if err != nil {
 		return err
 	}
-	return c.WaitDeployment(ctx, "kpo-system", "kpo-operator", timeout)
+	digest, err := release.ImageDigest(filepath.Join(ImagesDir(), "digests.txt"), images.Kpo.Name)
+	if err != nil {
+		return err
+	}
+	install, err := release.InstallYAML(ctx, release.Options{
+		Repo: Repo("."), Kubectl: kubectl, Version: "dev", Image: images.Kpo.Name, Digest: digest,
+		KubeAPIServer: fmt.Sprintf("%s:%d", netns.LANIP4, APIServerPort),
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(Repo(InstallYAML), install, 0o644); err != nil {
+		return err
+	}
+	if _, err := c.Kubectl(ctx, nil, "apply", "--server-side", "-f", Repo(InstallYAML)); err != nil {
+		return err
+	}
+	return c.WaitDeployment(ctx, release.Namespace, release.OperatorDeployment, timeout)
 }
 
 // WaitDeployment waits until a Deployment's pods are all updated and available.

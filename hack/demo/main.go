@@ -77,7 +77,7 @@ func run(ctx context.Context, nodes int, imagesDir string, switchTo kpov1.Mode, 
 	}
 	show(ctx, c, "get", "nodes", "-o", "wide")
 
-	step("deploying the operator: kubectl apply -k hack/demo (config/default + the API server's bootstrap address)")
+	step("deploying the operator: kubectl apply -f install.yaml (as make release renders it, + the API server's bootstrap address)")
 	if err := c.DeployOperator(ctx, 3*time.Minute); err != nil {
 		return withLogs(c, err)
 	}

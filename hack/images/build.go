@@ -16,6 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"kpo.dev/kpo/version"
 )
 
 // Options says where to build.
@@ -30,6 +32,9 @@ type Options struct {
 	// other digests); otherwise the first build's lists are kept.
 	RefreshPackages bool
 	Progress        func(string)
+	// Version and Commit are stamped into the Go binaries (package version)
+	// and the images' labels; empty: "dev" and no revision label.
+	Version, Commit string
 }
 
 // Build builds the images and writes their layouts.
@@ -186,9 +191,27 @@ func buildImage(ctx context.Context, s Spec, arch string, opts Options) (v1.Imag
 	cfg.Config.Entrypoint = s.Entrypoint
 	cfg.Config.User = s.User
 	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	cfg.Config.Labels = map[string]string{"org.opencontainers.image.title": s.Name}
+	cfg.Config.Labels = labels(s, opts)
 	img, err = mutate.ConfigFile(img, cfg)
 	return img, pkgs, err
+}
+
+// labels are the image's OCI annotations as config labels: what it is, its
+// version and source revision (what `crane config` or `ctr images inspect`
+// show of a running image).
+func labels(s Spec, opts Options) map[string]string {
+	l := map[string]string{
+		"org.opencontainers.image.title":    s.Name,
+		"org.opencontainers.image.version":  "dev",
+		"org.opencontainers.image.licenses": "Apache-2.0",
+	}
+	if opts.Version != "" {
+		l["org.opencontainers.image.version"] = opts.Version
+	}
+	if opts.Commit != "" {
+		l["org.opencontainers.image.revision"] = opts.Commit
+	}
+	return l
 }
 
 func layer(t *tree) (v1.Layer, error) {
@@ -205,7 +228,11 @@ func layer(t *tree) (v1.Layer, error) {
 // table: reproducible and small) and returns its path.
 func goBuild(ctx context.Context, opts Options, arch, pkg string) (string, error) {
 	out := filepath.Join(opts.Out, ".cache", "bin-"+arch, filepath.Base(pkg))
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	ldflags := "-s -w"
+	if opts.Version != "" {
+		ldflags += " " + version.LDFlags(opts.Version, opts.Commit)
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags="+ldflags, "-o", out, pkg)
 	cmd.Dir = opts.Repo
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 	if b, err := cmd.CombinedOutput(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -294,5 +295,32 @@ func TestBuildIsReproducible(t *testing.T) {
 	// /lib is merged into /usr/lib (bookworm's merged /usr).
 	if _, ok := a.entries["usr/lib/y.so"]; !ok {
 		t.Fatalf("lib/y.so should land in usr/lib: %v", a.entries)
+	}
+}
+
+// TestImageIsStamped: the kpo image's labels name its version and revision,
+// and both binaries in it print the same with --version (make images stamps
+// them from VERSION and the git commit).
+func TestImageIsStamped(t *testing.T) {
+	dir := builtImages(t)
+	img := platformImage(t, dir, Kpo, "amd64")
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ver, rev := cfg.Config.Labels["org.opencontainers.image.version"], cfg.Config.Labels["org.opencontainers.image.revision"]
+	if ver == "" || rev == "" {
+		t.Fatalf("labels %v: want org.opencontainers.image.version and .revision (make images stamps them)", cfg.Config.Labels)
+	}
+	root := t.TempDir()
+	unpack(t, img, root)
+	for _, bin := range []string{"kpo-agent", "kpo-operator"} {
+		out, err := exec.Command(filepath.Join(root, bin), "--version").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s --version: %v: %s", bin, err, out)
+		}
+		if want := fmt.Sprintf("%s %s (commit %s, ", bin, ver, rev); !strings.HasPrefix(string(out), want) {
+			t.Errorf("%s --version = %q, want it to start with %q (the image's labels)", bin, out, want)
+		}
 	}
 }

@@ -21,10 +21,13 @@ func main() {
 	arches := flag.String("arch", strings.Join(images.Arches, ","), "architectures (comma-separated)")
 	refresh := flag.Bool("refresh-packages", false, "fetch Debian's package lists again (newer versions, new digests)")
 	repo := flag.String("repo", ".", "the repository root (the Go packages are built from there)")
+	ver := flag.String("version", "", "version stamped into the binaries and the images' labels (empty: dev)")
+	commit := flag.String("commit", "", "source revision stamped with -version")
 	flag.Parse()
 	start := time.Now()
 	results, err := images.Build(context.Background(), images.All, images.Options{
 		Out: *out, Repo: *repo, Arches: strings.Split(*arches, ","), RefreshPackages: *refresh,
+		Version: *ver, Commit: *commit,
 		Progress: func(msg string) { fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), msg) },
 	})
 	if err != nil {

@@ -36,13 +36,16 @@ import (
 	"kpo.dev/kpo/nodeagent/health"
 	"kpo.dev/kpo/nodeagent/migrate"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/nodeagent/nodeports"
+	"kpo.dev/kpo/nodeagent/nodeinfo"
+	"kpo.dev/kpo/nodeagent/report"
 	"kpo.dev/kpo/nodeagent/runner"
 	"kpo.dev/kpo/nodeagent/tracker"
+	"kpo.dev/kpo/version"
 )
 
-// Version is the agent's version, reported in its ProxyNodeStatus.
-var Version = "dev"
+// Version is the agent's version, reported in its ProxyNodeStatus
+// (agentVersion) and its User-Agent: the build's stamp (package version).
+var Version = version.Get()
 
 // Options configure an Agent.
 type Options struct {
@@ -90,7 +93,7 @@ type Agent struct {
 	runner  *runner.Runner
 	health  *health.State
 	metrics *metrics
-	status  *statusReporter
+	status  *report.Reporter
 	hc      *health.CheckServers
 
 	minSync, syncPeriod time.Duration
@@ -149,13 +152,18 @@ func New(opts Options) (*Agent, error) {
 	a.serviceCIDRs.byName = map[string][]string{}
 	a.tracker = tracker.New(model.NodeContext{Name: opts.NodeName}, func() {
 		a.health.Queued()
-		a.metrics.pending.Set(float64(a.tracker.Pending()))
+		a.metrics.queued(time.Now(), a.tracker.Stats())
 		a.runner.Trigger()
 	})
 	a.runner = runner.New(a.sync, minSync, syncPeriod, max(syncPeriod, 30*time.Second), nil)
-	a.status = newStatusReporter(opts.Client, opts.NodeName, cfg, be.Mode())
-	a.status.health = a.health
-	a.status.report.Conntrack = opts.ConntrackSysctls
+	a.status = report.New(opts.Client, opts.NodeName, cfg, be.Mode(), report.Options{
+		// health keeps its own clock (the real one here, as the reporter's).
+		Freshness:    func(time.Time) (bool, string) { return a.health.Fresh() },
+		AgentVersion: Version})
+	if opts.ConntrackSysctls != nil {
+		a.status.SetConntrack(opts.ConntrackSysctls)
+	}
+	a.metrics.setInfo(Version, cfg.ConfigurationName, string(cfg.Mode), string(be.Mode()))
 	return a, nil
 }
 
@@ -164,7 +172,7 @@ func New(opts Options) (*Agent, error) {
 func (a *Agent) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
 	if err := a.backend.Check(ctx); err != nil {
-		a.status.setUnavailable(err)
+		a.status.SetUnavailable(err)
 		logger.Error(err, "the kernel cannot run the configured mode", "mode", a.backend.Mode())
 		a.fallBack(ctx, err)
 	}
@@ -246,7 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); a.status.run(ctx) }()
+	go func() { defer wg.Done(); a.status.Run(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); a.watchConfiguration(ctx) }()
 	a.runner.Loop(ctx)
@@ -259,7 +267,7 @@ func (a *Agent) setNode(n *corev1.Node) {
 	a.nodeMu.Lock()
 	a.node = n
 	a.nodeMu.Unlock()
-	a.status.setNode(n)
+	a.status.SetNode(n.UID)
 	a.health.SetNodeDeleting(n.DeletionTimestamp != nil || hasTaint(n, "ToBeDeletedByClusterAutoscaler"))
 	a.tracker.SetNode(model.NodeContext{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]})
 }
@@ -277,7 +285,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	snap, change := a.tracker.Snapshot()
 	snap.Node = a.nodeInfo()
 	a.reportRejections(logger, change)
-	a.metrics.pending.Set(0)
+	a.metrics.setChanges(a.tracker.Stats())
 	// The node's settings (pod CIDRs, NodePort addresses) shape every
 	// service's rules: a change of them is a full sync.
 	full = full || a.last == nil || !a.last.Node.Equal(snap.Node)
@@ -295,9 +303,9 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 		a.metrics.syncFailures.Inc()
 		if errors.Is(err, backend.ErrUnavailable) {
 			// Not a bad rule set: this kernel cannot run the mode at all.
-			a.status.setUnavailable(err)
+			a.status.SetUnavailable(err)
 		} else {
-			a.status.syncFailed(err)
+			a.status.SyncFailed(err)
 		}
 		logger.Error(err, "sync failed; the previous rules stay in place", "full", full, "reason", reason.String())
 		return err
@@ -310,7 +318,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	a.metrics.observeSync(res.Full, elapsed, res.Rules, change.TriggerTimes)
 	a.health.Synced()
 	counts := snap.Count()
-	a.status.synced(time.Now(), elapsed, res.Full, counts, res.Rules)
+	a.status.Synced(time.Now(), elapsed, res.Full, counts, res.Rules)
 	a.hc.Update(snap)
 	a.clearStaleUDP(ctx, snap)
 	a.resyncWhileDraining(res)
@@ -376,7 +384,8 @@ func (a *Agent) fallBack(ctx context.Context, unavailable error) {
 	}
 	logger.Info("keeping the previous mode's rules synced until the configured mode can run",
 		"configured", a.backend.Mode(), "active", previous)
-	a.status.fallBack(previous, unavailable)
+	a.status.FallBack(previous, unavailable)
+	a.metrics.setInfo(Version, a.opts.Config.ConfigurationName, string(a.opts.Config.Mode), string(previous))
 	a.backend = b
 }
 
@@ -436,39 +445,10 @@ func (a *Agent) clearStaleUDP(ctx context.Context, snap *model.Snapshot) {
 
 // nodeInfo is what backends need of the node: node-port addresses and cluster CIDRs.
 func (a *Agent) nodeInfo() model.NodeInfo {
-	info := model.NodeInfo{Name: a.opts.NodeName, ClusterCIDRs: map[model.Family][]netip.Prefix{}}
 	a.nodeMu.Lock()
 	node := a.node
 	a.nodeMu.Unlock()
-	cfg := a.opts.Config
-	cidrs := cfg.ClusterCIDRs
-	switch cfg.DetectLocalMode {
-	case kpov1.DetectLocalNodeCIDR:
-		// This node's pod ranges (kube-proxy waits for them to be set).
-		cidrs = nil
-		if node != nil {
-			for _, c := range node.Spec.PodCIDRs {
-				cidrs = append(cidrs, kpov1.CIDR(c))
-			}
-		}
-	case kpov1.DetectLocalBridgeInterface:
-		cidrs, info.LocalInterface = nil, cfg.DetectLocal.BridgeInterface
-	case kpov1.DetectLocalInterfaceNamePrefix:
-		cidrs, info.LocalInterface, info.LocalInterfacePrefix = nil, cfg.DetectLocal.InterfaceNamePrefix, true
-	}
-	for _, c := range cidrs {
-		if p, err := netip.ParsePrefix(string(c)); err == nil {
-			f := model.FamilyOf(p.Addr())
-			info.ClusterCIDRs[f] = append(info.ClusterCIDRs[f], p.Masked())
-		}
-	}
-	var setting []string
-	for _, npa := range cfg.NodePortAddresses {
-		setting = append(setting, string(npa))
-	}
-	info.NodePortIPs = nodeports.Resolve(setting, cfg.Mode, node, localAddrs())
-	info.ServiceCIDRs = a.serviceCIDRs.prefixes()
-	return info
+	return nodeinfo.Resolve(a.opts.Config, a.opts.NodeName, node, localAddrs(), a.serviceCIDRs.prefixes())
 }
 
 // localAddrs are the addresses of the node's interfaces (the agent runs in

@@ -2,13 +2,11 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/klog/v2"
@@ -161,8 +159,8 @@ func (a *Agent) successor(ctx context.Context) (string, error) {
 // (the successor listens on the same ports) and releases the host lock, on
 // which that agent waits.
 func (a *Agent) handOver(ctx context.Context, successor string) error {
-	a.status.handedOver(time.Now(), successor)
-	if err := a.status.writeFinal(ctx); err != nil {
+	a.status.HandedOver(time.Now(), successor)
+	if err := a.status.WriteFinal(ctx); err != nil {
 		return fmt.Errorf("reporting the hand-over to %s: %w", successor, err)
 	}
 	a.handedOver = true
@@ -181,11 +179,11 @@ func (a *Agent) handOver(ctx context.Context, successor string) error {
 // ProxyNodeStatus) names what the kernel still holds.
 func (a *Agent) cleanUpForDeletion(ctx context.Context) error {
 	if err := CleanupAll(ctx, a.opts.Backends, a.opts.Leftovers); err != nil {
-		a.status.cleanupFailed(err)
+		a.status.CleanupFailed(err)
 		return err
 	}
 	a.hc.CloseAll()
-	a.status.cleanedUp(time.Now())
+	a.status.CleanedUp(time.Now())
 	return nil
 }
 
@@ -252,62 +250,4 @@ func CleanupAll(ctx context.Context, backends map[kpov1.Mode]func() (backend.Bac
 		}
 	}
 	return ce
-}
-
-// errNoStatus: the final report could not be written because the Node is unknown.
-var errNoStatus = errors.New("the Node object is not known yet")
-
-func (r *statusReporter) cleanedUp(at time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.report.ActiveMode = ""
-	t := metav1.NewTime(at)
-	r.report.LastSyncTime = &t
-	r.report.Services, r.report.Endpoints, r.report.Rules = 0, 0, 0
-	r.report.LastError = ""
-	r.important, r.dirty = true, true
-	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, kpov1.NodeReasonCleanedUp,
-		"the ProxyConfiguration is being deleted; every kpo rule was removed from this node")
-}
-
-func (r *statusReporter) cleanupFailed(err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.report.LastError = truncate(err.Error())
-	r.important, r.dirty = true, true
-	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, kpov1.NodeReasonCleanupFailed,
-		"the ProxyConfiguration is being deleted; "+err.Error()+"; retrying with backoff (kpo-agent --cleanup removes them by hand)")
-}
-
-func (r *statusReporter) handedOver(at time.Time, successor string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	t := metav1.NewTime(at)
-	r.report.LastSyncTime = &t
-	r.important, r.dirty = true, true
-	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, kpov1.NodeReasonHandedOver,
-		fmt.Sprintf("the ProxyConfiguration is being deleted and %s takes this node over; "+
-			"the rules stay until its agent replaces them", successor))
-}
-
-// writeFinal writes the report now and then never again: another agent writes
-// this node's ProxyNodeStatus from here on.
-func (r *statusReporter) writeFinal(ctx context.Context) error {
-	if r.client == nil {
-		return nil
-	}
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
-	r.mu.Lock()
-	report := *r.report.DeepCopy()
-	uid := r.nodeUID
-	r.mu.Unlock()
-	if uid == "" {
-		return errNoStatus
-	}
-	if err := r.write(ctx, uid, report); err != nil {
-		return err
-	}
-	r.final = true
-	return nil
 }

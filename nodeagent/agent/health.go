@@ -7,11 +7,13 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
 
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/health"
 )
 
@@ -26,21 +28,42 @@ func (a *Agent) serve(ctx context.Context) error {
 	}
 	metricsAddr := a.opts.MetricsBindAddress
 	if metricsAddr == "" {
-		metricsAddr = "127.0.0.1:" + strconv.Itoa(int(a.opts.Config.MetricsPort))
+		metricsAddr = metricsAddress(&a.opts.Config.ProxySettings)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/healthz", a.health.Healthz())
 	mux.Handle("/livez", a.health.Livez())
 	mux.Handle(ReadyPath, a.health.Readyz())
 	if err := listenAndServe(ctx, healthz, mux); err != nil {
-		return fmt.Errorf("healthz server: %w", err)
+		return fmt.Errorf("healthz server: %w%s", err, portHint(err))
 	}
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
 	if err := listenAndServe(ctx, metricsAddr, metricsMux); err != nil {
-		return fmt.Errorf("metrics server: %w", err)
+		return fmt.Errorf("metrics server: %w%s", err, portHint(err))
 	}
 	return nil
+}
+
+// portHint explains a port held by another process: kpo's ports are
+// kube-proxy's (10256, 10249), so the usual holder is a kube-proxy still
+// running on the node.
+func portHint(err error) string {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return " (is kube-proxy still running on this node? remove its DaemonSet first, docs/install.md; " +
+			"or give the ProxyConfiguration other healthzPort/metricsPort)"
+	}
+	return ""
+}
+
+// metricsAddress is where /metrics listens: spec.metricsBindAddress
+// (127.0.0.1 unless set, as kube-proxy's metricsBindAddress) and metricsPort.
+func metricsAddress(s *kpov1.ProxySettings) string {
+	host := s.MetricsBindAddress
+	if host == "" {
+		host = kpov1.DefaultMetricsBindAddress
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(s.MetricsPort)))
 }
 
 func listenAndServe(ctx context.Context, addr string, h http.Handler) error {

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -13,8 +12,8 @@ func rejection(name, reason, msg string) model.Rejection {
 	return model.Rejection{Kind: model.KindEndpointSlice, Namespace: "ns", Name: name, Reason: reason, Message: msg}
 }
 
-// One entry per object and reason; the status names at most ten, with the
-// total; the metric counts per kind and reason.
+// One entry per object and reason; the metric counts per kind and reason
+// (package report bounds what the status names).
 func TestRejectionsReported(t *testing.T) {
 	sorted := []model.Rejection{
 		rejection("a", model.ReasonInvalidEndpointAddress, `"x" is not an IP address`),
@@ -27,24 +26,6 @@ func TestRejectionsReported(t *testing.T) {
 	grouped := groupRejections(sorted)
 	if len(grouped) != 14 || grouped[0].Message != `"x" is not an IP address (and 1 more)` || grouped[1].Message != "70000" {
 		t.Fatalf("grouped %d: %v", len(grouped), grouped[:2])
-	}
-
-	cfg := &kpov1.AgentConfiguration{ConfigurationName: "c", Mode: kpov1.ModeNFTables}
-	r := newStatusReporter(nil, "n", cfg, kpov1.ModeNFTables)
-	r.dirty, r.important = false, false
-	r.setRejected(grouped)
-	if len(r.report.RejectedObjects) != kpov1.MaxRejectedObjects || r.report.RejectedObjectCount != 14 {
-		t.Errorf("status names %d of %d", len(r.report.RejectedObjects), r.report.RejectedObjectCount)
-	}
-	if got := r.report.RejectedObjects[0]; got.Kind != "EndpointSlice" || got.Name != "a" || got.Reason != model.ReasonInvalidEndpointAddress {
-		t.Errorf("first named %+v", got)
-	}
-	if !r.dirty || !r.important {
-		t.Error("a change of rejections must be written at once")
-	}
-	r.setRejected(nil)
-	if r.report.RejectedObjects != nil || r.report.RejectedObjectCount != 0 {
-		t.Errorf("after the last rejection went: %+v", r.report)
 	}
 
 	m := newMetrics()

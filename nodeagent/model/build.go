@@ -107,6 +107,42 @@ type candidate struct {
 	serving, terminating bool
 	zoneHints            []string
 	nodeHints            []string
+	nodeName             string
+}
+
+// Candidate is one endpoint of a service port as its EndpointSlices give
+// it, before any policy: what explanations (nodeagent/explain) name when
+// they say why an endpoint is in a set or not.
+type Candidate struct {
+	Endpoint
+	// NodeName is the endpoint's nodeName ("" when not set).
+	NodeName             string
+	Serving, Terminating bool
+	ZoneHints, NodeHints []string
+}
+
+// Candidates are the endpoints BuildServicePorts considers for each of the
+// Service's ports and families: validated, without duplicates, in its order.
+func Candidates(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice, node NodeContext) map[ServicePortKey][]Candidate {
+	if !Proxied(svc) {
+		return nil
+	}
+	var rs rejections
+	v := validateService(svc, &rs)
+	views := validateSlices(endpointSlices, &rs)
+	out := map[ServicePortKey][]Candidate{}
+	for _, clusterIP := range v.clusterIPs {
+		family := FamilyOf(clusterIP)
+		for i := range v.ports {
+			port := &v.ports[i]
+			key := ServicePortKey{ServicePortName: ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: port.spec.Name, Protocol: port.protocol}, Family: family}
+			for _, c := range collectEndpoints(port, family, views, node) {
+				out[key] = append(out[key], Candidate{Endpoint: c.Endpoint, NodeName: c.nodeName, Serving: c.serving,
+					Terminating: c.terminating, ZoneHints: c.zoneHints, NodeHints: c.nodeHints})
+			}
+		}
+	}
+	return out
 }
 
 // collectEndpoints gathers the endpoints of one service port in one family from
@@ -145,6 +181,9 @@ func collectEndpoints(port *portView, family Family, views []sliceView, node Nod
 				},
 				serving: serving, terminating: terminating,
 			}
+			if ep.NodeName != nil {
+				c.nodeName = *ep.NodeName
+			}
 			if ep.Hints != nil {
 				for _, z := range ep.Hints.ForZones {
 					c.zoneHints = append(c.zoneHints, z.Name)
@@ -173,8 +212,13 @@ func collectEndpoints(port *portView, family Family, views []sliceView, node Nod
 //     external traffic from this node's pods and from the node itself the
 //     cluster-wide set (ShortCircuitEndpoints).
 func resolveEndpoints(sp *ServicePort, all []candidate, node NodeContext) {
-	cluster := clusterWide(all, node)
+	cluster, topo := clusterWide(all, node)
 	local := readyOrTerminating(filter(all, func(c candidate) bool { return c.Local }))
+	sp.Selection = Selection{
+		Topology:           topo,
+		ClusterTerminating: len(cluster) > 0 && !cluster[0].Ready,
+		LocalTerminating:   len(local) > 0 && !local[0].Ready,
+	}
 	for _, c := range all {
 		if c.Local && c.Ready {
 			sp.LocalEndpointCount++
@@ -228,27 +272,48 @@ func readyOrTerminating(cs []candidate) []candidate {
 // clusterWide is kube-proxy's cluster endpoint set: the ready endpoints
 // available for this node's topology, or, when none is ready, the serving
 // and terminating ones.
-func clusterWide(all []candidate, node NodeContext) []candidate {
+// The Topology says which hints narrowed it.
+func clusterWide(all []candidate, node NodeContext) ([]candidate, Topology) {
 	ready := filter(all, func(c candidate) bool { return c.Ready })
 	if len(ready) == 0 {
-		return filter(all, func(c candidate) bool { return c.serving && c.terminating })
+		return filter(all, func(c candidate) bool { return c.serving && c.terminating }), NoTopology
 	}
-	switch topologyFromHints(ready, node) {
-	case byNode:
-		return filter(ready, func(c candidate) bool { return slices.Contains(c.nodeHints, node.Name) })
-	case byZone:
-		return filter(ready, func(c candidate) bool { return slices.Contains(c.zoneHints, node.Zone) })
+	switch t := topologyFromHints(ready, node); t {
+	case TopologyNodeHints:
+		return filter(ready, func(c candidate) bool { return slices.Contains(c.nodeHints, node.Name) }), t
+	case TopologyZoneHints:
+		return filter(ready, func(c candidate) bool { return slices.Contains(c.zoneHints, node.Zone) }), t
 	}
-	return ready
+	return ready, NoTopology
 }
 
-type topology int
+// Topology is which topology hints narrowed a port's cluster-wide endpoints.
+type Topology uint8
 
 const (
-	noTopology topology = iota
-	byNode
-	byZone
+	// NoTopology: no hints apply (none, not on every ready endpoint, or none
+	// for this node or zone): every ready endpoint is used.
+	NoTopology Topology = iota
+	// TopologyNodeHints: the ready endpoints hinted for this node (hints.forNodes).
+	TopologyNodeHints
+	// TopologyZoneHints: the ready endpoints hinted for this node's zone (hints.forZones).
+	TopologyZoneHints
 )
+
+// Selection says why a port's endpoint sets are what they are: the choices
+// resolveEndpoints made besides the traffic policies. Backends ignore it;
+// kubectl kpo explain names it (nodeagent/explain). It is a function of the
+// same input as the sets, so it never makes an unchanged port look changed.
+type Selection struct {
+	// Topology narrowed the cluster-wide set (ready endpoints only).
+	Topology Topology
+	// ClusterTerminating: no endpoint is ready anywhere, so the cluster-wide
+	// set is the serving-terminating ones (kube-proxy's fallback).
+	ClusterTerminating bool
+	// LocalTerminating: no local endpoint is ready, so the local set (the
+	// Local policies') is this node's serving-terminating ones.
+	LocalTerminating bool
+}
 
 // topologyFromHints says which hints narrow the ready endpoints: hints are
 // used whenever the EndpointSlices carry them, whatever the Service asks for
@@ -257,7 +322,7 @@ const (
 // has them and one is for this node, else zone hints when every ready
 // endpoint has them and one is for this node's zone (kube-proxy's
 // topologyModeFromHints).
-func topologyFromHints(ready []candidate, node NodeContext) topology {
+func topologyFromHints(ready []candidate, node NodeContext) Topology {
 	allNode, allZone, forNode, forZone := true, true, false, false
 	for _, c := range ready {
 		allNode = allNode && len(c.nodeHints) > 0
@@ -267,11 +332,11 @@ func topologyFromHints(ready []candidate, node NodeContext) topology {
 	}
 	switch {
 	case allNode && forNode:
-		return byNode
+		return TopologyNodeHints
 	case allZone && forZone:
-		return byZone
+		return TopologyZoneHints
 	}
-	return noTopology
+	return NoTopology
 }
 
 func filter(cs []candidate, keep func(candidate) bool) []candidate {

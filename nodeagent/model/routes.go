@@ -106,7 +106,66 @@ type Route struct {
 	Masquerade bool
 	// Empty is what happens to the traffic when Endpoints is empty.
 	Empty Verdict
+	// Why says which policy or setting chose Set and Masquerade, for
+	// explanations (nodeagent/explain); backends ignore it.
+	Why RouteWhy
 }
+
+// RouteWhy is why a route is what it is.
+type RouteWhy struct {
+	Set        SetReason
+	Masquerade MasqueradeReason
+}
+
+// SetReason is why a route uses its endpoint set.
+type SetReason uint8
+
+const (
+	// SetClusterIP: ClusterIP traffic uses ClusterEndpoints (this node's
+	// endpoints with internalTrafficPolicy Local, else cluster-wide).
+	SetClusterIP SetReason = iota
+	// SetExternalCluster: externalTrafficPolicy Cluster, the cluster-wide set.
+	SetExternalCluster
+	// SetExternalLocal: externalTrafficPolicy Local, this node's endpoints.
+	SetExternalLocal
+	// SetShortCircuit: externalTrafficPolicy Local, traffic from this node or
+	// its pods goes to every endpoint as if it had come back from the load
+	// balancer.
+	SetShortCircuit
+	// SetPodsUnknown: externalTrafficPolicy Local, and detect-local cannot
+	// tell this node's pods apart in the family: their traffic takes the
+	// route from outside.
+	SetPodsUnknown
+	// SetIPVSOneSet: externalTrafficPolicy Local in the IPVS mode: a virtual
+	// server has one set for every source, the local endpoints.
+	SetIPVSOneSet
+)
+
+// MasqueradeReason is why a route masquerades or keeps the source.
+type MasqueradeReason uint8
+
+const (
+	// MasqueradeAll: the masqueradeAll setting.
+	MasqueradeAllSetting MasqueradeReason = iota
+	// MasqueradeNotFromPod: ClusterIP traffic that detect-local does not
+	// count as this node's pods' is masqueraded.
+	MasqueradeNotFromPod
+	// KeepFromPod: ClusterIP traffic from this node's pods keeps its source.
+	KeepFromPod
+	// KeepNoLocalDetector: detect-local cannot tell pods apart in the
+	// family, so ClusterIP traffic is not masqueraded at all.
+	KeepNoLocalDetector
+	// MasqueradeExternalCluster: externalTrafficPolicy Cluster masquerades
+	// external traffic (the endpoint may be on another node).
+	MasqueradeExternalCluster
+	// KeepExternalLocal: externalTrafficPolicy Local keeps the client's source.
+	KeepExternalLocal
+	// MasqueradeShortCircuitNode: the node's own short-circuited traffic is
+	// masqueraded, so that the reply comes back through it.
+	MasqueradeShortCircuitNode
+	// KeepShortCircuitPod: a pod's short-circuited traffic keeps its source.
+	KeepShortCircuitPod
+)
 
 // SourceRoutes are the routes of one destination kind by source.
 type SourceRoutes struct {
@@ -196,7 +255,8 @@ func (sp *ServicePort) Routes(o RouteOptions) Routes {
 	var r Routes
 	cm := o.ClusterMasquerade()
 	for _, s := range Sources {
-		*r.Cluster.From(s) = Route{Set: ClusterSet, Endpoints: sp.ClusterEndpoints, Masquerade: cm&s != 0, Empty: empty}
+		*r.Cluster.From(s) = Route{Set: ClusterSet, Endpoints: sp.ClusterEndpoints, Masquerade: cm&s != 0, Empty: empty,
+			Why: RouteWhy{Set: SetClusterIP, Masquerade: o.clusterMasqueradeReason(s)}}
 	}
 	if sp.HasExternal() {
 		r.External = sp.externalRoutes(o, empty)
@@ -208,16 +268,41 @@ func (sp *ServicePort) Routes(o RouteOptions) Routes {
 }
 
 func (sp *ServicePort) externalRoutes(o RouteOptions, empty Verdict) SourceRoutes {
-	outside := Route{Set: ExternalSet, Endpoints: sp.ExternalEndpoints, Masquerade: !sp.ExternalPolicyLocal, Empty: empty}
+	outside := Route{Set: ExternalSet, Endpoints: sp.ExternalEndpoints, Masquerade: !sp.ExternalPolicyLocal, Empty: empty,
+		Why: RouteWhy{Set: SetExternalCluster, Masquerade: MasqueradeExternalCluster}}
+	if sp.ExternalPolicyLocal {
+		outside.Why = RouteWhy{Set: SetExternalLocal, Masquerade: KeepExternalLocal}
+	}
 	r := SourceRoutes{Pods: outside, Node: outside, Outside: outside}
-	if !sp.ExternalPolicyLocal || o.Dialect == DialectIPVS {
+	if !sp.ExternalPolicyLocal {
 		return r
 	}
-	short := Route{Set: ShortCircuitSet, Endpoints: sp.ShortCircuitEndpoints, Empty: empty}
+	if o.Dialect == DialectIPVS {
+		r.Pods.Why.Set, r.Node.Why.Set = SetIPVSOneSet, SetIPVSOneSet
+		return r
+	}
+	short := Route{Set: ShortCircuitSet, Endpoints: sp.ShortCircuitEndpoints, Empty: empty,
+		Why: RouteWhy{Set: SetShortCircuit, Masquerade: KeepShortCircuitPod}}
 	if o.PodsKnown {
 		r.Pods = short
+	} else {
+		r.Pods.Why.Set = SetPodsUnknown
 	}
 	r.Node = short
 	r.Node.Masquerade = true
+	r.Node.Why.Masquerade = MasqueradeShortCircuitNode
 	return r
+}
+
+// clusterMasqueradeReason is why ClusterMasquerade includes s or not.
+func (o RouteOptions) clusterMasqueradeReason(s Source) MasqueradeReason {
+	switch {
+	case o.MasqueradeAll:
+		return MasqueradeAllSetting
+	case !o.PodsKnown:
+		return KeepNoLocalDetector
+	case s == FromPods:
+		return KeepFromPod
+	}
+	return MasqueradeNotFromPod
 }

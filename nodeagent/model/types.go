@@ -136,6 +136,9 @@ type ServicePort struct {
 	HasEndpoints bool
 	// LocalEndpointCount is what the healthCheckNodePort server reports.
 	LocalEndpointCount int
+	// Selection says why the endpoint sets are what they are (topology,
+	// terminating fallback); for explanations only.
+	Selection Selection
 }
 
 // ServingEndpoints are every serving endpoint of the port, whatever the

@@ -39,8 +39,16 @@ type Tracker struct {
 
 	dirty    map[types.NamespacedName]bool
 	allDirty bool
-	// triggerTimes are the earliest change times of pending changes, per Service.
-	triggerTimes map[types.NamespacedName]time.Time
+	// started is when the tracker was made: trigger times before it are not
+	// this agent's to measure (see SetEndpointSlice).
+	started time.Time
+	// triggerTimes are the EndpointSlice change times behind pending changes,
+	// per Service.
+	triggerTimes map[types.NamespacedName][]time.Time
+	// stats count changes for the agent's metrics; svcPending are the
+	// Services with a Service change since the last snapshot.
+	stats      Stats
+	svcPending map[types.NamespacedName]bool
 
 	// raw are the ServicePorts as built, ports what the snapshot holds: raw
 	// without what they lost to other Services. byService are the keys of
@@ -70,7 +78,9 @@ func New(node model.NodeContext, notify func()) *Tracker {
 		services:     map[types.NamespacedName]*corev1.Service{},
 		slices:       map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
 		dirty:        map[types.NamespacedName]bool{},
-		triggerTimes: map[types.NamespacedName]time.Time{},
+		started:      time.Now(),
+		triggerTimes: map[types.NamespacedName][]time.Time{},
+		svcPending:   map[types.NamespacedName]bool{},
 		raw:          map[model.ServicePortKey]*model.ServicePort{},
 		ports:        map[model.ServicePortKey]*model.ServicePort{},
 		byService:    map[types.NamespacedName][]model.ServicePortKey{},
@@ -84,13 +94,20 @@ func New(node model.NodeContext, notify func()) *Tracker {
 // SetService records a Service (added or updated).
 func (t *Tracker) SetService(svc *corev1.Service) {
 	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-	t.change(name, time.Time{}, func() { t.services[name] = svc })
+	t.change(name, func() { t.services[name] = svc; t.serviceChanged(name) })
 }
 
 // DeleteService forgets a Service.
 func (t *Tracker) DeleteService(namespace, name string) {
 	n := types.NamespacedName{Namespace: namespace, Name: name}
-	t.change(n, time.Time{}, func() { delete(t.services, n) })
+	t.change(n, func() { delete(t.services, n); t.serviceChanged(n) })
+}
+
+// serviceChanged counts a Service change (under the lock).
+func (t *Tracker) serviceChanged(n types.NamespacedName) {
+	t.stats.ServiceChangesTotal++
+	t.svcPending[n] = true
+	t.stats.ServiceChangesPending = len(t.svcPending)
 }
 
 // SetEndpointSlice records an EndpointSlice (added or updated).
@@ -99,12 +116,26 @@ func (t *Tracker) SetEndpointSlice(s *discoveryv1.EndpointSlice) {
 	if !ok {
 		return
 	}
-	t.change(svc, triggerTime(s), func() {
+	t.change(svc, func() {
 		if t.slices[svc] == nil {
 			t.slices[svc] = map[string]*discoveryv1.EndpointSlice{}
 		}
 		t.slices[svc][s.Name] = s
+		t.endpointsChanged()
+		// As kube-proxy (pkg/proxy/endpointschangetracker.go): only changes
+		// made after this agent started are measured. The slices of the
+		// initial list carry their last change's time, hours or days old,
+		// which is no latency of this agent's.
+		if tt := triggerTime(s); !tt.IsZero() && tt.After(t.started) {
+			t.triggerTimes[svc] = append(t.triggerTimes[svc], tt)
+		}
 	})
+}
+
+// endpointsChanged counts an EndpointSlice change (under the lock).
+func (t *Tracker) endpointsChanged() {
+	t.stats.EndpointChangesTotal++
+	t.stats.EndpointChangesPending++
 }
 
 // DeleteEndpointSlice forgets an EndpointSlice.
@@ -113,11 +144,16 @@ func (t *Tracker) DeleteEndpointSlice(s *discoveryv1.EndpointSlice) {
 	if !ok {
 		return
 	}
-	t.change(svc, time.Now(), func() {
+	t.change(svc, func() {
 		delete(t.slices[svc], s.Name)
 		if len(t.slices[svc]) == 0 {
 			delete(t.slices, svc)
 		}
+		t.endpointsChanged()
+		// As kube-proxy: a deleted slice's trigger time is its last update's,
+		// not the deletion's, so the Service's pending times are dropped and
+		// none is recorded.
+		delete(t.triggerTimes, svc)
 	})
 }
 
@@ -145,15 +181,29 @@ func (t *Tracker) Pending() int {
 	return len(t.dirty)
 }
 
-func (t *Tracker) change(svc types.NamespacedName, trigger time.Time, apply func()) {
+// Stats count the changes the tracker has seen, with kube-proxy's meaning
+// (kubeproxy_sync_proxy_rules_{service,endpoint}_changes_{total,pending}).
+type Stats struct {
+	// ServiceChangesTotal and EndpointChangesTotal count Service and
+	// EndpointSlice events (additions, updates, deletions).
+	ServiceChangesTotal, EndpointChangesTotal uint64
+	// ServiceChangesPending are the Services changed since the last snapshot;
+	// EndpointChangesPending the EndpointSlice events since then.
+	ServiceChangesPending, EndpointChangesPending int
+}
+
+// Stats returns the change counts.
+func (t *Tracker) Stats() Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stats
+}
+
+// change applies a change under the lock, marks the Service dirty and notifies.
+func (t *Tracker) change(svc types.NamespacedName, apply func()) {
 	t.mu.Lock()
 	apply()
 	t.dirty[svc] = true
-	if !trigger.IsZero() {
-		if old, ok := t.triggerTimes[svc]; !ok || trigger.Before(old) {
-			t.triggerTimes[svc] = trigger
-		}
-	}
 	t.mu.Unlock()
 	t.notify()
 }
@@ -166,7 +216,8 @@ type Change struct {
 	// Previous maps each changed key to its previous version (nil when new).
 	Previous map[model.ServicePortKey]*model.ServicePort
 	// TriggerTimes are the EndpointSlice change times behind this snapshot, for
-	// the network programming latency metric.
+	// the network programming latency metric: those after the tracker started,
+	// none of a Service whose slice was deleted since the last snapshot.
 	TriggerTimes []time.Time
 	// Rejected are the rejections new in this snapshot, Accepted those gone
 	// (the object was fixed or deleted, or won its conflict now), both sorted.
@@ -194,9 +245,7 @@ func (t *Tracker) Snapshot() (*model.Snapshot, Change) {
 	touched := map[model.ServicePortKey]bool{}
 	for name := range dirty {
 		t.rebuild(name, touched)
-		if tt, ok := t.triggerTimes[name]; ok {
-			change.TriggerTimes = append(change.TriggerTimes, tt)
-		}
+		change.TriggerTimes = append(change.TriggerTimes, t.triggerTimes[name]...)
 	}
 	for _, k := range t.arbiter.Resolve() {
 		touched[k] = true
@@ -209,7 +258,9 @@ func (t *Tracker) Snapshot() (*model.Snapshot, Change) {
 	}
 	t.dirty = map[types.NamespacedName]bool{}
 	t.allDirty = false
-	t.triggerTimes = map[types.NamespacedName]time.Time{}
+	t.triggerTimes = map[types.NamespacedName][]time.Time{}
+	t.svcPending = map[types.NamespacedName]bool{}
+	t.stats.ServiceChangesPending, t.stats.EndpointChangesPending = 0, 0
 
 	return &model.Snapshot{Services: maps.Clone(t.ports)}, change
 }

@@ -43,6 +43,7 @@ func TestSnapshotRebuildsOnlyWhatChanged(t *testing.T) {
 	notified := 0
 	tr := New(model.NodeContext{Name: "n"}, func() { notified++ })
 	t0 := time.Now().Add(-time.Second).Truncate(time.Millisecond)
+	tr.started = t0.Add(-time.Second) // the agent started before the change
 	tr.SetService(svc("a", "10.96.0.1"))
 	tr.SetService(svc("b", "10.96.0.2"))
 	tr.SetEndpointSlice(eps("a", t0, "10.244.1.5"))
@@ -137,5 +138,48 @@ func TestDuplicateEndpointAcrossSlicesIsStable(t *testing.T) {
 		if len(sp.ClusterEndpoints) != 1 || !sp.ClusterEndpoints[0].Local {
 			t.Fatalf("rebuild %d: %+v, want the one endpoint, local (slice a-abc wins)", i, sp.ClusterEndpoints)
 		}
+	}
+}
+
+// TestTriggerTimesAsKubeProxy: as kube-proxy's EndpointsChangeTracker, only
+// trigger times after the agent started count (the initial list's slices
+// carry old ones), every update's time counts, and a deleted slice drops its
+// Service's pending times (its annotation is its last update's, not the
+// deletion's). The old tracker reported the initial list's days-old times
+// and a deletion as a near-zero latency.
+func TestTriggerTimesAsKubeProxy(t *testing.T) {
+	tr := New(model.NodeContext{Name: "n"}, nil)
+	tr.SetService(svc("a", "10.96.0.1"))
+	tr.SetService(svc("b", "10.96.0.2"))
+	old := time.Now().Add(-72 * time.Hour)
+	tr.SetEndpointSlice(eps("a", old, "10.244.1.5"))
+	if _, ch := tr.Snapshot(); len(ch.TriggerTimes) != 0 {
+		t.Errorf("the initial list's trigger times (3 days old) were reported: %v", ch.TriggerTimes)
+	}
+
+	t1 := time.Now().Add(time.Millisecond)
+	t2 := t1.Add(time.Millisecond)
+	tr.SetEndpointSlice(eps("a", t1, "10.244.1.5", "10.244.1.6"))
+	tr.SetEndpointSlice(eps("a", t2, "10.244.1.6"))
+	tr.SetEndpointSlice(eps("b", t2, "10.244.1.7"))
+	_, ch := tr.Snapshot()
+	if len(ch.TriggerTimes) != 3 {
+		t.Errorf("trigger times %v, want each update's (3)", ch.TriggerTimes)
+	}
+
+	tr.SetEndpointSlice(eps("a", t2.Add(time.Millisecond), "10.244.1.8"))
+	tr.DeleteEndpointSlice(eps("a", t2.Add(time.Millisecond)))
+	if _, ch := tr.Snapshot(); len(ch.TriggerTimes) != 0 {
+		t.Errorf("a deleted slice's Service reported trigger times %v", ch.TriggerTimes)
+	}
+	st := tr.Stats()
+	if st.ServiceChangesTotal != 2 || st.EndpointChangesTotal != 6 || st.ServiceChangesPending != 0 || st.EndpointChangesPending != 0 {
+		t.Errorf("stats %+v, want 2 service and 6 endpoint changes, none pending", st)
+	}
+	tr.SetService(svc("a", "10.96.0.1"))
+	tr.SetService(svc("a", "10.96.0.1"))
+	tr.SetEndpointSlice(eps("b", t2, "10.244.1.9"))
+	if st := tr.Stats(); st.ServiceChangesPending != 1 || st.EndpointChangesPending != 1 {
+		t.Errorf("pending %+v, want one Service and one endpoint change", st)
 	}
 }

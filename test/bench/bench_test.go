@@ -478,9 +478,11 @@ func startKpo(b *testing.B, node *testnet.Node, mode, minSyncPeriod string) *pro
 			return 0, false
 		},
 		counts: func(m metrics) (float64, float64, float64, float64) {
-			const h = "kpo_sync_proxy_rules_duration_seconds"
-			return m.sum(h+"_count", `type="full"`), m.sum(h+"_count", `type="partial"`),
-				m.sum(h+"_sum", `type="partial"`), m.sum(h+"_sum", `type="full"`)
+			// kube-proxy's names (nodeagent/agent/metrics.go).
+			return m.sum("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),
+				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"),
+				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum"),
+				m.sum("kubeproxy_sync_full_proxy_rules_duration_seconds_sum")
 		},
 	}
 }

@@ -188,7 +188,7 @@ func mdMethod(w func(string, ...any), m machine) {
 	w("- **first sync**: the duration of that sync alone, as the proxy logs it.\n")
 	w("- **partial sync**: one EndpointSlice update (one endpoint's address) after the proxy has\n")
 	w("  been quiet for 3 s; the duration is the delta of the proxy's own partial-sync histogram\n")
-	w("  (`kubeproxy_sync_partial_proxy_rules_duration_seconds`, `kpo_sync_proxy_rules_duration_seconds{type=\"partial\"}`);\n")
+	w("  (`kubeproxy_sync_partial_proxy_rules_duration_seconds`, the same name in both);\n")
 	w("  *change → synced* is the update's API call to that histogram's count moving (metrics\n")
 	w("  polled every 10 ms), i.e. watch delivery + batching + sync.\n")
 	w("- **CPU**: utime+stime of the process and its waited-for children (kube-proxy runs\n")

@@ -1,14 +1,15 @@
 // Package cluster_test is kpo's whole-system suite: one local cluster of real
 // Kubernetes components (hack/cluster: kube-apiserver, etcd,
 // kube-controller-manager, kube-scheduler, and kubelet + containerd on each
-// node), the operator deployed from config/ and run from the image `make
-// images` built, the sample ProxyConfiguration and the demo app, and then mode
+// node), the operator deployed from install.yaml as `make release` renders it
+// and run from the image `make images` built, the sample ProxyConfiguration and the demo app, and then mode
 // switches, restarts and deletion under load, checked by real packets and by
 // each node's kernel state.
 //
 // The tests share the cluster and run in order (Go runs a package's tests
 // sequentially, files in name order); the deletion test runs after the others
-// of cluster_test.go, then the hand-over test, and undeploy last.
+// of cluster_test.go, then the hand-over test, undeploy, the rollback to
+// kube-proxy (which installs kpo again) and the Helm install and uninstall.
 package cluster_test
 
 import (

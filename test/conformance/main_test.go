@@ -79,7 +79,7 @@ func record(t *testing.T, r *Result) {
 		_, _ = fmt.Fprintln(f, line)
 		_ = f.Close()
 	}
-	if len(r.Diffs) > 0 {
+	if len(r.Diffs) > 0 || len(r.Explain.Wrong) > 0 {
 		t.Errorf("%s\n%s", line, r.Report())
 	} else if len(r.Unstable) > 0 || len(r.Accepted) > 0 {
 		t.Logf("%s", r.Report())

@@ -30,6 +30,8 @@ type Suite struct {
 	Kpo   proxy
 	// barriers counts barrier Services, so each has new addresses.
 	barriers int
+	// explained is the explanation check of kpo's last full phase.
+	explained *explainCheck
 }
 
 // Result is one run's comparison.
@@ -42,6 +44,8 @@ type Result struct {
 	Accepted []Diff
 	// Unstable differences did not repeat when checked again.
 	Unstable []Diff
+	// Explain compares kubectl kpo explain's predictions with what kpo did.
+	Explain explainCheck
 	// cases by name, for printing a differing case.
 	cases map[string]*Case
 }
@@ -63,6 +67,10 @@ func (r *Result) Summary() string {
 	}
 	if len(r.Unstable) > 0 {
 		s += fmt.Sprintf(" (%d unstable: did not repeat)", len(r.Unstable))
+	}
+	s += fmt.Sprintf("; explain: %d of %d predictions wrong", len(r.Explain.Wrong), r.Explain.Checked)
+	if r.Explain.Unstable > 0 {
+		s += fmt.Sprintf(" (%d missed once, right when probed again)", r.Explain.Unstable)
 	}
 	return s
 }
@@ -86,6 +94,9 @@ func (r *Result) Report() string {
 	for _, d := range r.Accepted {
 		fmt.Fprintf(&b, "ACCEPTED (%s) %s\n    kube-proxy: %s\n    kpo:        %s\n", d.AcceptID, d.Probe.ID(), d.Ref, d.Kpo)
 	}
+	for _, w := range r.Explain.Wrong {
+		fmt.Fprintf(&b, "EXPLAIN WRONG %s\n", w)
+	}
 	return b.String()
 }
 
@@ -97,6 +108,9 @@ func (s *Suite) Run(t *testing.T, settings Settings, build func() []*Case) *Resu
 	ref, probes, cases := s.phase(t, s.Ref, settings, build, nil)
 	got, _, _ := s.phase(t, s.Kpo, settings, build, nil)
 	res := &Result{Settings: settings, Probes: len(probes), cases: map[string]*Case{}}
+	if s.explained != nil {
+		res.Explain, s.explained = *s.explained, nil
+	}
 	for _, c := range cases {
 		res.cases[c.Name] = c
 	}
@@ -188,6 +202,11 @@ func (s *Suite) phase(t *testing.T, px proxy, settings Settings, build func() []
 	w.warmNeighbours()
 	probes := keep(append(w.globalProbes(), w.allProbes(cases, "")...))
 	obs := w.runProbes(probes)
+	explained := only == nil && px == s.Kpo
+	if explained {
+		s.explained = &explainCheck{}
+		s.explain(t, settings, probes, obs)
+	}
 	for _, c := range cases {
 		for _, st := range c.Steps {
 			st.Change(c)
@@ -200,8 +219,12 @@ func (s *Suite) phase(t *testing.T, px proxy, settings Settings, build func() []
 				stepProbes = append(stepProbes, c.lateProbes(c, st.Name)...)
 			}
 			stepProbes = keep(stepProbes)
-			for id, o := range w.runProbes(stepProbes) {
+			stepObs := w.runProbes(stepProbes)
+			for id, o := range stepObs {
 				obs[id] = o
+			}
+			if explained {
+				s.explain(t, settings, stepProbes, stepObs)
 			}
 			probes = append(probes, stepProbes...)
 		}
@@ -272,8 +295,24 @@ func (s *Suite) barrier(t *testing.T, px proxy) {
 	})
 }
 
+// explain checks the explanations of probes against what kpo did, with the
+// objects as they are now (before the next step changes them).
+func (s *Suite) explain(t *testing.T, settings Settings, probes []Probe, obs map[string]Observation) {
+	t.Helper()
+	c, err := s.checkExplanations(settings, probes, obs)
+	if err != nil {
+		t.Fatalf("explain: %v", err)
+	}
+	s.explained.Checked += c.Checked
+	s.explained.Wrong = append(s.explained.Wrong, c.Wrong...)
+	s.explained.Unstable += c.Unstable
+}
+
 func (r *Result) merge(o *Result) {
 	r.Probes += o.Probes
+	r.Explain.Checked += o.Explain.Checked
+	r.Explain.Wrong = append(r.Explain.Wrong, o.Explain.Wrong...)
+	r.Explain.Unstable += o.Explain.Unstable
 	r.Diffs = append(r.Diffs, o.Diffs...)
 	r.Accepted = append(r.Accepted, o.Accepted...)
 	r.Unstable = append(r.Unstable, o.Unstable...)

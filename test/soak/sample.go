@@ -34,10 +34,10 @@ type Sample struct {
 	// Goroutines is go_goroutines.
 	Goroutines float64
 	// FullSyncs, PartialSyncs and FailedSyncs are the agent's sync counters
-	// (kpo_sync_proxy_rules_duration_seconds_count by type,
+	// (kubeproxy_sync_{full,partial}_proxy_rules_duration_seconds_count,
 	// kpo_sync_proxy_rules_failures_total).
 	FullSyncs, PartialSyncs, FailedSyncs float64
-	// Pending is kpo_sync_proxy_rules_service_changes_pending.
+	// Pending is kubeproxy_sync_proxy_rules_service_changes_pending.
 	Pending float64
 	// CPUSeconds is the agent's user+system time, with its waited-for children
 	// (iptables-restore).
@@ -108,7 +108,6 @@ func (a *Agent) Read() (Sample, error) {
 	if err != nil {
 		return s, err
 	}
-	const syncs = "kpo_sync_proxy_rules_duration_seconds"
 	s.HeapMiB = m.Value("go_memstats_heap_inuse_bytes") / (1 << 20)
 	gogc := 100.0
 	if f, ok := m["go_gc_gogc_percent"]; ok && len(f.GetMetric()) > 0 {
@@ -116,10 +115,10 @@ func (a *Agent) Read() (Sample, error) {
 	}
 	s.LiveHeapMiB = m.Value("go_memstats_next_gc_bytes") / (1 + gogc/100) / (1 << 20)
 	s.Goroutines = m.Value("go_goroutines")
-	s.FullSyncs = m.Value(syncs, "type", "full")
-	s.PartialSyncs = m.Value(syncs, "type", "partial")
+	s.FullSyncs = m.Value("kubeproxy_sync_full_proxy_rules_duration_seconds")
+	s.PartialSyncs = m.Value("kubeproxy_sync_partial_proxy_rules_duration_seconds")
 	s.FailedSyncs = m.Value("kpo_sync_proxy_rules_failures_total")
-	s.Pending = m.Value("kpo_sync_proxy_rules_service_changes_pending")
+	s.Pending = m.Value("kubeproxy_sync_proxy_rules_service_changes_pending")
 	return s, nil
 }
 

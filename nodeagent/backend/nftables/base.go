@@ -39,7 +39,11 @@ const (
 	mapFirewallIPs         = "firewall-ips"
 	mapEndpoints           = "endpoints"
 	mapNodePortEndpoints   = "nodeport-endpoints"
-	setHairpin             = "hairpin"
+	// setHairpin is kube-proxy's hairpin-connections set, keyed as there by
+	// endpoint IP . endpoint IP . protocol . port (pkg/proxy/nftables/proxier.go);
+	// the name moved with the key (it was "hairpin", keyed by the IPs alone),
+	// so that an older table's set is stale and deleted on the first full sync.
+	setHairpin = "hairpin-connections"
 
 	setClusterCIDRs = "cluster-cidrs"
 	setNodePortIPs  = "nodeport-ips"
@@ -138,9 +142,9 @@ func renderBase(fi famInfo, fam model.Family, s settingsView, node *model.NodeIn
 			fmt.Sprintf("meta mark set meta mark or %s", mark),
 		}},
 		{name: chainMasquerading, rules: []string{
-			// Hairpin (see renderService): the translated packet goes back to
-			// the pod that sent it.
-			fmt.Sprintf("%s saddr . %s daddr @%s jump %s", ipKW, ipKW, setHairpin, chainMarkMasq),
+			// Hairpin (see shareCommon): the translated packet goes back to
+			// the pod that sent it, to the port of a local endpoint.
+			fmt.Sprintf("%s saddr . %s daddr . meta l4proto . th dport @%s jump %s", ipKW, ipKW, setHairpin, chainMarkMasq),
 			fmt.Sprintf("meta mark & %s == 0 return", mark),
 			// Clear the bit: the packet may be forwarded into another tunnel or
 			// proxy that uses marks of its own.
@@ -285,7 +289,7 @@ func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps 
 	// Sets whose elements the services own (use-counted: a ClusterIP serves
 	// several ports, an endpoint several services).
 	for _, set := range []*knftables.Set{
-		{Family: fam, Table: tbl, Name: setHairpin, Type: fi.addrT + " . " + fi.addrT},
+		{Family: fam, Table: tbl, Name: setHairpin, Type: fi.addrT + " . " + fi.addrT + " . inet_proto . inet_service"},
 		{Family: fam, Table: tbl, Name: setClusterIPs, Type: fi.addrT},
 	} {
 		tx.Add(set)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/knftables"
 
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
@@ -63,8 +64,8 @@ func TestRendering(t *testing.T) {
 			"add element ip kpo endpoints { 10.96.0.1 . tcp . 80 . 0 : 10.244.1.10 . 8080 }",
 			"add element ip kpo endpoints { 10.96.0.1 . tcp . 80 . 1 : 10.244.2.10 . 8080 }",
 			// Hairpin for the local endpoint only (kube-proxy's hairpin-connections).
-			"add element ip kpo hairpin { 10.244.1.10 . 10.244.1.10 }",
-			"add rule ip kpo masquerading ip saddr . ip daddr @hairpin jump mark-for-masquerade",
+			"add element ip kpo hairpin-connections { 10.244.1.10 . 10.244.1.10 . tcp . 8080 }",
+			"add rule ip kpo masquerading ip saddr . ip daddr . meta l4proto . th dport @hairpin-connections jump mark-for-masquerade",
 			// Other ports of the ClusterIP are refused.
 			"add element ip kpo cluster-ips { 10.96.0.1 }",
 			"add rule ip kpo cluster-ips-check ip daddr @cluster-ips reject",
@@ -122,7 +123,7 @@ func TestRendering(t *testing.T) {
 					t.Errorf("missing %q in\n%s", w, d)
 				}
 			}
-			if strings.Contains(d, "hairpin { 10.244.2.10") {
+			if strings.Contains(d, "hairpin-connections { 10.244.2.10") {
 				t.Errorf("a remote endpoint in the hairpin set:\n%s", d)
 			}
 		})
@@ -316,15 +317,15 @@ func TestNodeChangeForcesFull(t *testing.T) {
 func TestHairpinShared(t *testing.T) {
 	b, k := newFake(t)
 	a := svc("a", "10.96.0.1", 80, ep("10.244.1.10", 8080, true))
-	c := svc("c", "10.96.0.3", 81, ep("10.244.1.10", 8081, true))
-	const elem = "add element ip kpo hairpin { 10.244.1.10 . 10.244.1.10 }"
+	c := svc("c", "10.96.0.3", 81, ep("10.244.1.10", 8080, true))
+	const elem = "add element ip kpo hairpin-connections { 10.244.1.10 . 10.244.1.10 . tcp . 8080 }"
 	mustSync(t, b, snapshot(testNode, a, c), true)
 	mustSync(t, b, snapshot(testNode, c), false)
 	if !strings.Contains(dump(k), elem) {
 		t.Errorf("hairpin element gone with one of its two services:\n%s", dump(k))
 	}
 	mustSync(t, b, snapshot(testNode), false)
-	if strings.Contains(dump(k), "element ip kpo hairpin") {
+	if strings.Contains(dump(k), "element ip kpo hairpin-connections") {
 		t.Errorf("hairpin element left:\n%s", dump(k))
 	}
 	// And a full sync from scratch agrees with the partial ones.
@@ -333,5 +334,34 @@ func TestHairpinShared(t *testing.T) {
 	res2, _ := backendtest.Sync(context.Background(), b2, snapshot(testNode, a), true)
 	if res.Rules != res2.Rules {
 		t.Errorf("rules after partial syncs %d != full %d", res.Rules, res2.Rules)
+	}
+}
+
+// TestHairpinKeyedByEndpointPort: the hairpin element is the endpoint's
+// address, protocol and port, as kube-proxy's hairpin-connections. A pod that
+// one Service lists as a local endpoint (TCP 8080) is not masqueraded when it
+// reaches itself through another Service that lists it without nodeName (UDP
+// 8082): kube-proxy does not either, and that hairpin times out. Keyed by the
+// address alone (before), kpo masqueraded it: conformance seed 257 in the
+// random batch 251–275.
+func TestHairpinKeyedByEndpointPort(t *testing.T) {
+	b, k := newFake(t)
+	a := svc("a", "10.96.0.1", 80, ep("10.244.1.10", 8080, true))
+	dns := svc("dns", "10.96.0.2", 53, ep("10.244.1.10", 8082, false))
+	dns.Protocol, dns.Key.Protocol = corev1.ProtocolUDP, corev1.ProtocolUDP
+	mustSync(t, b, snapshot(testNode, a, dns), true)
+	d := dump(k)
+	if !strings.Contains(d, "add element ip kpo hairpin-connections { 10.244.1.10 . 10.244.1.10 . tcp . 8080 }") {
+		t.Errorf("no hairpin element for the local endpoint's port:\n%s", d)
+	}
+	if strings.Contains(d, "udp . 8082") {
+		t.Errorf("hairpin element for an endpoint that is not local:\n%s", d)
+	}
+	// Made local, the UDP endpoint gets its own element (partial sync).
+	dns2 := svc("dns", "10.96.0.2", 53, ep("10.244.1.10", 8082, true))
+	dns2.Protocol, dns2.Key.Protocol = corev1.ProtocolUDP, corev1.ProtocolUDP
+	mustSync(t, b, snapshot(testNode, a, dns2), false)
+	if d := dump(k); !strings.Contains(d, "add element ip kpo hairpin-connections { 10.244.1.10 . 10.244.1.10 . udp . 8082 }") {
+		t.Errorf("no hairpin element for the UDP endpoint made local:\n%s", d)
 	}
 }

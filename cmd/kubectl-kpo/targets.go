@@ -1,0 +1,123 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/explain"
+	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/nodeports"
+)
+
+// targets are the nodes and addresses concerned by --to and the sender.
+func (w *world) targets(svc *corev1.Service, family model.Family, src explain.Source, o *explainOptions) (explain.Target, []target, error) {
+	kind, ip, _ := strings.Cut(strings.ToLower(o.to), ":")
+	var addrs []string
+	var t explain.Target
+	switch kind {
+	case "clusterip", "":
+		t, addrs = explain.ToClusterIP, svc.Spec.ClusterIPs
+	case "external", "externalip":
+		t, addrs = explain.ToExternalIP, svc.Spec.ExternalIPs
+	case "lb", "loadbalancer":
+		t = explain.ToLoadBalancerIP
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			addrs = append(addrs, ing.IP)
+		}
+	case "nodeport":
+		return explain.ToNodePort, w.nodePortTargets(family, o.node), nil
+	default:
+		return "", nil, fmt.Errorf("--to %q: want clusterip, nodeport, external[:IP] or lb[:IP]", o.to)
+	}
+	if ip != "" {
+		addrs = []string{ip}
+	}
+	var vips []netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParseAddr(a); err == nil && model.FamilyOf(p) == family {
+			vips = append(vips, p.Unmap())
+		}
+	}
+	if len(vips) == 0 {
+		return "", nil, fmt.Errorf("service %s/%s has no %s %s address", svc.Namespace, svc.Name, family, t)
+	}
+	nodes := w.agentNodes()
+	switch {
+	case o.node != "":
+		nodes = []string{o.node}
+	case src.Kind != explain.FromExternal:
+		// A pod's and a node's traffic to a service address is handled by
+		// their own node.
+		nodes = []string{src.Node}
+	}
+	var out []target
+	for _, n := range nodes {
+		for _, a := range vips {
+			out = append(out, target{node: n, addr: a})
+		}
+	}
+	return t, out, nil
+}
+
+// nodePortTargets are the primary addresses of the nodes concerned.
+func (w *world) nodePortTargets(family model.Family, only string) []target {
+	nodes := w.agentNodes()
+	if only != "" {
+		nodes = []string{only}
+	}
+	var out []target
+	for _, n := range nodes {
+		if ip, ok := nodeports.PrimaryIPs(w.nodes[n])[family]; ok {
+			out = append(out, target{node: n, addr: ip})
+		}
+	}
+	return out
+}
+
+// freshness says what may keep a node's rules from matching the model
+// explained: an agent that runs an older generation of its configuration,
+// has not synced, or whose last sync failed. (Agents do not report a hash
+// of the model they programmed yet: the explanation then holds once the
+// node has synced these objects; hash is the model's, for comparison.)
+func freshness(st *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, hash string) []string {
+	var out []string
+	r := &st.Status
+	if r.ConfigurationGeneration != pc.Generation {
+		out = append(out, fmt.Sprintf("%s runs generation %d of %s, which is at generation %d: its agent is rolling",
+			st.Name, r.ConfigurationGeneration, pc.Name, pc.Generation))
+	}
+	if c := meta(r.Conditions, kpov1.NodeConditionSynced); c == nil || c.Status != metav1.ConditionTrue {
+		reason := "no Synced condition"
+		if c != nil {
+			reason = c.Reason + ": " + c.Message
+		}
+		out = append(out, fmt.Sprintf("%s has not programmed its current model (%s)", st.Name, reason))
+	}
+	if r.ActiveMode != "" && r.RequestedMode != "" && r.ActiveMode != r.RequestedMode {
+		out = append(out, fmt.Sprintf("%s runs mode %s, not the requested %s (explained in %s)", st.Name, r.ActiveMode, r.RequestedMode, r.ActiveMode))
+	}
+	out = append(out, fmt.Sprintf("%s does not report which model it programmed: this one (%s) holds once it has synced these objects (last sync %s)",
+		st.Name, hash, lastSync(r)))
+	return out
+}
+
+func lastSync(r *kpov1.ProxyNodeReport) string {
+	if r.LastSyncTime == nil {
+		return "never"
+	}
+	return r.LastSyncTime.UTC().Format("15:04:05Z")
+}
+
+func meta(cs []metav1.Condition, typ string) *metav1.Condition {
+	for i := range cs {
+		if cs[i].Type == typ {
+			return &cs[i]
+		}
+	}
+	return nil
+}
