@@ -31,7 +31,7 @@ const (
 )
 
 // agentReport writes a node's ProxyNodeStatus as the agent does
-// (nodeagent/agent/status.go, statusReporter.write): a server-side apply of
+// (nodeagent/report/report.go, Reporter.write): a server-side apply of
 // the object, owned by owner (its Node), then one of its status.
 func agentReport(c client.Client, node string, owner *corev1.Node, report kpov1.ProxyNodeReport, opts ...client.ApplyOption) error {
 	obj := &unstructured.Unstructured{Object: map[string]any{

@@ -19,7 +19,7 @@ import (
 
 // TestInvalidConfigurationsAreRejected checks every validation rule of the CRD on
 // the real API server: the create fails, and the message names the field. The
-// agent's own check (kpov1.ValidateSettings, which refuses a configuration file
+// agent's own check (kpov1.Resolve, which refuses a configuration file
 // the API server would have refused) must refuse the same settings with the
 // same field and words; rules on the pod or the name, which the agent never
 // sees, are marked podOnly.
@@ -164,11 +164,7 @@ func TestInvalidConfigurationsAreRejected(t *testing.T) {
 			}
 			// The agent's check, on the settings as the API server would have
 			// defaulted them.
-			if mode == "" {
-				mode = kpov1.ModeIPTables
-			}
-			settings.Default()
-			agentErr := kpov1.ValidateSettings(mode, settings, field.NewPath("spec")).ToAggregate()
+			_, agentErr := kpov1.Resolve(mode, settings, field.NewPath("spec"))
 			if agentErr == nil {
 				t.Fatalf("ValidateSettings accepted what the API server refused (%v)", err)
 			}
@@ -228,8 +224,7 @@ func TestInvalidConfigurationsAreRejected(t *testing.T) {
 			t.Fatalf("a valid configuration was rejected: %v", err)
 		}
 		_ = k8s.Delete(testCtx, pc)
-		settings.Default()
-		if err := kpov1.ValidateSettings(kpov1.ModeIPVS, settings, field.NewPath("spec")).ToAggregate(); err != nil {
+		if _, err := kpov1.Resolve(kpov1.ModeIPVS, settings, field.NewPath("spec")); err != nil {
 			t.Errorf("ValidateSettings refused what the API server accepted: %v", err)
 		}
 	})

@@ -51,13 +51,11 @@ func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 		return nil, fmt.Errorf("agent configuration has apiVersion %q kind %q, want %q %q",
 			cfg.APIVersion, cfg.Kind, GroupVersion.String(), AgentConfigKind)
 	}
-	if cfg.Mode == "" {
-		cfg.Mode = ModeIPTables
-	}
-	cfg.Default()
-	if err := cfg.Validate(); err != nil {
+	mode, err := Resolve(cfg.Mode, &cfg.ProxySettings, nil)
+	if err != nil {
 		return nil, fmt.Errorf("invalid agent configuration: %w", err)
 	}
+	cfg.Mode = mode
 	return cfg, nil
 }
 
@@ -65,9 +63,10 @@ func ParseAgentConfiguration(data []byte) (*AgentConfiguration, error) {
 // kube-proxy's default (127.0.0.1:10249).
 const DefaultMetricsBindAddress = "127.0.0.1"
 
-// Default fills in kube-proxy's defaults for every unset setting. The CRD's
-// OpenAPI defaults say the same; this keeps configurations rendered by hand or by
-// an older operator safe.
+// Default fills in kube-proxy's defaults for every unset setting: the
+// defaulting half of Resolve (call Resolve). The CRD's OpenAPI defaults say
+// the same; this keeps configurations rendered by hand or by an older
+// operator safe.
 func (s *ProxySettings) Default() {
 	if s.DetectLocalMode == "" {
 		s.DetectLocalMode = DetectLocalClusterCIDR

@@ -39,6 +39,22 @@ var durationPattern = regexp.MustCompile(`^(0|([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h)
 // schedulers are IPVSScheduler's enum values.
 var schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh", "fo", "ovf", "twos"}
 
+// Resolve is the one place a configuration's defaults are decided and
+// checked: the mode's (iptables when unset, the CRD's default), every
+// setting's (Default: the CRD's OpenAPI defaults, which the API server
+// applies to a stored ProxyConfiguration, and kube-proxy's where the CRD
+// leaves a nested object open, as the IPVS scheduler), then the CRD's rules
+// (ValidateSettings). The operator's render and the agent's configuration
+// file both go through it; TestCRDDefaultsMatchResolve (controllers) checks
+// that the API server's defaults are the same. Error paths start at path.
+func Resolve(mode Mode, s *ProxySettings, path *field.Path) (Mode, error) {
+	if mode == "" {
+		mode = ModeIPTables
+	}
+	s.Default()
+	return mode, ValidateSettings(mode, s, path).ToAggregate()
+}
+
 // Validate checks an agent configuration with the rules the CRD gives the API
 // server, so that a file rendered by hand, by an older operator or from a CR
 // stored before a rule existed is refused with a clear error instead of making

@@ -215,7 +215,13 @@ func (w *world) model(name string) (*explain.NodeModel, []string, error) {
 		return nil, nil, fmt.Errorf("node %s runs configuration %q, which does not exist (any more)", name, st.Status.Configuration)
 	}
 	cfg := render.AgentConfiguration(pc)
-	cfg.Default()
+	// As the agent resolves its configuration file (kpov1.Resolve): an agent
+	// refuses what fails, so there is no model to explain.
+	mode, err := kpov1.Resolve(cfg.Mode, &cfg.ProxySettings, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("configuration %s: %w", pc.Name, err)
+	}
+	cfg.Mode = mode
 	m := w.models[name]
 	if m == nil {
 		m = explain.BuildNode(w.objs, explain.NodeFacts{Node: node, Config: cfg, ActiveMode: st.Status.ActiveMode})

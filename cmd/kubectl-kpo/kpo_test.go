@@ -144,7 +144,9 @@ func seed(t *testing.T, c client.Client) {
 		s.Spec.Ports[0].NodePort = 30080
 		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	})
-	svc("api", "10.96.0.21", func(s *corev1.Service) { s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose) })
+	svc("api", "10.96.0.21", func(s *corev1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose)
+	})
 	svc("db", "10.96.0.22", nil)
 	type ep struct {
 		ip, node, zone              string

@@ -129,13 +129,7 @@ func Render(pc *kpov1.ProxyConfiguration, opts Options) (*Objects, error) {
 	// here, before anything rolls (the CR then says Degraded, ApplyFailed, with
 	// the fields). The API server applies the same rules, unless the CRD
 	// installed is older than the operator.
-	settings := pc.Spec.ProxySettings.DeepCopy()
-	settings.Default()
-	mode := pc.Spec.Mode
-	if mode == "" {
-		mode = kpov1.ModeIPTables
-	}
-	if err := kpov1.ValidateSettings(mode, settings, field.NewPath("spec")).ToAggregate(); err != nil {
+	if _, err := kpov1.Resolve(pc.Spec.Mode, pc.Spec.ProxySettings.DeepCopy(), field.NewPath("spec")); err != nil {
 		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
 	image := pc.Spec.Agent.Image

@@ -26,6 +26,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/hack/cluster"
+	"kpo.dev/kpo/test/apiserver"
 	"kpo.dev/kpo/test/netns"
 )
 
@@ -250,7 +251,7 @@ func agentOn(ctx context.Context, c *cluster.Cluster, node string) string {
 	return "(no running agent on " + node + ")"
 }
 
-func kubectl() string { return cluster.Repo(filepath.Join("bin", "k8s-v1.37.1", "kubectl")) }
+func kubectl() string { return filepath.Join(apiserver.BinDir(), "kubectl") }
 
 // withLogs adds where to look to an error.
 func withLogs(c *cluster.Cluster, err error) error {

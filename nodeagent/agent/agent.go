@@ -27,11 +27,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/conntrack"
+	"kpo.dev/kpo/nodeagent/health"
 	"kpo.dev/kpo/nodeagent/migrate"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/nodeinfo"
@@ -89,10 +91,10 @@ type Agent struct {
 	backend backend.Backend
 	tracker *tracker.Tracker
 	runner  *runner.Runner
-	health  *healthState
+	health  *health.State
 	metrics *metrics
 	status  *report.Reporter
-	hc      *healthCheckServers
+	hc      *health.CheckServers
 
 	minSync, syncPeriod time.Duration
 	needFull            bool
@@ -143,20 +145,21 @@ func New(opts Options) (*Agent, error) {
 	}
 	a := &Agent{
 		opts: opts, backend: be, minSync: minSync, syncPeriod: syncPeriod, needFull: true,
-		health:  newHealthState(syncPeriod),
+		health:  health.New(syncPeriod, clock.RealClock{}),
 		metrics: newMetrics(),
 	}
-	a.hc = newHealthCheckServers(func() bool { ok, _ := a.health.fresh(time.Now()); return ok })
+	a.hc = health.NewCheckServers(func() bool { ok, _ := a.health.Fresh(); return ok })
 	a.serviceCIDRs.byName = map[string][]string{}
 	a.tracker = tracker.New(model.NodeContext{Name: opts.NodeName}, func() {
-		now := time.Now()
-		a.health.queued(now)
-		a.metrics.queued(now, a.tracker.Stats())
+		a.health.Queued()
+		a.metrics.queued(time.Now(), a.tracker.Stats())
 		a.runner.Trigger()
 	})
 	a.runner = runner.New(a.sync, minSync, syncPeriod, max(syncPeriod, 30*time.Second), nil)
 	a.status = report.New(opts.Client, opts.NodeName, cfg, be.Mode(), report.Options{
-		Freshness: a.health.fresh, AgentVersion: Version})
+		// health keeps its own clock (the real one here, as the reporter's).
+		Freshness:    func(time.Time) (bool, string) { return a.health.Fresh() },
+		AgentVersion: Version})
 	if opts.ConntrackSysctls != nil {
 		a.status.SetConntrack(opts.ConntrackSysctls)
 	}
@@ -255,7 +258,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); a.watchConfiguration(ctx) }()
 	a.runner.Loop(ctx)
-	a.hc.closeAll()
+	a.hc.CloseAll()
 	wg.Wait()
 	return nil
 }
@@ -265,7 +268,7 @@ func (a *Agent) setNode(n *corev1.Node) {
 	a.node = n
 	a.nodeMu.Unlock()
 	a.status.SetNode(n.UID)
-	a.health.setNodeDeleting(n.DeletionTimestamp != nil || hasTaint(n, "ToBeDeletedByClusterAutoscaler"))
+	a.health.SetNodeDeleting(n.DeletionTimestamp != nil || hasTaint(n, "ToBeDeletedByClusterAutoscaler"))
 	a.tracker.SetNode(model.NodeContext{Name: n.Name, Zone: n.Labels[corev1.LabelTopologyZone]})
 }
 
@@ -296,7 +299,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	elapsed := time.Since(start)
 	if err != nil {
 		a.needFull = true
-		a.health.queued(time.Now()) // the kernel does not hold what it should
+		a.health.Queued() // the kernel does not hold what it should
 		a.metrics.syncFailures.Inc()
 		if errors.Is(err, backend.ErrUnavailable) {
 			// Not a bad rule set: this kernel cannot run the mode at all.
@@ -313,10 +316,10 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	}
 	a.last = snap
 	a.metrics.observeSync(res.Full, elapsed, res.Rules, change.TriggerTimes)
-	a.health.synced(time.Now())
+	a.health.Synced()
 	counts := snap.Count()
 	a.status.Synced(time.Now(), elapsed, res.Full, counts, res.Rules)
-	a.hc.update(snap)
+	a.hc.Update(snap)
 	a.clearStaleUDP(ctx, snap)
 	a.resyncWhileDraining(res)
 	if !a.leftoversRemoved {

@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/backend"
@@ -116,6 +117,21 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// agentRig is an agent running in-process against the API server with a
+// recording backend, and the objects it proxies.
+type agentRig struct {
+	ctx       context.Context
+	c         client.Client
+	be        *recordingBackend
+	cleaner   *recordingCleaner
+	healthz   string
+	node      *corev1.Node
+	svc       *corev1.Service
+	slice     *discoveryv1.EndpointSlice
+	webKey    model.ServicePortKey
+	conntrack *kpov1.ConntrackSysctls
+}
+
 // TestAgentAgainstAPIServer runs the agent in-process against a real API server
 // with a recording backend: informers → model → sync → ProxyNodeStatus.
 func TestAgentAgainstAPIServer(t *testing.T) {
@@ -124,6 +140,18 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	r := startAgentRig(t, ctx, cancel)
+	r.firstSync(t)
+	r.report(t)
+	r.endpointRemoved(t)
+	r.healthAfterSync(t)
+	r.failureAndRecovery(t)
+	r.nodeDeleting(t)
+}
+
+// startAgentRig creates a Node, a UDP Service with two endpoints (one on
+// this node) and a headless Service, and runs the agent.
+func startAgentRig(t *testing.T, ctx context.Context, cancel context.CancelFunc) *agentRig {
 	c := env.Client
 	kube := kubernetes.NewForConfigOrDie(env.Config)
 
@@ -167,14 +195,20 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		ConntrackSysctls:   conntrackSysctls,
 		HealthzBindAddress: healthz, MetricsBindAddress: freePort(t),
 	})
+	return &agentRig{ctx: ctx, c: c, be: be, cleaner: cleaner, healthz: healthz, node: node, svc: svc, slice: slice,
+		conntrack: conntrackSysctls,
+		webKey: model.ServicePortKey{ServicePortName: model.ServicePortName{Namespace: "agent-test", Name: "web", Port: "http",
+			Protocol: corev1.ProtocolUDP}, Family: model.IPv4}}
+}
 
-	webKey := model.ServicePortKey{ServicePortName: model.ServicePortName{Namespace: "agent-test", Name: "web", Port: "http", Protocol: corev1.ProtocolUDP}, Family: model.IPv4}
+// firstSync: the first sync is full and proxies web, not the headless Service.
+func (r *agentRig) firstSync(t *testing.T) {
 	apiserver.Eventually(t, 20*time.Second, func() error {
-		s, ok := be.last()
+		s, ok := r.be.last()
 		if !ok {
 			return errors.New("no sync yet")
 		}
-		sp := s.snap.Services[webKey]
+		sp := s.snap.Services[r.webKey]
 		if sp == nil || len(sp.ClusterEndpoints) != 2 {
 			return fmt.Errorf("web not synced with 2 endpoints: %+v", s.snap.Services)
 		}
@@ -183,17 +217,19 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		}
 		return nil
 	})
-	be.mu.Lock()
-	first := be.syncs[0]
-	be.mu.Unlock()
+	r.be.mu.Lock()
+	first := r.be.syncs[0]
+	r.be.mu.Unlock()
 	if !first.full {
 		t.Error("the first sync was not full")
 	}
+}
 
-	// The agent's report on the real API server.
+// report: the agent's report on the real API server.
+func (r *agentRig) report(t *testing.T) {
 	pns := &kpov1.ProxyNodeStatus{}
 	apiserver.Eventually(t, 20*time.Second, func() error {
-		if err := c.Get(ctx, types.NamespacedName{Name: "agent-node-1"}, pns); err != nil {
+		if err := r.c.Get(r.ctx, types.NamespacedName{Name: "agent-node-1"}, pns); err != nil {
 			return err
 		}
 		if !meta.IsStatusConditionTrue(pns.Status.Conditions, kpov1.NodeConditionSynced) ||
@@ -205,19 +241,21 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	if pns.Status.Configuration != "default" || pns.Status.ConfigurationGeneration != 3 || pns.Status.Rules != 14 {
 		t.Errorf("report %+v", pns.Status)
 	}
-	if !equality.Semantic.DeepEqual(pns.Status.Conntrack, conntrackSysctls) {
-		t.Errorf("conntrack report %+v, want %+v", pns.Status.Conntrack, conntrackSysctls)
+	if !equality.Semantic.DeepEqual(pns.Status.Conntrack, r.conntrack) {
+		t.Errorf("conntrack report %+v, want %+v", pns.Status.Conntrack, r.conntrack)
 	}
-	if refs := pns.OwnerReferences; len(refs) != 1 || refs[0].Kind != "Node" || refs[0].UID != node.UID {
+	if refs := pns.OwnerReferences; len(refs) != 1 || refs[0].Kind != "Node" || refs[0].UID != r.node.UID {
 		t.Errorf("owner references %+v, want the Node", refs)
 	}
+}
 
-	// An endpoint goes away: a partial sync, and its UDP flows are cleared.
-	slice.Endpoints = slice.Endpoints[:1]
-	must(t, c.Update(ctx, slice))
+// endpointRemoved: an endpoint goes away: a partial sync, and its UDP flows are cleared.
+func (r *agentRig) endpointRemoved(t *testing.T) {
+	r.slice.Endpoints = r.slice.Endpoints[:1]
+	must(t, r.c.Update(r.ctx, r.slice))
 	apiserver.Eventually(t, 20*time.Second, func() error {
-		s, _ := be.last()
-		if sp := s.snap.Services[webKey]; sp == nil || len(sp.ClusterEndpoints) != 1 {
+		s, _ := r.be.last()
+		if sp := s.snap.Services[r.webKey]; sp == nil || len(sp.ClusterEndpoints) != 1 {
 			return errors.New("endpoint removal not synced")
 		}
 		if s.full {
@@ -226,27 +264,33 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		return nil
 	})
 	apiserver.Eventually(t, 5*time.Second, func() error {
-		if !cleaner.cleared("10.244.2.5") {
+		if !r.cleaner.cleared("10.244.2.5") {
 			return errors.New("stale UDP conntrack of the removed endpoint not cleared")
 		}
 		return nil
 	})
+}
 
-	// healthz answers 200 while rules are fresh; readyz too, after a sync.
-	if code := get(t, "http://"+healthz+"/healthz"); code != http.StatusOK {
+// healthAfterSync: healthz answers 200 while rules are fresh; readyz too, after a sync.
+func (r *agentRig) healthAfterSync(t *testing.T) {
+	if code := get(t, "http://"+r.healthz+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d", code)
 	}
-	if code := get(t, "http://"+healthz+ReadyPath); code != http.StatusOK {
+	if code := get(t, "http://"+r.healthz+ReadyPath); code != http.StatusOK {
 		t.Errorf("%s = %d after a successful sync", ReadyPath, code)
 	}
+}
 
-	// The kernel refuses a sync: reported, with the error.
-	be.setFail(errors.New("nft: Could not process rule: No such file or directory"))
-	svc2 := svc.DeepCopy()
+// failureAndRecovery: the kernel refuses a sync: reported, with the error;
+// recovery is a full sync.
+func (r *agentRig) failureAndRecovery(t *testing.T) {
+	pns := &kpov1.ProxyNodeStatus{}
+	r.be.setFail(errors.New("nft: Could not process rule: No such file or directory"))
+	svc2 := r.svc.DeepCopy()
 	svc2.ResourceVersion, svc2.Name, svc2.Spec.ClusterIP, svc2.Spec.ClusterIPs = "", "web2", "", nil
-	must(t, c.Create(ctx, svc2))
+	must(t, r.c.Create(r.ctx, svc2))
 	apiserver.Eventually(t, 20*time.Second, func() error {
-		if err := c.Get(ctx, types.NamespacedName{Name: "agent-node-1"}, pns); err != nil {
+		if err := r.c.Get(r.ctx, types.NamespacedName{Name: "agent-node-1"}, pns); err != nil {
 			return err
 		}
 		cond := meta.FindStatusCondition(pns.Status.Conditions, kpov1.NodeConditionSynced)
@@ -256,26 +300,29 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		return nil
 	})
 	// Recovery is a full sync.
-	be.setFail(nil)
+	r.be.setFail(nil)
 	apiserver.Eventually(t, 30*time.Second, func() error {
-		s, _ := be.last()
+		s, _ := r.be.last()
 		if inNamespace(s.snap, "agent-test") != 2 || !s.full {
 			return fmt.Errorf("no full sync with both services after the failure (full=%v, %d services)", s.full, len(s.snap.Services))
 		}
 		return nil
 	})
+}
 
-	// The node is being deleted: /healthz fails so that load balancers drain it.
-	node.Spec.Taints = []corev1.Taint{{Key: "ToBeDeletedByClusterAutoscaler", Effect: corev1.TaintEffectNoSchedule}}
-	must(t, c.Update(ctx, node))
+// nodeDeleting: the node is being deleted: /healthz fails so that load
+// balancers drain it; /livez and /readyz do not.
+func (r *agentRig) nodeDeleting(t *testing.T) {
+	r.node.Spec.Taints = []corev1.Taint{{Key: "ToBeDeletedByClusterAutoscaler", Effect: corev1.TaintEffectNoSchedule}}
+	must(t, r.c.Update(r.ctx, r.node))
 	apiserver.Eventually(t, 10*time.Second, func() error {
-		if code := get(t, "http://"+healthz+"/healthz"); code != http.StatusServiceUnavailable {
+		if code := get(t, "http://"+r.healthz+"/healthz"); code != http.StatusServiceUnavailable {
 			return fmt.Errorf("/healthz = %d while the node is being deleted", code)
 		}
-		if code := get(t, "http://"+healthz+"/livez"); code != http.StatusOK {
+		if code := get(t, "http://"+r.healthz+"/livez"); code != http.StatusOK {
 			return fmt.Errorf("/livez = %d", code)
 		}
-		if code := get(t, "http://"+healthz+ReadyPath); code != http.StatusOK {
+		if code := get(t, "http://"+r.healthz+ReadyPath); code != http.StatusOK {
 			return fmt.Errorf("%s = %d while the node is being deleted", ReadyPath, code)
 		}
 		return nil

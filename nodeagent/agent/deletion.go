@@ -92,7 +92,7 @@ func (a *Agent) syncDeletion(ctx context.Context) error {
 	if a.cleanedUp || a.handedOver {
 		// Nothing to sync, and nothing stale: keep /livez happy until the
 		// DaemonSet (and this pod) goes.
-		a.health.synced(time.Now())
+		a.health.Synced()
 		return nil
 	}
 	logger := klog.FromContext(ctx)
@@ -110,7 +110,7 @@ func (a *Agent) syncDeletion(ctx context.Context) error {
 		return err
 	}
 	a.cleanedUp = true
-	a.health.synced(time.Now())
+	a.health.Synced()
 	return nil
 }
 
@@ -164,7 +164,7 @@ func (a *Agent) handOver(ctx context.Context, successor string) error {
 		return fmt.Errorf("reporting the hand-over to %s: %w", successor, err)
 	}
 	a.handedOver = true
-	a.hc.closeAll()
+	a.hc.CloseAll()
 	if a.stopServing != nil {
 		a.stopServing()
 	}
@@ -182,7 +182,7 @@ func (a *Agent) cleanUpForDeletion(ctx context.Context) error {
 		a.status.CleanupFailed(err)
 		return err
 	}
-	a.hc.closeAll()
+	a.hc.CloseAll()
 	a.status.CleanedUp(time.Now())
 	return nil
 }

@@ -2,13 +2,11 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
@@ -16,136 +14,11 @@ import (
 	"k8s.io/klog/v2"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
-	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/health"
 )
 
-// healthState answers /healthz and /livez as kube-proxy v1.37 does
-// (pkg/proxy/healthcheck/proxy_health.go), with the same JSON: the proxy is
-// healthy unless an update has waited longer than the health timeout (two
-// sync periods) without a successful sync, per IP family; /healthz also needs
-// the node to be eligible (known, not being deleted, not tainted
-// ToBeDeletedByClusterAutoscaler), so that load balancers drain it first.
-//
-// One tightening: a failed sync queues an update too, so an agent whose
-// periodic syncs fail turns unhealthy after the timeout even when no Service
-// changed (kube-proxy stays healthy then). docs/conformance.md lists it.
-type healthState struct {
-	mu      sync.Mutex
-	started time.Time
-	timeout time.Duration
-	// lastSync is the last successful sync (zero before the first).
-	lastSync time.Time
-	// pendingSince is when the oldest unsynced update was queued (zero: none).
-	pendingSince time.Time
-	// nodeKnown and nodeDeleting: the agent's view of its Node.
-	nodeKnown, nodeDeleting bool
-	// families are the IP families the backend programs.
-	families []model.Family
-}
-
-func newHealthState(syncPeriod time.Duration) *healthState {
-	return &healthState{started: time.Now(), timeout: staleAfter(syncPeriod),
-		families: []model.Family{model.IPv4, model.IPv6}}
-}
-
-// staleAfter is how long an update may wait for a successful sync: two sync
-// periods, as kube-proxy's healthTimeout. Validation bounds syncPeriod to
-// 1s–24h; the bound is held there anyway (a doubled syncPeriod of 1300000h
-// overflowed into a negative bound, and /healthz answered 503 forever).
-func staleAfter(syncPeriod time.Duration) time.Duration {
-	return 2 * min(max(syncPeriod, time.Second), 24*time.Hour)
-}
-
-// queued records an update waiting for a sync (a change, or a failed sync).
-func (h *healthState) queued(t time.Time) {
-	h.mu.Lock()
-	if h.pendingSince.IsZero() {
-		h.pendingSince = t
-	}
-	h.mu.Unlock()
-}
-
-func (h *healthState) synced(t time.Time) {
-	h.mu.Lock()
-	h.lastSync, h.pendingSince = t, time.Time{}
-	h.mu.Unlock()
-}
-
-func (h *healthState) setNode(known, deleting bool) {
-	h.mu.Lock()
-	h.nodeKnown, h.nodeDeleting = known, deleting
-	h.mu.Unlock()
-}
-
-// setNodeDeleting is setNode for a known node.
-func (h *healthState) setNodeDeleting(v bool) { h.setNode(true, v) }
-
-// fresh reports whether rules are fresh, with the reason when not.
-func (h *healthState) fresh(now time.Time) (bool, string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if !h.pendingSince.IsZero() && now.Sub(h.pendingSince) >= h.timeout {
-		return false, fmt.Sprintf("an update has waited %s for a successful sync (bound %s)",
-			now.Sub(h.pendingSince).Round(time.Millisecond), h.timeout)
-	}
-	return true, ""
-}
-
-// proxierHealth and proxyHealth are kube-proxy's JSON (ProxierHealth, ProxyHealth).
-type proxierHealth struct {
-	LastUpdated time.Time `json:"lastUpdated"`
-	Healthy     bool      `json:"healthy"`
-}
-
-type proxyHealth struct {
-	LastUpdated  time.Time                `json:"lastUpdated"`
-	CurrentTime  time.Time                `json:"currentTime"`
-	NodeEligible *bool                    `json:"nodeEligible,omitempty"`
-	Healthy      bool                     `json:"healthy"`
-	Status       map[string]proxierHealth `json:"status,omitempty"`
-}
-
-func (h *healthState) health(now time.Time) proxyHealth {
-	healthy, _ := h.fresh(now)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := proxyHealth{LastUpdated: h.lastSync, CurrentTime: now, Healthy: healthy, Status: map[string]proxierHealth{}}
-	if !h.lastSync.IsZero() {
-		for _, f := range h.families {
-			out.Status[f.String()] = proxierHealth{LastUpdated: h.lastSync, Healthy: healthy}
-		}
-	}
-	return out
-}
-
-func (h *healthState) nodeEligible() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.nodeKnown && !h.nodeDeleting
-}
-
-// serveHTTP serves /healthz (checkNode) or /livez.
-func (h *healthState) serveHTTP(checkNode bool) http.HandlerFunc {
-	return func(w http.ResponseWriter, _ *http.Request) {
-		now := time.Now()
-		health := h.health(now)
-		healthy := health.Healthy
-		if checkNode {
-			eligible := h.nodeEligible()
-			health.NodeEligible = &eligible
-			healthy = healthy && eligible
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		if !healthy {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		} else {
-			health.LastUpdated = now // as kube-proxy: a healthy proxy is current
-		}
-		out, _ := json.Marshal(health)
-		_, _ = w.Write(out)
-	}
-}
+// ReadyPath is the agent's readiness endpoint (health.ReadyPath).
+const ReadyPath = health.ReadyPath
 
 // serve starts the healthz (with /livez and /readyz) and metrics servers.
 func (a *Agent) serve(ctx context.Context) error {
@@ -158,9 +31,9 @@ func (a *Agent) serve(ctx context.Context) error {
 		metricsAddr = metricsAddress(&a.opts.Config.ProxySettings)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/healthz", a.health.serveHTTP(true))
-	mux.Handle("/livez", a.health.serveHTTP(false))
-	mux.Handle(ReadyPath, a.health.readyHandler(time.Now))
+	mux.Handle("/healthz", a.health.Healthz())
+	mux.Handle("/livez", a.health.Livez())
+	mux.Handle(ReadyPath, a.health.Readyz())
 	if err := listenAndServe(ctx, healthz, mux); err != nil {
 		return fmt.Errorf("healthz server: %w%s", err, portHint(err))
 	}

@@ -82,89 +82,96 @@ func ips(eps []Endpoint) []string {
 	return out
 }
 
+// endpointCase is a Service with its EndpointSlices and the endpoint sets
+// the model must resolve for it.
+type endpointCase struct {
+	name         string
+	svc          *corev1.Service
+	slices       []*discoveryv1.EndpointSlice
+	zone         string
+	wantCluster  []string
+	wantExternal []string
+	wantLocal    int
+}
+
+const v4 = discoveryv1.AddressTypeIPv4
+
+var endpointCases = []endpointCase{
+	{"ready endpoints, sorted", service(), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		readyEP("10.244.2.5", "node-2"), readyEP("10.244.1.5", thisNode))},
+		"", []string{"10.244.1.5", "10.244.2.5"}, nil, 1},
+	{"no endpoints", service(), nil, "", nil, nil, 0},
+	{"not-ready endpoints are skipped", service(), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		readyEP("10.244.1.5", thisNode), ep{ip: "10.244.2.5", node: "node-2"})},
+		"", []string{"10.244.1.5"}, nil, 1},
+	{"only terminating: serving ones still answer", service(), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		ep{ip: "10.244.1.5", node: thisNode, serving: true, terminating: true},
+		ep{ip: "10.244.2.5", node: "node-2", serving: false, terminating: true})},
+		"", []string{"10.244.1.5"}, nil, 0},
+	{"terminating ignored while some are ready", service(), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		readyEP("10.244.2.5", "node-2"), ep{ip: "10.244.1.5", node: thisNode, serving: true, terminating: true})},
+		"", []string{"10.244.2.5"}, nil, 0},
+	{"duplicate across slices", service(), []*discoveryv1.EndpointSlice{
+		slice(v4, 8080, readyEP("10.244.1.5", thisNode)), slice(v4, 8080, readyEP("10.244.1.5", thisNode))},
+		"", []string{"10.244.1.5"}, nil, 1},
+	{"internal traffic policy Local", service(func(s *corev1.Service) {
+		s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080, readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"))},
+		"", []string{"10.244.1.5"}, nil, 1},
+	{"internal Local, no local endpoint: nothing", service(func(s *corev1.Service) {
+		s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080, readyEP("10.244.2.5", "node-2"))},
+		"", nil, nil, 0},
+	{"NodePort, external Cluster", service(asNodePort), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"))},
+		"", []string{"10.244.1.5", "10.244.2.5"}, []string{"10.244.1.5", "10.244.2.5"}, 1},
+	{"NodePort, external Local", service(asNodePort, func(s *corev1.Service) {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080, readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"))},
+		"", []string{"10.244.1.5", "10.244.2.5"}, []string{"10.244.1.5"}, 1},
+	{"internal Local does not narrow external Cluster", service(asNodePort, func(s *corev1.Service) {
+		s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080, readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"))},
+		"", []string{"10.244.1.5"}, []string{"10.244.1.5", "10.244.2.5"}, 1},
+	{"external Local falls back to local terminating", service(asNodePort, func(s *corev1.Service) {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		ep{ip: "10.244.1.5", node: thisNode, serving: true, terminating: true}, readyEP("10.244.2.5", "node-2"))},
+		"", []string{"10.244.2.5"}, []string{"10.244.1.5"}, 0},
+	{"PreferClose uses zone hints", service(func(s *corev1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose)
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		ep{ip: "10.244.1.5", node: thisNode, ready: true, serving: true, zones: []string{"a"}},
+		ep{ip: "10.244.2.5", node: "node-2", ready: true, serving: true, zones: []string{"b"}})},
+		"a", []string{"10.244.1.5"}, nil, 1},
+	{"zone hints ignored when one endpoint lacks them", service(func(s *corev1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose)
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		ep{ip: "10.244.1.5", node: thisNode, ready: true, serving: true, zones: []string{"a"}},
+		readyEP("10.244.2.5", "node-2"))},
+		"a", []string{"10.244.1.5", "10.244.2.5"}, nil, 1},
+	{"zone hints ignored when none fits", service(func(s *corev1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferSameZone)
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		ep{ip: "10.244.2.5", node: "node-2", ready: true, serving: true, zones: []string{"b"}})},
+		"a", []string{"10.244.2.5"}, nil, 0},
+	{"PreferSameNode uses node hints", service(func(s *corev1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferSameNode)
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		ep{ip: "10.244.1.5", node: thisNode, ready: true, serving: true, zones: []string{"a"}, nodes: []string{thisNode}},
+		ep{ip: "10.244.1.6", node: "node-3", ready: true, serving: true, zones: []string{"a"}, nodes: []string{"node-3"}},
+		ep{ip: "10.244.2.5", node: "node-2", ready: true, serving: true, zones: []string{"b"}, nodes: []string{"node-2"}})},
+		"a", []string{"10.244.1.5"}, nil, 1},
+	{"topology annotation Auto", service(func(s *corev1.Service) {
+		s.Annotations = map[string]string{AnnotationTopologyMode: "Auto"}
+	}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		ep{ip: "10.244.1.5", node: thisNode, ready: true, serving: true, zones: []string{"a"}},
+		ep{ip: "10.244.2.5", node: "node-2", ready: true, serving: true, zones: []string{"b"}})},
+		"b", []string{"10.244.2.5"}, nil, 1},
+}
+
 func TestBuildServicePortsEndpoints(t *testing.T) {
-	v4 := discoveryv1.AddressTypeIPv4
-	for _, tc := range []struct {
-		name         string
-		svc          *corev1.Service
-		slices       []*discoveryv1.EndpointSlice
-		zone         string
-		wantCluster  []string
-		wantExternal []string
-		wantLocal    int
-	}{
-		{"ready endpoints, sorted", service(), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			readyEP("10.244.2.5", "node-2"), readyEP("10.244.1.5", thisNode))},
-			"", []string{"10.244.1.5", "10.244.2.5"}, nil, 1},
-		{"no endpoints", service(), nil, "", nil, nil, 0},
-		{"not-ready endpoints are skipped", service(), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			readyEP("10.244.1.5", thisNode), ep{ip: "10.244.2.5", node: "node-2"})},
-			"", []string{"10.244.1.5"}, nil, 1},
-		{"only terminating: serving ones still answer", service(), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			ep{ip: "10.244.1.5", node: thisNode, serving: true, terminating: true},
-			ep{ip: "10.244.2.5", node: "node-2", serving: false, terminating: true})},
-			"", []string{"10.244.1.5"}, nil, 0},
-		{"terminating ignored while some are ready", service(), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			readyEP("10.244.2.5", "node-2"), ep{ip: "10.244.1.5", node: thisNode, serving: true, terminating: true})},
-			"", []string{"10.244.2.5"}, nil, 0},
-		{"duplicate across slices", service(), []*discoveryv1.EndpointSlice{
-			slice(v4, 8080, readyEP("10.244.1.5", thisNode)), slice(v4, 8080, readyEP("10.244.1.5", thisNode))},
-			"", []string{"10.244.1.5"}, nil, 1},
-		{"internal traffic policy Local", service(func(s *corev1.Service) {
-			s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080, readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"))},
-			"", []string{"10.244.1.5"}, nil, 1},
-		{"internal Local, no local endpoint: nothing", service(func(s *corev1.Service) {
-			s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080, readyEP("10.244.2.5", "node-2"))},
-			"", nil, nil, 0},
-		{"NodePort, external Cluster", service(asNodePort), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"))},
-			"", []string{"10.244.1.5", "10.244.2.5"}, []string{"10.244.1.5", "10.244.2.5"}, 1},
-		{"NodePort, external Local", service(asNodePort, func(s *corev1.Service) {
-			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080, readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"))},
-			"", []string{"10.244.1.5", "10.244.2.5"}, []string{"10.244.1.5"}, 1},
-		{"internal Local does not narrow external Cluster", service(asNodePort, func(s *corev1.Service) {
-			s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080, readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"))},
-			"", []string{"10.244.1.5"}, []string{"10.244.1.5", "10.244.2.5"}, 1},
-		{"external Local falls back to local terminating", service(asNodePort, func(s *corev1.Service) {
-			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			ep{ip: "10.244.1.5", node: thisNode, serving: true, terminating: true}, readyEP("10.244.2.5", "node-2"))},
-			"", []string{"10.244.2.5"}, []string{"10.244.1.5"}, 0},
-		{"PreferClose uses zone hints", service(func(s *corev1.Service) {
-			s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose)
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			ep{ip: "10.244.1.5", node: thisNode, ready: true, serving: true, zones: []string{"a"}},
-			ep{ip: "10.244.2.5", node: "node-2", ready: true, serving: true, zones: []string{"b"}})},
-			"a", []string{"10.244.1.5"}, nil, 1},
-		{"zone hints ignored when one endpoint lacks them", service(func(s *corev1.Service) {
-			s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferClose)
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			ep{ip: "10.244.1.5", node: thisNode, ready: true, serving: true, zones: []string{"a"}},
-			readyEP("10.244.2.5", "node-2"))},
-			"a", []string{"10.244.1.5", "10.244.2.5"}, nil, 1},
-		{"zone hints ignored when none fits", service(func(s *corev1.Service) {
-			s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferSameZone)
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			ep{ip: "10.244.2.5", node: "node-2", ready: true, serving: true, zones: []string{"b"}})},
-			"a", []string{"10.244.2.5"}, nil, 0},
-		{"PreferSameNode uses node hints", service(func(s *corev1.Service) {
-			s.Spec.TrafficDistribution = ptr.To(corev1.ServiceTrafficDistributionPreferSameNode)
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			ep{ip: "10.244.1.5", node: thisNode, ready: true, serving: true, zones: []string{"a"}, nodes: []string{thisNode}},
-			ep{ip: "10.244.1.6", node: "node-3", ready: true, serving: true, zones: []string{"a"}, nodes: []string{"node-3"}},
-			ep{ip: "10.244.2.5", node: "node-2", ready: true, serving: true, zones: []string{"b"}, nodes: []string{"node-2"}})},
-			"a", []string{"10.244.1.5"}, nil, 1},
-		{"topology annotation Auto", service(func(s *corev1.Service) {
-			s.Annotations = map[string]string{AnnotationTopologyMode: "Auto"}
-		}), []*discoveryv1.EndpointSlice{slice(v4, 8080,
-			ep{ip: "10.244.1.5", node: thisNode, ready: true, serving: true, zones: []string{"a"}},
-			ep{ip: "10.244.2.5", node: "node-2", ready: true, serving: true, zones: []string{"b"}})},
-			"b", []string{"10.244.2.5"}, nil, 1},
-	} {
+	for _, tc := range endpointCases {
 		t.Run(tc.name, func(t *testing.T) {
 			sps, rejected := BuildServicePorts(tc.svc, tc.slices, NodeContext{Name: thisNode, Zone: tc.zone})
 			if len(rejected) > 0 {

@@ -24,7 +24,8 @@ import (
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 )
 
-// K8sVersion is the Kubernetes release whose binaries the tests run (hack/tools/go.mod).
+// K8sVersion is the Kubernetes release whose binaries the tests run: the
+// Makefile's K8S_VERSION, required by hack/tools/go.mod (TestOneKubernetesVersion).
 const K8sVersion = "v1.37.1"
 
 // RepoRoot is the root of the kpo repository.

@@ -127,6 +127,21 @@ func writeSummary(rep report) error {
 	}
 	var sb strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&sb, format, a...) }
+	summaryHeader(w, rep)
+	summaryTable(w, &sb, rep.Results)
+	ipvsRows(w, rep.IPVSVM)
+	w("\nConnect times (first packet: SYN through the rules to the SYN-ACK, median of 300) move with the\n")
+	w("machine's state from run to run; *last / first*, measured within one run, is the figure to compare.\n\n")
+	ipvsSummaryNote(w, rep.IPVSVM)
+	if len(rep.Churn) > 0 {
+		summaryChurn(w, rep.Churn)
+	}
+	w("%s", summaryEnd)
+	return os.WriteFile(path, []byte(before+sb.String()+after), 0o644)
+}
+
+// summaryHeader says how, where and on what the figures were taken.
+func summaryHeader(w func(string, ...any), rep report) {
 	m := rep.Machine
 	w("%s\n", summaryBegin)
 	w("## Side by side with upstream kube-proxy\n\n")
@@ -149,7 +164,12 @@ func writeSummary(rep report) error {
 		w(" 1-minute load average at the cold syncs: %.1f–%.1f.", lo, hi)
 	}
 	w("\n\n")
-	order, by := groupResults(rep.Results)
+}
+
+// summaryTable is one row per figure, size and mode; sb is where w writes
+// (the RSS row is rewritten in place).
+func summaryTable(w func(string, ...any), sb *strings.Builder, results []result) {
+	order, by := groupResults(results)
 	w("| size | mode | figure | kube-proxy | kpo | kube-proxy / kpo |\n|---|---|---|---:|---:|---:|\n")
 	for _, k := range order {
 		up, upOK := by[k]["kube-proxy"]
@@ -185,7 +205,7 @@ func writeSummary(rep report) error {
 		row("one endpoint change → synced (ms)", func(r result) float64 { return r.PartialLatencyS * 1000 }, 0, true)
 		row("RSS / peak RSS (MiB)", func(r result) float64 { return r.PeakRSSMiB }, 0, false)
 		// RSS and peak in one cell would not parse as a number: overwrite the cells.
-		fixRSS(&sb, up, upOK, kp, kpOK)
+		fixRSS(sb, up, upOK, kp, kpOK)
 		row("rules + set/map elements", func(r result) float64 { return float64(r.Rules) }, 0, true)
 		if up.ConnectFirstUS > 0 || kp.ConnectFirstUS > 0 {
 			row("connect, first service (µs)", func(r result) float64 { return r.ConnectFirstUS }, 0, true)
@@ -193,53 +213,49 @@ func writeSummary(rep report) error {
 			row("connect, last / first", lastFirst, 2, false)
 		}
 	}
-	ipvsRows(w, rep.IPVSVM)
-	w("\nConnect times (first packet: SYN through the rules to the SYN-ACK, median of 300) move with the\n")
-	w("machine's state from run to run; *last / first*, measured within one run, is the figure to compare.\n\n")
-	ipvsSummaryNote(w, rep.IPVSVM)
-	if len(rep.Churn) > 0 {
-		c0 := rep.Churn[0]
-		w("Network programming latency under steady churn: %s Services, one Service's endpoints replaced\n", short(c0.Services))
-		w("every %.0f ms for %d changes, EndpointSlice write → the new endpoint answering a real connection.\n",
-			1000/c0.RatePerS, c0.Changes)
-		w("Both proxies run with **minSyncPeriod %s**, syncPeriod %s in these runs (with kube-proxy's\n", c0.MinSyncPeriod, c0.SyncPeriod)
-		w("default of 1 s, both would wait for the rate limit: the figure would be the setting's).\n\n")
-		w("| mode | kube-proxy p50 / p99 (ms) | kpo p50 / p99 (ms) | p99 kube-proxy / kpo | kpo p99 ≤ %d ms |\n", churnTargetMS)
-		w("|---|---:|---:|---:|---|\n")
-		cs := map[string]map[string]churnResult{}
-		var modes []string
-		for _, c := range rep.Churn {
-			if cs[c.Mode] == nil {
-				cs[c.Mode] = map[string]churnResult{}
-				modes = append(modes, c.Mode)
-			}
-			cs[c.Mode][c.Impl] = c
+}
+
+// summaryChurn is the table of the churn runs.
+func summaryChurn(w func(string, ...any), churn []churnResult) {
+	c0 := churn[0]
+	w("Network programming latency under steady churn: %s Services, one Service's endpoints replaced\n", short(c0.Services))
+	w("every %.0f ms for %d changes, EndpointSlice write → the new endpoint answering a real connection.\n",
+		1000/c0.RatePerS, c0.Changes)
+	w("Both proxies run with **minSyncPeriod %s**, syncPeriod %s in these runs (with kube-proxy's\n", c0.MinSyncPeriod, c0.SyncPeriod)
+	w("default of 1 s, both would wait for the rate limit: the figure would be the setting's).\n\n")
+	w("| mode | kube-proxy p50 / p99 (ms) | kpo p50 / p99 (ms) | p99 kube-proxy / kpo | kpo p99 ≤ %d ms |\n", churnTargetMS)
+	w("|---|---:|---:|---:|---|\n")
+	cs := map[string]map[string]churnResult{}
+	var modes []string
+	for _, c := range churn {
+		if cs[c.Mode] == nil {
+			cs[c.Mode] = map[string]churnResult{}
+			modes = append(modes, c.Mode)
 		}
-		for _, mode := range modes {
-			up, upOK := cs[mode]["kube-proxy"]
-			kp, kpOK := cs[mode]["kpo"]
-			cell := func(c churnResult, ok bool) string {
-				if !ok || c.Capped {
-					return "—"
-				}
-				return fmt.Sprintf("%.0f / %.0f", c.P50MS, c.P99MS)
-			}
-			ratio, target := "—", "—"
-			if upOK && kpOK && !up.Capped && !kp.Capped && kp.P99MS > 0 {
-				ratio = fmt.Sprintf("%.1f×", up.P99MS/kp.P99MS)
-			}
-			if kpOK && !kp.Capped {
-				target = fmt.Sprintf("%s %.0f ms", mark(kp.P99MS <= churnTargetMS), kp.P99MS)
-				if kp.P99MS > churnTargetMS {
-					target += fmt.Sprintf(" (%.1f× the target)", kp.P99MS/churnTargetMS)
-				}
-			}
-			w("| %s | %s | %s | %s | %s |\n", mode, cell(up, upOK), cell(kp, kpOK), ratio, target)
-		}
-		w("\n")
+		cs[c.Mode][c.Impl] = c
 	}
-	w("%s", summaryEnd)
-	return os.WriteFile(path, []byte(before+sb.String()+after), 0o644)
+	for _, mode := range modes {
+		up, upOK := cs[mode]["kube-proxy"]
+		kp, kpOK := cs[mode]["kpo"]
+		cell := func(c churnResult, ok bool) string {
+			if !ok || c.Capped {
+				return "—"
+			}
+			return fmt.Sprintf("%.0f / %.0f", c.P50MS, c.P99MS)
+		}
+		ratio, target := "—", "—"
+		if upOK && kpOK && !up.Capped && !kp.Capped && kp.P99MS > 0 {
+			ratio = fmt.Sprintf("%.1f×", up.P99MS/kp.P99MS)
+		}
+		if kpOK && !kp.Capped {
+			target = fmt.Sprintf("%s %.0f ms", mark(kp.P99MS <= churnTargetMS), kp.P99MS)
+			if kp.P99MS > churnTargetMS {
+				target += fmt.Sprintf(" (%.1f× the target)", kp.P99MS/churnTargetMS)
+			}
+		}
+		w("| %s | %s | %s | %s | %s |\n", mode, cell(up, upOK), cell(kp, kpOK), ratio, target)
+	}
+	w("\n")
 }
 
 // fixRSS replaces the last row's kube-proxy and kpo cells with "RSS / peak".

@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/test/apiserver"
 )
 
@@ -178,3 +179,17 @@ func (n *Net) ensureNamespace(t testing.TB) {
 }
 
 func isAlreadyExists(err error) bool { return apierrors.IsAlreadyExists(err) }
+
+// AgentConfig is the agents' configuration file in mode on a test network:
+// the address plan's pod ranges, a short minSyncPeriod (changes reach the
+// kernel within ~50 ms), everything else resolved as the agent resolves
+// its file (kpov1.Resolve).
+func AgentConfig(mode kpov1.Mode) *kpov1.AgentConfiguration {
+	cfg := &kpov1.AgentConfiguration{ConfigurationName: "default", ConfigurationGeneration: 1, Mode: mode}
+	cfg.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "fd10:244::/48"}
+	cfg.MinSyncPeriod = "50ms"
+	if _, err := kpov1.Resolve(mode, &cfg.ProxySettings, nil); err != nil {
+		panic(fmt.Sprintf("the test network's agent configuration: %v", err))
+	}
+	return cfg
+}

@@ -8,6 +8,7 @@ package backendtest
 import (
 	"context"
 	"sync"
+	"testing"
 
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/model"
@@ -55,4 +56,21 @@ func Changes(prev, next *model.Snapshot) *backend.Changes {
 		}
 	}
 	return c
+}
+
+// Settings are the settings the backends' tests run with: the agent's
+// default masquerade bit.
+var Settings = backend.Settings{MasqueradeBit: 14}
+
+// ColdSync is one iteration of a cold full-sync benchmark: be syncs snap
+// fully inside do (timed), then cleans up (untimed).
+func ColdSync(b *testing.B, do func(func() error) error, be backend.Backend, snap *model.Snapshot) {
+	if err := do(func() error { _, err := Sync(context.Background(), be, snap, true); return err }); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	if err := do(func() error { return be.Cleanup(context.Background()) }); err != nil {
+		b.Fatal(err)
+	}
+	b.StartTimer()
 }

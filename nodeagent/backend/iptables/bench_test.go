@@ -81,14 +81,7 @@ func BenchmarkColdSync(b *testing.B) {
 						b.Fatal(err)
 					}
 					b.StartTimer()
-					if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }); err != nil {
-						b.Fatal(err)
-					}
-					b.StopTimer()
-					if err := ns.Do(func() error { return be.Cleanup(context.Background()) }); err != nil {
-						b.Fatal(err)
-					}
-					b.StartTimer()
+					backendtest.ColdSync(b, ns.Do, be, s)
 				}
 			})
 		})

@@ -245,3 +245,64 @@ func masked(a, mask netip.Addr) netip.Addr {
 	}
 	return netip.AddrFrom16(x)
 }
+
+// TraceOutcome is one way a connection's first packet leaves the rules: its
+// filter verdict (ACCEPT, DROP or REJECT), where nat sent it (invalid when
+// untranslated) and whether it is masqueraded.
+type TraceOutcome struct {
+	Verdict    string
+	DNAT       netip.AddrPort
+	Masquerade bool
+}
+
+// Trace runs p through nat and filter as the kernel does: nat PREROUTING
+// (OUTPUT when fromNode) and POSTROUTING, then filter INPUT or FORWARD as
+// the destination after DNAT is local or not (OUTPUT for the node's own
+// packets, and INPUT too when they go to the node itself). local answers
+// addrtype LOCAL.
+func (f *Fake) Trace(fam model.Family, p Packet, fromNode bool, local func(netip.Addr) bool) map[TraceOutcome]float64 {
+	p.SrcLocal, p.DstLocal = fromNode || local(p.Src), local(p.Dst)
+	hook := "PREROUTING"
+	if fromNode {
+		hook = "OUTPUT"
+	}
+	out := map[TraceOutcome]float64{}
+	for nat, w := range f.TraceNAT(fam, hook, p) {
+		q, o := p, TraceOutcome{Masquerade: nat.Masquerade}
+		if nat.DNAT != "" {
+			o.DNAT = netip.MustParseAddrPort(nat.DNAT)
+			q.Dst, q.DPort, q.DNATed = o.DNAT.Addr(), int(o.DNAT.Port()), true
+			q.DstLocal = local(q.Dst)
+		}
+		var hooks []string
+		switch {
+		case fromNode && q.DstLocal:
+			hooks = []string{"OUTPUT", "INPUT"}
+		case fromNode:
+			hooks = []string{"OUTPUT"}
+		case q.DstLocal:
+			hooks = []string{"INPUT"}
+		default:
+			hooks = []string{"FORWARD"}
+		}
+		paths := map[string]float64{"ACCEPT": w}
+		for _, h := range hooks {
+			next := map[string]float64{}
+			for v, pw := range paths {
+				if v != "ACCEPT" {
+					next[v] += pw
+					continue
+				}
+				for fv, fw := range f.TraceFilter(fam, h, q) {
+					next[fv] += pw * fw
+				}
+			}
+			paths = next
+		}
+		for v, pw := range paths {
+			o.Verdict = v
+			out[o] += pw
+		}
+	}
+	return out
+}

@@ -18,11 +18,8 @@ var fuzzTables = []string{tableNAT, tableFilter}
 type fakeTarget struct{ f *Fake }
 
 func (f *fakeTarget) Fresh(t *testing.T) backend.Backend {
-	f.f = NewFake()
-	b, err := New(testSettings, nil, WithKernel(f.f))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, fake := newFakeBackend(t, testSettings)
+	f.f = fake
 	return b
 }
 

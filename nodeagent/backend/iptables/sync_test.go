@@ -105,8 +105,12 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 		}
 	}
 
-	// With session affinity the service has SVC and SEP chains, and removing
-	// it deletes them.
+	removeAffinityService(t, b, f, s3)
+}
+
+// removeAffinityService: with session affinity a service has SVC and SEP
+// chains, and removing it (a partial sync) deletes them.
+func removeAffinityService(t *testing.T, b *Backend, f *Fake, s3 *model.Snapshot) {
 	s4 := clone(s3)
 	var sticky *model.ServicePort
 	for _, sp := range s4.Services {
@@ -139,8 +143,7 @@ func TestPartialSyncTouchesOnlyChangedService(t *testing.T) {
 			t.Errorf("chain %s still exists", c)
 		}
 	}
-	s3 = s5
-	if r := mustSync(t, b, s3, false); r.Rules != kpoRules(f) {
+	if r := mustSync(t, b, s5, false); r.Rules != kpoRules(f) {
 		t.Errorf("rules %d, fake %d", r.Rules, kpoRules(f))
 	}
 }

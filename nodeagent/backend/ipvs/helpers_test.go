@@ -14,7 +14,7 @@ import (
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
-var testSettings = backend.Settings{MasqueradeBit: 14}
+var testSettings = backendtest.Settings
 
 func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 

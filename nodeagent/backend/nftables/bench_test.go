@@ -66,15 +66,7 @@ func BenchmarkKernelColdFullSync(b *testing.B) {
 			ns := benchNode(b)
 			s := bigSnapshot(c.services, c.eps)
 			for b.Loop() {
-				be := benchBackend(b, ns)
-				if err := ns.Do(func() error { _, err := backendtest.Sync(context.Background(), be, s, true); return err }); err != nil {
-					b.Fatal(err)
-				}
-				b.StopTimer()
-				if err := ns.Do(func() error { return be.Cleanup(context.Background()) }); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
+				backendtest.ColdSync(b, ns.Do, benchBackend(b, ns), s)
 			}
 		})
 	}

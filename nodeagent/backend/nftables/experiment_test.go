@@ -8,7 +8,6 @@ package nftables
 //	KPO_EXPERIMENT=1 go test ./nodeagent/backend/nftables/ -run TestExperiment -v -count=1
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -84,29 +83,8 @@ func ne32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
 
 func port4(p uint16) []byte { return append(binary.BigEndian.AppendUint16(nil, p), 0, 0) }
 
-// TestExperimentValidate measures, at 10k services × 2 endpoints, one-change
-// transactions against the per-service-chain layout (the backend before the
-// flat layout, written here as nft text) and the flat layout.
-func TestExperimentValidate(t *testing.T) {
-	experimentOnly(t)
-	ctx := context.Background()
-	const n = 10000
-	tbl := &gnft.Table{Family: gnft.TableFamilyIPv4, Name: "kpoexp"}
-	run := func(ns *netns.NS, file string) time.Duration {
-		start := time.Now()
-		if out, err := ns.Command("nft", "-f", file).CombinedOutput(); err != nil {
-			t.Fatalf("nft -f %s: %v\n%s", file, err, out)
-		}
-		return time.Since(start)
-	}
-	write := func(name, text string) string {
-		p := t.TempDir() + "/" + name
-		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	hooks := `
+// expHooks are the base chains and maps both layouts of the experiment share.
+const expHooks = `
   chain nat-prerouting { type nat hook prerouting priority dstnat; jump services; }
   chain nat-output { type nat hook output priority -100; jump services; }
   chain nat-postrouting { type nat hook postrouting priority srcnat; jump masquerading; }
@@ -116,26 +94,74 @@ func TestExperimentValidate(t *testing.T) {
   map data { type ipv4_addr . inet_service : ipv4_addr . inet_service; }
   chain services { ip daddr . meta l4proto . th dport vmap @service-ips; }
 `
-	svcIP := func(i int) string { return fmt.Sprintf("10.96.%d.%d", i>>8&255, i&255) }
-	epIP := func(i, j int) string { x := i*2 + j; return fmt.Sprintf("10.244.%d.%d", x>>8&255, x&255) }
 
-	// Per-service chains (the old layout): svc-i, ep-i-j, goto elements.
+func expSvcIP(i int) string { return fmt.Sprintf("10.96.%d.%d", i>>8&255, i&255) }
+
+func expEpIP(i, j int) string { x := i*2 + j; return fmt.Sprintf("10.244.%d.%d", x>>8&255, x&255) }
+
+// expRun loads an nft file in ns and says how long it took.
+func expRun(t *testing.T, ns *netns.NS, file string) time.Duration {
+	start := time.Now()
+	if out, err := ns.Command("nft", "-f", file).CombinedOutput(); err != nil {
+		t.Fatalf("nft -f %s: %v\n%s", file, err, out)
+	}
+	return time.Since(start)
+}
+
+// expWrite writes text to a file of the test's and returns its path.
+func expWrite(t *testing.T, name, text string) string {
+	p := t.TempDir() + "/" + name
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func expMap(tbl *gnft.Table, name string) *gnft.Set {
+	return &gnft.Set{Table: tbl, Name: name, IsMap: true}
+}
+
+// TestExperimentValidate measures, at 10k services × 2 endpoints, one-change
+// transactions against the per-service-chain layout (the backend before the
+// flat layout, written here as nft text) and the flat layout.
+func TestExperimentValidate(t *testing.T) {
+	experimentOnly(t)
+	const n = 10000
+	tbl := &gnft.Table{Family: gnft.TableFamilyIPv4, Name: "kpoexp"}
+	expBaseline(t, tbl)
+	nsOld := netns.New(t, "expold")
+	t.Logf("old layout: cold nft -f %v", expRun(t, nsOld, expWrite(t, "old.nft", expOldLayout(n))))
+	expMeasureOld(t, nsOld, tbl)
+	flat := expFlatLayout(n)
+	nsFlat := netns.New(t, "expflat")
+	t.Logf("flat layout: cold nft -f (one element per line) %v", expRun(t, nsFlat, expWrite(t, "flat.nft", flat)))
+	expMeasureFlat(t, nsFlat, tbl)
+	nsBatched := netns.New(t, "expbatch")
+	t.Logf("flat layout: cold nft -f (one statement per map) %v", expRun(t, nsBatched, expWrite(t, "batched.nft", expBatched(flat, n))))
+}
+
+// expOldLayout is the per-service-chain layout: svc-i, ep-i-j, goto elements.
+func expOldLayout(n int) string {
 	var old strings.Builder
-	old.WriteString("table ip kpoexp {" + hooks + "}\n")
+	old.WriteString("table ip kpoexp {" + expHooks + "}\n")
 	for i := range n {
 		fmt.Fprintf(&old, "add chain ip kpoexp svc-%d\n", i)
 		for j := range 2 {
 			fmt.Fprintf(&old, "add chain ip kpoexp ep-%d-%d\n", i, j)
-			fmt.Fprintf(&old, "add rule ip kpoexp ep-%d-%d ip saddr %s jump mark-for-masquerade\n", i, j, epIP(i, j))
-			fmt.Fprintf(&old, "add rule ip kpoexp ep-%d-%d meta l4proto tcp dnat to %s:8080\n", i, j, epIP(i, j))
+			fmt.Fprintf(&old, "add rule ip kpoexp ep-%d-%d ip saddr %s jump mark-for-masquerade\n", i, j, expEpIP(i, j))
+			fmt.Fprintf(&old, "add rule ip kpoexp ep-%d-%d meta l4proto tcp dnat to %s:8080\n", i, j, expEpIP(i, j))
 		}
 		fmt.Fprintf(&old, "add rule ip kpoexp svc-%d numgen random mod 2 0 goto ep-%d-0\n", i, i)
 		fmt.Fprintf(&old, "add rule ip kpoexp svc-%d goto ep-%d-1\n", i, i)
-		fmt.Fprintf(&old, "add element ip kpoexp service-ips { %s . tcp . 80 : goto svc-%d }\n", svcIP(i), i)
+		fmt.Fprintf(&old, "add element ip kpoexp service-ips { %s . tcp . 80 : goto svc-%d }\n", expSvcIP(i), i)
 	}
-	// Baseline: the same data-map change in a table with nothing else.
+	return old.String()
+}
+
+// expBaseline: a data-map change in a table with nothing else.
+func expBaseline(t *testing.T, tbl *gnft.Table) {
 	nsEmpty := netns.New(t, "expempty")
-	run(nsEmpty, write("empty.nft", "table ip kpoexp {"+hooks+"}\n"))
+	expRun(t, nsEmpty, expWrite(t, "empty.nft", "table ip kpoexp {"+expHooks+"}\n"))
 	dk, dv := append(v4("10.96.200.1"), port4(80)...), append(v4("10.244.200.1"), port4(8080)...)
 	t.Logf("empty table: data map element add/del: %v", timeBatchBoth(t, nsEmpty, func(c *gnft.Conn, i int) {
 		s := &gnft.Set{Table: tbl, Name: "data", IsMap: true}
@@ -145,16 +171,14 @@ func TestExperimentValidate(t *testing.T) {
 			_ = c.SetDeleteElements(s, []gnft.SetElement{{Key: dk}})
 		}
 	}))
-	nsOld := netns.New(t, "expold")
-	t.Logf("old layout: cold nft -f %v", run(nsOld, write("old.nft", old.String())))
+}
 
-	setOf := func(name string, isMap, verdict bool) *gnft.Set {
-		return &gnft.Set{Table: tbl, Name: name, IsMap: isMap}
-	}
+// expMeasureOld times one-change transactions against the old layout.
+func expMeasureOld(t *testing.T, nsOld *netns.NS, tbl *gnft.Table) {
 	// (a) add, then delete, one element of a plain data map.
 	dataKey, dataVal := append(v4("10.96.200.1"), port4(80)...), append(v4("10.244.200.1"), port4(8080)...)
 	d := timeBatchBoth(t, nsOld, func(c *gnft.Conn, i int) {
-		s := setOf("data", true, false)
+		s := expMap(tbl, "data")
 		if i%2 == 0 {
 			_ = c.SetAddElements(s, []gnft.SetElement{{Key: dataKey, Val: dataVal}})
 		} else {
@@ -165,7 +189,7 @@ func TestExperimentValidate(t *testing.T) {
 	// (b) add, then delete, one verdict-map element (goto an existing chain).
 	vKey := append(append(v4("10.97.0.1"), 6, 0, 0, 0), port4(80)...)
 	d = timeBatchBoth(t, nsOld, func(c *gnft.Conn, i int) {
-		s := setOf("service-ips", true, true)
+		s := expMap(tbl, "service-ips")
 		if i%2 == 0 {
 			_ = c.SetAddElements(s, []gnft.SetElement{{Key: vKey, VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: "svc-5"}}})
 		} else {
@@ -211,12 +235,13 @@ func TestExperimentValidate(t *testing.T) {
 		}
 	})
 	t.Logf("old layout: dnat rule in an unreferenced chain: %v", d)
-	_ = ctx
+}
 
-	// The flat layout: one vmap element per service to a shared chain, the
-	// endpoints in a data map keyed by VIP . proto . port . slot.
+// expFlatLayout is the flat layout: one vmap element per service to a
+// shared chain, the endpoints in a data map keyed by VIP . proto . port . slot.
+func expFlatLayout(n int) string {
 	var flat strings.Builder
-	flat.WriteString("table ip kpoexp {" + hooks + `
+	flat.WriteString("table ip kpoexp {" + expHooks + `
   map eps { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport; }
   set hairpin { type ipv4_addr . ipv4_addr; }
   chain c2 { ip saddr != 10.244.0.0/16 jump mark-for-masquerade; dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @eps; }
@@ -224,20 +249,22 @@ func TestExperimentValidate(t *testing.T) {
 }
 `)
 	for i := range n {
-		fmt.Fprintf(&flat, "add element ip kpoexp service-ips { %s . tcp . 80 : goto c2 }\n", svcIP(i))
+		fmt.Fprintf(&flat, "add element ip kpoexp service-ips { %s . tcp . 80 : goto c2 }\n", expSvcIP(i))
 		for j := range 2 {
-			fmt.Fprintf(&flat, "add element ip kpoexp eps { %s . tcp . 80 . %d : %s . 8080 }\n", svcIP(i), j, epIP(i, j))
-			fmt.Fprintf(&flat, "add element ip kpoexp hairpin { %s . %s }\n", epIP(i, j), epIP(i, j))
+			fmt.Fprintf(&flat, "add element ip kpoexp eps { %s . tcp . 80 . %d : %s . 8080 }\n", expSvcIP(i), j, expEpIP(i, j))
+			fmt.Fprintf(&flat, "add element ip kpoexp hairpin { %s . %s }\n", expEpIP(i, j), expEpIP(i, j))
 		}
 	}
-	nsFlat := netns.New(t, "expflat")
-	t.Logf("flat layout: cold nft -f (one element per line) %v", run(nsFlat, write("flat.nft", flat.String())))
+	return flat.String()
+}
 
-	epsKey := append(append(append(v4(svcIP(5)), 6, 0, 0, 0), port4(80)...), ne32(1)...)
-	d = timeBatchBoth(t, nsFlat, func(c *gnft.Conn, i int) {
-		s := setOf("eps", true, false)
-		h := setOf("hairpin", false, false)
-		newEP, oldEP := "10.250.0.1", epIP(5, 1)
+// expMeasureFlat times one-change transactions against the flat layout.
+func expMeasureFlat(t *testing.T, nsFlat *netns.NS, tbl *gnft.Table) {
+	epsKey := append(append(append(v4(expSvcIP(5)), 6, 0, 0, 0), port4(80)...), ne32(1)...)
+	d := timeBatchBoth(t, nsFlat, func(c *gnft.Conn, i int) {
+		s := expMap(tbl, "eps")
+		h := &gnft.Set{Table: tbl, Name: "hairpin"}
+		newEP, oldEP := "10.250.0.1", expEpIP(5, 1)
 		if i%2 == 1 {
 			newEP, oldEP = oldEP, newEP
 		}
@@ -247,37 +274,38 @@ func TestExperimentValidate(t *testing.T) {
 		_ = c.SetAddElements(h, []gnft.SetElement{{Key: append(v4(newEP), v4(newEP)...)}})
 	})
 	t.Logf("flat layout: replace one endpoint (data map + hairpin set elements): %v", d)
-	vKey5 := append(append(v4(svcIP(5)), 6, 0, 0, 0), port4(80)...)
+	vKey5 := append(append(v4(expSvcIP(5)), 6, 0, 0, 0), port4(80)...)
 	d = timeBatchBoth(t, nsFlat, func(c *gnft.Conn, i int) {
-		s := setOf("service-ips", true, true)
+		s := expMap(tbl, "service-ips")
 		to := []string{"c3", "c2"}[i%2]
 		_ = c.SetDeleteElements(s, []gnft.SetElement{{Key: vKey5}})
 		_ = c.SetAddElements(s, []gnft.SetElement{{Key: vKey5, VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: to}}})
 	})
 	t.Logf("flat layout: change one service's vmap element (goto c2 <-> c3): %v", d)
+}
 
-	// Element batching: the same flat table with all elements of a map in one
-	// `add element` statement (nft parses and evaluates one command).
+// expBatched is the flat table with all elements of a map in one `add
+// element` statement (nft parses and evaluates one command).
+func expBatched(flat string, n int) string {
 	var batched strings.Builder
-	batched.WriteString(strings.SplitAfter(flat.String(), "}\n}\n")[0])
+	batched.WriteString(strings.SplitAfter(flat, "}\n}\n")[0])
 	for _, m := range []string{"service-ips", "eps", "hairpin"} {
 		fmt.Fprintf(&batched, "add element ip kpoexp %s {\n", m)
 		for i := range n {
 			switch m {
 			case "service-ips":
-				fmt.Fprintf(&batched, "%s . tcp . 80 : goto c2,\n", svcIP(i))
+				fmt.Fprintf(&batched, "%s . tcp . 80 : goto c2,\n", expSvcIP(i))
 			case "eps":
 				for j := range 2 {
-					fmt.Fprintf(&batched, "%s . tcp . 80 . %d : %s . 8080,\n", svcIP(i), j, epIP(i, j))
+					fmt.Fprintf(&batched, "%s . tcp . 80 . %d : %s . 8080,\n", expSvcIP(i), j, expEpIP(i, j))
 				}
 			case "hairpin":
 				for j := range 2 {
-					fmt.Fprintf(&batched, "%s . %s,\n", epIP(i, j), epIP(i, j))
+					fmt.Fprintf(&batched, "%s . %s,\n", expEpIP(i, j), expEpIP(i, j))
 				}
 			}
 		}
 		batched.WriteString("}\n")
 	}
-	nsBatched := netns.New(t, "expbatch")
-	t.Logf("flat layout: cold nft -f (one statement per map) %v", run(nsBatched, write("batched.nft", batched.String())))
+	return batched.String()
 }

@@ -7,13 +7,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"kpo.dev/kpo/nodeagent/backend"
+	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 	"kpo.dev/kpo/test/netns"
 )
 
-var testSettings = backend.Settings{MasqueradeBit: 14}
+var testSettings = backendtest.Settings
 
 func key(ns, name string, fam model.Family) model.ServicePortKey {
 	return model.ServicePortKey{ServicePortName: model.ServicePortName{Namespace: ns, Name: name, Protocol: corev1.ProtocolTCP}, Family: fam}

@@ -194,33 +194,7 @@ func TestKernelNetlinkPartial(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	t.Run("Works", func(t *testing.T) {
-		for range 10 {
-			if r, err := client.Dial("tcp", "10.96.0.10:80", dialTimeout); err != nil || r.Server != "pod1" {
-				t.Fatalf("endpoint change: %+v %v", r, err)
-			}
-			if r, err := node.Dial("tcp", "[fd10:96::18]:80", dialTimeout); err != nil || r.Server != "pod1" {
-				t.Fatalf("IPv6 endpoint change: %+v %v", r, err)
-			}
-			r, err := client.Dial("tcp", net.JoinHostPort(netns.NodeIP4, "30030"), dialTimeout)
-			if err != nil || r.Server != "pod0" || r.ClientIP() != netns.ClientIP4 {
-				t.Fatalf("new eTP=Local NodePort: %+v %v", r, err)
-			}
-		}
-		first, err := client.Dial("tcp", "10.96.0.15:80", dialTimeout)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for range 10 {
-			if r, err := client.Dial("tcp", "10.96.0.15:80", dialTimeout); err != nil || r.Server != first.Server {
-				t.Fatalf("affinity with the new sets: %+v %v (first %s)", r, err, first.Server)
-			}
-		}
-		if _, err := client.Dial("tcp", "203.0.113.16:80", 500*time.Millisecond); !errors.Is(err, netns.ErrTimeout) {
-			t.Errorf("source ranges: want a drop, got %v", err)
-		}
-		spread(t, pod0.NS, "203.0.113.16:80", "pod0", "pod1")
-	})
+	t.Run("Works", func(t *testing.T) { netlinkPartialWorks(t, node, client, pod0) })
 	t.Run("RemovedServiceGone", func(t *testing.T) {
 		if _, err := client.Dial("tcp", net.JoinHostPort(netns.NodeIP4, "30012"), dialTimeout); !errors.Is(err, netns.ErrRefused) {
 			t.Errorf("removed NodePort: want refused (nothing listens on the node), got %v", err)
@@ -232,67 +206,106 @@ func TestKernelNetlinkPartial(t *testing.T) {
 			}
 		}
 	})
-	t.Run("SameAsFullSync", func(t *testing.T) {
-		ref := netns.New(t, "fullref")
-		var rb *Backend
-		if err := ref.Do(func() error {
-			var err error
-			if rb, err = New(testSettings, nil); err == nil {
-				_, err = backendtest.Sync(context.Background(), rb, s2, true)
-			}
-			return err
-		}); err != nil {
-			t.Fatal(err)
+	t.Run("SameAsFullSync", func(t *testing.T) { netlinkSameAsFullSync(t, node, b, s2) })
+	t.Run("FailedBatchKeepsRules", func(t *testing.T) { netlinkFailedBatch(t, node, client, b, s2, late, &aff2, e0) })
+}
+
+// netlinkPartialWorks: the rules of the partial sync over netlink carry
+// traffic: endpoint changes, a new policy-Local node port, affinity with
+// new sets, the new source ranges.
+func netlinkPartialWorks(t *testing.T, node, client *netns.NS, pod0 *netns.Pod) {
+	for range 10 {
+		if r, err := client.Dial("tcp", "10.96.0.10:80", dialTimeout); err != nil || r.Server != "pod1" {
+			t.Fatalf("endpoint change: %+v %v", r, err)
 		}
-		want := listKpo(t, ref)
-		if len(want) < 20 {
-			t.Fatalf("reference listing too small: %v", want)
+		if r, err := node.Dial("tcp", "[fd10:96::18]:80", dialTimeout); err != nil || r.Server != "pod1" {
+			t.Fatalf("IPv6 endpoint change: %+v %v", r, err)
 		}
-		sameTables(t, "partial over netlink vs. fresh full sync", listKpo(t, node), want)
-		// And a full resync of the node changes nothing.
-		before := listKpo(t, node)
-		kernelSync(t, node, b, s2, true)
-		sameTables(t, "partial vs. full resync", before, listKpo(t, node))
-	})
-	t.Run("FailedBatchKeepsRules", func(t *testing.T) {
-		// A foreign rule still jumping to a pick chain that the next partial
-		// sync deletes (late's only user of it loses an endpoint): the
-		// kernel refuses that deletion (EBUSY), which must abort the whole
-		// batch.
-		pick := class{kind: nodePortLocalK, m: 1, n: 2}.name()
-		node.MustRun(t, "nft", "insert rule ip kpo services ip daddr 192.0.2.99 jump "+pick)
-		before := listKpo(t, node)
-		late2 := *late
-		late2.ClusterEndpoints = []model.Endpoint{e0}
-		late2.ShortCircuitEndpoints = late2.ClusterEndpoints
-		extra := svc("extra", "10.96.0.31", 80, e0)
-		s3 := withSnap(s2, &late2, extra)
-		// Also remove a service with chains of its own (affinity): the full
-		// sync that follows must delete them as stale ones (svc- still
-		// jumping to ep- until flushed).
-		delete(s3.Services, aff2.Key)
-		if err := node.Do(func() error { _, err := backendtest.Sync(context.Background(), b, s3, false); return err }); err == nil {
-			t.Fatal("want the batch to fail")
+		r, err := client.Dial("tcp", net.JoinHostPort(netns.NodeIP4, "30030"), dialTimeout)
+		if err != nil || r.Server != "pod0" || r.ClientIP() != netns.ClientIP4 {
+			t.Fatalf("new eTP=Local NodePort: %+v %v", r, err)
 		}
-		sameTables(t, "after a failed batch", listKpo(t, node), before)
-		// The next sync is full (nft), repairs the foreign rule and applies s3.
-		if err := node.Do(func() error {
-			res, err := backendtest.Sync(context.Background(), b, s3, false)
-			if err == nil && !res.Full {
-				err = errors.New("the sync after a failure must be full")
-			}
-			return err
-		}); err != nil {
-			t.Fatal(err)
+	}
+	first, err := client.Dial("tcp", "10.96.0.15:80", dialTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if r, err := client.Dial("tcp", "10.96.0.15:80", dialTimeout); err != nil || r.Server != first.Server {
+			t.Fatalf("affinity with the new sets: %+v %v (first %s)", r, err, first.Server)
 		}
-		if out := node.MustRun(t, "nft", "list", "chain", "ip", "kpo", "services"); strings.Contains(out, "192.0.2.99") {
-			t.Errorf("foreign rule left:\n%s", out)
+	}
+	if _, err := client.Dial("tcp", "203.0.113.16:80", 500*time.Millisecond); !errors.Is(err, netns.ErrTimeout) {
+		t.Errorf("source ranges: want a drop, got %v", err)
+	}
+	spread(t, pod0.NS, "203.0.113.16:80", "pod0", "pod1")
+}
+
+// netlinkSameAsFullSync: the table after the partial sync over netlink is
+// the one a fresh full sync of the same snapshot writes.
+func netlinkSameAsFullSync(t *testing.T, node *netns.NS, b *Backend, s2 *model.Snapshot) {
+	ref := netns.New(t, "fullref")
+	var rb *Backend
+	if err := ref.Do(func() error {
+		var err error
+		if rb, err = New(testSettings, nil); err == nil {
+			_, err = backendtest.Sync(context.Background(), rb, s2, true)
 		}
-		spread(t, client, "10.96.0.31:80", "pod0")
-		if out := node.MustRun(t, "nft", "list", "table", "ip", "kpo"); strings.Contains(out, serviceChainName(aff2.Key)) || strings.Contains(out, pick) {
-			t.Errorf("removed service's chains left after the full sync")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := listKpo(t, ref)
+	if len(want) < 20 {
+		t.Fatalf("reference listing too small: %v", want)
+	}
+	sameTables(t, "partial over netlink vs. fresh full sync", listKpo(t, node), want)
+	// And a full resync of the node changes nothing.
+	before := listKpo(t, node)
+	kernelSync(t, node, b, s2, true)
+	sameTables(t, "partial vs. full resync", before, listKpo(t, node))
+}
+
+// netlinkFailedBatch: a batch the kernel refuses changes nothing, and the
+// next sync is full and repairs the table.
+func netlinkFailedBatch(t *testing.T, node, client *netns.NS, b *Backend, s2 *model.Snapshot, late, aff2 *model.ServicePort, e0 model.Endpoint) {
+	// A foreign rule still jumping to a pick chain that the next partial
+	// sync deletes (late's only user of it loses an endpoint): the
+	// kernel refuses that deletion (EBUSY), which must abort the whole
+	// batch.
+	pick := class{kind: nodePortLocalK, m: 1, n: 2}.name()
+	node.MustRun(t, "nft", "insert rule ip kpo services ip daddr 203.0.113.99 jump "+pick)
+	before := listKpo(t, node)
+	late2 := *late
+	late2.ClusterEndpoints = []model.Endpoint{e0}
+	late2.ShortCircuitEndpoints = late2.ClusterEndpoints
+	extra := svc("extra", "10.96.0.31", 80, e0)
+	s3 := withSnap(s2, &late2, extra)
+	// Also remove a service with chains of its own (affinity): the full
+	// sync that follows must delete them as stale ones (svc- still
+	// jumping to ep- until flushed).
+	delete(s3.Services, aff2.Key)
+	if err := node.Do(func() error { _, err := backendtest.Sync(context.Background(), b, s3, false); return err }); err == nil {
+		t.Fatal("want the batch to fail")
+	}
+	sameTables(t, "after a failed batch", listKpo(t, node), before)
+	// The next sync is full (nft), repairs the foreign rule and applies s3.
+	if err := node.Do(func() error {
+		res, err := backendtest.Sync(context.Background(), b, s3, false)
+		if err == nil && !res.Full {
+			err = errors.New("the sync after a failure must be full")
 		}
-	})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if out := node.MustRun(t, "nft", "list", "chain", "ip", "kpo", "services"); strings.Contains(out, "203.0.113.99") {
+		t.Errorf("foreign rule left:\n%s", out)
+	}
+	spread(t, client, "10.96.0.31:80", "pod0")
+	if out := node.MustRun(t, "nft", "list", "table", "ip", "kpo"); strings.Contains(out, serviceChainName(aff2.Key)) || strings.Contains(out, pick) {
+		t.Errorf("removed service's chains left after the full sync")
+	}
 }
 
 // TestKernelNetlinkInterfaceDetector: with detect-local by interface, the pick

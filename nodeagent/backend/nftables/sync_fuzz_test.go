@@ -15,11 +15,8 @@ import (
 type fakeTarget struct{ k *FakeKernel }
 
 func (f *fakeTarget) Fresh(t *testing.T) backend.Backend {
-	f.k = NewFakeKernel()
-	b, err := New(testSettings, nil, WithKernel(f.k))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, k := newFake(t)
+	f.k = k
 	return b
 }
 

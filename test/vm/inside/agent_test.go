@@ -96,13 +96,7 @@ func connectAPI(kubeconfig string) (*apiserver.Env, error) {
 }
 
 // agentConfig is the configuration a ProxyConfiguration in mode renders.
-func agentConfig(mode kpov1.Mode) *kpov1.AgentConfiguration {
-	cfg := &kpov1.AgentConfiguration{ConfigurationName: "default", ConfigurationGeneration: 1, Mode: mode}
-	cfg.ClusterCIDRs = []kpov1.CIDR{"10.244.0.0/16", "fd10:244::/48"}
-	cfg.MinSyncPeriod = "50ms"
-	cfg.Default()
-	return cfg
-}
+func agentConfig(mode kpov1.Mode) *kpov1.AgentConfiguration { return testnet.AgentConfig(mode) }
 
 // settle bounds waits for an agent under TCG (process start, informers, a
 // full sync, a status write).

@@ -17,7 +17,6 @@ import (
 
 	mobyipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
-	corev1 "k8s.io/api/core/v1"
 
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
@@ -102,20 +101,9 @@ func (e *env) ep(i int) model.Endpoint {
 	return model.Endpoint{IP: netip.MustParseAddr(e.top.Pods[i].IP4), Port: echoPort, Ready: true, Local: true}
 }
 
-// ep6 is ep over IPv6.
-func (e *env) ep6(i int) model.Endpoint {
-	return model.Endpoint{IP: netip.MustParseAddr(e.top.Pods[i].IP6), Port: echoPort, Ready: true, Local: true}
-}
-
 // svc is a TCP service port whose cluster and external endpoints are eps.
 func svc(name, clusterIP string, port int32, eps ...model.Endpoint) *model.ServicePort {
 	return modeltest.ServicePort("ns", name, clusterIP, port, eps...)
-}
-
-// udp turns a service port of svc into a UDP one.
-func udp(sp *model.ServicePort) *model.ServicePort {
-	sp.Protocol, sp.Key.Protocol = corev1.ProtocolUDP, corev1.ProtocolUDP
-	return sp
 }
 
 func snapOf(sps ...*model.ServicePort) *model.Snapshot {

@@ -4,7 +4,6 @@ package inside
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -13,7 +12,6 @@ import (
 
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 const clusterIP = "10.96.0.10"
@@ -22,83 +20,6 @@ func TestCheck(t *testing.T) {
 	e := newEnv(t, 0, ipvs.Config{})
 	if err := e.node(func() error { return e.b.Check(context.Background()) }); err != nil {
 		t.Fatalf("Check on a kernel with IPVS: %v", err)
-	}
-}
-
-// TestClusterIP: a pod reaches the ClusterIP, and rr spreads the connections
-// over the endpoints, which see the pod's own address (no masquerade for
-// pod sources).
-func TestClusterIP(t *testing.T) {
-	e := newEnv(t, 3, ipvs.Config{})
-	e.sync(snapOf(svc("web", clusterIP, 80, e.ep(1), e.ep(2))), true)
-
-	seen := dialN(t, e.top.Pods[0].NS, clusterIP+":80", 6)
-	if seen["pod1"] == 0 || seen["pod2"] == 0 || len(seen) != 2 {
-		t.Fatalf("want both endpoints, got %v", seen)
-	}
-	r, err := e.top.Pods[0].Dial("tcp4", clusterIP+":80", 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.ClientIP() != e.top.Pods[0].IP4 {
-		t.Errorf("endpoint saw %s, want the pod's own %s", r.ClientIP(), e.top.Pods[0].IP4)
-	}
-	addrs, err := e.top.Node.NL.AddrList(mustLink(t, e, "kpo-ipvs0"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(addrs) != 1 || addrs[0].IP.String() != clusterIP {
-		t.Fatalf("kpo-ipvs0 holds %v, want %s", addrs, clusterIP)
-	}
-}
-
-// TestNoEndpointsRejected: a service without endpoints is refused (the
-// companion REJECT set), not a timeout.
-func TestNoEndpointsRejected(t *testing.T) {
-	e := newEnv(t, 1, ipvs.Config{})
-	sp := svc("empty", clusterIP, 80)
-	sp.NodePort = 30081
-	e.sync(snapOf(sp), true)
-	_, err := e.top.Pods[0].Dial("tcp4", clusterIP+":80", 3*time.Second)
-	if !errors.Is(err, netns.ErrRefused) {
-		t.Fatalf("ClusterIP without endpoints: %v, want refused", err)
-	}
-	_, err = e.top.Client.Dial("tcp4", netns.NodeIP4+":30081", 3*time.Second)
-	if !errors.Is(err, netns.ErrRefused) {
-		t.Fatalf("NodePort without endpoints: %v, want refused", err)
-	}
-}
-
-// TestNodePort: an external client reaches the NodePort on the node's
-// address; with policy Cluster its address is masqueraded.
-func TestNodePort(t *testing.T) {
-	e := newEnv(t, 2, ipvs.Config{})
-	sp := svc("np", clusterIP, 80, e.ep(0), e.ep(1))
-	sp.NodePort = 30080
-	e.sync(snapOf(sp), true)
-	seen := dialN(t, e.top.Client, netns.NodeIP4+":30080", 4)
-	if len(seen) != 2 {
-		t.Fatalf("want both endpoints, got %v", seen)
-	}
-	r, err := e.top.Client.Dial("tcp4", netns.NodeIP4+":30080", 3*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.ClientIP() == netns.ClientIP4 {
-		t.Errorf("endpoint saw the client's own address %s: not masqueraded", r.ClientIP())
-	}
-}
-
-// TestClientIPAffinity: with ClientIP affinity every connection of a client
-// lands on the same endpoint.
-func TestClientIPAffinity(t *testing.T) {
-	e := newEnv(t, 4, ipvs.Config{})
-	sp := svc("sticky", clusterIP, 80, e.ep(1), e.ep(2), e.ep(3))
-	sp.AffinityTimeout = time.Minute
-	e.sync(snapOf(sp), true)
-	seen := dialN(t, e.top.Pods[0].NS, clusterIP+":80", 6)
-	if len(seen) != 1 {
-		t.Fatalf("affinity: want one endpoint, got %v", seen)
 	}
 }
 

@@ -1,4 +1,4 @@
-package agent
+package health
 
 import (
 	"fmt"
@@ -8,13 +8,14 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
 	"kpo.dev/kpo/nodeagent/model"
 )
 
-// healthCheckServers serve the healthCheckNodePorts of Services with
+// CheckServers serve the healthCheckNodePorts of Services with
 // externalTrafficPolicy Local, as kube-proxy v1.37 does
 // (pkg/proxy/healthcheck/service_health.go): one server per IP family (kube-proxy
 // runs one proxier per family), on that family's NodePort addresses (every
@@ -22,7 +23,7 @@ import (
 // Service's local endpoints in that family and whether the proxy is healthy:
 // 200 when it has local endpoints and is healthy, 503 otherwise, so that load
 // balancers send traffic only to nodes that can serve it without a second hop.
-type healthCheckServers struct {
+type CheckServers struct {
 	mu      sync.Mutex
 	servers map[hcKey]*hcServer
 	// healthy is the proxy's health (/livez).
@@ -35,16 +36,20 @@ type hcKey struct {
 }
 
 type hcServer struct {
-	listeners []net.Listener
-	addrs     []string
-	healthy   func() bool
-	mu        sync.Mutex
-	service   model.ServicePortName
-	local     int
+	// servers, one per listening address, close with their connections
+	// (as kube-proxy's http.Server.Close): a load balancer's kept-alive
+	// connection must not go on reading a removed Service's answer.
+	servers []*http.Server
+	addrs   []string
+	healthy func() bool
+	mu      sync.Mutex
+	service model.ServicePortName
+	local   int
 }
 
-func newHealthCheckServers(healthy func() bool) *healthCheckServers {
-	return &healthCheckServers{servers: map[hcKey]*hcServer{}, healthy: healthy}
+// NewCheckServers are the servers of a proxy whose health healthy says.
+func NewCheckServers(healthy func() bool) *CheckServers {
+	return &CheckServers{servers: map[hcKey]*hcServer{}, healthy: healthy}
 }
 
 func (s *hcServer) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
@@ -82,8 +87,8 @@ func listenAddrs(node model.NodeInfo, f model.Family) []string {
 	return out
 }
 
-// update opens, updates and closes servers to match the snapshot.
-func (h *healthCheckServers) update(snap *model.Snapshot) {
+// Update opens, updates and closes servers to match the snapshot.
+func (h *CheckServers) Update(snap *model.Snapshot) {
 	want := map[hcKey]*model.ServicePort{}
 	for _, sp := range snap.Services {
 		if sp.HealthCheckNodePort == 0 {
@@ -118,7 +123,7 @@ func (h *healthCheckServers) update(snap *model.Snapshot) {
 	}
 }
 
-func (h *healthCheckServers) open(k hcKey, addrs []string, svc model.ServicePortName) *hcServer {
+func (h *CheckServers) open(k hcKey, addrs []string, svc model.ServicePortName) *hcServer {
 	network := "tcp4"
 	if k.family == model.IPv6 {
 		network = "tcp6"
@@ -132,19 +137,21 @@ func (h *healthCheckServers) open(k hcKey, addrs []string, svc model.ServicePort
 			srv.close()
 			return nil
 		}
-		srv.listeners = append(srv.listeners, l)
-		go func() { _ = http.Serve(l, srv) }()
+		hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
+		srv.servers = append(srv.servers, hs)
+		go func() { _ = hs.Serve(l) }()
 	}
 	return srv
 }
 
 func (s *hcServer) close() {
-	for _, l := range s.listeners {
-		_ = l.Close()
+	for _, hs := range s.servers {
+		_ = hs.Close()
 	}
 }
 
-func (h *healthCheckServers) closeAll() {
+// CloseAll closes every server.
+func (h *CheckServers) CloseAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for k, srv := range h.servers {

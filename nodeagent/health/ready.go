@@ -1,4 +1,4 @@
-package agent
+package health
 
 import (
 	"encoding/json"
@@ -27,10 +27,12 @@ type readiness struct {
 	CurrentTime time.Time `json:"currentTime"`
 }
 
-// ready reports whether the agent is ready: it has synced once since it
+// Ready reports whether the agent is ready: it has synced once since it
 // started, and its rules are fresh (the bound of /livez). A node being drained
 // stays ready: readiness gates rollouts, /healthz gates load balancers.
-func (h *healthState) ready(now time.Time) (bool, string) {
+func (h *State) Ready() (bool, string) { return h.ready(h.clock.Now()) }
+
+func (h *State) ready(now time.Time) (bool, string) {
 	h.mu.Lock()
 	synced := !h.lastSync.IsZero()
 	h.mu.Unlock()
@@ -40,10 +42,10 @@ func (h *healthState) ready(now time.Time) (bool, string) {
 	return h.fresh(now)
 }
 
-// readyHandler serves /readyz; now is the clock (tests pass a fake one).
-func (h *healthState) readyHandler(now func() time.Time) http.HandlerFunc {
-	return func(w http.ResponseWriter, _ *http.Request) {
-		t := now()
+// Readyz serves /readyz.
+func (h *State) Readyz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		t := h.clock.Now()
 		ok, why := h.ready(t)
 		h.mu.Lock()
 		last := h.lastSync
@@ -54,5 +56,5 @@ func (h *healthState) readyHandler(now func() time.Time) http.HandlerFunc {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		_ = json.NewEncoder(w).Encode(readiness{Ready: ok, Reason: why, LastSynced: last, CurrentTime: t})
-	}
+	})
 }
