@@ -21,7 +21,7 @@ CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.2
 GOLANGCI_LINT_VERSION ?= v2.15.0
 HELM_VERSION ?= v3.22.0
-# Kubernetes release the tests run against: named here and in test/apiserver.K8sVersion
+# Kubernetes release the tests run against: named here and in hack/apiserver.K8sVersion
 # only, and required by hack/tools/go.mod (TestOneKubernetesVersion checks the three agree).
 K8S_VERSION ?= v1.37.1
 # The local cluster's container runtime (hack/build-containerd.sh; hack/cluster pins the same).

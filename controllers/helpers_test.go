@@ -17,7 +17,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/controllers/render"
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 // uniqueName keeps cluster-scoped objects of different tests apart.

@@ -20,7 +20,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/controllers/render"
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 // The user extra keys a pod-bound ServiceAccount token carries

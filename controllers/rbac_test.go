@@ -29,7 +29,7 @@ import (
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/controllers/imagepolicy"
 	"kpo.dev/kpo/controllers/render"
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 // The operator's identity as config/ deploys it.

@@ -17,7 +17,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"kpo.dev/kpo/controllers/imagepolicy"
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 const (

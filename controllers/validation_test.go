@@ -14,7 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 // TestInvalidConfigurationsAreRejected checks every validation rule of the CRD on

@@ -18,8 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/nodeagent/explain"
-	"kpo.dev/kpo/test/apiserver"
 )
 
 // TestPlugin runs kubectl-kpo against a real API server holding two nodes

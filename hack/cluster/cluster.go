@@ -28,10 +28,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/hack/kubenode"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/hack/procs"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
 )
 
 // Options says what to build.

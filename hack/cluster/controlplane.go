@@ -12,9 +12,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/hack/procs"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
 )
 
 // APIServerPort is the API server's port on the node network (LANIP4).

@@ -15,9 +15,9 @@ import (
 	"github.com/go-logr/logr"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/hack/procs"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
 )
 
 // crashChild makes the test binary the crashing run (see TestCrashedRunLeavesNothing).

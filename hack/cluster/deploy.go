@@ -16,10 +16,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/hack/images"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/hack/release"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
 )
 
 // Manifests the demo and the whole-system tests apply, relative to the repository.

@@ -13,9 +13,9 @@ import (
 
 	ggcrlayout "github.com/google/go-containerregistry/pkg/v1/layout"
 
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/hack/images"
 	"kpo.dev/kpo/hack/kubenode"
-	"kpo.dev/kpo/test/apiserver"
 )
 
 // defaultWait bounds the cluster's own waits (API server start-up).

@@ -13,11 +13,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/hack/images"
 	"kpo.dev/kpo/hack/kubenode"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/hack/procs"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
 )
 
 // startNodes starts every node's kubelet and containerd (in parallel: most

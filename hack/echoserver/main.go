@@ -12,7 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 func main() {

@@ -17,8 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // builtImages is where `make images` writes; the tests check what it built.

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // hostSysctls are the host-global kernel settings kubelet sets (kubelet's

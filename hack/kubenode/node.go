@@ -31,8 +31,8 @@ import (
 	"strings"
 	"time"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/hack/procs"
-	"kpo.dev/kpo/test/netns"
 )
 
 // Config describes one node.

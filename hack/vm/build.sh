@@ -29,7 +29,7 @@ MODULES=(
 	ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_sh ip_vs_dh
 	ip_vs_sed ip_vs_nq ip_vs_mh ip_vs_fo ip_vs_ovf
 	nf_conntrack nf_nat dummy veth
-	# netlink.NewHandleAt (test/netns) opens NETLINK_XFRM and NETLINK_NETFILTER sockets.
+	# netlink.NewHandleAt (hack/netns) opens NETLINK_XFRM and NETLINK_NETFILTER sockets.
 	xfrm_user nfnetlink
 	ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet ip_set_hash_net
 	x_tables ip_tables iptable_nat iptable_filter iptable_mangle ip6_tables ip6table_nat ip6table_filter ip6table_mangle
@@ -79,7 +79,7 @@ cp "$KROOT/boot/vmlinuz-$kver" "$OUT/vmlinuz"
 ROOT=$(mktemp -d)
 trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,run,tmp,etc,lib/modules/"$kver"}
-# test/netns bind-mounts namespaces under /var/run/netns.
+# hack/netns bind-mounts namespaces under /var/run/netns.
 mkdir -p "$ROOT/var" && ln -s ../run "$ROOT/var/run"
 
 cp /bin/busybox "$ROOT/bin/busybox"
@@ -100,7 +100,7 @@ copy_bin() {
 		cp -L "$lib" "$ROOT$lib"
 	done
 }
-# iproute2 and util-linux: test/netns runs "ip route add ...", "ip link set ...
+# iproute2 and util-linux: hack/netns runs "ip route add ...", "ip link set ...
 # arp off" and "nsenter --net=...". Busybox has both applets, the real ones are
 # what CI and developers use.
 copy_bin "$(command -v ip)" /usr/sbin/ip

@@ -25,10 +25,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/conntrack"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/apiserver"
 )
 
 // recordingBackend stands in for a kernel backend: it records what it is asked

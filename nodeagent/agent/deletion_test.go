@@ -20,8 +20,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/nodeagent/backend"
-	"kpo.dev/kpo/test/apiserver"
 )
 
 // cleanupBackend records syncs and cleanups; its cleanup fails while

@@ -19,8 +19,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/nodeagent/tracker"
-	"kpo.dev/kpo/test/apiserver"
 )
 
 func TestMetricsAddress(t *testing.T) {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // kubeProxyRules is what kube-proxy's iptables mode (v1.37,

@@ -10,7 +10,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // perNamespace are the conntrack sysctls each network namespace has its own

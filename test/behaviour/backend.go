@@ -16,7 +16,7 @@ import (
 )
 
 // The one-node world of the backend levels (fakes, the kernel in
-// namespaces, the VM): test/netns.OneNode's addresses, pods in the order
+// namespaces, the VM): hack/netns.OneNode's addresses, pods in the order
 // of Pods; the remote pod sits behind node-1 too, but its EndpointSlice
 // puts it on node-2, which is all the rules see.
 var oneNodeHosts = Hosts{

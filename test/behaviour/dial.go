@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // Reply is what an echo server answered: its role and the client address

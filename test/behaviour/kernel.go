@@ -10,8 +10,8 @@ import (
 	"time"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend"
-	"kpo.dev/kpo/test/netns"
 )
 
 // KernelTiming is the timing of the kernel levels: a sync has taken effect
@@ -19,7 +19,7 @@ import (
 // emulated CPU is slow: its dials get longer).
 var KernelTiming = Timing{Settle: 5 * time.Second, Dial: 2 * time.Second}
 
-// OneNode is the one-node world in network namespaces: test/netns.OneNode
+// OneNode is the one-node world in network namespaces: hack/netns.OneNode
 // with a pod per role of Pods, each serving TCP and UDP echo on EchoPort
 // under its role's name, and the other client's addresses on the client.
 type OneNode struct {

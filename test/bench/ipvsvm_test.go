@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/test/vm"
 )
 

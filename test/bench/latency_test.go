@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/test/testnet"
 )
 

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 
 	"kpo.dev/kpo/test/testnet"
 )

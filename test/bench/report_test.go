@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 // machine is what the figures depend on besides the code.

@@ -15,11 +15,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/hack/cluster"
 	"kpo.dev/kpo/hack/images"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/hack/release"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
 	"kpo.dev/kpo/test/testnet"
 )
 

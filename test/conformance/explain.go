@@ -12,8 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/explain"
-	"kpo.dev/kpo/test/netns"
 	"kpo.dev/kpo/test/testnet"
 )
 

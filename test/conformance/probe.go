@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // Probe is one question to the dataplane: from a vantage point, to an address,

@@ -15,8 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/test/behaviour"
-	"kpo.dev/kpo/test/netns"
 	"kpo.dev/kpo/test/testnet"
 )
 

@@ -11,7 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/test/testnet"
 )
 

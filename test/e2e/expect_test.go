@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // expectServer polls until a request from `from` to addr is answered (by want,

@@ -18,8 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/test/testnet"
 )
 

@@ -12,8 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/test/testnet"
 )
 

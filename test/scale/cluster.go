@@ -1,5 +1,5 @@
 // Package scale is kpo's simulated-node load harness: a real kube-apiserver
-// and etcd (test/apiserver), the real operator binary, and N simulated nodes
+// and etcd (hack/apiserver), the real operator binary, and N simulated nodes
 // — a Node object, a Lease renewed as a kubelet does, and an agent whose
 // ProxyNodeStatus is written by the agent's own reporting code
 // (nodeagent/report) with configurable sync outcomes. No rules are

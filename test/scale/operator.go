@@ -17,7 +17,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 // operator is the real kpo-operator binary, run as its own process so that

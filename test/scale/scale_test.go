@@ -12,8 +12,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/nodeagent/report"
-	"kpo.dev/kpo/test/apiserver"
 )
 
 // TestScale runs the harness. Without KPO_SCALE_NODES it is the bounded

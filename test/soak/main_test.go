@@ -6,7 +6,7 @@ import (
 	"os"
 	"testing"
 
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/test/testnet"
 )
 

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // KpoObjects lists what of kpo's a namespace's kernel holds, each as "<kind>

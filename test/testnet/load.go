@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // Load sends new connections (TCP) or datagrams (UDP) from a namespace to a

@@ -3,7 +3,7 @@ package testnet
 import (
 	"os"
 
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 // Start is the TestMain set-up of the real-process test packages: a real API

@@ -28,8 +28,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
-	"kpo.dev/kpo/test/apiserver"
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // Net is a running test network.

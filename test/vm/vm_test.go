@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"kpo.dev/kpo/test/apiserver"
+	"kpo.dev/kpo/hack/apiserver"
 )
 
 // TestIPVSInVM runs the IPVS backend's real-kernel tests (test/vm/inside)

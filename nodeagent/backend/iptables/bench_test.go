@@ -6,10 +6,10 @@ import (
 	"slices"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
-	"kpo.dev/kpo/test/netns"
 )
 
 // BenchmarkRender is the pure rule-generation cost of one service port.

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 // BenchmarkFirstPacket10k is the cost of a new connection (the only packet

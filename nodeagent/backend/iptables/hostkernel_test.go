@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 // absence bounds the wait for a packet that must not come: a packet that

@@ -6,10 +6,10 @@ import (
 	"strings"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/backendfuzz"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 var fuzzTables = []string{tableNAT, tableFilter}

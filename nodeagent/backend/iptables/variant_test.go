@@ -4,8 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 // TestDetectVariant follows kube-proxy's image (iptables-wrappers): kubelet's

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // ipsetCase is a script run after setup (accepted everywhere); accept is

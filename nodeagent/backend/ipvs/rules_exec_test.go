@@ -5,8 +5,8 @@ import (
 	"slices"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 // TestOwnedRealIPSet reads the VIP-PORTS record back from the kernel (ip_set

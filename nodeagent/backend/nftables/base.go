@@ -252,12 +252,7 @@ func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps 
 		}
 	}
 
-	keyAddr := fi.addrT + " . inet_proto . inet_service : verdict"
-	keyPort := "inet_proto . inet_service : verdict"
-	for _, m := range []struct{ name, typ string }{
-		{mapServiceIPs, keyAddr}, {mapFirewallIPs, keyAddr}, {mapNoEndpointServices, keyAddr},
-		{mapServiceNodePorts, keyPort}, {mapNoEndpointNodePorts, keyPort},
-	} {
+	for _, m := range verdictMaps(fi) {
 		tx.Add(&knftables.Map{Family: fam, Table: tbl, Name: m.name, Type: m.typ})
 		if flushMaps {
 			tx.Flush(&knftables.Map{Family: fam, Table: tbl, Name: m.name})
@@ -276,11 +271,7 @@ func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps 
 	// using them were flushed above). ("tcp dport" would rebuild, but then nft
 	// adds a "meta l4proto tcp" dependency to every rule using the map.)
 	// Partial syncs go over netlink and never ask nft.
-	ip := fi.ipKW
-	for _, m := range []struct{ name, typ string }{
-		{mapEndpoints, ip + " daddr . meta l4proto . th dport . numgen random mod 1 : " + ip + " daddr . th dport"},
-		{mapNodePortEndpoints, "meta l4proto . th dport . numgen random mod 1 : " + ip + " daddr . th dport"},
-	} {
+	for _, m := range endpointMaps(fi) {
 		if haveMap[m.name] {
 			tx.Delete(&knftables.Map{Family: fam, Table: tbl, Name: m.name})
 		}
@@ -288,20 +279,14 @@ func writeBase(tx *knftables.Transaction, fi famInfo, b *baseObjects, flushMaps 
 	}
 	// Sets whose elements the services own (use-counted: a ClusterIP serves
 	// several ports, an endpoint several services).
-	for _, set := range []*knftables.Set{
-		{Family: fam, Table: tbl, Name: setHairpin, Type: fi.addrT + " . " + fi.addrT + " . inet_proto . inet_service"},
-		{Family: fam, Table: tbl, Name: setClusterIPs, Type: fi.addrT},
-	} {
+	for _, set := range serviceSets(fi) {
 		tx.Add(set)
 		if flushMaps {
 			tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: set.Name})
 		}
 	}
-	for _, name := range []string{setClusterCIDRs, setNodePortIPs} {
-		set := &knftables.Set{Family: fam, Table: tbl, Name: name, Type: fi.addrT}
-		if name == setClusterCIDRs {
-			set.Flags = []knftables.SetFlag{knftables.IntervalFlag}
-		}
+	for _, set := range fixedSets(fi) {
+		name := set.Name
 		tx.Add(set)
 		if flushMaps {
 			tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: name})
@@ -338,4 +323,53 @@ func linkBase(tx *knftables.Transaction, fi famInfo, b *baseObjects) {
 			tx.Add(&knftables.Rule{Family: fi.family, Table: tableName, Chain: c.name, Rule: r})
 		}
 	}
+}
+
+// namedType is a map's name and its type (or typeof) expression.
+type namedType struct{ name, typ string }
+
+// verdictMaps are the service dispatch maps (address or NodePort, protocol and
+// port to a verdict), as writeBase and writeBaseApart declare them.
+func verdictMaps(fi famInfo) []namedType {
+	keyAddr := fi.addrT + " . inet_proto . inet_service : verdict"
+	keyPort := "inet_proto . inet_service : verdict"
+	return []namedType{
+		{mapServiceIPs, keyAddr}, {mapFirewallIPs, keyAddr}, {mapNoEndpointServices, keyAddr},
+		{mapServiceNodePorts, keyPort}, {mapNoEndpointNodePorts, keyPort},
+	}
+}
+
+// endpointMaps are the endpoint maps by their typeof (see writeBase for why
+// typeof, and why nft cannot re-declare them once they came from the kernel).
+func endpointMaps(fi famInfo) []namedType {
+	ip := fi.ipKW
+	return []namedType{
+		{mapEndpoints, ip + " daddr . meta l4proto . th dport . numgen random mod 1 : " + ip + " daddr . th dport"},
+		{mapNodePortEndpoints, "meta l4proto . th dport . numgen random mod 1 : " + ip + " daddr . th dport"},
+	}
+}
+
+// serviceSets are the sets whose elements the services own (use-counted: a
+// ClusterIP serves several ports, an endpoint several services).
+func serviceSets(fi famInfo) []*knftables.Set {
+	fam, tbl := fi.family, tableName
+	return []*knftables.Set{
+		{Family: fam, Table: tbl, Name: setHairpin, Type: fi.addrT + " . " + fi.addrT + " . inet_proto . inet_service"},
+		{Family: fam, Table: tbl, Name: setClusterIPs, Type: fi.addrT},
+	}
+}
+
+// fixedSets are the sets of the node's own configuration (cluster CIDRs,
+// NodePort addresses), rewritten from baseObjects on every full sync.
+func fixedSets(fi famInfo) []*knftables.Set {
+	fam, tbl := fi.family, tableName
+	var out []*knftables.Set
+	for _, name := range []string{setClusterCIDRs, setNodePortIPs} {
+		set := &knftables.Set{Family: fam, Table: tbl, Name: name, Type: fi.addrT}
+		if name == setClusterCIDRs {
+			set.Flags = []knftables.SetFlag{knftables.IntervalFlag}
+		}
+		out = append(out, set)
+	}
+	return out
 }

@@ -38,39 +38,23 @@ func writeBaseApart(tx *knftables.Transaction, fi famInfo, b *baseObjects, inKer
 			have[s] = true
 		}
 	}
-	keyAddr := fi.addrT + " . inet_proto . inet_service : verdict"
-	keyPort := "inet_proto . inet_service : verdict"
-	for _, m := range []struct{ name, typ string }{
-		{mapServiceIPs, keyAddr}, {mapFirewallIPs, keyAddr}, {mapNoEndpointServices, keyAddr},
-		{mapServiceNodePorts, keyPort}, {mapNoEndpointNodePorts, keyPort},
-	} {
+	for _, m := range verdictMaps(fi) {
 		tx.Add(&knftables.Map{Family: fam, Table: tbl, Name: m.name, Type: m.typ})
 	}
-	ip := fi.ipKW
-	for _, m := range []struct{ name, typ string }{
-		{mapEndpoints, ip + " daddr . meta l4proto . th dport . numgen random mod 1 : " + ip + " daddr . th dport"},
-		{mapNodePortEndpoints, "meta l4proto . th dport . numgen random mod 1 : " + ip + " daddr . th dport"},
-	} {
+	for _, m := range endpointMaps(fi) {
 		// nft cannot re-declare them once they came from the kernel (writeBase).
 		if !have[m.name] {
 			tx.Add(&knftables.Map{Family: fam, Table: tbl, Name: m.name, TypeOf: m.typ})
 		}
 	}
-	for _, set := range []*knftables.Set{
-		{Family: fam, Table: tbl, Name: setHairpin, Type: fi.addrT + " . " + fi.addrT},
-		{Family: fam, Table: tbl, Name: setClusterIPs, Type: fi.addrT},
-	} {
+	for _, set := range serviceSets(fi) {
 		tx.Add(set)
 	}
-	for _, name := range []string{setClusterCIDRs, setNodePortIPs} {
-		set := &knftables.Set{Family: fam, Table: tbl, Name: name, Type: fi.addrT}
-		if name == setClusterCIDRs {
-			set.Flags = []knftables.SetFlag{knftables.IntervalFlag}
-		}
+	for _, set := range fixedSets(fi) {
 		tx.Add(set)
-		tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: name})
-		for _, e := range b.sets[name] {
-			tx.Add(&knftables.Element{Family: fam, Table: tbl, Set: name, Key: []string{e}})
+		tx.Flush(&knftables.Set{Family: fam, Table: tbl, Name: set.Name})
+		for _, e := range b.sets[set.Name] {
+			tx.Add(&knftables.Element{Family: fam, Table: tbl, Set: set.Name, Key: []string{e}})
 		}
 	}
 	createFixedChains(tx, fi, b, false)

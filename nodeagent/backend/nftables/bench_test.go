@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 // BenchmarkRenderService is the pure rendering cost of one service port with

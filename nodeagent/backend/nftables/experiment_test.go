@@ -20,8 +20,8 @@ import (
 	gnft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 func experimentOnly(t *testing.T) {

@@ -5,9 +5,9 @@ import (
 	"net/netip"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 // syncParityCase is a backend sync (after an optional first one, which both

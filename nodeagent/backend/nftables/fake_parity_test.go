@@ -10,7 +10,7 @@ import (
 
 	"sigs.k8s.io/knftables"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // The fake's refusals next to the kernel's. Each case is a small transaction

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 // nftOnlyBackend is a backend whose every transaction is one `nft -f` (the

@@ -9,7 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"kpo.dev/kpo/test/netns"
+	"kpo.dev/kpo/hack/netns"
 )
 
 // TestKernelHairpinPerEndpointPort, on the real kernel: a pod reaching itself

@@ -8,11 +8,11 @@ import (
 	"time"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/behaviour"
-	"kpo.dev/kpo/test/netns"
 )
 
 const dialTimeout = 2 * time.Second

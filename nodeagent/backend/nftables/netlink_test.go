@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
-	"kpo.dev/kpo/test/netns"
 )
 
 // variety renders every kind of rule and element renderService emits.

@@ -6,9 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/backendfuzz"
-	"kpo.dev/kpo/test/netns"
 )
 
 // fakeTarget programs the strict fake (backendfuzz.Target).

@@ -10,11 +10,11 @@ import (
 	"time"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/test/behaviour"
-	"kpo.dev/kpo/test/netns"
 )
 
 // vmTiming: the VM's CPU is emulated (TCG) and shared, its dials are slow.

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
 	"kpo.dev/kpo/nodeagent/model"
-	"kpo.dev/kpo/test/netns"
 )
 
 // BenchmarkSync records the IPVS figures of the issue inside the VM (TCG

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
-	"kpo.dev/kpo/test/netns"
 )
 
 // useIPTables makes variant ("legacy" or "nft") the flavour the node uses,

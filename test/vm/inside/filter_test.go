@@ -6,8 +6,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
-	"kpo.dev/kpo/test/netns"
 )
 
 // flushChain empties one of the companion's filter chains in the flavour the

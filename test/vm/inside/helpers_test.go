@@ -18,12 +18,12 @@ import (
 	mobyipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend"
 	"kpo.dev/kpo/nodeagent/backend/backendtest"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
-	"kpo.dev/kpo/test/netns"
 )
 
 const echoPort = 8080
@@ -235,7 +235,7 @@ type lineConn struct {
 
 // serveLines runs, in ns, a TCP server on addr that answers each line with
 // "<name> <line>" for as long as the client keeps the connection: the echo
-// servers of test/netns close after one reply.
+// servers of hack/netns close after one reply.
 func serveLines(t *testing.T, ns *netns.NS, addr, name string) {
 	t.Helper()
 	var l net.Listener

@@ -9,8 +9,8 @@ import (
 	"syscall"
 	"testing"
 
+	"kpo.dev/kpo/hack/netns"
 	"kpo.dev/kpo/nodeagent/backend/ipvs"
-	"kpo.dev/kpo/test/netns"
 )
 
 // IPVS's answers next to FakeHandle's: each case runs its operations on a
