@@ -252,6 +252,8 @@ func (r *ProxyConfigurationReconciler) SetupWithManager(mgr ctrl.Manager) error 
 	if r.Rollup == nil {
 		r.Rollup = NewRollup(mgr.GetClient(), r.Clock, 0)
 	}
+	// The rollup writes the status, so it tells of the transitions.
+	r.Rollup.OnWritten = r.recordTransitions
 	if err := mgr.Add(r.Rollup); err != nil {
 		return err
 	}

@@ -53,6 +53,10 @@ type Rollup struct {
 	// to look at again when their report or Lease may have run out.
 	writes   workqueue.TypedDelayingInterface[string]
 	expiries workqueue.TypedDelayingInterface[string]
+
+	// OnWritten, when set, is told of every status the rollup wrote, with
+	// the conditions it replaced: the operator records its Events there.
+	OnWritten func(pc *kpov1.ProxyConfiguration, old []metav1.Condition)
 }
 
 // nodeEntry is what the rollup knows of one node.
@@ -407,6 +411,7 @@ func (ro *Rollup) write(ctx context.Context, name string) error {
 	// An update, not a merge patch: zero counts must be written out, not
 	// omitted as "unchanged". The resourceVersion makes it fail on a
 	// concurrent change; the cache brings that change and we retry.
+	old := pc.Status.Conditions
 	pc.Status = status
 	if err := ro.client.Status().Update(ctx, pc); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
@@ -414,6 +419,9 @@ func (ro *Rollup) write(ctx context.Context, name string) error {
 			return nil
 		}
 		return err
+	}
+	if ro.OnWritten != nil {
+		ro.OnWritten(pc, old) // only once the status that says it is written
 	}
 	ro.mu.Lock()
 	if ce := ro.configs[name]; ce != nil {
