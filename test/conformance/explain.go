@@ -269,9 +269,11 @@ func (w *World) observationOf(e explain.Explanation, v where, handler *testnet.N
 		// address, not the one the datagram was translated to: conntrack
 		// cannot reverse the translation and the client drops the answer.
 		// Observed alike with kube-proxy (random seed 20).
-		hostUDP6 := p.Network == "udp" && ap.Addr().Is6() && epHome != nil && epName == epHome.Name && !masq &&
-			replyViaPodLink(v, epHome, dst)
-		if hostUDP6 || !masq && epHome != handler && v.home != handler {
+		// In IPv4 the same happens towards its own pods: the route's source
+		// is the pod-link address (random seeds 46, 57, 77).
+		hostUDP := p.Network == "udp" && epHome != nil && epName == epHome.Name && !masq &&
+			(ap.Addr().Is6() && replyViaPodLink(v, epHome, dst) || ap.Addr().Is4() && v.home == epHome && v.kind == explain.FromPod)
+		if hostUDP || !masq && epHome != handler && v.home != handler {
 			// The reply goes straight back from the endpoint's node,
 			// around the node that translated the request.
 			partial = true
