@@ -56,6 +56,7 @@ func runTable(t *testing.T, mode kpov1.Mode, tn *testnet.Net) {
 		}
 		return r, err
 	}
+	t.Cleanup(func() { deleteTableObjects(t) })
 	behaviour.Run(t, behaviour.Level{Mode: mode, Hosts: h, Apply: apiApply(h),
 		Check: behaviour.DialCheck(h, byName, behaviour.Timing{Settle: settle, Dial: dialTimeout})}, behaviour.Table())
 }
@@ -99,6 +100,25 @@ func apiApply(h behaviour.Hosts) func(t *testing.T, services []behaviour.Service
 			}
 		}
 		held = want
+	}
+}
+
+// deleteTableObjects deletes the table's Services and EndpointSlices, so that
+// the package's other tests can allocate the ClusterIPs the table used.
+func deleteTableObjects(t *testing.T) {
+	ctx := context.Background()
+	svcs := &corev1.ServiceList{}
+	if err := api.Client.List(ctx, svcs, client.InNamespace(behaviour.Namespace)); err != nil {
+		t.Errorf("listing the table's Services: %v", err)
+		return
+	}
+	for i := range svcs.Items {
+		if err := api.Client.Delete(ctx, &svcs.Items[i]); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("deleting %s: %v", svcs.Items[i].Name, err)
+		}
+	}
+	if err := api.Client.DeleteAllOf(ctx, &discoveryv1.EndpointSlice{}, client.InNamespace(behaviour.Namespace)); err != nil {
+		t.Errorf("deleting the table's EndpointSlices: %v", err)
 	}
 }
 

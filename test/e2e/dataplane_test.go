@@ -199,11 +199,19 @@ func getService(t *testing.T, name string) *corev1.Service {
 func waitSynced(t *testing.T, node string, mode kpov1.Mode) {
 	t.Helper()
 	waitSyncedAfter(t, node, time.Time{})
-	pns := &kpov1.ProxyNodeStatus{}
-	_ = api.Client.Get(context.Background(), types.NamespacedName{Name: node}, pns)
-	if pns.Status.ActiveMode != mode {
-		t.Fatalf("%s runs %q, want %q", node, pns.Status.ActiveMode, mode)
-	}
+	// Reports carry whole seconds: the previous agent's last report may still
+	// be the one read, so the mode is waited for too.
+	apiserver.Eventually(t, 60*time.Second, func() error {
+		pns := &kpov1.ProxyNodeStatus{}
+		if err := api.Client.Get(context.Background(), types.NamespacedName{Name: node}, pns); err != nil {
+			return err
+		}
+		if pns.Status.ActiveMode != mode || !meta.IsStatusConditionTrue(pns.Status.Conditions, kpov1.NodeConditionSynced) {
+			return fmt.Errorf("%s runs %q (synced: %v), want %q", node, pns.Status.ActiveMode,
+				meta.IsStatusConditionTrue(pns.Status.Conditions, kpov1.NodeConditionSynced), mode)
+		}
+		return nil
+	})
 }
 
 func waitSyncedAfter(t *testing.T, node string, after time.Time) {
