@@ -128,14 +128,14 @@ func (n *Node) hairpinMasqueraded(sp *model.ServicePort, routes *model.Routes, e
 // hairpin set for sp. The set is shared by every service port: which
 // endpoints get the check is the one decision backends still make per mode:
 // nftables this node's endpoints (nftables/render.go shareCommon, kube-proxy's
-// hairpin-connections set); iptables, for ports without affinity, local
-// ones and every one when external traffic keeps its source
+// hairpin-connections set); iptables, for ports without affinity, local and
+// unplaced ones and every one when external traffic keeps its source
 // (iptables/render.go needsHairpin); IPVS local ones.
 func hairpinChecked(mode kpov1.Mode, sp *model.ServicePort, routes *model.Routes, ep model.Endpoint) bool {
 	if mode != kpov1.ModeIPTables {
 		return ep.Local
 	}
-	return sp.AffinityTimeout <= 0 && (ep.Local || sp.HasExternal() && !routes.External.Outside.Masquerade)
+	return sp.AffinityTimeout <= 0 && (ep.Local || ep.Unplaced || sp.HasExternal() && !routes.External.Outside.Masquerade)
 }
 
 // HairpinSet is the node's hairpin set: the endpoint addresses whose

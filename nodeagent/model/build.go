@@ -177,7 +177,8 @@ func collectEndpoints(port *portView, family Family, views []sliceView, node Nod
 			c := candidate{
 				Endpoint: Endpoint{
 					IP: se.ip, Port: portNumber, Ready: ready,
-					Local: ep.NodeName != nil && *ep.NodeName == node.Name,
+					Local:    ep.NodeName != nil && *ep.NodeName == node.Name,
+					Unplaced: ep.NodeName == nil || *ep.NodeName == "",
 				},
 				serving: serving, terminating: terminating,
 			}

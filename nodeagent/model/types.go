@@ -67,6 +67,10 @@ type Endpoint struct {
 	Port int32
 	// Local is true when the endpoint runs on this node.
 	Local bool
+	// Unplaced: the EndpointSlice names no node, so the endpoint may run on
+	// this one although it is not Local (iptables masquerades its hairpin
+	// traffic, as kube-proxy's iptables mode does for every endpoint).
+	Unplaced bool
 	// Ready is false for a serving-but-terminating endpoint used as a fallback.
 	Ready bool
 }

@@ -224,13 +224,16 @@ func (s *svcRender) sep(ep model.Endpoint) string {
 // check in nat POSTROUTING (KPO-HAIRPIN), after the one random choice, where
 // the source equalling the new destination is visible. Only endpoints whose
 // own packets can reach this node's service rules untranslated need it:
-// local ones, and every one when an external route keeps the source of
-// traffic from outside (a remote pod reaching this node's node port is
-// sent on without masquerade). Remote pods' ClusterIP traffic is translated
-// by their own node.
+// local ones, unplaced ones (no nodeName: they may be local), and every one
+// when an external route keeps the source of traffic from outside (a remote
+// pod reaching this node's node port is sent on without masquerade). Remote
+// pods' ClusterIP traffic is translated by their own node. kube-proxy checks
+// every endpoint (KUBE-SEP "-s ep -j KUBE-MARK-MASQ"); skipping the ones
+// placed on other nodes keeps the rule count of large clusters down and
+// differs only when a slice names the wrong node.
 func (s *svcRender) needsHairpin(ep model.Endpoint) bool {
 	unmasqueraded := s.sp.HasExternal() && !s.routes.External.Outside.Masquerade
-	return (ep.Local || unmasqueraded) && !s.hairpin[ep.IP]
+	return (ep.Local || ep.Unplaced || unmasqueraded) && !s.hairpin[ep.IP]
 }
 
 // lbRules are the rules load balancing over eps, after the masquerading

@@ -72,6 +72,20 @@ var behaviourCases = []behaviourCase{{
 		{name: "other port", hook: "PREROUTING", p: pkt(behOther, "10.96.0.10", 81), want: untranslated},
 	},
 }, {
+	// An endpoint whose slice names no node may be a pod on this node: its
+	// traffic back to itself is masqueraded, as kube-proxy's KUBE-SEP chains
+	// do for every endpoint (conformance seed 737).
+	name: "cluster IP, endpoint without a node",
+	sp: func() *model.ServicePort {
+		unplaced := ep("10.244.3.3:8080", false)
+		unplaced.Unplaced = true
+		return svc("a", "10.96.0.10", 80, unplaced)
+	},
+	traces: []trace{
+		{name: "hairpin", hook: "PREROUTING", p: pkt(behOther, "10.96.0.10", 80), want: one(res("10.244.3.3:8080", true))},
+		{name: "other pod", hook: "PREROUTING", p: pkt("10.244.4.4", "10.96.0.10", 80), want: one(res("10.244.3.3:8080", false))},
+	},
+}, {
 	name: "no endpoints rejects",
 	sp:   func() *model.ServicePort { return svc("a", "10.96.0.10", 80) },
 	traces: []trace{
