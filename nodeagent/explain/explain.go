@@ -55,6 +55,8 @@ func Explain(sp *model.ServicePort, cands []model.Candidate, n *Node, q Query) E
 	e := Explanation{Node: n.Name, Service: sp.Key.String(), Query: q, Reasons: []Reason{}}
 	f := sp.Key.Family
 	o := n.Options(f)
+	q.Source = n.sourceOf(q)
+	e.Query = q
 	class, why := n.classify(q.Source, f)
 	e.SourceClass = sourceName(class)
 	e.Reasons = append(e.Reasons, why)
@@ -136,9 +138,27 @@ func (n *Node) nodePortFilter(sp *model.ServicePort, routes *model.Routes, q Que
 	}
 }
 
+// sourceOf is the source as the node sees it: its own traffic to one of its
+// own addresses leaves from that address (the local route's preferred
+// source), whatever address the query names for the node.
+func (n *Node) sourceOf(q Query) Source {
+	s := q.Source
+	if s.Kind == FromNode && s.Node == n.Name && slices.Contains(n.Addrs, q.Addr) {
+		s.IP = q.Addr
+	}
+	return s
+}
+
 // classify is how the node sees the source (kube-proxy's detect-local).
 func (n *Node) classify(s Source, f model.Family) (model.Source, Reason) {
 	if s.Kind == FromNode && s.Node == n.Name {
+		// kube-proxy's rules ask "from a pod?" (the cluster CIDR) before
+		// "from this node?" (a local source): the node's own traffic from
+		// an address inside the cluster CIDR (its pod gateway) is pods'.
+		if p, ok := n.podCIDROf(s.IP, f); ok {
+			return model.FromPods, Reason{ReasonDetectLocal, "spec.detectLocalMode / clusterCIDRs", fmt.Sprintf(
+				"the node's own traffic, but from %s, inside %s: counted as pods' traffic (the pod check comes first)", s.IP, p)}
+		}
 		return model.FromNode, Reason{ReasonDetectLocal, "", "the node's own traffic (a local source address)"}
 	}
 	if !n.Info.HasLocalDetector(f) {
@@ -163,11 +183,9 @@ func (n *Node) classify(s Source, f model.Family) (model.Source, Reason) {
 		}
 		return model.FromOutside, Reason{ReasonDetectLocal, setting, "does not arrive on a pod interface of this node: counted as outside"}
 	}
-	for _, p := range n.Info.ClusterCIDRs[f] {
-		if p.Contains(s.IP) {
-			return model.FromPods, Reason{ReasonDetectLocal, "spec.detectLocalMode / clusterCIDRs", fmt.Sprintf(
-				"%s is inside %s: counted as this node's pods' traffic", s.IP, p)}
-		}
+	if p, ok := n.podCIDROf(s.IP, f); ok {
+		return model.FromPods, Reason{ReasonDetectLocal, "spec.detectLocalMode / clusterCIDRs", fmt.Sprintf(
+			"%s is inside %s: counted as this node's pods' traffic", s.IP, p)}
 	}
 	return model.FromOutside, Reason{ReasonDetectLocal, "spec.detectLocalMode / clusterCIDRs", fmt.Sprintf(
 		"%s is outside %s: counted as outside", s.IP, prefixes(n.Info.ClusterCIDRs[f]))}
@@ -243,4 +261,18 @@ func prefixes(ps []netip.Prefix) string {
 		s[i] = p.String()
 	}
 	return strings.Join(s, ",")
+}
+
+// podCIDROf is the cluster CIDR holding ip, when the node tells pods apart
+// by address (detect-local ClusterCIDR or NodeCIDR).
+func (n *Node) podCIDROf(ip netip.Addr, f model.Family) (netip.Prefix, bool) {
+	if n.Info.LocalInterface != "" {
+		return netip.Prefix{}, false
+	}
+	for _, p := range n.Info.ClusterCIDRs[f] {
+		if p.Contains(ip) {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
 }

@@ -280,3 +280,32 @@ func TestHash(t *testing.T) {
 		t.Fatal("a Service the model lacks has a hash")
 	}
 }
+
+// TestNodeOwnTrafficFromItsPodGateway: the node reaching its pod-gateway
+// address's NodePort sends from that address, inside the cluster CIDR, and
+// kube-proxy's pod check comes before its local-source check: the traffic
+// counts as pods', short-circuited without masquerade (conformance random
+// seeds 776 and 779, iptables).
+func TestNodeOwnTrafficFromItsPodGateway(t *testing.T) {
+	objs := &Objects{Services: []*corev1.Service{service(nodePort(true))}, Slices: []*discoveryv1.EndpointSlice{slice(ready("10.244.2.2", "node-2"))}}
+	var addrs []netip.Addr
+	for _, a := range []string{node1IP, "10.244.1.1", "127.0.0.1"} {
+		addrs = append(addrs, netip.MustParseAddr(a))
+	}
+	m := BuildNode(objs, NodeFacts{Node: node1(), Config: config(kpov1.ModeIPTables, nil), Addrs: addrs})
+	for _, tc := range []struct {
+		addr, class string
+		masq        bool
+	}{{"10.244.1.1", "pods", false}, {node1IP, "node", true}} {
+		q := toNodePort(tc.addr, fromNode)
+		sp, err := m.Find("ns", "web", "http", ToNodePort, q.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := m.Explain(sp, q)
+		if e.Outcome != Forwarded || e.SourceClass != tc.class || e.Masquerade != tc.masq || e.Query.Source.IP != netip.MustParseAddr(tc.addr) {
+			t.Errorf("to %s: %s from %s (%s), masquerade %v; want forwarded from %s (%s), masquerade %v\n%s", tc.addr,
+				e.Outcome, e.Query.Source.IP, e.SourceClass, e.Masquerade, tc.addr, tc.class, tc.masq, Text(&e, false))
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -179,6 +180,12 @@ func (s *Suite) predict(models map[string]*explain.NodeModel, p Probe) (predicti
 	if addr.Is6() {
 		src.IP = netip.MustParseAddr(v.ip6)
 	}
+	if v.kind == explain.FromNode {
+		// A host has several addresses: the one it sends from is the
+		// kernel's choice (a pod-link address towards its own pods and,
+		// in IPv6, towards the service range).
+		src.IP = sourceTowards(v.home, addr)
+	}
 	if v.home != nil {
 		src.Node = v.home.Name
 	}
@@ -260,19 +267,22 @@ func (w *World) observationOf(e explain.Explanation, v where, handler *testnet.N
 		ap := netip.MustParseAddrPort(ep.Address)
 		epName := w.Name(ap.Addr().String())
 		epHome := w.homeOf(epName)
+		// Masquerading is done on the way out (POSTROUTING): traffic
+		// delivered to the handling node's own host from elsewhere is not,
+		// the node's own traffic to itself is.
 		onHandlerHost := epName == handler.Name
-		masq := (e.Masquerade || ep.Hairpin) && !onHandlerHost
-		// A node host's UDP echo server answers from an address the kernel
-		// picks (its wildcard socket): in IPv6, one on the interface towards
-		// the client (RFC 6724 rule 5), else the longest match. Towards its
-		// own pods, or its own pod-link address, that is the pod-link
-		// address, not the one the datagram was translated to: conntrack
-		// cannot reverse the translation and the client drops the answer.
-		// Observed alike with kube-proxy (random seed 20).
-		// In IPv4 the same happens towards its own pods: the route's source
-		// is the pod-link address (random seeds 46, 57, 77).
+		fromHandler := v.kind == explain.FromNode && v.home == handler
+		masq := (e.Masquerade || ep.Hairpin) && (!onHandlerHost || fromHandler)
+		// A node host's UDP echo server answers from the address the
+		// kernel picks towards the client (its wildcard socket), not
+		// necessarily the one the datagram was translated to: then
+		// conntrack cannot reverse the translation and the client drops
+		// the answer (the same under kube-proxy). It does towards the
+		// node's own pods (the pod-link address), towards the host itself
+		// when it sent to another of its own addresses, and in IPv6
+		// towards the service range (random seeds 20, 46, 57, 77, 776).
 		hostUDP := p.Network == "udp" && epHome != nil && epName == epHome.Name && !masq &&
-			(ap.Addr().Is6() && replyViaPodLink(v, epHome, dst) || ap.Addr().Is4() && v.home == epHome && v.kind == explain.FromPod)
+			sourceTowards(epHome, e.Query.Source.IP) != ap.Addr()
 		if hostUDP || !masq && epHome != handler && v.home != handler {
 			// The reply goes straight back from the endpoint's node,
 			// around the node that translated the request.
@@ -315,19 +325,40 @@ func (w *World) nodeAddrs(n *testnet.Node) []string {
 	return []string{n.IP4, n.IP6, gw4, gw6}
 }
 
-// replyViaPodLink says whether a node host's reply to v leaves by one of
-// its pod links, or to its own pod-link address: v is a pod of that node,
-// or the node itself sending to the service or pod ranges (fd10::/16),
-// for which IPv6 source selection picks its pod-link address.
-func replyViaPodLink(v where, host *testnet.Node, dst netip.Addr) bool {
-	if v.home != host {
-		return false
+// sourceTowards is the address node n's host sends to dst from: what the
+// kernel picks for an unbound socket (a connected UDP socket's local
+// address; nothing is sent). Routes do not change in a world, so the
+// answers are kept.
+func sourceTowards(n *testnet.Node, dst netip.Addr) netip.Addr {
+	key := sourceKey{n, dst}
+	sourcesMu.Lock()
+	defer sourcesMu.Unlock()
+	if a, ok := kernelSources[key]; ok {
+		return a
 	}
-	switch v.kind {
-	case explain.FromPod:
-		return true
-	case explain.FromNode:
-		return netip.MustParsePrefix("fd10::/16").Contains(dst)
+	var src netip.Addr
+	err := n.Do(func() error {
+		c, err := net.Dial("udp", netip.AddrPortFrom(dst, 9).String())
+		if err != nil {
+			return err
+		}
+		defer func() { _ = c.Close() }()
+		src = c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+		return nil
+	})
+	if err != nil {
+		panic(fmt.Sprintf("source towards %s on %s: %v", dst, n.Name, err))
 	}
-	return false
+	kernelSources[key] = src
+	return src
+}
+
+var (
+	sourcesMu     sync.Mutex
+	kernelSources = map[sourceKey]netip.Addr{}
+)
+
+type sourceKey struct {
+	node *testnet.Node
+	dst  netip.Addr
 }
