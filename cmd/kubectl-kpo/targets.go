@@ -109,8 +109,8 @@ func freshness(st *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, p explai
 	case explain.OtherModel:
 		out = append(out, fmt.Sprintf("%s's last report (%s) names another model (%s, synced %s) than this one (%s): "+
 			"either it has not synced these objects yet, or it has synced them since and not reported "+
-			"(when nothing else changes, the next report comes with its heartbeat, within %v)",
-			st.Name, clock(r.LastReportTime), p.Reported.Services, clock(&p.Reported.SyncTime), p.Model.Services, report.DefaultHeartbeat))
+			"(when nothing else changes, its next report comes with the heartbeat, every %s)",
+			st.Name, clock(r.LastReportTime), p.Reported.Services, clock(&p.Reported.SyncTime), p.Model.Services, heartbeat()))
 	case explain.NodeSettingsDiffer:
 		out = append(out, fmt.Sprintf("%s programmed these service ports (report %s, sync %s), but its node settings "+
 			"(NodePort addresses, detect-local, service ranges: %s) are not the ones derived here (%s): kubectl kpo "+
@@ -119,6 +119,13 @@ func freshness(st *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, p explai
 			st.Name, clock(r.LastReportTime), clock(&p.Reported.SyncTime), p.Reported.Node, p.Model.Node, st.Name))
 	}
 	return out
+}
+
+// heartbeat is how often an agent writes an unchanged report (jittered by
+// up to a tenth), in words.
+func heartbeat() string {
+	hb := report.DefaultHeartbeat
+	return fmt.Sprintf("%g–%g minutes", hb.Minutes(), (hb + hb/10).Minutes())
 }
 
 // clock is a time of day in UTC, as the reports' times are read.

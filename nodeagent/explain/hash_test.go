@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"testing"
 
+	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
@@ -177,5 +178,24 @@ func BenchmarkHasherCold(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		NewHasher().Sum(snap)
+	}
+}
+
+// TestCheckProgrammed: the node's report against the model explained.
+func TestCheckProgrammed(t *testing.T) {
+	m := ModelHash{Services: "s1", Node: "n1"}
+	for _, tc := range []struct {
+		reported *kpov1.ProgrammedModel
+		want     ProgrammedState
+	}{
+		{nil, NotReported},
+		{&kpov1.ProgrammedModel{}, NotReported},
+		{&kpov1.ProgrammedModel{Services: "s1", Node: "n1"}, ModelProgrammed},
+		{&kpov1.ProgrammedModel{Services: "s1", Node: "n2"}, NodeSettingsDiffer},
+		{&kpov1.ProgrammedModel{Services: "s2", Node: "n1"}, OtherModel},
+	} {
+		if got := CheckProgrammed(&kpov1.ProxyNodeReport{ProgrammedModel: tc.reported}, m); got.State != tc.want || got.Model != m {
+			t.Errorf("reported %+v: %+v, want %s", tc.reported, got, tc.want)
+		}
 	}
 }
