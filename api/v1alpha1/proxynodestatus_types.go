@@ -107,6 +107,16 @@ type ProxyNodeReport struct {
 	// +optional
 	Rules int32 `json:"rules"`
 
+	// ProgrammedModel identifies the model the last successful sync
+	// programmed into the kernel, as of LastReportTime: digests of what every
+	// service port and the node's settings ask the kernel for. It is
+	// computed when a report is written (it rides the writes that happen
+	// anyway, never causes one), so a sync after LastReportTime is not in it.
+	// kubectl kpo explain computes the same digests of the model it builds
+	// from the objects it reads and says whether the node has programmed it.
+	// +optional
+	ProgrammedModel *ProgrammedModel `json:"programmedModel,omitempty"`
+
 	// LastError is the last sync error, empty after a successful sync.
 	// +kubebuilder:validation:MaxLength=1024
 	// +optional
@@ -152,6 +162,21 @@ type ProxyNodeReport struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
+// ProgrammedModel identifies a node's model by digests (nodeagent/explain's
+// Hasher): equal digests, equal model.
+type ProgrammedModel struct {
+	// Services is the digest of every service port the node proxies: its
+	// addresses, policies and resolved endpoint sets.
+	// +kubebuilder:validation:MaxLength=64
+	Services string `json:"services"`
+	// Node is the digest of the node's settings: NodePort addresses, how
+	// pods' traffic is told apart (detect-local) and the service ranges.
+	// +kubebuilder:validation:MaxLength=64
+	Node string `json:"node"`
+	// SyncTime is when the sync that programmed this model finished.
+	SyncTime metav1.Time `json:"syncTime"`
+}
+
 // ProxyNodeStatus reports what one node's agent really runs. It is named after the
 // node, written only by that node's agent and owned by the Node, so that it goes
 // away with the node.
@@ -172,6 +197,7 @@ type ProxyNodeReport struct {
 // +kubebuilder:printcolumn:name="Rules",type=integer,JSONPath=`.status.rules`,priority=1
 // +kubebuilder:printcolumn:name="Duration",type=string,JSONPath=`.status.lastSyncDuration`,priority=1
 // +kubebuilder:printcolumn:name="Rejected",type=integer,JSONPath=`.status.rejectedObjectCount`,priority=1
+// +kubebuilder:printcolumn:name="Model",type=string,JSONPath=`.status.programmedModel.services`,priority=1
 type ProxyNodeStatus struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

@@ -102,7 +102,7 @@ func (c *cli) explain(ctx context.Context, ref string, o *explainOptions) error 
 	}
 	var out []explain.Explanation
 	for _, tg := range targets {
-		m, warnings, err := w.model(tg.node)
+		m, programmed, warnings, err := w.model(tg.node)
 		if err != nil {
 			return err
 		}
@@ -111,6 +111,7 @@ func (c *cli) explain(ctx context.Context, ref string, o *explainOptions) error 
 		if err != nil {
 			return err
 		}
+		e.Programmed = &programmed
 		e.Warnings = append(e.Warnings, warnings...)
 		out = append(out, e)
 	}
@@ -158,11 +159,13 @@ type world struct {
 	statuses map[string]*kpov1.ProxyNodeStatus
 	configs  map[string]*kpov1.ProxyConfiguration
 	models   map[string]*explain.NodeModel
+	hashes   map[string]explain.ModelHash
 }
 
 func loadWorld(ctx context.Context, cl client.Client, objs *explain.Objects) (*world, error) {
 	w := &world{objs: objs, nodes: map[string]*corev1.Node{}, statuses: map[string]*kpov1.ProxyNodeStatus{},
-		configs: map[string]*kpov1.ProxyConfiguration{}, models: map[string]*explain.NodeModel{}}
+		configs: map[string]*kpov1.ProxyConfiguration{}, models: map[string]*explain.NodeModel{},
+		hashes: map[string]explain.ModelHash{}}
 	var nodes corev1.NodeList
 	var pns kpov1.ProxyNodeStatusList
 	var pcs kpov1.ProxyConfigurationList
@@ -199,35 +202,38 @@ func (w *world) agentNodes() []string {
 	return out
 }
 
-// model builds a node's model with its agent's configuration, and says
-// what may make the node's rules differ from it.
-func (w *world) model(name string) (*explain.NodeModel, []string, error) {
+// model builds a node's model with its agent's configuration, compares it
+// with the model the node reports it programmed, and says what may make the
+// node's rules differ from it.
+func (w *world) model(name string) (*explain.NodeModel, explain.Programmed, []string, error) {
 	node := w.nodes[name]
 	if node == nil {
-		return nil, nil, fmt.Errorf("node %s not found", name)
+		return nil, explain.Programmed{}, nil, fmt.Errorf("node %s not found", name)
 	}
 	st := w.statuses[name]
 	if st == nil {
-		return nil, nil, fmt.Errorf("node %s has no ProxyNodeStatus: no kpo agent runs there", name)
+		return nil, explain.Programmed{}, nil, fmt.Errorf("node %s has no ProxyNodeStatus: no kpo agent runs there", name)
 	}
 	pc := w.configs[st.Status.Configuration]
 	if pc == nil {
-		return nil, nil, fmt.Errorf("node %s runs configuration %q, which does not exist (any more)", name, st.Status.Configuration)
+		return nil, explain.Programmed{}, nil, fmt.Errorf("node %s runs configuration %q, which does not exist (any more)", name, st.Status.Configuration)
 	}
 	cfg := render.AgentConfiguration(pc)
 	// As the agent resolves its configuration file (kpov1.Resolve): an agent
 	// refuses what fails, so there is no model to explain.
 	mode, err := kpov1.Resolve(cfg.Mode, &cfg.ProxySettings, nil)
 	if err != nil {
-		return nil, nil, fmt.Errorf("configuration %s: %w", pc.Name, err)
+		return nil, explain.Programmed{}, nil, fmt.Errorf("configuration %s: %w", pc.Name, err)
 	}
 	cfg.Mode = mode
 	m := w.models[name]
 	if m == nil {
 		m = explain.BuildNode(w.objs, explain.NodeFacts{Node: node, Config: cfg, ActiveMode: st.Status.ActiveMode})
 		w.models[name] = m
+		w.hashes[name] = explain.Hash(m.Snapshot)
 	}
-	return m, freshness(st, pc, explain.Hash(m.Snapshot)), nil
+	p := explain.CheckProgrammed(&st.Status, w.hashes[name])
+	return m, p, freshness(st, pc, p), nil
 }
 
 // source resolves --from / --from-ip and the family explained.

@@ -18,13 +18,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/controllers/render"
 	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/nodeagent/explain"
 )
 
 // TestPlugin runs kubectl-kpo against a real API server holding two nodes
 // with their agents' reports, a ProxyConfiguration, a client pod and three
-// Services: the README's examples (testdata/readme-examples.txt, rewritten
+// Services (node-1 reports the model built from them as programmed, node-2
+// another one): the README's examples (testdata/readme-examples.txt, rewritten
 // with KPO_UPDATE_EXAMPLES=1) are this test's output.
 func TestPlugin(t *testing.T) {
 	if testing.Short() {
@@ -39,6 +41,7 @@ func TestPlugin(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = env.Stop() })
 	seed(t, env.Client)
+	reportProgrammed(t, env.Client)
 
 	run := func(args ...string) string {
 		t.Helper()
@@ -55,12 +58,15 @@ func TestPlugin(t *testing.T) {
 		want []string
 	}{
 		{[]string{"explain", "svc/web-local", "-n", "demo", "--from-ip", "198.51.100.200", "--to", "nodeport", "--node", "node-1"},
-			[]string{"=> dropped", "NoLocalEndpoints", "spec.externalTrafficPolicy: Local", "on node node-2"}},
+			[]string{"=> dropped", "NoLocalEndpoints", "spec.externalTrafficPolicy: Local", "on node node-2",
+				"programmed: node-1 reported at", "that its kernel holds this model"}},
+		{[]string{"explain", "svc/web-local", "-n", "demo", "--from-ip", "198.51.100.200", "--to", "nodeport", "--node", "node-2"},
+			[]string{"=> forwarded", "node-2's last report", "names another model (00000000000000aa, synced", "either it has not synced these objects yet"}},
 		{[]string{"explain", "svc/api", "-n", "demo", "--from", "pod/client"},
 			[]string{"=> forwarded, source kept", "TopologyZoneHints", "hints.forZones [zone-b] does not include this node's zone"}},
 		{[]string{"explain", "svc/db", "-n", "demo", "--from", "pod/client"},
 			[]string{"=> refused", "NoEndpoints", "not ready, not serving", "terminating, not serving"}},
-		{[]string{"status"}, []string{"node-1", "node-2", "generation 1 of 2", "1 lagging: node-2"}},
+		{[]string{"status"}, []string{"node-1", "node-2", "generation 1 of 2", "1 lagging: node-2", "MODEL", "00000000 "}},
 	}
 	var all strings.Builder
 	for _, ex := range examples {
@@ -86,6 +92,58 @@ func TestPlugin(t *testing.T) {
 	}
 	if len(got) != 2 || got[0].Node != "node-1" || got[0].Outcome != explain.Forwarded || got[0].Masquerade {
 		t.Errorf("a pod to the eTP Local NodePort of every node: %+v", got)
+	}
+	// With whether each node programmed the model explained.
+	if len(got) == 2 && (got[0].Programmed == nil || got[0].Programmed.State != explain.ModelProgrammed ||
+		got[1].Programmed == nil || got[1].Programmed.State != explain.OtherModel || got[1].Programmed.Reported.Services != "00000000000000aa") {
+		t.Errorf("programmed: node-1 %+v, node-2 %+v; want Programmed and OtherModel", got[0].Programmed, got[1].Programmed)
+	}
+	var st Status
+	if err := json.Unmarshal([]byte(run("status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Nodes) != 2 || st.Nodes[0].ProgrammedModel == nil || st.Nodes[0].ProgrammedModel.Services != got[0].Programmed.Model.Services {
+		t.Errorf("status -o json: %+v, want node-1's programmed model %v", st.Nodes, got[0].Programmed.Model)
+	}
+}
+
+// reportProgrammed writes into node-1's report the model kubectl kpo builds
+// for it (as its agent would after syncing these objects), and another one
+// into node-2's, reported a second ago.
+func reportProgrammed(t *testing.T, c client.Client) {
+	t.Helper()
+	ctx := context.Background()
+	objs, err := explain.Load(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := &kpov1.ProxyConfiguration{}
+	node := &corev1.Node{}
+	if err := c.Get(ctx, client.ObjectKey{Name: "default"}, pc); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Name: "node-1"}, node); err != nil {
+		t.Fatal(err)
+	}
+	cfg := render.AgentConfiguration(pc)
+	if cfg.Mode, err = kpov1.Resolve(cfg.Mode, &cfg.ProxySettings, nil); err != nil {
+		t.Fatal(err)
+	}
+	h := explain.Hash(explain.BuildNode(objs, explain.NodeFacts{Node: node, Config: cfg}).Snapshot)
+	now := time.Now().Add(-time.Second).Truncate(time.Second)
+	for name, pm := range map[string]kpov1.ProgrammedModel{
+		"node-1": {Services: h.Services, Node: h.Node, SyncTime: metav1.NewTime(now.Add(-time.Second))},
+		"node-2": {Services: "00000000000000aa", Node: "00000000000000bb", SyncTime: metav1.NewTime(now.Add(-4 * time.Second))},
+	} {
+		pns := &kpov1.ProxyNodeStatus{}
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, pns); err != nil {
+			t.Fatal(err)
+		}
+		pns.Status.ProgrammedModel = &pm
+		pns.Status.LastReportTime = &metav1.Time{Time: now}
+		if err := c.Status().Update(ctx, pns); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -76,6 +76,9 @@ type NodeStatus struct {
 	Services      int32  `json:"services"`
 	Endpoints     int32  `json:"endpoints"`
 	Rejected      int32  `json:"rejected"`
+	// ProgrammedModel is the model the node's last report says its kernel
+	// holds (status.programmedModel; nil when it names none).
+	ProgrammedModel *kpov1.ProgrammedModel `json:"programmedModel,omitempty"`
 	// Lag says why the node lags ("" when it does not).
 	Lag string `json:"lag,omitempty"`
 }
@@ -118,7 +121,7 @@ func nodeStatus(p *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, now time
 	n := NodeStatus{Node: p.Name, Configuration: r.Configuration, Generation: r.ConfigurationGeneration,
 		RequestedMode: string(r.RequestedMode), ActiveMode: string(r.ActiveMode), Synced: condition(r.Conditions, kpov1.NodeConditionSynced),
 		Healthy: condition(r.Conditions, kpov1.NodeConditionHealthy), LastSync: "never",
-		Services: r.Services, Endpoints: r.Endpoints, Rejected: r.RejectedObjectCount}
+		Services: r.Services, Endpoints: r.Endpoints, Rejected: r.RejectedObjectCount, ProgrammedModel: r.ProgrammedModel.DeepCopy()}
 	if r.LastSyncTime != nil {
 		n.LastSync = now.Sub(r.LastSyncTime.Time).Round(time.Second).String() + " ago"
 	}
@@ -183,7 +186,7 @@ func (c *cli) printStatus(st *Status, format string) error {
 	for _, pc := range st.Configurations {
 		printf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\n", pc.Name, pc.Mode, pc.Generation, pc.Desired, pc.Updated, pc.Ready, pc.Available)
 	}
-	printf(tw, "\nNODE\tCONFIGURATION\tGEN\tMODE\tSYNCED\tHEALTHY\tLAST SYNC\tSERVICES\tENDPOINTS\tREJECTED\tLAG\n")
+	printf(tw, "\nNODE\tCONFIGURATION\tGEN\tMODE\tSYNCED\tHEALTHY\tLAST SYNC\tSERVICES\tENDPOINTS\tREJECTED\tMODEL\tLAG\n")
 	for _, n := range st.Nodes {
 		mode := orNone(n.ActiveMode)
 		if n.ActiveMode != n.RequestedMode {
@@ -193,8 +196,13 @@ func (c *cli) printStatus(st *Status, format string) error {
 		if lag != "" && c.color {
 			lag = "\x1b[33m" + lag + "\x1b[0m"
 		}
-		printf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", n.Node, n.Configuration, n.Generation, mode, n.Synced, n.Healthy,
-			n.LastSync, n.Services, n.Endpoints, n.Rejected, orDashStr(lag))
+		model := "-"
+		if n.ProgrammedModel != nil {
+			// The first 8 digits: enough to compare with kubectl kpo explain's.
+			model = n.ProgrammedModel.Services[:min(8, len(n.ProgrammedModel.Services))]
+		}
+		printf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", n.Node, n.Configuration, n.Generation, mode, n.Synced, n.Healthy,
+			n.LastSync, n.Services, n.Endpoints, n.Rejected, model, orDashStr(lag))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

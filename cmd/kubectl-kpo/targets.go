@@ -12,6 +12,7 @@ import (
 	"kpo.dev/kpo/nodeagent/explain"
 	"kpo.dev/kpo/nodeagent/model"
 	"kpo.dev/kpo/nodeagent/nodeports"
+	"kpo.dev/kpo/nodeagent/report"
 )
 
 // targets are the nodes and addresses concerned by --to and the sender.
@@ -81,10 +82,9 @@ func (w *world) nodePortTargets(family model.Family, only string) []target {
 
 // freshness says what may keep a node's rules from matching the model
 // explained: an agent that runs an older generation of its configuration,
-// has not synced, or whose last sync failed. (Agents do not report a hash
-// of the model they programmed yet: the explanation then holds once the
-// node has synced these objects; hash is the model's, for comparison.)
-func freshness(st *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, hash string) []string {
+// has not synced, or whose last report names another model than the one
+// explained (p, from explain.CheckProgrammed).
+func freshness(st *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, p explain.Programmed) []string {
 	var out []string
 	r := &st.Status
 	if r.ConfigurationGeneration != pc.Generation {
@@ -101,17 +101,42 @@ func freshness(st *kpov1.ProxyNodeStatus, pc *kpov1.ProxyConfiguration, hash str
 	if r.ActiveMode != "" && r.RequestedMode != "" && r.ActiveMode != r.RequestedMode {
 		out = append(out, fmt.Sprintf("%s runs mode %s, not the requested %s (explained in %s)", st.Name, r.ActiveMode, r.RequestedMode, r.ActiveMode))
 	}
-	out = append(out, fmt.Sprintf("%s does not report which model it programmed: this one (%s) holds once it has synced these objects (last sync %s)",
-		st.Name, hash, lastSync(r)))
+	switch p.State {
+	case explain.NotReported:
+		out = append(out, fmt.Sprintf("%s does not report which model it programmed (no successful sync, or an agent "+
+			"older than this plugin): this one (%s) holds once it has synced these objects (last sync %s)",
+			st.Name, p.Model.Services, lastSync(r)))
+	case explain.OtherModel:
+		out = append(out, fmt.Sprintf("%s's last report (%s) names another model (%s, synced %s) than this one (%s): "+
+			"either it has not synced these objects yet, or it has synced them since and not reported "+
+			"(when nothing else changes, its next report comes with the heartbeat, every %s)",
+			st.Name, clock(r.LastReportTime), p.Reported.Services, clock(&p.Reported.SyncTime), p.Model.Services, heartbeat()))
+	case explain.NodeSettingsDiffer:
+		out = append(out, fmt.Sprintf("%s programmed these service ports (report %s, sync %s), but its node settings "+
+			"(NodePort addresses, detect-local, service ranges: %s) are not the ones derived here (%s): kubectl kpo "+
+			"knows the Node's addresses, not its interfaces, so what this says about NodePort addresses and "+
+			"detect-local may not hold on %s",
+			st.Name, clock(r.LastReportTime), clock(&p.Reported.SyncTime), p.Reported.Node, p.Model.Node, st.Name))
+	}
 	return out
 }
 
-func lastSync(r *kpov1.ProxyNodeReport) string {
-	if r.LastSyncTime == nil {
+// heartbeat is how often an agent writes an unchanged report (jittered by
+// up to a tenth), in words.
+func heartbeat() string {
+	hb := report.DefaultHeartbeat
+	return fmt.Sprintf("%g–%g minutes", hb.Minutes(), (hb + hb/10).Minutes())
+}
+
+// clock is a time of day in UTC, as the reports' times are read.
+func clock(t *metav1.Time) string {
+	if t == nil {
 		return "never"
 	}
-	return r.LastSyncTime.UTC().Format("15:04:05Z")
+	return t.UTC().Format("15:04:05Z")
 }
+
+func lastSync(r *kpov1.ProxyNodeReport) string { return clock(r.LastSyncTime) }
 
 func meta(cs []metav1.Condition, typ string) *metav1.Condition {
 	for i := range cs {

@@ -318,7 +318,11 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	a.metrics.observeSync(res.Full, elapsed, res.Rules, change.TriggerTimes)
 	a.health.Synced()
 	counts := snap.Count()
-	a.status.Synced(time.Now(), elapsed, res.Full, counts, res.Rules)
+	done := time.Now()
+	// The kernel holds snap now: the next report names it (hashed only
+	// when that report is written).
+	a.status.Programmed(done, snap)
+	a.status.Synced(done, elapsed, res.Full, counts, res.Rules)
 	a.hc.Update(snap)
 	a.clearStaleUDP(ctx, snap)
 	a.resyncWhileDraining(res)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // ANSI colours, used only when the output is a terminal.
@@ -65,10 +67,22 @@ func Text(e *Explanation, color bool) string {
 		line("    %s\t%s\t%s\n", r.Code, orDash(r.DecidedBy), r.Message)
 	}
 	_ = tw.Flush()
+	if p := e.Programmed; p != nil && p.State == ModelProgrammed {
+		fmt.Fprintf(&b, "  %s %s reported at %s that its kernel holds this model (%s, synced %s)\n", paint(green, "programmed:"),
+			e.Node, timeOfDay(p.ReportTime), p.Model.Services, timeOfDay(&p.Reported.SyncTime))
+	}
 	for _, w := range e.Warnings {
 		fmt.Fprintf(&b, "  %s %s\n", paint(yellow, "warning:"), w)
 	}
 	return b.String()
+}
+
+// timeOfDay is a report's time in UTC ("never" when unset).
+func timeOfDay(t *metav1.Time) string {
+	if t == nil || t.IsZero() {
+		return "never"
+	}
+	return t.UTC().Format("15:04:05Z")
 }
 
 func sourceLabel(s Source) string {

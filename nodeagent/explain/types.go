@@ -100,6 +100,9 @@ type Explanation struct {
 	Excluded []Endpoint `json:"excluded,omitempty"`
 	// Reasons are the decisions, in order, each naming what decided it.
 	Reasons []Reason `json:"reasons"`
+	// Programmed says whether the node's last report names this model as
+	// the one it programmed (kubectl kpo sets it; nil when unknown).
+	Programmed *Programmed `json:"programmed,omitempty"`
 	// Warnings say what may make reality differ (a node that has not
 	// programmed this model yet, an assumption about the node).
 	Warnings []string `json:"warnings,omitempty"`

@@ -11,6 +11,14 @@
 // otherwise once per heartbeat (5 minutes); LastReportTime says when, and
 // StaleAfterSeconds how long the operator may trust the report without a new
 // one (docs/scale.md has the arithmetic).
+//
+// Each write also says which model the node's last successful sync
+// programmed (status.programmedModel, digests by explain.Hasher), so that
+// kubectl kpo can tell whether a node holds the model it explains. The
+// model changes with every endpoint change, so it is not a change of its
+// own: it rides the writes that happen anyway, hashed only then, from the
+// last synced snapshot, re-hashing only the service ports replaced since
+// the previous write.
 package report
 
 import (
@@ -20,6 +28,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
+	"weak"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -34,6 +43,7 @@ import (
 	"golang.org/x/time/rate"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/explain"
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -95,6 +105,12 @@ type Reporter struct {
 	writeMu sync.Mutex
 	final   bool
 	metaFor types.UID
+	// hasher hashes the programmed model at write time; hashed and
+	// hashedAs are the last snapshot hashed (weak: it keeps no old model
+	// alive) and its hash. writeMu guards them.
+	hasher   *explain.Hasher
+	hashed   weak.Pointer[model.Snapshot]
+	hashedAs explain.ModelHash
 
 	mu      sync.Mutex
 	mode    kpov1.Mode
@@ -111,6 +127,11 @@ type Reporter struct {
 	// unavailable is set when the configured mode cannot run and the agent
 	// keeps another mode (mode) synced instead.
 	unavailable error
+	// programmed is the model the last successful sync programmed (nil
+	// before the first and after a cleanup), programmedAt when that sync
+	// finished.
+	programmed   *model.Snapshot
+	programmedAt time.Time
 }
 
 // New returns the reporter of node, for an agent that applies cfg in mode. A
@@ -127,6 +148,7 @@ func New(c client.Client, node string, cfg *kpov1.AgentConfiguration, mode kpov1
 		heartbeat: opts.Heartbeat, freshness: opts.Freshness, clock: opts.Clock,
 		changed: true,
 		changes: rate.NewLimiter(rate.Every(changeEvery), changeBurst),
+		hasher:  explain.NewHasher(),
 	}
 	r.report = kpov1.ProxyNodeReport{
 		Configuration:           cfg.ConfigurationName,
@@ -221,6 +243,16 @@ func (r *Reporter) Synced(at time.Time, took time.Duration, full bool, counts mo
 	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionTrue, kpov1.NodeReasonSynced, "the kernel holds the rules of the last sync")
 }
 
+// Programmed records the model a successful sync that finished at at
+// programmed into the kernel. It is not a change: the next write (a change
+// or the heartbeat) reports it, hashed then. snap must not be modified
+// afterwards (a model.Snapshot never is).
+func (r *Reporter) Programmed(at time.Time, snap *model.Snapshot) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.programmed, r.programmedAt = snap, at
+}
+
 // SetRejected records the grouped rejections (one per object and reason):
 // the first MaxRejectedObjects by name, and how many there are.
 func (r *Reporter) SetRejected(grouped []model.Rejection) {
@@ -254,6 +286,7 @@ func (r *Reporter) CleanedUp(at time.Time) {
 	r.report.LastSyncTime = &t
 	r.report.Services, r.report.Endpoints, r.report.Rules = 0, 0, 0
 	r.report.LastError = ""
+	r.report.ProgrammedModel, r.programmed = nil, nil
 	r.changed = true
 	r.setCondition(kpov1.NodeConditionSynced, metav1.ConditionFalse, kpov1.NodeReasonCleanedUp,
 		"the ProxyConfiguration is being deleted; every kpo rule was removed from this node")
@@ -331,18 +364,27 @@ func (r *Reporter) WriteIfDue(ctx context.Context) (bool, error) {
 	if r.final {
 		return false, nil
 	}
-	report, uid, ok := r.takeIfDue()
+	w, ok := r.takeIfDue()
 	if !ok {
 		return false, nil
 	}
-	err := r.write(ctx, uid, report)
+	r.addModel(&w)
+	err := r.write(ctx, w.uid, w.report)
 	r.written(err)
 	return err == nil, err
 }
 
-// takeIfDue decides whether a write is due and, if so, returns what to write,
-// stamped with the report time.
-func (r *Reporter) takeIfDue() (kpov1.ProxyNodeReport, types.UID, bool) {
+// pendingWrite is what a write sends: the report, stamped with the report
+// time, for the Node's UID, and the model to hash into it.
+type pendingWrite struct {
+	report       kpov1.ProxyNodeReport
+	uid          types.UID
+	programmed   *model.Snapshot
+	programmedAt time.Time
+}
+
+// takeIfDue decides whether a write is due and, if so, returns what to write.
+func (r *Reporter) takeIfDue() (pendingWrite, bool) {
 	now := r.clock.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -354,16 +396,42 @@ func (r *Reporter) takeIfDue() (kpov1.ProxyNodeReport, types.UID, bool) {
 		}
 	}
 	if r.nodeUID == "" || now.Before(r.retryAt) {
-		return kpov1.ProxyNodeReport{}, "", false
+		return pendingWrite{}, false
 	}
 	heartbeat := !r.nextHeartbeat.IsZero() && !now.Before(r.nextHeartbeat)
 	// A change spends a token of the change rate; a heartbeat does not.
 	if !heartbeat && (!r.changed || !r.changes.AllowN(now, 1)) {
-		return kpov1.ProxyNodeReport{}, "", false
+		return pendingWrite{}, false
 	}
 	r.changed = false
 	r.stampLocked(now)
-	return *r.report.DeepCopy(), r.nodeUID, true
+	return r.pendingLocked(), true
+}
+
+func (r *Reporter) pendingLocked() pendingWrite {
+	return pendingWrite{report: *r.report.DeepCopy(), uid: r.nodeUID, programmed: r.programmed, programmedAt: r.programmedAt}
+}
+
+// addModel hashes the programmed model into the report about to be
+// written: outside mu (the first hash at 10k Services takes tens of
+// milliseconds; the agent's syncs must not wait for it), under writeMu
+// (the hasher's). The same snapshot as the last write's is not hashed again.
+func (r *Reporter) addModel(w *pendingWrite) {
+	if w.programmed == nil {
+		w.report.ProgrammedModel = nil
+		return
+	}
+	if r.hashed.Value() != w.programmed {
+		r.hashedAs = r.hasher.Sum(w.programmed)
+		r.hashed = weak.Make(w.programmed)
+	}
+	w.report.ProgrammedModel = &kpov1.ProgrammedModel{Services: r.hashedAs.Services, Node: r.hashedAs.Node,
+		SyncTime: metav1.NewTime(w.programmedAt)}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.programmed == w.programmed {
+		r.report.ProgrammedModel = w.report.ProgrammedModel.DeepCopy()
+	}
 }
 
 // stampLocked sets the report time and schedules the next heartbeat, jittered
@@ -402,13 +470,13 @@ func (r *Reporter) WriteFinal(ctx context.Context) error {
 	defer r.writeMu.Unlock()
 	r.mu.Lock()
 	r.stampLocked(r.clock.Now())
-	report := *r.report.DeepCopy()
-	uid := r.nodeUID
+	w := r.pendingLocked()
 	r.mu.Unlock()
-	if uid == "" {
+	if w.uid == "" {
 		return ErrNoNode
 	}
-	if err := r.write(ctx, uid, report); err != nil {
+	r.addModel(&w)
+	if err := r.write(ctx, w.uid, w.report); err != nil {
 		return err
 	}
 	r.final = true

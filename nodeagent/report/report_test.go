@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +20,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
+	"kpo.dev/kpo/nodeagent/explain"
 	"kpo.dev/kpo/nodeagent/model"
+	"kpo.dev/kpo/nodeagent/model/modeltest"
 )
 
 // recorder is an API server stand-in that records the reporter's applies.
@@ -288,5 +292,98 @@ func TestFinalWriteStopsWrites(t *testing.T) {
 	}
 	if _, n := rec.counts(); n != 1 {
 		t.Errorf("%d writes, want only the final one", n)
+	}
+}
+
+// snapshots returns n models of 50 service ports, each with one endpoint
+// more than the one before it in one port: a model that changes on every
+// sync, as endpoints churn. Unchanged ports are shared, as the tracker
+// shares them.
+func snapshots(n int) []*model.Snapshot {
+	var sps []*model.ServicePort
+	for i := range 50 {
+		sps = append(sps, modeltest.ServicePort("ns", fmt.Sprintf("s%d", i), fmt.Sprintf("10.96.0.%d", i+1), 80,
+			model.Endpoint{IP: netip.AddrFrom4([4]byte{10, 244, 1, byte(i + 1)}), Port: 8080, Ready: true}))
+	}
+	out := []*model.Snapshot{modeltest.Snapshot(model.NodeInfo{Name: "n"}, sps...)}
+	for i := 1; i < n; i++ {
+		prev := out[i-1]
+		sp := *prev.Services[sps[i%50].Key]
+		sp.ClusterEndpoints = append(slices.Clone(sp.ClusterEndpoints),
+			model.Endpoint{IP: netip.AddrFrom4([4]byte{10, 244, 2, byte(i)}), Port: 8080, Ready: true})
+		out = append(out, modeltest.With(prev, &sp))
+	}
+	return out
+}
+
+// TestProgrammedModelRidesWrites: a node whose model changes on every sync
+// (every 30 s) writes no more often than an idle one (issue 16: the model
+// hash is not a change of its own), and every write names the model of
+// the last sync before it, with that sync's time, as kubectl kpo computes
+// it (explain.Hash). Before the first sync no model is named. (Before
+// issue 18 no report named a model.)
+func TestProgrammedModelRidesWrites(t *testing.T) {
+	rec := &recorder{}
+	clk := testingclock.NewFakeClock(t0)
+	r := newTestReporter(rec, clk, func(time.Time) (bool, string) { return true, "" })
+	tick(t, r, clk)
+	if _, n := rec.counts(); n != 1 || rec.last.ProgrammedModel != nil {
+		t.Fatalf("before the first sync: %d writes, model %+v; want the first report without a model", n, rec.last.ProgrammedModel)
+	}
+	snaps := snapshots(40)
+	var last *model.Snapshot
+	var lastAt time.Time
+	seen := 0
+	for i := range 20 * 60 {
+		if i%30 == 0 {
+			last, lastAt = snaps[i/30], clk.Now()
+			r.Programmed(lastAt, last)
+			r.Synced(lastAt, time.Millisecond, false, last.Count(), 100)
+		}
+		_, before := rec.counts()
+		tick(t, r, clk)
+		if _, after := rec.counts(); after == before {
+			continue
+		}
+		seen++
+		pm := rec.last.ProgrammedModel
+		want := explain.Hash(last)
+		if pm == nil || pm.Services != want.Services || pm.Node != want.Node || !pm.SyncTime.Time.Equal(lastAt) {
+			t.Fatalf("write %d names %+v, want %v synced at %v", seen, pm, want, lastAt)
+		}
+		if got := r.Report().ProgrammedModel; got == nil || got.Services != pm.Services || !got.SyncTime.Equal(&pm.SyncTime) {
+			t.Errorf("Report() says %+v, the write %+v", got, pm)
+		}
+	}
+	if _, status := rec.counts(); status < 4 || status > 6 {
+		t.Errorf("%d status writes in 20 minutes of a model changing every 30 s, want 4–6 (as an idle node)", status)
+	}
+	if seen < 3 {
+		t.Fatalf("only %d writes after the first sync", seen)
+	}
+
+	// A cleanup leaves no model in the kernel: the report names none.
+	r.CleanedUp(clk.Now())
+	tick(t, r, clk)
+	if rec.last.ProgrammedModel != nil {
+		t.Errorf("after the cleanup the report names model %+v", rec.last.ProgrammedModel)
+	}
+}
+
+// TestFinalWriteNamesTheModel: the report written when another
+// configuration's agent takes over names the model this one left in place.
+func TestFinalWriteNamesTheModel(t *testing.T) {
+	rec := &recorder{}
+	clk := testingclock.NewFakeClock(t0)
+	r := newTestReporter(rec, clk, nil)
+	snap := snapshots(1)[0]
+	r.Programmed(clk.Now(), snap)
+	r.Synced(clk.Now(), time.Millisecond, true, snap.Count(), 10)
+	r.HandedOver(clk.Now(), "next")
+	if err := r.WriteFinal(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if pm := rec.last.ProgrammedModel; pm == nil || pm.Services != explain.Hash(snap).Services {
+		t.Errorf("the final report names %+v, want %v", pm, explain.Hash(snap))
 	}
 }
