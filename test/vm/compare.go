@@ -119,31 +119,39 @@ func compareMarkdown(figs []CompareFigures, command, vmKernel string, wall time.
 	for _, pair := range comparePairs(figs) {
 		up, kp := pair[0], pair[1]
 		size := fmt.Sprintf("%s × %d", shortCount(up.Services), up.Endpoints)
+		// cell is one proxy's figure, "—" past a cap (it never got there).
+		cell := func(f CompareFigures, format string, v float64) string {
+			if f.Capped {
+				return "—"
+			}
+			return fmt.Sprintf(format, v)
+		}
 		row := func(name string, u, k float64, format string) {
 			ratio := "—"
-			if k > 0 && u > 0 {
+			if k > 0 && u > 0 && !up.Capped && !kp.Capped {
 				ratio = fmt.Sprintf("%.1f×", u/k)
 			}
-			w("| %s | %s | "+format+" | "+format+" | %s |\n", size, name, u, k, ratio)
+			w("| %s | %s | %s | %s | %s |\n", size, name, cell(up, format, u), cell(kp, format, k), ratio)
 		}
 		if up.Capped || kp.Capped {
-			w("| %s | cold sync | %s | %s | — |\n", size, capped(up), capped(kp))
+			w("| %s | cold sync (s) | %s | %s | %s |\n", size, capped(up), capped(kp), cappedRatio(up, kp))
+			w("| %s | CPU to cold sync, or to the cap (s) | %.2f | %.2f | |\n", size, up.ColdCPUS, kp.ColdCPUS)
 		} else {
 			row("cold sync (s)", up.ColdSyncS, kp.ColdSyncS, "%.2f")
+			row("CPU to cold sync (s)", up.ColdCPUS, kp.ColdCPUS, "%.2f")
 		}
 		row("first complete sync itself (s)", up.FirstSyncS, kp.FirstSyncS, "%.2f")
-		row("CPU to cold sync (s)", up.ColdCPUS, kp.ColdCPUS, "%.2f")
-		row("… of it in child processes (s)", up.ColdChildCPUS, kp.ColdChildCPUS, "%.2f")
+		row("… CPU to cold sync in child processes (s)", up.ColdChildCPUS, kp.ColdChildCPUS, "%.2f")
 		row("sync after one endpoint change (ms)", up.PartialSyncS*1000, kp.PartialSyncS*1000, "%.1f")
-		w("| %s | that sync's kind | %s | %s | |\n", size, up.PartialType, kp.PartialType)
+		w("| %s | that sync's kind | %s | %s | |\n", size, orDash(up.PartialType), orDash(kp.PartialType))
 		row("one endpoint change → synced (ms)", up.PartialLatencyS*1000, kp.PartialLatencyS*1000, "%.0f")
 		row("CPU of that change (s)", up.PartialCPUS, kp.PartialCPUS, "%.2f")
 		w("| %s | RSS / peak RSS (MiB) | %.0f / %.0f | %.0f / %.0f | |\n", size, up.RSSMiB, up.PeakRSSMiB, kp.RSSMiB, kp.PeakRSSMiB)
-		w("| %s | IPVS virtual servers | %d | %d | |\n", size, up.VirtualServers, kp.VirtualServers)
+		w("| %s | IPVS virtual servers (at the cap, if capped) | %d | %d | |\n", size, up.VirtualServers, kp.VirtualServers)
 		w("| %s | host / VM 1-min load average | %.1f / %.1f | %.1f / %.1f | |\n", size, up.HostLoadAvg, up.GuestLoadAvg,
 			kp.HostLoadAvg, kp.GuestLoadAvg)
 	}
-	w("\nHost load average: this machine's (2 cores, shared with other work) when the proxy's figures reached the "+
+	w("\nHost load average: this machine's (2 cores, shared with other work) when the proxy's figures reached the " +
 		"console; VM load average: inside the VM at the end of the cold sync.\n")
 	return sb.String()
 }
@@ -168,9 +176,25 @@ func comparePairs(figs []CompareFigures) [][2]CompareFigures {
 
 func capped(f CompareFigures) string {
 	if f.Capped {
-		return fmt.Sprintf("> %.0f s (capped)", f.CapS)
+		return fmt.Sprintf("> %.0f (capped)", f.CapS)
 	}
-	return fmt.Sprintf("%.2f s", f.ColdSyncS)
+	return fmt.Sprintf("%.2f", f.ColdSyncS)
+}
+
+// cappedRatio is the lower bound of the ratio when kube-proxy alone ran
+// into the cap.
+func cappedRatio(up, kp CompareFigures) string {
+	if up.Capped && !kp.Capped && kp.ColdSyncS > 0 {
+		return fmt.Sprintf("> %.1f×", up.CapS/kp.ColdSyncS)
+	}
+	return "—"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "—"
+	}
+	return s
 }
 
 func orUnknown(s string) string {

@@ -111,12 +111,13 @@ func measureIPVS(t *testing.T, api *apiserver.Env, loader *testnet.Loader, impl 
 	}
 	f.ColdCPUS, f.ColdChildCPUS, f.GuestLoadAvg = ps.CPUSeconds, ps.ChildCPUSeconds, loadAverage()
 	f.RSSMiB, f.PeakRSSMiB = ps.RSSMiB, ps.PeakRSSMiB
-	if f.Capped {
-		t.Logf("%s: no complete sync of %d services within %v", impl, services, capDur)
-		return f
-	}
 	if f.VirtualServers, err = virtualServers(node.NS); err != nil {
 		t.Fatal(err)
+	}
+	if f.Capped {
+		// How far it got: the virtual servers it had made by the cap.
+		t.Logf("%s: no complete sync of %d services within %v (%d virtual servers)", impl, services, capDur, f.VirtualServers)
+		return f
 	}
 	// Every Service is a ClusterIP virtual server: a "complete" sync without
 	// them would be a wrong figure.
@@ -157,9 +158,19 @@ func partialIPVS(t *testing.T, f *vm.CompareFigures, loader *testnet.Loader, ns 
 	if err := loader.Touch(context.Background(), f.Services/2, gen); err != nil {
 		t.Fatal(err)
 	}
-	for time.Since(t0) < 2*time.Minute {
-		if c, s, pa := read(); c > c0 {
-			f.PartialLatencyS, f.PartialSyncS = time.Since(t0).Seconds(), s-s0
+	for time.Since(t0) < 3*time.Minute {
+		c, s, pa := read()
+		seen := time.Now()
+		if c > c0 {
+			d := time.Duration((s - s0) * float64(time.Second))
+			if c == c0+1 && seen.Add(-d).Before(t0) {
+				// That sync began before the update (under TCG, kube-proxy's
+				// take longer than the 3 s of quiet above): the change waits
+				// for the next one.
+				c0, s0, p0 = c, s, pa
+				continue
+			}
+			f.PartialLatencyS, f.PartialSyncS = seen.Sub(t0).Seconds(), d.Seconds()
 			f.PartialType = "full"
 			if pa > p0 {
 				f.PartialType = "partial"
@@ -173,7 +184,7 @@ func partialIPVS(t *testing.T, f *vm.CompareFigures, loader *testnet.Loader, ns 
 		}
 		time.Sleep(10 * time.Millisecond) // polling the metrics, bounded by the loop
 	}
-	t.Errorf("%s: no sync within 2m of an EndpointSlice update", f.Impl)
+	t.Errorf("%s: no sync began and ended within 3m of an EndpointSlice update", f.Impl)
 }
 
 // virtualServers counts the IPVS virtual servers in ns.
