@@ -232,9 +232,9 @@ func runCompare(b *testing.B, root, overlay string, forwards []string, sz [2]int
 		},
 	})
 	b.Logf("VM %dx%d: boot %v, total %v", sz[0], sz[1], res.Boot.Round(time.Second), res.Total.Round(time.Second))
-	// The whole console, for a look at the proxies' logs afterwards (bin/ is
-	// not committed).
-	console := filepath.Join(out, fmt.Sprintf("compare-%dx%d.console", sz[0], sz[1]))
+	// The whole console, for a look at the proxies' logs afterwards (not in
+	// bin/vm: that is the machine's shared cache).
+	console := filepath.Join(os.TempDir(), fmt.Sprintf("kpo-vm-compare-%dx%d.console", sz[0], sz[1]))
 	if werr := os.WriteFile(console, []byte(res.Output), 0o644); werr == nil {
 		b.Logf("console: %s", console)
 	}
