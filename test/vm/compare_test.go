@@ -275,6 +275,9 @@ func compareCommand() string {
 	}
 	env = append(env, "KPO_BENCH_WRITE=1")
 	args := []string{"go", "test", "./test/vm/"}
+	if n := niceness(); n > 0 {
+		args = append([]string{"nice", "-n", strconv.Itoa(n)}, args...)
+	}
 	for _, a := range os.Args[1:] {
 		if name, ok := strings.CutPrefix(a, "-test."); ok && !strings.HasPrefix(name, "paniconexit0") &&
 			!strings.HasPrefix(name, "testlogfile") && !strings.HasPrefix(name, "gocoverdir") {
@@ -282,4 +285,19 @@ func compareCommand() string {
 		}
 	}
 	return strings.Join(env, " ") + " " + strings.Join(args, " ")
+}
+
+// niceness is this process's nice value (field 19 of /proc/self/stat), so
+// that the command shows the `nice -n 5` of make bench-ipvs.
+func niceness() int {
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	_, rest, _ := strings.Cut(string(stat), ") ")
+	if f := strings.Fields(rest); len(f) >= 17 {
+		n, _ := strconv.Atoi(f[16])
+		return n
+	}
+	return 0
 }
