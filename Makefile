@@ -181,6 +181,10 @@ bench: deps k8s-binaries ## kpo vs upstream kube-proxy: docs/benchmarks.md (comp
 	KPO_BENCH_WRITE=1 $(if $(filter full,$(BENCH)),KPO_BENCH_LARGE=1) \
 		nice -n 5 go test ./test/bench/ -run XXX -bench KubeProxyComparison -benchtime 1x -timeout $(if $(filter full,$(BENCH)),3h,90m)
 
+.PHONY: bench-ipvs
+bench-ipvs: deps k8s-binaries ## kube-proxy's IPVS mode vs kpo's, side by side in the qemu VM (1k×2, 10k×2): docs/ipvs-kube-proxy-comparison.md (docs/ipvs-vm-tests.md).
+	KPO_BENCH_WRITE=1 nice -n 5 go test ./test/vm/ -run XXX -bench IPVSComparison -benchtime 1x -timeout 90m
+
 # Fuzz targets as package:Fuzz. Their committed corpora (testdata/fuzz/) run in
 # every `go test`; the backends' are also replayed on the real kernel
 # (TestSyncCorpusOnKernel). See docs/robustness.md, "Fakes and fuzzing".

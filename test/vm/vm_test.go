@@ -125,6 +125,25 @@ func agentSetup(t *testing.T, root string) ([]File, []string, error) {
 		return nil, nil, err
 	}
 	t.Cleanup(func() { _ = api.Stop() })
+	files, fwd, err := apiOverlay(api)
+	if err != nil {
+		return nil, nil, err
+	}
+	bin := filepath.Join(t.TempDir(), "kpo-agent")
+	if err := BuildAgent(t.Context(), root, bin); err != nil {
+		return nil, nil, err
+	}
+	agent, err := os.ReadFile(bin)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(files, File{Name: AgentFile, Mode: 0o755, Data: agent}), fwd, nil
+}
+
+// apiOverlay is the overlay's kubeconfig for api (its server the VM's local
+// relay, 127.0.0.1:6443, a name the API server's certificate holds) and the
+// qemu forward that relay reaches.
+func apiOverlay(api *apiserver.Env) ([]File, []string, error) {
 	u, err := url.Parse(api.Config.Host)
 	if err != nil {
 		return nil, nil, err
@@ -138,18 +157,7 @@ func agentSetup(t *testing.T, root string) ([]File, []string, error) {
 		return nil, nil, err
 	}
 	kc = regexp.MustCompile(`server: \S+`).ReplaceAll(kc, []byte("server: https://127.0.0.1:6443"))
-	bin := filepath.Join(t.TempDir(), "kpo-agent")
-	if err := BuildAgent(t.Context(), root, bin); err != nil {
-		return nil, nil, err
-	}
-	agent, err := os.ReadFile(bin)
-	if err != nil {
-		return nil, nil, err
-	}
-	return []File{
-		{Name: KubeconfigFile, Mode: 0o600, Data: kc},
-		{Name: AgentFile, Mode: 0o755, Data: agent},
-	}, []string{fwd}, nil
+	return []File{{Name: KubeconfigFile, Mode: 0o600, Data: kc}}, []string{fwd}, nil
 }
 
 func TestWriteOverlayAlignment(t *testing.T) {

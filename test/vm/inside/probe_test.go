@@ -1,0 +1,170 @@
+//go:build vmtest
+
+package inside
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"kpo.dev/kpo/hack/netns"
+	"kpo.dev/kpo/test/testnet"
+)
+
+// The comparison's probes, as test/bench's (probe_test.go there): a metrics
+// scrape from inside a namespace, a process's CPU time and memory from /proc,
+// and killing a proxy with its children.
+
+// metrics is one Prometheus text scrape: series (name plus labels) to value.
+type metrics map[string]float64
+
+// scrape fetches http://addr/metrics from inside ns, dialing on the
+// namespace's thread.
+func scrape(ns *netns.NS, addr string) (metrics, error) {
+	var body []byte
+	err := ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = c.Close() }()
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: %s\r\nAccept: text/plain\r\nConnection: close\r\n\r\n", addr); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("metrics: %s", resp.Status)
+		}
+		body, err = io.ReadAll(resp.Body)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := metrics{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		if i := strings.LastIndexByte(line, ' '); i > 0 {
+			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				m[line[:i]] = v
+			}
+		}
+	}
+	return m, nil
+}
+
+// sum adds up every series of name whose labels contain all of labels.
+func (m metrics) sum(name string, labels ...string) float64 {
+	var total float64
+	for k, v := range m {
+		base, rest, _ := strings.Cut(k, "{")
+		if base != name {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(rest, l)
+		}
+		if ok {
+			total += v
+		}
+	}
+	return total
+}
+
+// procStats is what /proc says about one process.
+type procStats struct {
+	RSSMiB, PeakRSSMiB float64
+	// CPUSeconds is user+system time of the process and its waited-for
+	// children (kube-proxy's ipset and iptables-restore, kpo's iptables and
+	// ipset); ChildCPUSeconds the children's share.
+	CPUSeconds, ChildCPUSeconds float64
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+func readProc(pid int) (procStats, error) {
+	var s procStats
+	var err error
+	if s.RSSMiB, s.PeakRSSMiB, err = testnet.Memory(pid); err != nil {
+		return s, err
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, err
+	}
+	_, rest, ok := strings.Cut(string(stat), ") ")
+	f := strings.Fields(rest)
+	// rest starts at field 3 (state): utime..cstime are fields 14..17.
+	if !ok || len(f) < 15 {
+		return s, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	var ticks [4]float64
+	for i, x := range f[11:15] {
+		ticks[i], _ = strconv.ParseFloat(x, 64)
+	}
+	s.CPUSeconds = (ticks[0] + ticks[1] + ticks[2] + ticks[3]) / clockTicks
+	s.ChildCPUSeconds = (ticks[2] + ticks[3]) / clockTicks
+	return s, nil
+}
+
+// loadAverage is the VM's 1-minute load average.
+func loadAverage() float64 {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+// killTree stops pid, then kills it and every process below it: a proxy
+// killed in the middle of a sync leaves its ipset or iptables-restore child
+// running, which would load the VM through the next proxy's run.
+func killTree(pid int) {
+	_ = syscall.Kill(pid, syscall.SIGSTOP)
+	children := map[int][]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		if _, rest, ok := strings.Cut(string(stat), ") "); ok {
+			if f := strings.Fields(rest); len(f) > 1 {
+				ppid, _ := strconv.Atoi(f[1])
+				children[ppid] = append(children[ppid], c)
+			}
+		}
+	}
+	all := []int{pid}
+	for i := 0; i < len(all); i++ {
+		all = append(all, children[all[i]]...)
+	}
+	for _, p := range all {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+}
