@@ -98,8 +98,11 @@ type Agent struct {
 
 	minSync, syncPeriod time.Duration
 	needFull            bool
-	// lastFull is when the last successful full sync started: a sync is full
-	// once it is syncPeriod old, also while changes keep every run a Change.
+	// lastFull is when the last successful full sync ended: a sync is full
+	// once that is syncPeriod ago, also while changes keep every run a
+	// Change. From the end, not the start: full syncs slower than
+	// syncPeriod (10k Services under the IPVS VM's emulation: 60 s) would
+	// otherwise make every sync full, and changes wait a full sync each.
 	lastFull time.Time
 	// leftoversRemoved is set once the other modes' rules are gone.
 	leftoversRemoved bool
@@ -312,7 +315,7 @@ func (a *Agent) sync(ctx context.Context, reason runner.Reason) error {
 	}
 	a.needFull = false
 	if res.Full {
-		a.lastFull = now
+		a.lastFull = start.Add(elapsed)
 	}
 	a.last = snap
 	a.metrics.observeSync(res.Full, elapsed, res.Rules, change.TriggerTimes)

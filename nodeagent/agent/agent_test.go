@@ -37,6 +37,8 @@ type recordingBackend struct {
 	mu    sync.Mutex
 	syncs []recordedSync
 	fail  error
+	// fullDelay makes each full sync take that long (a slow kernel).
+	fullDelay time.Duration
 }
 
 type recordedSync struct {
@@ -52,6 +54,9 @@ func (b *recordingBackend) Sync(_ context.Context, snap *model.Snapshot, changes
 	full := changes == nil
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if full && b.fullDelay > 0 {
+		time.Sleep(b.fullDelay)
+	}
 	if b.fail != nil {
 		return backend.SyncResult{}, b.fail
 	}
@@ -476,49 +481,8 @@ func TestAgentResyncsWhileDraining(t *testing.T) {
 // comes; the agent still makes a sync full once the last full one is
 // syncPeriod old. (The soak found the old agent doing none in 30 minutes.)
 func TestFullSyncUnderContinuousChurn(t *testing.T) {
-	if env == nil {
-		t.Skip("needs kube-apiserver; not run with -short")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	c := env.Client
-	must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "churn"}}))
 	be := &recordingBackend{}
-	cfg := &kpov1.AgentConfiguration{ConfigurationName: "churn", Mode: kpov1.ModeNFTables}
-	cfg.MinSyncPeriod, cfg.SyncPeriod = "50ms", "2s"
-	cfg.Default()
-	runAgent(t, ctx, cancel, be, Options{
-		Config: cfg, NodeName: "churn-node", Kube: kubernetes.NewForConfigOrDie(env.Config),
-		HealthzBindAddress: freePort(t), MetricsBindAddress: freePort(t),
-	})
-	apiserver.Eventually(t, 20*time.Second, func() error {
-		if _, ok := be.last(); !ok {
-			return errors.New("no first sync yet")
-		}
-		return nil
-	})
-
-	// A new Service every 200 ms: a change well inside every syncPeriod.
-	churnDone := make(chan struct{})
-	go func() {
-		defer close(churnDone)
-		for i := 0; ctx.Err() == nil; i++ {
-			svc := &corev1.Service{
-				ObjectMeta: metav1.ObjectMeta{Namespace: "churn", Name: fmt.Sprintf("s%d", i)},
-				Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}},
-			}
-			if err := c.Create(ctx, svc); err != nil && ctx.Err() == nil {
-				t.Errorf("creating %s: %v", svc.Name, err)
-				return
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
-	}()
-	defer func() { cancel(); <-churnDone }()
-
+	churn(t, be, "churn", "2s")
 	// Past the first full sync: at least two partial syncs, then a full one.
 	apiserver.Eventually(t, 15*time.Second, func() error {
 		be.mu.Lock()
@@ -533,4 +497,72 @@ func TestFullSyncUnderContinuousChurn(t *testing.T) {
 		}
 		return fmt.Errorf("%d syncs, %d partial, no full sync after them", len(be.syncs), partials)
 	})
+}
+
+// TestSlowFullSyncsLeaveRoomForPartials: full syncs slower than syncPeriod
+// (10k Services in the IPVS VM: 60 s against 30 s) must not make every
+// sync full; the period counts from the end of the last full sync. Every
+// sync was full when it counted from the start.
+func TestSlowFullSyncsLeaveRoomForPartials(t *testing.T) {
+	be := &recordingBackend{fullDelay: 1500 * time.Millisecond}
+	churn(t, be, "slow-full", "1s")
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		be.mu.Lock()
+		defer be.mu.Unlock()
+		partials := 0
+		for _, s := range be.syncs[1:] {
+			if !s.full {
+				partials++
+			}
+		}
+		if partials < 2 {
+			return fmt.Errorf("%d syncs, %d partial", len(be.syncs), partials)
+		}
+		return nil
+	})
+}
+
+// churn runs an agent on be with syncPeriod and creates a Service every
+// 200 ms in namespace ns (a change well inside every syncPeriod) until the
+// test ends, once the first sync is done.
+func churn(t *testing.T, be *recordingBackend, ns, syncPeriod string) {
+	t.Helper()
+	if env == nil {
+		t.Skip("needs kube-apiserver; not run with -short")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := env.Client
+	must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	cfg := &kpov1.AgentConfiguration{ConfigurationName: ns, Mode: kpov1.ModeNFTables}
+	cfg.MinSyncPeriod, cfg.SyncPeriod = "50ms", kpov1.Duration(syncPeriod)
+	cfg.Default()
+	runAgent(t, ctx, cancel, be, Options{
+		Config: cfg, NodeName: ns + "-node", Kube: kubernetes.NewForConfigOrDie(env.Config),
+		HealthzBindAddress: freePort(t), MetricsBindAddress: freePort(t),
+	})
+	apiserver.Eventually(t, 20*time.Second, func() error {
+		if _, ok := be.last(); !ok {
+			return errors.New("no first sync yet")
+		}
+		return nil
+	})
+	churnDone := make(chan struct{})
+	go func() {
+		defer close(churnDone)
+		for i := 0; ctx.Err() == nil; i++ {
+			svc := &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("s%d", i)},
+				Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}},
+			}
+			if err := c.Create(ctx, svc); err != nil && ctx.Err() == nil {
+				t.Errorf("creating %s: %v", svc.Name, err)
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-churnDone })
 }
