@@ -137,7 +137,7 @@ func (w *nlBatch) write(fi famInfo, o op) {
 		}
 		w.c.AddRule(&gnft.Rule{Table: nlTable(fi), Chain: w.chain(fi, o.name), Exprs: exprs})
 	case opDelElem:
-		key, err := elemKey(fi, o.elem.mapName, o.elem.key)
+		key, err := o.elem.appendKey(nil, fi)
 		if err != nil {
 			w.fail(err)
 			return
@@ -170,7 +170,7 @@ func (w *nlBatch) addSet(fi famInfo, s setDef) {
 }
 
 func (w *nlBatch) addElem(fi famInfo, e elemDef) {
-	key, err := elemKey(fi, e.mapName, e.key)
+	key, err := e.appendKey(nil, fi)
 	if err != nil {
 		w.fail(err)
 		return
@@ -179,9 +179,9 @@ func (w *nlBatch) addElem(fi famInfo, e elemDef) {
 	switch {
 	case isSet(e.mapName):
 	case isDataMap(e.mapName):
-		el.Val, err = elemValue(fi, e.value)
+		el.Val, err = e.appendData(nil, fi)
 	default:
-		el.VerdictData, err = verdict(strings.Fields(e.value))
+		el.VerdictData, err = verdict(strings.Fields(e.verdict))
 	}
 	if err != nil {
 		w.fail(err)
@@ -495,50 +495,6 @@ func verdict(t []string) (*expr.Verdict, error) {
 		return &expr.Verdict{Kind: expr.VerdictAccept}, nil
 	}
 	return nil, grammarErr(strings.Join(t, " "))
-}
-
-// elemKey encodes a key of the named map or set ("addr . proto . port",
-// "proto . port", "addr . addr", and for the endpoint maps a slot last): each
-// field of a concatenation takes a multiple of 4 bytes, in network order but
-// for the slot, which numgen writes in host order.
-func elemKey(fi famInfo, mapName string, key []string) ([]byte, error) {
-	var b []byte
-	if isDataMap(mapName) && len(key) > 0 {
-		head, err := elemKey(fi, "", key[:len(key)-1])
-		slot, err2 := strconv.ParseUint(key[len(key)-1], 10, 32)
-		if err != nil || err2 != nil {
-			return nil, grammarErr(strings.Join(key, " . "))
-		}
-		return binary.NativeEndian.AppendUint32(head, uint32(slot)), nil
-	}
-	for _, f := range key {
-		if p, ok := protoNums[f]; ok {
-			b = append(b, p, 0, 0, 0)
-			continue
-		}
-		if a, err := netip.ParseAddr(f); err == nil && uint32(len(a.AsSlice())) == addrLen(fi) {
-			b = append(b, a.AsSlice()...)
-			continue
-		}
-		port, err := strconv.ParseUint(f, 10, 16)
-		if err != nil {
-			return nil, grammarErr(strings.Join(key, " . "))
-		}
-		b = binary.BigEndian.AppendUint16(b, uint16(port))
-		b = append(b, 0, 0)
-	}
-	return b, nil
-}
-
-// elemValue encodes a data map value "addr . port".
-func elemValue(fi famInfo, v string) ([]byte, error) {
-	a, p, ok := strings.Cut(v, " . ")
-	addr, err := netip.ParseAddr(a)
-	port, err2 := strconv.ParseUint(p, 10, 16)
-	if !ok || err != nil || err2 != nil || uint32(len(addr.AsSlice())) != addrLen(fi) {
-		return nil, grammarErr(v)
-	}
-	return append(binary.BigEndian.AppendUint16(addr.AsSlice(), uint16(port)), 0, 0), nil
 }
 
 // bigBuffers lets one sendmsg carry a whole batch, as nft does (it raises

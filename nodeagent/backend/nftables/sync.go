@@ -220,7 +220,7 @@ func (s *famSync) writeElemDeletions(w objWriter) {
 		}
 		newElems := elemValues(c.new)
 		for _, e := range c.old.elems {
-			if v, ok := newElems[e.id()]; !ok || v != e.value {
+			if v, ok := newElems[e.elemKey]; !ok || v != e.elemVal {
 				w.write(s.fi, op{kind: opDelElem, elem: e})
 			}
 		}
@@ -231,11 +231,11 @@ func (s *famSync) writeElemDeletions(w objWriter) {
 }
 
 // elemValues maps o's elements (none for nil) to their values.
-func elemValues(o *svcObjects) map[string]string {
-	m := map[string]string{}
+func elemValues(o *svcObjects) map[elemKey]elemVal {
+	m := map[elemKey]elemVal{}
 	if o != nil {
 		for _, e := range o.elems {
-			m[e.id()] = e.value
+			m[e.elemKey] = e.elemVal
 		}
 	}
 	return m
@@ -277,7 +277,7 @@ func (s *famSync) writeElemAdditions(w objWriter) {
 		}
 		oldElems := elemValues(c.old)
 		for _, e := range c.new.elems {
-			if v, ok := oldElems[e.id()]; ok && v == e.value {
+			if v, ok := oldElems[e.elemKey]; ok && v == e.elemVal {
 				continue
 			}
 			w.write(fi, op{kind: opAddElem, elem: e})
