@@ -55,8 +55,10 @@ type nlBatch struct {
 // namespace it was opened in; the backend runs nft (full syncs) in the calling
 // thread's namespace, so the socket is reopened when that namespace changes.
 type nlConn struct {
-	c  *gnft.Conn
-	ns uint64 // inode of the namespace the socket was opened in
+	c *gnft.Conn
+	// raw is c's socket: full syncs send their own batch on it (nlfull.go).
+	raw *netlink.Conn
+	ns  uint64 // inode of the namespace the socket was opened in
 }
 
 func threadNetNS() (uint64, error) {
@@ -68,27 +70,46 @@ func threadNetNS() (uint64, error) {
 }
 
 func (n *nlConn) batch() (*nlBatch, error) {
+	if err := n.open(); err != nil {
+		return nil, err
+	}
+	return &nlBatch{c: n.c, broken: n.close}, nil
+}
+
+// fullBatch starts a full sync's batch on the socket.
+func (n *nlConn) fullBatch() (*fullBatch, error) {
+	if err := n.open(); err != nil {
+		return nil, err
+	}
+	return newFullBatch(n.raw)
+}
+
+// open opens the socket in the calling thread's namespace, unless it is open
+// there already.
+func (n *nlConn) open() error {
 	ns, err := threadNetNS()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if n.c != nil && n.ns != ns {
 		n.close()
 	}
 	if n.c == nil {
-		c, err := gnft.New(gnft.AsLasting(), gnft.WithSockOptions(bigBuffers))
+		var raw *netlink.Conn
+		keep := func(c *netlink.Conn) error { raw = c; return nil }
+		c, err := gnft.New(gnft.AsLasting(), gnft.WithSockOptions(bigBuffers, keep))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		n.c, n.ns = c, ns
+		n.c, n.raw, n.ns = c, raw, ns
 	}
-	return &nlBatch{c: n.c, broken: n.close}, nil
+	return nil
 }
 
 func (n *nlConn) close() {
 	if n.c != nil {
 		_ = n.c.CloseLasting()
-		n.c = nil
+		n.c, n.raw = nil, nil
 	}
 }
 
