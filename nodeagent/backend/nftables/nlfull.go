@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -44,12 +45,22 @@ const (
 	// chain name is at most 256).
 	maxElemList = 0xffff
 	elemRoom    = 512
+	// A message takes at most msgRoom bytes (but a recorded one, which asks
+	// for its size); chunks are at least minChunk, doubling to maxChunk.
+	msgRoom  = maxElemList + 1024
+	minChunk = 512 << 10
+	maxChunk = 8 << 20
 )
 
 // fullBatch is one full sync's batch.
 type fullBatch struct {
 	conn *netlink.Conn // the lasting socket (nlConn)
-	buf  []byte
+	// buf is the chunk being written, chunks the ones before it: a batch
+	// of whole messages in chunks sent as one sendmsg (an iovec each),
+	// so that the batch is never copied to grow (a full sync at 5k × 50 is
+	// 17 MB of messages).
+	buf    []byte
+	chunks [][]byte
 	// ops says what each message is, by sequence number - 1, for errors.
 	ops []batchOp
 	// rec encodes the messages other than element additions; recorded
@@ -84,6 +95,7 @@ func newFullBatch(conn *netlink.Conn) (*fullBatch, error) {
 		return nil, err
 	}
 	b.rec = &nlBatch{c: c}
+	b.room(msgRoom)
 	b.buf = b.header(b.buf, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, 0)
 	b.buf = append(b.buf, unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES)
 	b.endMsg(0)
@@ -94,6 +106,25 @@ func (b *fullBatch) fail(err error) {
 	if b.err == nil {
 		b.err = err
 	}
+}
+
+// room starts a new chunk unless the current one has n bytes left; only
+// between messages.
+func (b *fullBatch) room(n int) {
+	if cap(b.buf)-len(b.buf) >= n {
+		return
+	}
+	size := minChunk
+	if len(b.buf) > 0 {
+		b.chunks = append(b.chunks, b.buf)
+		size = min(2*cap(b.buf), maxChunk)
+	}
+	b.buf = make([]byte, 0, max(size, n))
+}
+
+// bytes is the whole batch (tests).
+func (b *fullBatch) bytes() []byte {
+	return slices.Concat(append(slices.Clone(b.chunks), b.buf)...)
 }
 
 // header appends a netlink header whose length is set by endMsg.
@@ -164,6 +195,7 @@ func (b *fullBatch) takeRecorded() {
 	for _, m := range b.recorded[1 : len(b.recorded)-1] {
 		b.ops = append(b.ops, b.recOps[0])
 		b.recOps = b.recOps[1:]
+		b.room(nlmsgHdrLen + len(m.Data))
 		start := len(b.buf)
 		// No echo of added rules: nothing reads them.
 		b.buf = b.header(b.buf, uint16(m.Header.Type), m.Header.Flags&^unix.NLM_F_ECHO, uint32(len(b.ops)))
@@ -226,6 +258,7 @@ func (b *fullBatch) addElem(fi famInfo, e elemDef) {
 
 func (b *fullBatch) openElems(fi famInfo, set string) {
 	b.ops = append(b.ops, batchOp{fi, op{kind: opAddElem, name: set}})
+	b.room(msgRoom)
 	start := len(b.buf)
 	b.buf = b.header(b.buf, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWSETELEM,
 		netlink.Request|netlink.Acknowledge|netlink.Create, uint32(len(b.ops)))
@@ -254,6 +287,7 @@ func (b *fullBatch) finish() error {
 	if b.err != nil {
 		return b.err
 	}
+	b.room(nlmsgHdrLen + nfgenLen)
 	start := len(b.buf)
 	b.buf = b.header(b.buf, unix.NFNL_MSG_BATCH_END, netlink.Request, uint32(len(b.ops)+1))
 	b.buf = append(b.buf, unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES)
@@ -274,7 +308,7 @@ func (b *fullBatch) send() error {
 	}
 	var serr error
 	if err := rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendmsg(int(fd), b.buf, nil, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}, 0)
+		_, serr = unix.SendmsgBuffers(int(fd), append(b.chunks, b.buf), nil, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}, 0)
 		return serr != unix.EAGAIN
 	}); err != nil {
 		return err
@@ -282,7 +316,7 @@ func (b *fullBatch) send() error {
 	if serr != nil {
 		return fmt.Errorf("sendmsg: %w", serr)
 	}
-	b.buf = nil // the garbage collector may have it now
+	b.buf, b.chunks = nil, nil // the garbage collector may have them now
 	// The kernel processes the batch inside sendmsg: its replies are all
 	// queued by now. The deadline only guards against a lost one.
 	if err := b.conn.SetReadDeadline(time.Now().Add(time.Minute)); err != nil {

@@ -112,7 +112,7 @@ func fullBatchMessages(t *testing.T, fill func(*fullBatch)) []syscall.NetlinkMes
 	if err := b.finish(); err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := syscall.ParseNetlinkMessage(b.buf)
+	msgs, err := syscall.ParseNetlinkMessage(b.bytes())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,5 +185,43 @@ func sameMessages(t *testing.T, what string, ours []syscall.NetlinkMessage, lib 
 		if int(o.Header.Len) != nlmsgHdrLen+len(o.Data) {
 			t.Errorf("%s: message %d: length %d for %d bytes", what, i, o.Header.Len, len(o.Data))
 		}
+	}
+}
+
+// TestFullBatchSplits: many elements go into messages whose element list
+// fits its 16-bit length, across chunks, every element once.
+func TestFullBatchSplits(t *testing.T) {
+	fi := fams[model.IPv6]
+	const n = 30000
+	msgs := fullBatchMessages(t, func(b *fullBatch) {
+		for i := range n {
+			a := netip.AddrFrom16([16]byte{0xfd, 0x10, 15: byte(i)})
+			b.write(fi, op{kind: opAddElem, elem: elemDef{
+				elemKey{mapName: mapEndpoints, addr: a, proto: unix.IPPROTO_TCP, port: 80, slot: uint32(i)},
+				elemVal{dst: a, dstPort: 8080}}})
+		}
+		if len(b.chunks) == 0 {
+			t.Error("one chunk: the test does not cross chunks")
+		}
+	})
+	total := 0
+	for i, m := range msgs {
+		attrs, err := netlink.UnmarshalAttributes(m.Data[nfgenLen:])
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		for _, a := range attrs {
+			if a.Type&^unix.NLA_F_NESTED != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
+			}
+			items, err := netlink.UnmarshalAttributes(a.Data)
+			if err != nil {
+				t.Fatalf("message %d: %v", i, err)
+			}
+			total += len(items)
+		}
+	}
+	if total != n || len(msgs) < 2 {
+		t.Errorf("%d elements in %d messages, want %d in several", total, len(msgs), n)
 	}
 }
