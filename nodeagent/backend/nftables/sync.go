@@ -230,6 +230,58 @@ func (s *famSync) writeElemDeletions(w objWriter) {
 	}
 }
 
+// writeAllElems adds every service's elements (a full sync), grouped by
+// map. Grouped through their positions (two passes, 8 bytes an element):
+// a full sync at 5k × 50 holds 250k elements, and one pass over them per
+// map (a handful) cost a tenth of its CPU, copies of them a third of its
+// allocations before that.
+func (s *famSync) writeAllElems(w objWriter) {
+	type pos struct{ c, e uint32 }
+	var names []string
+	var counts []int
+	index := func(m string) int {
+		k := slices.Index(names, m)
+		if k < 0 {
+			names, counts, k = append(names, m), append(counts, 0), len(names)
+		}
+		return k
+	}
+	for _, c := range s.changes {
+		for i := range c.new.elems {
+			counts[index(c.new.elems[i].mapName)]++
+		}
+	}
+	lists := make([][]pos, len(names))
+	all := make([]pos, 0, s.elemCount())
+	for k, n := range counts {
+		lists[k], all = all[len(all):len(all):len(all)+n], all[:len(all)+n]
+	}
+	for ci, c := range s.changes {
+		for ei := range c.new.elems {
+			k := index(c.new.elems[ei].mapName)
+			lists[k] = append(lists[k], pos{uint32(ci), uint32(ei)})
+		}
+	}
+	order := make([]int, len(names))
+	for k := range order {
+		order[k] = k
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmpString(names[a], names[b]) })
+	for _, k := range order {
+		for _, p := range lists[k] {
+			w.write(s.fi, op{kind: opAddElem, elem: s.changes[p.c].new.elems[p.e]})
+		}
+	}
+}
+
+func (s *famSync) elemCount() int {
+	n := 0
+	for _, c := range s.changes {
+		n += len(c.new.elems)
+	}
+	return n
+}
+
 // elemValues maps o's elements (none for nil) to their values.
 func elemValues(o *svcObjects) map[elemKey]elemVal {
 	m := map[elemKey]elemVal{}
@@ -251,24 +303,7 @@ func (s *famSync) writeElemAdditions(w objWriter) {
 		w.write(fi, op{kind: opAddElem, elem: e.elem()})
 	}
 	if s.full() {
-		// One pass per map (a handful) rather than a copy of every element
-		// grouped by map: a full sync at 1k × 50 holds 50k of them, and the
-		// copies were a third of its allocations.
-		names := map[string]bool{}
-		for _, c := range s.changes {
-			for _, e := range c.new.elems {
-				names[e.mapName] = true
-			}
-		}
-		for _, m := range slices.Sorted(maps.Keys(names)) {
-			for _, c := range s.changes {
-				for _, e := range c.new.elems {
-					if e.mapName == m {
-						w.write(fi, op{kind: opAddElem, elem: e})
-					}
-				}
-			}
-		}
+		s.writeAllElems(w)
 		return
 	}
 	for _, c := range s.changes {
