@@ -42,7 +42,7 @@ type famSync struct {
 func (b *Backend) newFamSync(fam model.Family, node *model.NodeInfo, base *baseObjects) *famSync {
 	fi := fams[fam]
 	rc := newRenderCtx(fam, node, b.settings.masqAll)
-	return &famSync{fi: fi, rc: rc, next: &famState{base: base, services: map[model.ServicePortKey]*svcState{},
+	return &famSync{fi: fi, rc: rc, next: &famState{base: base, rc: rc, services: map[model.ServicePortKey]*svcState{},
 		classes: map[class]int{}, shared: map[sharedElem]int{}}}
 }
 
@@ -57,12 +57,12 @@ func (b *Backend) planFull(fam model.Family, snap *model.Snapshot, base *baseObj
 			continue
 		}
 		objs := renderService(s.rc, sp)
-		nf.services[k] = &svcState{sp: sp, objs: objs}
+		nf.services[k] = &svcState{sp: sp, rules: objs.count()}
 		s.changes = append(s.changes, svcChange{k.String(), nil, objs})
 	}
 	s.sortChanges()
-	for _, st := range nf.services {
-		countUses(st.objs, 1, nf.classes, nf.shared)
+	for _, c := range s.changes {
+		countUses(c.new, 1, nf.classes, nf.shared)
 	}
 	s.newClasses = slices.Collect(maps.Keys(nf.classes))
 	s.newShared = slices.Collect(maps.Keys(nf.shared))
@@ -77,6 +77,9 @@ func (b *Backend) planPartial(fam model.Family, snap *model.Snapshot, changes *b
 	s := b.newFamSync(fam, &snap.Node, pf.base)
 	s.prev = pf
 	nf := s.next
+	// The services kept are those pf.rc rendered: a node change (the only
+	// input of renderCtx besides the settings) makes the agent's sync full.
+	nf.rc = pf.rc
 	nf.services, nf.pending = pf.services, map[model.ServicePortKey]*svcState{}
 	nf.classes, nf.shared = pf.classes, pf.shared
 	nf.pendingClasses, nf.pendingShared = map[class]int{}, map[sharedElem]int{}
@@ -89,7 +92,7 @@ func (b *Backend) planPartial(fam model.Family, snap *model.Snapshot, changes *b
 		}
 		var old *svcObjects
 		if o := pf.services[k]; o != nil {
-			old = o.objs
+			old = renderService(pf.rc, o.sp) // what the last sync wrote for it
 		}
 		sp := snap.Services[k]
 		if sp == nil {
@@ -100,7 +103,7 @@ func (b *Backend) planPartial(fam model.Family, snap *model.Snapshot, changes *b
 			return
 		}
 		objs := renderService(s.rc, sp)
-		nf.pending[k] = &svcState{sp: sp, objs: objs}
+		nf.pending[k] = &svcState{sp: sp, rules: objs.count()}
 		s.changes = append(s.changes, svcChange{k.String(), old, objs})
 	}
 	for _, k := range changes.Changed {
@@ -330,11 +333,11 @@ func (s *famSync) deleteStale(w objWriter, stale staleObjects) {
 	for c := range s.next.classes {
 		wantChains[c.name()] = true
 	}
-	for _, st := range s.next.services {
-		for _, ch := range st.objs.chains {
+	for _, c := range s.changes { // every service port, in a full sync
+		for _, ch := range c.new.chains {
 			wantChains[ch.name] = true
 		}
-		for _, set := range st.objs.sets {
+		for _, set := range c.new.sets {
 			wantSets[set.name] = true
 		}
 	}
@@ -394,7 +397,7 @@ func (s *famSync) countRules() {
 	if s.full() {
 		nf.rules = nf.base.nRules
 		for _, st := range nf.services {
-			nf.rules += st.objs.count()
+			nf.rules += st.rules
 		}
 		for c := range nf.classes {
 			nf.rules += len(classRules(s.rc, c))
