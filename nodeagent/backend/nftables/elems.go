@@ -76,18 +76,22 @@ func shapeOf(mapName string) keyShape {
 	return shapeAddrProtoPort
 }
 
-// protoNum is the IP protocol number of a model protocol; protoName the nft
-// keyword of a number.
+// protoNum is the IP protocol number of a Service protocol; 0 for one the
+// model does not give (it validates them), which both encoders refuse.
 func protoNum(p corev1.Protocol) uint8 {
 	switch p {
+	case corev1.ProtocolTCP:
+		return unix.IPPROTO_TCP
 	case corev1.ProtocolUDP:
 		return unix.IPPROTO_UDP
 	case corev1.ProtocolSCTP:
 		return unix.IPPROTO_SCTP
 	}
-	return unix.IPPROTO_TCP
+	return 0
 }
 
+// protoName is the nft keyword of a protocol number; "?" (which nft and the
+// fake refuse) for 0.
 func protoName(n uint8) string {
 	switch n {
 	case unix.IPPROTO_UDP:
@@ -96,6 +100,8 @@ func protoName(n uint8) string {
 		return "sctp"
 	case unix.IPPROTO_TCP:
 		return "tcp"
+	case 0:
+		return "?"
 	}
 	return strconv.Itoa(int(n))
 }
@@ -165,6 +171,9 @@ func (k elemKey) appendKey(b []byte, fi famInfo) ([]byte, error) {
 		if b, err = appendAddr(b, fi, k.addr); err != nil {
 			return nil, err
 		}
+	}
+	if k.proto == 0 {
+		return nil, fmt.Errorf("%w: no protocol", errGrammar)
 	}
 	b = append(b, k.proto, 0, 0, 0)
 	if b, err = appendPort(b, k.port); err != nil {

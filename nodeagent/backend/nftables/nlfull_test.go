@@ -89,6 +89,7 @@ func TestFullBatchRefusesWhatNFTRefuses(t *testing.T) {
 	for name, e := range map[string]elemDef{
 		"IPv6 VIP in ip":   {elemKey: elemKey{mapName: mapServiceIPs, addr: netip.MustParseAddr("fd10:96::1"), proto: unix.IPPROTO_TCP, port: 80}, elemVal: elemVal{verdict: "drop"}},
 		"port 70000":       {elemKey: elemKey{mapName: mapServiceNodePorts, proto: unix.IPPROTO_TCP, port: 70000}, elemVal: elemVal{verdict: "drop"}},
+		"no protocol":      {elemKey: elemKey{mapName: mapServiceNodePorts, port: 80}, elemVal: elemVal{verdict: "drop"}},
 		"endpoint port -1": {elemKey: elemKey{mapName: mapEndpoints, addr: netip.MustParseAddr("10.96.0.1"), proto: unix.IPPROTO_TCP, port: 80}, elemVal: elemVal{dst: netip.MustParseAddr("10.244.0.1"), dstPort: -1}},
 	} {
 		b, err := newFullBatch(nil)
