@@ -29,15 +29,16 @@ import (
 // list` prints the same table either way). A rule outside that grammar makes
 // the sync fall back to knftables rather than guess.
 
-// nlBatch collects one sync's netlink messages; Flush sends them as one
-// NFNL batch, which the kernel applies atomically (all or nothing).
+// nlBatch collects a partial sync's netlink messages; Flush sends them as one
+// NFNL batch, which the kernel applies atomically (all or nothing). A full
+// sync's fullBatch uses one to encode its messages other than elements.
 type nlBatch struct {
 	c   *gnft.Conn
 	err error // first translation error; the batch must not be sent
 	// elems are consecutive element additions to one set or map, sent as
-	// one message of at most maxElemsPerMsg elements (a full sync adds
-	// them by the hundred thousand; one message each would mean as many
-	// ACKs to read).
+	// one message of at most maxElemsPerMsg elements (one message each
+	// would mean as many ACKs to read). A full sync, which adds them by
+	// the hundred thousand, encodes its elements itself (fullBatch).
 	elems    []gnft.SetElement
 	elemsSet *gnft.Set
 	// broken is called when the batch failed: the socket may hold replies
