@@ -94,8 +94,13 @@ func TestKernelNetlinkFullSync(t *testing.T) {
 		nsNL.MustRun(t, "nft", "delete map ip kpo endpoints")
 		nsNL.MustRun(t, "nft", "add map ip kpo endpoints { type ipv4_addr : ipv4_addr; }")
 		full := spy.full
-		if err := nsNL.Do(func() error { _, err := b.Sync(context.Background(), second, nil); return err }); err == nil {
+		err := nsNL.Do(func() error { _, err := b.Sync(context.Background(), second, nil); return err })
+		if err == nil {
 			t.Fatal("a full sync over netlink into a foreign endpoints map succeeded")
+		}
+		// The error names the message the kernel refused.
+		if !strings.Contains(err.Error(), "add elements to "+mapEndpoints) {
+			t.Errorf("error %q does not name the refused message", err)
 		}
 		kernelSync(t, nsNL, b, second, true)
 		if spy.full != full+2 {

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -122,37 +123,25 @@ func (k *nftKernel) run(ctx context.Context, tx *knftables.Transaction, bulk *bu
 // map. Additions only refer to chains that exist by the end of the
 // transaction's other commands, so they can go last.
 type bulkElems struct {
-	stmts map[string]*strings.Builder // "ip kpo endpoints" → "e1,\n\te2…"
+	stmts map[string][]byte // "ip kpo endpoints" → "e1,\n\te2…"
 }
 
 func (b *bulkElems) add(fi famInfo, e elemDef) {
 	name := string(fi.family) + " " + tableName + " " + e.mapName
-	sb := b.stmts[name]
-	if sb == nil {
-		if b.stmts == nil {
-			b.stmts = map[string]*strings.Builder{}
-		}
-		sb = &strings.Builder{}
-		b.stmts[name] = sb
-	} else {
-		sb.WriteString(",\n\t")
+	if b.stmts == nil {
+		b.stmts = map[string][]byte{}
 	}
-	for i, k := range e.key {
-		if i > 0 {
-			sb.WriteString(" . ")
-		}
-		sb.WriteString(k)
+	sb, ok := b.stmts[name]
+	if ok {
+		sb = append(sb, ",\n\t"...)
 	}
-	if e.value != "" {
-		sb.WriteString(" : ")
-		sb.WriteString(e.value)
-	}
+	b.stmts[name] = e.appendText(sb)
 }
 
 func (b *bulkElems) reader() io.Reader {
 	var rs []io.Reader
 	for _, name := range slices.Sorted(maps.Keys(b.stmts)) {
-		rs = append(rs, strings.NewReader("add element "+name+" { "), strings.NewReader(b.stmts[name].String()), strings.NewReader(" }\n"))
+		rs = append(rs, strings.NewReader("add element "+name+" { "), bytes.NewReader(b.stmts[name]), strings.NewReader(" }\n"))
 	}
 	return io.MultiReader(rs...)
 }
@@ -331,9 +320,9 @@ func (w *knftWriter) write(fi famInfo, o op) {
 // knftElement is e as a knftables element of a map (with its value when
 // withValue) or of a set.
 func knftElement(fi famInfo, e elemDef, withValue bool) *knftables.Element {
-	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.key}
+	el := &knftables.Element{Family: fi.family, Table: tableName, Map: e.mapName, Key: e.keyParts()}
 	if withValue {
-		el.Value = []string{e.value}
+		el.Value = []string{e.dataString()}
 	}
 	if isSet(e.mapName) {
 		el.Map, el.Set, el.Value = "", e.mapName, nil

@@ -50,14 +50,14 @@ func (t *netlinkTx) FixedApart() bool { return false }
 type netlinkFullTx struct {
 	k     *netlinkKernel
 	fixed Tx // an nft transaction; only its Fixed part is written
-	b     *nlBatch
+	b     *fullBatch
 	err   error
 }
 
 func newNetlinkFullTx(k *netlinkKernel) *netlinkFullTx {
 	// Begin(true): the nft half sees the fixed part of a full sync.
 	t := &netlinkFullTx{k: k, fixed: k.nft.Begin(true)}
-	t.b, t.err = k.nl.batch()
+	t.b, t.err = k.nl.fullBatch()
 	return t
 }
 
@@ -75,17 +75,17 @@ func (t *netlinkFullTx) write(fi famInfo, o op) {
 func (t *netlinkFullTx) Commit(ctx context.Context) error {
 	err := t.err
 	if err == nil {
-		err = t.b.pendingErr()
+		err = t.b.finish()
 	}
 	if err == nil {
 		if err = t.fixed.Commit(ctx); err != nil {
-			t.b.broken()
 			t.k.fullByNFT = true
 			return err
 		}
-		err = t.b.flush()
-	} else if t.b != nil {
-		t.b.broken()
+		if err = t.b.send(); err != nil {
+			// The socket may hold replies the next batch must not read.
+			t.k.nl.close()
+		}
 	}
 	if err != nil {
 		t.k.fullByNFT = true
@@ -96,9 +96,6 @@ func (t *netlinkFullTx) Commit(ctx context.Context) error {
 
 // Check asks nft about the fixed part (Backend.Check writes nothing else).
 func (t *netlinkFullTx) Check(ctx context.Context) error {
-	if t.b != nil {
-		t.b.broken() // drop whatever was queued
-	}
 	return t.fixed.Check(ctx)
 }
 

@@ -29,15 +29,16 @@ import (
 // list` prints the same table either way). A rule outside that grammar makes
 // the sync fall back to knftables rather than guess.
 
-// nlBatch collects one sync's netlink messages; Flush sends them as one
-// NFNL batch, which the kernel applies atomically (all or nothing).
+// nlBatch collects a partial sync's netlink messages; Flush sends them as one
+// NFNL batch, which the kernel applies atomically (all or nothing). A full
+// sync's fullBatch uses one to encode its messages other than elements.
 type nlBatch struct {
 	c   *gnft.Conn
 	err error // first translation error; the batch must not be sent
 	// elems are consecutive element additions to one set or map, sent as
-	// one message of at most maxElemsPerMsg elements (a full sync adds
-	// them by the hundred thousand; one message each would mean as many
-	// ACKs to read).
+	// one message of at most maxElemsPerMsg elements (one message each
+	// would mean as many ACKs to read). A full sync, which adds them by
+	// the hundred thousand, encodes its elements itself (fullBatch).
 	elems    []gnft.SetElement
 	elemsSet *gnft.Set
 	// broken is called when the batch failed: the socket may hold replies
@@ -55,8 +56,10 @@ type nlBatch struct {
 // namespace it was opened in; the backend runs nft (full syncs) in the calling
 // thread's namespace, so the socket is reopened when that namespace changes.
 type nlConn struct {
-	c  *gnft.Conn
-	ns uint64 // inode of the namespace the socket was opened in
+	c *gnft.Conn
+	// raw is c's socket: full syncs send their own batch on it (nlfull.go).
+	raw *netlink.Conn
+	ns  uint64 // inode of the namespace the socket was opened in
 }
 
 func threadNetNS() (uint64, error) {
@@ -68,27 +71,46 @@ func threadNetNS() (uint64, error) {
 }
 
 func (n *nlConn) batch() (*nlBatch, error) {
+	if err := n.open(); err != nil {
+		return nil, err
+	}
+	return &nlBatch{c: n.c, broken: n.close}, nil
+}
+
+// fullBatch starts a full sync's batch on the socket.
+func (n *nlConn) fullBatch() (*fullBatch, error) {
+	if err := n.open(); err != nil {
+		return nil, err
+	}
+	return newFullBatch(n.raw)
+}
+
+// open opens the socket in the calling thread's namespace, unless it is open
+// there already.
+func (n *nlConn) open() error {
 	ns, err := threadNetNS()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if n.c != nil && n.ns != ns {
 		n.close()
 	}
 	if n.c == nil {
-		c, err := gnft.New(gnft.AsLasting(), gnft.WithSockOptions(bigBuffers))
+		var raw *netlink.Conn
+		keep := func(c *netlink.Conn) error { raw = c; return nil }
+		c, err := gnft.New(gnft.AsLasting(), gnft.WithSockOptions(bigBuffers, keep))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		n.c, n.ns = c, ns
+		n.c, n.raw, n.ns = c, raw, ns
 	}
-	return &nlBatch{c: n.c, broken: n.close}, nil
+	return nil
 }
 
 func (n *nlConn) close() {
 	if n.c != nil {
 		_ = n.c.CloseLasting()
-		n.c = nil
+		n.c, n.raw = nil, nil
 	}
 }
 
@@ -137,7 +159,7 @@ func (w *nlBatch) write(fi famInfo, o op) {
 		}
 		w.c.AddRule(&gnft.Rule{Table: nlTable(fi), Chain: w.chain(fi, o.name), Exprs: exprs})
 	case opDelElem:
-		key, err := elemKey(fi, o.elem.mapName, o.elem.key)
+		key, err := o.elem.appendKey(nil, fi)
 		if err != nil {
 			w.fail(err)
 			return
@@ -170,7 +192,7 @@ func (w *nlBatch) addSet(fi famInfo, s setDef) {
 }
 
 func (w *nlBatch) addElem(fi famInfo, e elemDef) {
-	key, err := elemKey(fi, e.mapName, e.key)
+	key, err := e.appendKey(nil, fi)
 	if err != nil {
 		w.fail(err)
 		return
@@ -179,9 +201,9 @@ func (w *nlBatch) addElem(fi famInfo, e elemDef) {
 	switch {
 	case isSet(e.mapName):
 	case isDataMap(e.mapName):
-		el.Val, err = elemValue(fi, e.value)
+		el.Val, err = e.appendData(nil, fi)
 	default:
-		el.VerdictData, err = verdict(strings.Fields(e.value))
+		el.VerdictData, err = verdict(strings.Fields(e.verdict))
 	}
 	if err != nil {
 		w.fail(err)
@@ -495,50 +517,6 @@ func verdict(t []string) (*expr.Verdict, error) {
 		return &expr.Verdict{Kind: expr.VerdictAccept}, nil
 	}
 	return nil, grammarErr(strings.Join(t, " "))
-}
-
-// elemKey encodes a key of the named map or set ("addr . proto . port",
-// "proto . port", "addr . addr", and for the endpoint maps a slot last): each
-// field of a concatenation takes a multiple of 4 bytes, in network order but
-// for the slot, which numgen writes in host order.
-func elemKey(fi famInfo, mapName string, key []string) ([]byte, error) {
-	var b []byte
-	if isDataMap(mapName) && len(key) > 0 {
-		head, err := elemKey(fi, "", key[:len(key)-1])
-		slot, err2 := strconv.ParseUint(key[len(key)-1], 10, 32)
-		if err != nil || err2 != nil {
-			return nil, grammarErr(strings.Join(key, " . "))
-		}
-		return binary.NativeEndian.AppendUint32(head, uint32(slot)), nil
-	}
-	for _, f := range key {
-		if p, ok := protoNums[f]; ok {
-			b = append(b, p, 0, 0, 0)
-			continue
-		}
-		if a, err := netip.ParseAddr(f); err == nil && uint32(len(a.AsSlice())) == addrLen(fi) {
-			b = append(b, a.AsSlice()...)
-			continue
-		}
-		port, err := strconv.ParseUint(f, 10, 16)
-		if err != nil {
-			return nil, grammarErr(strings.Join(key, " . "))
-		}
-		b = binary.BigEndian.AppendUint16(b, uint16(port))
-		b = append(b, 0, 0)
-	}
-	return b, nil
-}
-
-// elemValue encodes a data map value "addr . port".
-func elemValue(fi famInfo, v string) ([]byte, error) {
-	a, p, ok := strings.Cut(v, " . ")
-	addr, err := netip.ParseAddr(a)
-	port, err2 := strconv.ParseUint(p, 10, 16)
-	if !ok || err != nil || err2 != nil || uint32(len(addr.AsSlice())) != addrLen(fi) {
-		return nil, grammarErr(v)
-	}
-	return append(binary.BigEndian.AppendUint16(addr.AsSlice(), uint16(port)), 0, 0), nil
 }
 
 // bigBuffers lets one sendmsg carry a whole batch, as nft does (it raises

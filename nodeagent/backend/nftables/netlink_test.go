@@ -73,11 +73,11 @@ func TestNetlinkGrammar(t *testing.T) {
 					}
 				}
 				for _, e := range o.elems {
-					if _, err := elemKey(fi, e.mapName, e.key); err != nil {
+					if _, err := e.appendKey(nil, fi); err != nil {
 						t.Error(err)
 					}
 					if isDataMap(e.mapName) {
-						if _, err := elemValue(fi, e.value); err != nil {
+						if _, err := e.appendData(nil, fi); err != nil {
 							t.Error(err)
 						}
 					}

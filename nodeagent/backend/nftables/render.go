@@ -29,17 +29,6 @@ type setDef struct {
 	timeout int64 // seconds
 }
 
-// elemDef is an element of one of the table's shared maps or sets: value is
-// a verdict ("goto X") for verdict maps, "addr . port" for the data maps and
-// empty for a set.
-type elemDef struct {
-	mapName string
-	key     []string
-	value   string
-}
-
-func (e elemDef) id() string { return e.mapName + "|" + strings.Join(e.key, " . ") }
-
 // svcObjects is everything one ServicePort owns in its family's table, and
 // what it uses of the shared objects (pick chains, elements of the hairpin
 // and cluster-ips sets: kept while at least one service uses them).
@@ -57,17 +46,14 @@ type sharedElem struct {
 	set  string // setHairpin or setClusterIPs
 	addr netip.Addr
 	// proto and port: the endpoint's, in the hairpin set only.
-	proto string
+	proto uint8
 	port  int32
 }
 
 // elem renders the element: the hairpin set's key is the endpoint twice
 // (source and translated destination), its protocol and port.
 func (e sharedElem) elem() elemDef {
-	if e.set == setHairpin {
-		return elemDef{mapName: e.set, key: []string{e.addr.String(), e.addr.String(), e.proto, itoa(int64(e.port))}}
-	}
-	return elemDef{mapName: e.set, key: []string{e.addr.String()}}
+	return elemDef{elemKey: elemKey{mapName: e.set, addr: e.addr, proto: e.proto, port: e.port}}
 }
 
 func (o *svcObjects) share(e sharedElem) {
@@ -95,7 +81,7 @@ func (o *svcObjects) shareCommon(sp *model.ServicePort, routes *model.Routes) {
 	for _, eps := range routeEndpoints(routes) {
 		for _, ep := range eps {
 			if ep.Local {
-				o.share(sharedElem{set: setHairpin, addr: ep.IP, proto: protoOf(sp), port: ep.Port})
+				o.share(sharedElem{set: setHairpin, addr: ep.IP, proto: protoNum(sp.Protocol), port: ep.Port})
 			}
 		}
 	}
@@ -368,68 +354,38 @@ func renderService(rc *renderCtx, sp *model.ServicePort) *svcObjects {
 	return o
 }
 
-// uniqueElems drops repeated elements: a VIP listed twice (externalIPs
-// [X, X], or X as an external and a load-balancer IP) renders the same
-// elements twice. Adding them twice is fine, but a partial sync then deleted
-// them twice, and the kernel refuses the second deletion (ENOENT), failing
-// every partial sync of the service (found by FuzzSync).
-//
-// The map is keyed by the element's parts, not by a joined string: a full
-// sync at 1k × 50 renders 50k elements, and joining them was a tenth of its
-// allocations.
-func uniqueElems(es []elemDef) []elemDef {
-	type elemID struct {
-		mapName, value string
-		key            [4]string // every key has at most 4 parts
-		n              int
-	}
-	seen := make(map[elemID]bool, len(es))
-	out := es[:0]
-	for _, e := range es {
-		id := elemID{mapName: e.mapName, value: e.value, n: len(e.key)}
-		if copy(id.key[:], e.key) < len(e.key) {
-			id.mapName = e.id() // longer keys: never rendered, but exact
-		}
-		if !seen[id] {
-			seen[id] = true
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 // renderFlat renders a ServicePort without affinity into the shared maps:
 // each destination's elements point at the pick chain of its routes' shape
 // (local: the short-circuit one), or at the no-endpoint verdict.
 func renderFlat(rc *renderCtx, sp *model.ServicePort, routes *model.Routes, local bool) *svcObjects {
-	o := &svcObjects{}
-	proto := protoOf(sp)
-	port := itoa(int64(sp.Port))
-	slots := func(m string, key []string, off int, eps []model.Endpoint) {
-		// One backing array for the keys of all slots of a destination.
-		keys := make([]string, 0, len(eps)*(len(key)+1))
-		o.elems = slices.Grow(o.elems, len(eps))
+	o := &svcObjects{elems: make([]elemDef, 0, flatElems(sp, routes, local))}
+	proto, port := protoNum(sp.Protocol), sp.Port
+	slots := func(m string, key elemKey, off int, eps []model.Endpoint) {
+		key.mapName = m
 		for i, ep := range eps {
-			keys = append(append(keys, key...), strconv.Itoa(off+i))
-			k := keys[len(keys)-len(key)-1 : len(keys) : len(keys)]
-			o.elems = append(o.elems, elemDef{m, k, ep.IP.String() + " . " + itoa(int64(ep.Port))})
+			key.slot = uint32(off + i)
+			o.elems = append(o.elems, elemDef{key, elemVal{dst: ep.IP, dstPort: ep.Port}})
 		}
 	}
 	o.shareCommon(sp, routes)
-	use := func(c class) string {
+	use := func(c class) elemVal {
 		if !slices.Contains(o.classes, c) {
 			o.classes = append(o.classes, c)
 		}
-		return "goto " + c.name()
+		return elemVal{verdict: "goto " + c.name()}
+	}
+	verdictElem := func(m string, key elemKey, v elemVal) {
+		key.mapName = m
+		o.elems = append(o.elems, elemDef{key, v})
 	}
 
 	cluster := &routes.Cluster.Outside // the same for every source (flatShape)
-	clusterKey := []string{sp.ClusterIP.String(), proto, port}
+	clusterKey := elemKey{addr: sp.ClusterIP, proto: proto, port: port}
 	if n := len(cluster.Endpoints); n > 0 {
-		o.elems = append(o.elems, elemDef{mapServiceIPs, clusterKey, use(class{kind: clusterK, n: n})})
+		verdictElem(mapServiceIPs, clusterKey, use(class{kind: clusterK, n: n}))
 		slots(mapEndpoints, clusterKey, 0, cluster.Endpoints)
 	} else {
-		o.elems = append(o.elems, elemDef{mapNoEndpointServices, clusterKey, emptyVerdict(cluster.Empty)})
+		verdictElem(mapNoEndpointServices, clusterKey, elemVal{verdict: emptyVerdict(cluster.Empty)})
 	}
 	if !sp.HasExternal() {
 		return o
@@ -441,39 +397,63 @@ func renderFlat(rc *renderCtx, sp *model.ServicePort, routes *model.Routes, loca
 	x := &routes.External
 	outside, short := x.Outside.Endpoints, x.Node.Endpoints
 	var addrC, npC *class
-	var fill func(m string, key []string)
+	var fill func(m string, key elemKey)
 	switch {
 	case !x.HasEndpoints():
 	case !local:
 		addrC, npC = &class{kind: externalK, n: len(outside)}, &class{kind: nodePortK, n: len(outside)}
-		fill = func(m string, key []string) { slots(m, key, 0, outside) }
+		fill = func(m string, key elemKey) { slots(m, key, 0, outside) }
 	default:
 		addrC, npC = &class{kind: externalLocalK, m: len(outside), n: len(short)}, &class{kind: nodePortLocalK, m: len(outside), n: len(short)}
-		fill = func(m string, key []string) {
+		fill = func(m string, key elemKey) {
 			slots(m, key, 0, outside)
 			slots(m, key, len(outside), short)
 		}
 	}
+	empty := elemVal{verdict: emptyVerdict(x.Outside.Empty)}
 	for _, ip := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
-		key := []string{ip.String(), proto, port}
+		key := elemKey{addr: ip, proto: proto, port: port}
 		if addrC == nil {
-			o.elems = append(o.elems, elemDef{mapNoEndpointServices, key, emptyVerdict(x.Outside.Empty)})
+			verdictElem(mapNoEndpointServices, key, empty)
 			continue
 		}
-		o.elems = append(o.elems, elemDef{mapServiceIPs, key, use(*addrC)})
+		verdictElem(mapServiceIPs, key, use(*addrC))
 		fill(mapEndpoints, key)
 	}
 	if sp.NodePort != 0 {
-		key := []string{proto, itoa(int64(sp.NodePort))}
+		key := elemKey{proto: proto, port: sp.NodePort}
 		if npC == nil {
-			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, key, emptyVerdict(x.Outside.Empty)})
+			verdictElem(mapNoEndpointNodePorts, key, empty)
 		} else {
-			o.elems = append(o.elems, elemDef{mapServiceNodePorts, key, use(*npC)})
+			verdictElem(mapServiceNodePorts, key, use(*npC))
 			fill(mapNodePortEndpoints, key)
 		}
 	}
 	renderFirewall(rc, sp, routes, o)
 	return o
+}
+
+// flatElems is how many elements renderFlat renders (at most): one
+// allocation for them all, not a growing slice (a full sync at 1k × 50
+// renders 50k elements; their growth was a fifth of its garbage).
+func flatElems(sp *model.ServicePort, routes *model.Routes, local bool) int {
+	n := 1 + len(routes.Cluster.Outside.Endpoints)
+	if !sp.HasExternal() {
+		return n
+	}
+	x := &routes.External
+	slots := 0
+	if x.HasEndpoints() {
+		slots = len(x.Outside.Endpoints)
+		if local {
+			slots += len(x.Node.Endpoints)
+		}
+	}
+	dests := len(sp.ExternalIPs) + len(sp.LoadBalancerIPs)
+	if sp.NodePort != 0 {
+		dests++
+	}
+	return n + dests*(1+slots) + len(sp.LoadBalancerIPs) // firewall elements
 }
 
 // renderFirewall renders the source ranges: checked before DNAT in a filter
@@ -490,7 +470,8 @@ func renderFirewall(rc *renderCtx, sp *model.ServicePort, routes *model.Routes, 
 	c.rules = append(c.rules, "drop")
 	o.chains = append(o.chains, c)
 	for _, ip := range sp.LoadBalancerIPs {
-		o.elems = append(o.elems, elemDef{mapFirewallIPs, []string{ip.String(), protoOf(sp), itoa(int64(sp.Port))}, "goto " + c.name})
+		o.elems = append(o.elems, elemDef{elemKey{mapName: mapFirewallIPs, addr: ip, proto: protoNum(sp.Protocol), port: sp.Port},
+			elemVal{verdict: "goto " + c.name}})
 	}
 }
 

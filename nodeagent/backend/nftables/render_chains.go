@@ -33,7 +33,9 @@ func renderChains(rc *renderCtx, sp *model.ServicePort, routes *model.Routes) *s
 			ch.endpoint(ep)
 		}
 	}
-	proto, port := protoOf(sp), itoa(int64(sp.Port))
+	key := func(m string, addr netip.Addr, port int32) elemKey {
+		return elemKey{mapName: m, addr: addr, proto: protoNum(sp.Protocol), port: port}
+	}
 
 	// ClusterIP traffic: one endpoint set for every source (the model's).
 	cluster := &routes.Cluster
@@ -49,9 +51,9 @@ func renderChains(rc *renderCtx, sp *model.ServicePort, routes *model.Routes) *s
 		ch.choose(&c, eps)
 		o.chains = append(o.chains, c)
 		svc = c.name
-		o.elems = append(o.elems, elemDef{mapServiceIPs, []string{sp.ClusterIP.String(), proto, port}, "goto " + svc})
+		o.elems = append(o.elems, elemDef{key(mapServiceIPs, sp.ClusterIP, sp.Port), elemVal{verdict: "goto " + svc}})
 	} else {
-		o.elems = append(o.elems, elemDef{mapNoEndpointServices, []string{sp.ClusterIP.String(), proto, port}, emptyVerdict(cluster.Outside.Empty)})
+		o.elems = append(o.elems, elemDef{key(mapNoEndpointServices, sp.ClusterIP, sp.Port), elemVal{verdict: emptyVerdict(cluster.Outside.Empty)}})
 	}
 
 	if !sp.HasExternal() {
@@ -65,20 +67,19 @@ func renderChains(rc *renderCtx, sp *model.ServicePort, routes *model.Routes) *s
 		o.chains = append(o.chains, c)
 		extTarget = c.name
 	}
-	verdict := emptyVerdict(x.Outside.Empty)
+	verdict := elemVal{verdict: emptyVerdict(x.Outside.Empty)}
 	for _, ip := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
 		if extTarget != "" {
-			o.elems = append(o.elems, elemDef{mapServiceIPs, []string{ip.String(), proto, port}, "goto " + extTarget})
+			o.elems = append(o.elems, elemDef{key(mapServiceIPs, ip, sp.Port), elemVal{verdict: "goto " + extTarget}})
 		} else {
-			o.elems = append(o.elems, elemDef{mapNoEndpointServices, []string{ip.String(), proto, port}, verdict})
+			o.elems = append(o.elems, elemDef{key(mapNoEndpointServices, ip, sp.Port), verdict})
 		}
 	}
 	if sp.NodePort != 0 {
-		np := itoa(int64(sp.NodePort))
 		if extTarget != "" {
-			o.elems = append(o.elems, elemDef{mapServiceNodePorts, []string{proto, np}, "goto " + extTarget})
+			o.elems = append(o.elems, elemDef{key(mapServiceNodePorts, netip.Addr{}, sp.NodePort), elemVal{verdict: "goto " + extTarget}})
 		} else {
-			o.elems = append(o.elems, elemDef{mapNoEndpointNodePorts, []string{proto, np}, verdict})
+			o.elems = append(o.elems, elemDef{key(mapNoEndpointNodePorts, netip.Addr{}, sp.NodePort), verdict})
 		}
 	}
 	renderFirewall(rc, sp, routes, o)
