@@ -1,8 +1,10 @@
 package model
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -51,19 +53,44 @@ func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoi
 	if !Proxied(svc) {
 		return nil, nil
 	}
+	sc := getScratch()
+	defer sc.put()
 	var rs rejections
 	v := validateService(svc, &rs)
-	views := validateSlices(endpointSlices, &rs)
+	views := validateSlices(endpointSlices, &rs, sc)
 	out := make([]*ServicePort, 0, len(v.clusterIPs)*len(v.ports))
 	for _, clusterIP := range v.clusterIPs {
 		for i := range v.ports {
-			out = append(out, buildServicePort(v, &v.ports[i], clusterIP, views, node))
+			out = append(out, buildServicePort(v, &v.ports[i], clusterIP, views, node, sc))
 		}
 	}
 	return out, rs.list
 }
 
-func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, views []sliceView, node NodeContext) *ServicePort {
+// scratch is the working memory of one build: the validated endpoints of
+// the Service's EndpointSlices and one port's candidates at a time. Nothing
+// in it outlives the build (ServicePorts get copies), so builds reuse it
+// through scratchPool: at a cold start of 5k Services × 50 endpoints it was
+// most of the model's garbage.
+type scratch struct {
+	endpoints  []sliceEndpoint
+	candidates []candidate
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+// put returns sc to the pool, without the pointers into the build's
+// objects, which would otherwise keep deleted EndpointSlices alive.
+func (sc *scratch) put() {
+	clear(sc.endpoints[:cap(sc.endpoints)])
+	clear(sc.candidates[:cap(sc.candidates)])
+	sc.endpoints, sc.candidates = sc.endpoints[:0], sc.candidates[:0]
+	scratchPool.Put(sc)
+}
+
+func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, views []sliceView, node NodeContext, sc *scratch) *ServicePort {
 	svc := v.svc
 	family := FamilyOf(clusterIP)
 	sp := &ServicePort{
@@ -96,8 +123,8 @@ func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, view
 	// ingress IP is published, and without NodePorts.
 	sp.HealthCheckNodePort = v.healthCheckPort
 
-	all := collectEndpoints(port, family, views, node)
-	resolveEndpoints(sp, all, node)
+	sc.candidates = collectEndpoints(port, family, views, node, sc.candidates)
+	resolveEndpoints(sp, sc.candidates, node)
 	return sp
 }
 
@@ -108,8 +135,11 @@ func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, view
 type candidate struct {
 	Endpoint
 	serving, terminating bool
-	nodeName             string
-	hints                *discoveryv1.EndpointHints
+	// order is the endpoint's place in the Service's slices: of two copies
+	// of an endpoint, the first is kept.
+	order    int32
+	nodeName string
+	hints    *discoveryv1.EndpointHints
 }
 
 // hintedForNode and hintedForZone: the endpoint's hints name the node or zone.
@@ -142,16 +172,19 @@ func Candidates(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice
 	if !Proxied(svc) {
 		return nil
 	}
+	sc := getScratch()
+	defer sc.put()
 	var rs rejections
 	v := validateService(svc, &rs)
-	views := validateSlices(endpointSlices, &rs)
+	views := validateSlices(endpointSlices, &rs, sc)
 	out := map[ServicePortKey][]Candidate{}
 	for _, clusterIP := range v.clusterIPs {
 		family := FamilyOf(clusterIP)
 		for i := range v.ports {
 			port := &v.ports[i]
 			key := ServicePortKey{ServicePortName: ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: port.spec.Name, Protocol: port.protocol}, Family: family}
-			for _, c := range collectEndpoints(port, family, views, node) {
+			sc.candidates = collectEndpoints(port, family, views, node, sc.candidates)
+			for _, c := range sc.candidates {
 				out[key] = append(out[key], Candidate{Endpoint: c.Endpoint, NodeName: c.nodeName, Serving: c.serving,
 					Terminating: c.terminating, ZoneHints: c.zoneHints(), NodeHints: c.nodeHints()})
 			}
@@ -185,19 +218,16 @@ func (c *candidate) nodeHints() []string {
 // all of the Service's (validated) EndpointSlices, sorted, without duplicates
 // (an endpoint can appear in two slices while the EndpointSlice controller
 // moves it): of an endpoint listed twice, the first copy in slice order wins.
-// One allocation: the result is sized before it is filled, and duplicates go
-// by a stable sort rather than a map.
-func collectEndpoints(port *portView, family Family, views []sliceView, node NodeContext) []candidate {
+// The result reuses buf (the previous port's candidates, which are done
+// with); duplicates go by sorting rather than by a map.
+func collectEndpoints(port *portView, family Family, views []sliceView, node NodeContext, buf []candidate) []candidate {
 	n := 0
 	for i := range views {
 		if _, ok := views[i].port(port.spec.Name, port.protocol); ok && views[i].family == family {
 			n += len(views[i].endpoints)
 		}
 	}
-	if n == 0 {
-		return nil
-	}
-	out := make([]candidate, 0, n)
+	out := slices.Grow(buf[:0], n)
 	for i := range views {
 		view := &views[i]
 		if view.family != family {
@@ -208,13 +238,19 @@ func collectEndpoints(port *portView, family Family, views []sliceView, node Nod
 			continue
 		}
 		for _, se := range view.endpoints {
-			out = append(out, newCandidate(se, portNumber, node))
+			c := newCandidate(se, portNumber, node)
+			c.order = int32(len(out))
+			out = append(out, c)
 		}
 	}
-	// Stable order, so that unchanged input gives equal output (pointer
-	// reuse); stable, so that of equal endpoints the first copy comes first
-	// and is the one kept.
-	slices.SortStableFunc(out, func(a, b candidate) int { return a.AddrPort().Compare(b.AddrPort()) })
+	// Sorted, so that unchanged input gives equal output (pointer reuse);
+	// of equal endpoints the first copy comes first and is the one kept.
+	slices.SortFunc(out, func(a, b candidate) int {
+		if c := a.AddrPort().Compare(b.AddrPort()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.order, b.order)
+	})
 	return slices.CompactFunc(out, func(a, b candidate) bool { return a.AddrPort() == b.AddrPort() })
 }
 

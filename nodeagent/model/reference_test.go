@@ -25,7 +25,7 @@ func ReferenceBuildServicePorts(svc *corev1.Service, endpointSlices []*discovery
 	}
 	var ignored rejections
 	v := validateService(svc, &ignored)
-	views := validateSlices(endpointSlices, &ignored)
+	views := validateSlices(endpointSlices, &ignored, new(scratch))
 	out := make([]*ServicePort, 0, len(sps))
 	for _, built := range sps {
 		ref := *built
@@ -244,7 +244,7 @@ func ReferenceCandidates(svc *corev1.Service, endpointSlices []*discoveryv1.Endp
 	}
 	var rs rejections
 	v := validateService(svc, &rs)
-	views := validateSlices(endpointSlices, &rs)
+	views := validateSlices(endpointSlices, &rs, new(scratch))
 	out := map[ServicePortKey][]Candidate{}
 	for _, clusterIP := range v.clusterIPs {
 		family := FamilyOf(clusterIP)
