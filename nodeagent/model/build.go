@@ -307,14 +307,22 @@ func resolveEndpoints(sp *ServicePort, all []candidate, node NodeContext) {
 	}
 	// The cluster-wide set is empty only when no endpoint anywhere is usable.
 	sp.HasEndpoints = len(cluster) > 0
-	clusterEndpoints, localEndpoints := endpoints(cluster), endpoints(local)
+	// Each list made only if some set uses it, once.
+	external := sp.HasExternal()
+	var clusterEndpoints, localEndpoints []Endpoint
+	if !sp.InternalPolicyLocal || external {
+		clusterEndpoints = endpoints(cluster)
+	}
+	if sp.InternalPolicyLocal || external && sp.ExternalPolicyLocal {
+		localEndpoints = endpoints(local)
+	}
 	if sp.InternalPolicyLocal {
 		sp.ClusterEndpoints = localEndpoints
 	} else {
 		sp.ClusterEndpoints = clusterEndpoints
 	}
 	switch {
-	case !sp.HasExternal():
+	case !external:
 	case sp.ExternalPolicyLocal:
 		sp.ExternalEndpoints = localEndpoints
 		sp.ShortCircuitEndpoints = clusterEndpoints
