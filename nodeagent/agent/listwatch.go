@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"sync"
+
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -42,7 +44,14 @@ func ListWatchConfig(cfg *rest.Config) *rest.Config {
 // place is safe. What it drops:
 //   - every object: managedFields; annotations other than those the agent reads;
 //   - Services: the pod selector (the endpoint controller's input, not a proxy's);
-//   - EndpointSlices: each endpoint's targetRef, hostname and deprecatedTopology.
+//   - EndpointSlices: labels other than those the agent reads; each
+//     endpoint's targetRef, hostname, zone (the model reads hints, not
+//     zones) and deprecatedTopology;
+//
+// and EndpointSlices' endpoints share one copy of each node name and of the
+// condition values (sharedValues), where the decoder gives every endpoint
+// its own. The cache's objects are read-only to everyone (client-go's
+// contract), so sharing is safe.
 //
 // Adding a field to the model means keeping it here (TestSlimObjectKeepsModelInputs).
 func slimObject(o any) (any, error) {
@@ -52,10 +61,14 @@ func slimObject(o any) (any, error) {
 		t.Spec.Selector = nil
 	case *discoveryv1.EndpointSlice:
 		slimMeta(&t.ObjectMeta, tracker.AnnotationLastChangeTriggerTime)
+		t.Labels = keepOnly(t.Labels, discoveryv1.LabelServiceName, model.LabelServiceProxyName, model.LabelHeadless)
 		for i := range t.Endpoints {
 			e := &t.Endpoints[i]
-			e.TargetRef, e.Hostname, e.DeprecatedTopology = nil, nil, nil
+			e.TargetRef, e.Hostname, e.Zone, e.DeprecatedTopology = nil, nil, nil, nil
+			c := &e.Conditions
+			c.Ready, c.Serving, c.Terminating = sharedBool(c.Ready), sharedBool(c.Serving), sharedBool(c.Terminating)
 		}
+		shared.nodeNames(t.Endpoints)
 	default:
 		return dropManagedFields(o)
 	}
@@ -65,17 +78,74 @@ func slimObject(o any) (any, error) {
 // slimMeta drops managedFields, owner references and every annotation but keep.
 func slimMeta(m *metav1.ObjectMeta, keep ...string) {
 	m.ManagedFields, m.OwnerReferences = nil, nil
-	if len(m.Annotations) == 0 {
-		return
+	m.Annotations = keepOnly(m.Annotations, keep...)
+}
+
+// keepOnly is m with only the keys keep (nil for none); m itself when it
+// holds nothing else.
+func keepOnly(m map[string]string, keep ...string) map[string]string {
+	if len(m) == 0 {
+		return m
 	}
 	var kept map[string]string
 	for _, k := range keep {
-		if v, ok := m.Annotations[k]; ok {
+		if v, ok := m[k]; ok {
 			if kept == nil {
 				kept = make(map[string]string, len(keep))
 			}
 			kept[k] = v
 		}
 	}
-	m.Annotations = kept
+	if len(kept) == len(m) {
+		return m
+	}
+	return kept
+}
+
+// sharedValues hands out one *string per node name for the EndpointSlices'
+// endpoints. The decoder allocates a pointer and a string per endpoint; at
+// 5k Services × 50 endpoints the copies were megabytes of the cache
+// (BenchmarkSlimObjectRetained). The table forgets everything when it
+// holds maxSharedNames (nodes come and go): pointers handed out stay valid,
+// they are just no longer shared with later ones.
+type sharedValues struct {
+	mu    sync.Mutex
+	names map[string]*string
+}
+
+const maxSharedNames = 10000
+
+var shared = &sharedValues{names: map[string]*string{}}
+
+// nodeNames points the endpoints' nodeNames at the shared copies.
+func (s *sharedValues) nodeNames(eps []discoveryv1.Endpoint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range eps {
+		p := eps[i].NodeName
+		if p == nil {
+			continue
+		}
+		if q, ok := s.names[*p]; ok {
+			eps[i].NodeName = q
+			continue
+		}
+		if len(s.names) >= maxSharedNames {
+			s.names = map[string]*string{}
+		}
+		s.names[*p] = p
+	}
+}
+
+// sharedTrue and sharedFalse are every endpoint condition's value.
+var sharedTrue, sharedFalse = true, false
+
+func sharedBool(p *bool) *bool {
+	switch {
+	case p == nil:
+		return nil
+	case *p:
+		return &sharedTrue
+	}
+	return &sharedFalse
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"testing"
 
 	"net/netip"
@@ -53,8 +54,10 @@ func TestSlimObjectKeepsModelInputs(t *testing.T) {
 				Hints:      &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "z1"}}},
 				TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: "ns", Name: "web-" + ip}}
 		}
+		m := meta("web-abc", map[string]string{tracker.AnnotationLastChangeTriggerTime: "2026-11-30T07:00:00Z", "other": "x"})
+		m.Labels[discoveryv1.LabelManagedBy] = "endpointslice-controller.k8s.io"
 		return &discoveryv1.EndpointSlice{
-			ObjectMeta:  meta("web-abc", map[string]string{tracker.AnnotationLastChangeTriggerTime: "2026-11-30T07:00:00Z", "other": "x"}),
+			ObjectMeta:  m,
 			AddressType: discoveryv1.AddressTypeIPv4,
 			Endpoints:   []discoveryv1.Endpoint{ep("10.244.1.5", "node-1", true), ep("10.244.2.5", "node-2", false)},
 			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](8080)}},
@@ -86,14 +89,43 @@ func TestSlimObjectKeepsModelInputs(t *testing.T) {
 	if slimSvc.ManagedFields != nil || slimSvc.OwnerReferences != nil || slimSvc.Spec.Selector != nil || len(slimSvc.Annotations) != 1 {
 		t.Errorf("trimmed Service still holds what the agent never reads: %+v", slimSvc.ObjectMeta)
 	}
-	if e := slimSlice.Endpoints[0]; e.TargetRef != nil || e.Hostname != nil {
-		t.Errorf("trimmed endpoint still holds targetRef/hostname: %+v", e)
+	if e := slimSlice.Endpoints[0]; e.TargetRef != nil || e.Hostname != nil || e.Zone != nil {
+		t.Errorf("trimmed endpoint still holds targetRef/hostname/zone: %+v", e)
 	}
 	if got := slimSlice.Annotations; len(got) != 1 || got[tracker.AnnotationLastChangeTriggerTime] == "" {
 		t.Errorf("trimmed EndpointSlice annotations = %v, want only the trigger time", got)
 	}
-	if got := slimSlice.Labels[discoveryv1.LabelServiceName]; got != "web" {
-		t.Errorf("trimmed EndpointSlice lost its service-name label: %v", slimSlice.Labels)
+	if got := slimSlice.Labels; len(got) != 1 || got[discoveryv1.LabelServiceName] != "web" {
+		t.Errorf("trimmed EndpointSlice labels = %v, want only the service name", got)
+	}
+}
+
+// TestSlimObjectSharesNodeNamesAndConditions: endpoints decoded separately
+// (each with its own pointers, as from the wire) share one node name and
+// one value per condition once trimmed, and still read the same.
+func TestSlimObjectSharesNodeNamesAndConditions(t *testing.T) {
+	decoded := func(ip, node string, ready bool) *discoveryv1.EndpointSlice {
+		return &discoveryv1.EndpointSlice{Endpoints: []discoveryv1.Endpoint{{Addresses: []string{ip},
+			NodeName:   ptr.To(string([]byte(node))),
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready), Serving: ptr.To(true)}}}}
+	}
+	var eps []discoveryv1.Endpoint
+	for i, ready := range []bool{true, false, true} {
+		o, err := slimObject(decoded(fmt.Sprintf("10.244.1.%d", i), "node-shared", ready))
+		if err != nil {
+			t.Fatal(err)
+		}
+		eps = append(eps, o.(*discoveryv1.EndpointSlice).Endpoints[0])
+	}
+	a, b, c := eps[0], eps[1], eps[2]
+	if a.NodeName != b.NodeName || b.NodeName != c.NodeName || *a.NodeName != "node-shared" {
+		t.Errorf("node names not shared: %p %p %p", a.NodeName, b.NodeName, c.NodeName)
+	}
+	if a.Conditions.Ready != c.Conditions.Ready || a.Conditions.Serving != b.Conditions.Serving {
+		t.Errorf("equal conditions not shared")
+	}
+	if !*a.Conditions.Ready || *b.Conditions.Ready || !*b.Conditions.Serving || a.Conditions.Terminating != nil {
+		t.Errorf("conditions changed: %+v %+v", a.Conditions, b.Conditions)
 	}
 }
 

@@ -1,8 +1,10 @@
 package model
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -51,19 +53,44 @@ func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoi
 	if !Proxied(svc) {
 		return nil, nil
 	}
+	sc := getScratch()
+	defer sc.put()
 	var rs rejections
 	v := validateService(svc, &rs)
-	views := validateSlices(endpointSlices, &rs)
+	views := validateSlices(endpointSlices, &rs, sc)
 	out := make([]*ServicePort, 0, len(v.clusterIPs)*len(v.ports))
 	for _, clusterIP := range v.clusterIPs {
 		for i := range v.ports {
-			out = append(out, buildServicePort(v, &v.ports[i], clusterIP, views, node))
+			out = append(out, buildServicePort(v, &v.ports[i], clusterIP, views, node, sc))
 		}
 	}
 	return out, rs.list
 }
 
-func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, views []sliceView, node NodeContext) *ServicePort {
+// scratch is the working memory of one build: the validated endpoints of
+// the Service's EndpointSlices and one port's candidates at a time. Nothing
+// in it outlives the build (ServicePorts get copies), so builds reuse it
+// through scratchPool: at a cold start of 5k Services × 50 endpoints it was
+// most of the model's garbage.
+type scratch struct {
+	endpoints  []sliceEndpoint
+	candidates []candidate
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+// put returns sc to the pool, without the pointers into the build's
+// objects, which would otherwise keep deleted EndpointSlices alive.
+func (sc *scratch) put() {
+	clear(sc.endpoints[:cap(sc.endpoints)])
+	clear(sc.candidates[:cap(sc.candidates)])
+	sc.endpoints, sc.candidates = sc.endpoints[:0], sc.candidates[:0]
+	scratchPool.Put(sc)
+}
+
+func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, views []sliceView, node NodeContext, sc *scratch) *ServicePort {
 	svc := v.svc
 	family := FamilyOf(clusterIP)
 	sp := &ServicePort{
@@ -96,19 +123,37 @@ func buildServicePort(v *serviceView, port *portView, clusterIP netip.Addr, view
 	// ingress IP is published, and without NodePorts.
 	sp.HealthCheckNodePort = v.healthCheckPort
 
-	all := collectEndpoints(port, family, views, node)
-	resolveEndpoints(sp, all, node)
+	sc.candidates = collectEndpoints(port, family, views, node, sc.candidates)
+	resolveEndpoints(sp, sc.candidates, node)
 	return sp
 }
 
-// candidate is an endpoint with what policy resolution needs.
+// candidate is an endpoint with what policy resolution needs. It points at
+// its EndpointSlice's hints rather than copying them: a port's candidates
+// are garbage once its sets are resolved, and at 5k Services × 50 endpoints
+// every copy of a cold start's candidates costs megabytes.
 type candidate struct {
 	Endpoint
 	serving, terminating bool
-	zoneHints            []string
-	nodeHints            []string
-	nodeName             string
+	// order is the endpoint's place in the Service's slices: of two copies
+	// of an endpoint, the first is kept.
+	order    int32
+	nodeName string
+	hints    *discoveryv1.EndpointHints
 }
+
+// hintedForNode and hintedForZone: the endpoint's hints name the node or zone.
+func (c *candidate) hintedForNode(name string) bool {
+	return c.hints != nil && slices.ContainsFunc(c.hints.ForNodes, func(n discoveryv1.ForNode) bool { return n.Name == name })
+}
+
+func (c *candidate) hintedForZone(zone string) bool {
+	return c.hints != nil && slices.ContainsFunc(c.hints.ForZones, func(z discoveryv1.ForZone) bool { return z.Name == zone })
+}
+
+// hasNodeHints and hasZoneHints: the endpoint carries hints of the kind.
+func (c *candidate) hasNodeHints() bool { return c.hints != nil && len(c.hints.ForNodes) > 0 }
+func (c *candidate) hasZoneHints() bool { return c.hints != nil && len(c.hints.ForZones) > 0 }
 
 // Candidate is one endpoint of a service port as its EndpointSlices give
 // it, before any policy: what explanations (nodeagent/explain) name when
@@ -127,30 +172,62 @@ func Candidates(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice
 	if !Proxied(svc) {
 		return nil
 	}
+	sc := getScratch()
+	defer sc.put()
 	var rs rejections
 	v := validateService(svc, &rs)
-	views := validateSlices(endpointSlices, &rs)
+	views := validateSlices(endpointSlices, &rs, sc)
 	out := map[ServicePortKey][]Candidate{}
 	for _, clusterIP := range v.clusterIPs {
 		family := FamilyOf(clusterIP)
 		for i := range v.ports {
 			port := &v.ports[i]
 			key := ServicePortKey{ServicePortName: ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: port.spec.Name, Protocol: port.protocol}, Family: family}
-			for _, c := range collectEndpoints(port, family, views, node) {
+			sc.candidates = collectEndpoints(port, family, views, node, sc.candidates)
+			for _, c := range sc.candidates {
 				out[key] = append(out[key], Candidate{Endpoint: c.Endpoint, NodeName: c.nodeName, Serving: c.serving,
-					Terminating: c.terminating, ZoneHints: c.zoneHints, NodeHints: c.nodeHints})
+					Terminating: c.terminating, ZoneHints: c.zoneHints(), NodeHints: c.nodeHints()})
 			}
 		}
 	}
 	return out
 }
 
+// zoneHints and nodeHints are the names the hints give (nil without).
+func (c *candidate) zoneHints() []string {
+	var out []string
+	if c.hints != nil {
+		for _, z := range c.hints.ForZones {
+			out = append(out, z.Name)
+		}
+	}
+	return out
+}
+
+func (c *candidate) nodeHints() []string {
+	var out []string
+	if c.hints != nil {
+		for _, n := range c.hints.ForNodes {
+			out = append(out, n.Name)
+		}
+	}
+	return out
+}
+
 // collectEndpoints gathers the endpoints of one service port in one family from
-// all of the Service's (validated) EndpointSlices, without duplicates (an
-// endpoint can appear in two slices while the EndpointSlice controller moves it).
-func collectEndpoints(port *portView, family Family, views []sliceView, node NodeContext) []candidate {
-	seen := map[netip.AddrPort]bool{}
-	var out []candidate
+// all of the Service's (validated) EndpointSlices, sorted, without duplicates
+// (an endpoint can appear in two slices while the EndpointSlice controller
+// moves it): of an endpoint listed twice, the first copy in slice order wins.
+// The result reuses buf (the previous port's candidates, which are done
+// with); duplicates go by sorting rather than by a map.
+func collectEndpoints(port *portView, family Family, views []sliceView, node NodeContext, buf []candidate) []candidate {
+	n := 0
+	for i := range views {
+		if _, ok := views[i].port(port.spec.Name, port.protocol); ok && views[i].family == family {
+			n += len(views[i].endpoints)
+		}
+	}
+	out := slices.Grow(buf[:0], n)
 	for i := range views {
 		view := &views[i]
 		if view.family != family {
@@ -161,44 +238,44 @@ func collectEndpoints(port *portView, family Family, views []sliceView, node Nod
 			continue
 		}
 		for _, se := range view.endpoints {
-			ep := se.ep
-			ap := netip.AddrPortFrom(se.ip, uint16(portNumber))
-			if seen[ap] {
-				continue
-			}
-			seen[ap] = true
-			// Conditions: nil ready means ready; nil serving means "as ready".
-			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			serving := ready
-			if ep.Conditions.Serving != nil {
-				serving = *ep.Conditions.Serving
-			}
-			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
-			c := candidate{
-				Endpoint: Endpoint{
-					IP: se.ip, Port: portNumber, Ready: ready,
-					Local:    ep.NodeName != nil && *ep.NodeName == node.Name,
-					Unplaced: ep.NodeName == nil || *ep.NodeName == "",
-				},
-				serving: serving, terminating: terminating,
-			}
-			if ep.NodeName != nil {
-				c.nodeName = *ep.NodeName
-			}
-			if ep.Hints != nil {
-				for _, z := range ep.Hints.ForZones {
-					c.zoneHints = append(c.zoneHints, z.Name)
-				}
-				for _, n := range ep.Hints.ForNodes {
-					c.nodeHints = append(c.nodeHints, n.Name)
-				}
-			}
+			c := newCandidate(se, portNumber, node)
+			c.order = int32(len(out))
 			out = append(out, c)
 		}
 	}
-	// Stable order, so that unchanged input gives equal output (pointer reuse).
-	slices.SortFunc(out, func(a, b candidate) int { return a.AddrPort().Compare(b.AddrPort()) })
-	return out
+	// Sorted, so that unchanged input gives equal output (pointer reuse);
+	// of equal endpoints the first copy comes first and is the one kept.
+	slices.SortFunc(out, func(a, b candidate) int {
+		if c := a.AddrPort().Compare(b.AddrPort()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.order, b.order)
+	})
+	return slices.CompactFunc(out, func(a, b candidate) bool { return a.AddrPort() == b.AddrPort() })
+}
+
+func newCandidate(se sliceEndpoint, portNumber int32, node NodeContext) candidate {
+	ep := se.ep
+	// Conditions: nil ready means ready; nil serving means "as ready".
+	ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+	serving := ready
+	if ep.Conditions.Serving != nil {
+		serving = *ep.Conditions.Serving
+	}
+	c := candidate{
+		Endpoint: Endpoint{
+			IP: se.ip, Port: portNumber, Ready: ready,
+			Local:    ep.NodeName != nil && *ep.NodeName == node.Name,
+			Unplaced: ep.NodeName == nil || *ep.NodeName == "",
+		},
+		serving:     serving,
+		terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
+		hints:       ep.Hints,
+	}
+	if ep.NodeName != nil {
+		c.nodeName = *ep.NodeName
+	}
+	return c
 }
 
 // resolveEndpoints applies readiness fallback, topology and traffic policies,
@@ -212,50 +289,69 @@ func collectEndpoints(port *portView, family Family, views []sliceView, node Nod
 //     externalTrafficPolicy Local gives external traffic the local set, and
 //     external traffic from this node's pods and from the node itself the
 //     cluster-wide set (ShortCircuitEndpoints).
+//
+// Sets resolved from the same candidates share one []Endpoint (a
+// ServicePort is immutable, and routes share them already).
 func resolveEndpoints(sp *ServicePort, all []candidate, node NodeContext) {
 	cluster, topo := clusterWide(all, node)
-	local := readyOrTerminating(filter(all, func(c candidate) bool { return c.Local }))
+	local := readyOrTerminating(filter(all, func(c *candidate) bool { return c.Local }))
 	sp.Selection = Selection{
 		Topology:           topo,
 		ClusterTerminating: len(cluster) > 0 && !cluster[0].Ready,
 		LocalTerminating:   len(local) > 0 && !local[0].Ready,
 	}
-	for _, c := range all {
-		if c.Local && c.Ready {
+	for i := range all {
+		if all[i].Local && all[i].Ready {
 			sp.LocalEndpointCount++
 		}
 	}
 	// The cluster-wide set is empty only when no endpoint anywhere is usable.
 	sp.HasEndpoints = len(cluster) > 0
+	// Each list made only if some set uses it, once.
+	external := sp.HasExternal()
+	var clusterEndpoints, localEndpoints []Endpoint
+	if !sp.InternalPolicyLocal || external {
+		clusterEndpoints = endpoints(cluster)
+	}
+	if sp.InternalPolicyLocal || external && sp.ExternalPolicyLocal {
+		localEndpoints = endpoints(local)
+	}
 	if sp.InternalPolicyLocal {
-		sp.ClusterEndpoints = endpoints(local)
+		sp.ClusterEndpoints = localEndpoints
 	} else {
-		sp.ClusterEndpoints = endpoints(cluster)
+		sp.ClusterEndpoints = clusterEndpoints
 	}
 	switch {
-	case !sp.HasExternal():
+	case !external:
 	case sp.ExternalPolicyLocal:
-		sp.ExternalEndpoints = endpoints(local)
-		sp.ShortCircuitEndpoints = endpoints(cluster)
+		sp.ExternalEndpoints = localEndpoints
+		sp.ShortCircuitEndpoints = clusterEndpoints
 	default:
 		// External traffic with the Cluster policy goes cluster-wide, even when
 		// the internal policy is Local.
-		sp.ExternalEndpoints = endpoints(cluster)
+		sp.ExternalEndpoints = clusterEndpoints
 	}
 	sp.OtherServing = otherServing(sp, all)
 }
 
-// otherServing are the serving endpoints the sets of sp leave out.
+// otherServing are the serving endpoints the sets of sp leave out. Every set
+// is a sorted subset of all (which is sorted, without duplicates), so one
+// walk along each tells what is in them.
 func otherServing(sp *ServicePort, all []candidate) []Endpoint {
-	in := map[netip.AddrPort]bool{}
-	for _, eps := range [][]Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints, sp.ShortCircuitEndpoints} {
-		for _, e := range eps {
-			in[e.AddrPort()] = true
-		}
-	}
+	sets := [...][]Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints, sp.ShortCircuitEndpoints}
+	var next [len(sets)]int
 	var out []Endpoint
-	for _, c := range all {
-		if c.serving && !in[c.AddrPort()] {
+	for i := range all {
+		c := &all[i]
+		ap := c.AddrPort()
+		in := false
+		for s, set := range sets {
+			for next[s] < len(set) && set[next[s]].AddrPort().Compare(ap) < 0 {
+				next[s]++
+			}
+			in = in || next[s] < len(set) && set[next[s]].AddrPort() == ap
+		}
+		if c.serving && !in {
 			out = append(out, c.Endpoint)
 		}
 	}
@@ -263,11 +359,11 @@ func otherServing(sp *ServicePort, all []candidate) []Endpoint {
 }
 
 func readyOrTerminating(cs []candidate) []candidate {
-	ready := filter(cs, func(c candidate) bool { return c.Ready })
+	ready := filter(cs, func(c *candidate) bool { return c.Ready })
 	if len(ready) > 0 {
 		return ready
 	}
-	return filter(cs, func(c candidate) bool { return c.serving && c.terminating })
+	return filter(cs, func(c *candidate) bool { return c.serving && c.terminating })
 }
 
 // clusterWide is kube-proxy's cluster endpoint set: the ready endpoints
@@ -275,15 +371,15 @@ func readyOrTerminating(cs []candidate) []candidate {
 // and terminating ones.
 // The Topology says which hints narrowed it.
 func clusterWide(all []candidate, node NodeContext) ([]candidate, Topology) {
-	ready := filter(all, func(c candidate) bool { return c.Ready })
+	ready := filter(all, func(c *candidate) bool { return c.Ready })
 	if len(ready) == 0 {
-		return filter(all, func(c candidate) bool { return c.serving && c.terminating }), NoTopology
+		return filter(all, func(c *candidate) bool { return c.serving && c.terminating }), NoTopology
 	}
 	switch t := topologyFromHints(ready, node); t {
 	case TopologyNodeHints:
-		return filter(ready, func(c candidate) bool { return slices.Contains(c.nodeHints, node.Name) }), t
+		return filter(ready, func(c *candidate) bool { return c.hintedForNode(node.Name) }), t
 	case TopologyZoneHints:
-		return filter(ready, func(c candidate) bool { return slices.Contains(c.zoneHints, node.Zone) }), t
+		return filter(ready, func(c *candidate) bool { return c.hintedForZone(node.Zone) }), t
 	}
 	return ready, NoTopology
 }
@@ -325,11 +421,12 @@ type Selection struct {
 // topologyModeFromHints).
 func topologyFromHints(ready []candidate, node NodeContext) Topology {
 	allNode, allZone, forNode, forZone := true, true, false, false
-	for _, c := range ready {
-		allNode = allNode && len(c.nodeHints) > 0
-		allZone = allZone && len(c.zoneHints) > 0
-		forNode = forNode || slices.Contains(c.nodeHints, node.Name)
-		forZone = forZone || (node.Zone != "" && slices.Contains(c.zoneHints, node.Zone))
+	for i := range ready {
+		c := &ready[i]
+		allNode = allNode && c.hasNodeHints()
+		allZone = allZone && c.hasZoneHints()
+		forNode = forNode || c.hintedForNode(node.Name)
+		forZone = forZone || (node.Zone != "" && c.hintedForZone(node.Zone))
 	}
 	switch {
 	case allNode && forNode:
@@ -340,23 +437,40 @@ func topologyFromHints(ready []candidate, node NodeContext) Topology {
 	return NoTopology
 }
 
-func filter(cs []candidate, keep func(candidate) bool) []candidate {
-	var out []candidate
-	for _, c := range cs {
-		if keep(c) {
-			out = append(out, c)
+// filter are the candidates keep keeps, nil for none. When it keeps them
+// all, it returns cs itself: candidates are not changed once collected, and
+// most ports' sets are all of their endpoints.
+func filter(cs []candidate, keep func(*candidate) bool) []candidate {
+	n := 0
+	for i := range cs {
+		if keep(&cs[i]) {
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return nil
+	case len(cs):
+		return cs
+	}
+	out := make([]candidate, 0, n)
+	for i := range cs {
+		if keep(&cs[i]) {
+			out = append(out, cs[i])
 		}
 	}
 	return out
 }
 
+// endpoints are the candidates' endpoints, nil for none, with no room to
+// append: several sets of a ServicePort may share the result.
 func endpoints(cs []candidate) []Endpoint {
 	if len(cs) == 0 {
 		return nil
 	}
 	out := make([]Endpoint, len(cs))
-	for i, c := range cs {
-		out[i] = c.Endpoint
+	for i := range cs {
+		out[i] = cs[i].Endpoint
 	}
 	return out
 }

@@ -25,7 +25,10 @@ import (
 //   - the ClusterIP, external and load-balancer IPs and source ranges are of
 //     the service port's family, IPv4 addresses unmapped (backends program
 //     one family per table);
-//   - endpoint lists hold no endpoint twice and are sorted.
+//   - endpoint lists hold no endpoint twice and are sorted;
+//   - the endpoint sets, counts and candidates are those of the reference
+//     resolution (reference_test.go: the code before it was made to
+//     allocate less), to the last nil.
 //
 // Not checked, because they do not hold today (the corpus keeps the inputs
 // that show them):
@@ -52,6 +55,12 @@ func FuzzBuildServicePorts(f *testing.F) {
 		again, rejectedAgain := model.BuildServicePorts(svc, ess, node)
 		if !reflect.DeepEqual(out, again) || !reflect.DeepEqual(rejected, rejectedAgain) {
 			t.Fatalf("two builds of the same input differ:\n%s\n%s", show(out), show(again))
+		}
+		if ref, _ := model.ReferenceBuildServicePorts(svc, ess, node); !reflect.DeepEqual(out, ref) {
+			t.Fatalf("the build differs from the reference:\n%s\n%s", show(out), show(ref))
+		}
+		if c, ref := model.Candidates(svc, ess, node), model.ReferenceCandidates(svc, ess, node); !reflect.DeepEqual(c, ref) {
+			t.Fatalf("candidates differ from the reference:\n%+v\n%+v", c, ref)
 		}
 		for _, sp := range out {
 			if err := checkOutput(sp); err != nil {

@@ -277,3 +277,27 @@ func TestDefaultAffinityTimeout(t *testing.T) {
 }
 
 func equalAny(a, b any) bool { return reflect.DeepEqual(a, b) }
+
+// TestSharedEndpointListsAreFull: sets resolved from the same candidates
+// share one list (a NodePort with both policies Cluster: ClusterEndpoints
+// and ExternalEndpoints), so every list must be full to its capacity: an
+// append to one (a backend's, a test's) must copy, not write into the
+// other.
+func TestSharedEndpointListsAreFull(t *testing.T) {
+	sps, _ := BuildServicePorts(service(asNodePort), []*discoveryv1.EndpointSlice{slice(v4, 8080,
+		readyEP("10.244.1.5", thisNode), readyEP("10.244.2.5", "node-2"), readyEP("10.244.3.5", "node-3"))},
+		NodeContext{Name: thisNode})
+	if len(sps) != 1 {
+		t.Fatalf("%d service ports", len(sps))
+	}
+	sp := sps[0]
+	for name, eps := range map[string][]Endpoint{"cluster": sp.ClusterEndpoints, "external": sp.ExternalEndpoints} {
+		if len(eps) != 3 || cap(eps) != len(eps) {
+			t.Errorf("%s endpoints: len %d cap %d, want 3 and full", name, len(eps), cap(eps))
+		}
+	}
+	_ = append(sp.ClusterEndpoints, Endpoint{IP: netip.MustParseAddr("10.244.9.9"), Port: 8080})
+	if got := ips(sp.ExternalEndpoints); !slices.Equal(got, []string{"10.244.1.5", "10.244.2.5", "10.244.3.5"}) {
+		t.Errorf("external endpoints after an append to the cluster ones: %v", got)
+	}
+}

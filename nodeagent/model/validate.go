@@ -286,18 +286,26 @@ type sliceEndpoint struct {
 }
 
 // validateSlices validates a Service's EndpointSlices. Slices of other address
-// types (FQDN) hold nothing to proxy: kube-proxy ignores them too.
-func validateSlices(endpointSlices []*discoveryv1.EndpointSlice, rs *rejections) []sliceView {
+// types (FQDN) hold nothing to proxy: kube-proxy ignores them too. The views'
+// endpoints are carved out of sc's buffer: they live as long as the build.
+func validateSlices(endpointSlices []*discoveryv1.EndpointSlice, rs *rejections, sc *scratch) []sliceView {
 	out := make([]sliceView, 0, len(endpointSlices))
+	n := 0
 	for _, s := range endpointSlices {
-		if v, ok := validateSlice(s, rs); ok {
+		n += min(len(s.Endpoints), maxSliceEndpoints+1)
+	}
+	sc.endpoints = slices.Grow(sc.endpoints[:0], n)
+	for _, s := range endpointSlices {
+		if v, ok := validateSlice(s, rs, &sc.endpoints); ok {
 			out = append(out, v)
 		}
 	}
 	return out
 }
 
-func validateSlice(s *discoveryv1.EndpointSlice, rs *rejections) (sliceView, bool) {
+// validateSlice validates one EndpointSlice; its valid endpoints are
+// appended to buf, and the view's endpoints are that part of it.
+func validateSlice(s *discoveryv1.EndpointSlice, rs *rejections, buf *[]sliceEndpoint) (sliceView, bool) {
 	v := sliceView{family: IPv4}
 	switch s.AddressType {
 	case discoveryv1.AddressTypeIPv4:
@@ -346,7 +354,7 @@ func validateSlice(s *discoveryv1.EndpointSlice, rs *rejections) (sliceView, boo
 	if len(v.ports) == 0 {
 		return v, true // nothing to use, but nothing more to report either
 	}
-	v.endpoints = make([]sliceEndpoint, 0, len(s.Endpoints))
+	start := len(*buf)
 	for i := range s.Endpoints {
 		ep := &s.Endpoints[i]
 		if len(ep.Addresses) == 0 {
@@ -363,8 +371,9 @@ func validateSlice(s *discoveryv1.EndpointSlice, rs *rejections) (sliceView, boo
 			reject(ReasonEndpointFamilyMismatch, "endpoint address %q in a slice of addressType %s", ep.Addresses[0], s.AddressType)
 			continue
 		}
-		v.endpoints = append(v.endpoints, sliceEndpoint{ip: ip, ep: ep})
+		*buf = append(*buf, sliceEndpoint{ip: ip, ep: ep})
 	}
+	v.endpoints = (*buf)[start:len(*buf):len(*buf)]
 	return v, true
 }
 

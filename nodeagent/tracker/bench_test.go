@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
 	"kpo.dev/kpo/nodeagent/model"
 )
 
@@ -50,5 +53,37 @@ func BenchmarkSnapshotPartial10k(b *testing.B) {
 			tr.SetEndpointSlice(c)
 		}
 		tr.Snapshot()
+	}
+}
+
+// BenchmarkSnapshotCold is the tracker's share of an agent's cold start:
+// n Services of 50 endpoints each (one port, one EndpointSlice, no external
+// addresses, as the side-by-side benchmark's) recorded and snapshotted once.
+func BenchmarkSnapshotCold(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprintf("%dx50", n), func(b *testing.B) {
+			svcs := make([]*corev1.Service, n)
+			ess := make([]*discoveryv1.EndpointSlice, n)
+			for i := range n {
+				name := fmt.Sprintf("s%d", i)
+				svcs[i] = svc(name, fmt.Sprintf("10.96.%d.%d", i/250, 1+i%250))
+				ips := make([]string, 50)
+				for k := range ips {
+					ips[k] = fmt.Sprintf("10.244.%d.%d", 2+(i*50+k)/250%250, 1+(i*50+k)%250)
+				}
+				ess[i] = eps(name, time.Now(), ips...)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				tr := New(model.NodeContext{Name: "n", Zone: "a"}, nil)
+				for i := range n {
+					tr.SetService(svcs[i])
+					tr.SetEndpointSlice(ess[i])
+				}
+				if snap, _ := tr.Snapshot(); len(snap.Services) != n {
+					b.Fatalf("%d service ports", len(snap.Services))
+				}
+			}
+		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -241,8 +242,13 @@ func (t *Tracker) Snapshot() (*model.Snapshot, Change) {
 			dirty[n] = true
 		}
 	}
-	change := Change{Previous: map[model.ServicePortKey]*model.ServicePort{}}
-	touched := map[model.ServicePortKey]bool{}
+	// Sized for a port per Service: at a cold start every port is new, and
+	// growing maps of thousands of entries step by step is garbage.
+	change := Change{Previous: make(map[model.ServicePortKey]*model.ServicePort, len(dirty))}
+	touched := make(map[model.ServicePortKey]bool, len(dirty))
+	if len(t.ports) == 0 {
+		t.ports = make(map[model.ServicePortKey]*model.ServicePort, len(dirty))
+	}
 	for name := range dirty {
 		t.rebuild(name, touched)
 		change.TriggerTimes = append(change.TriggerTimes, t.triggerTimes[name]...)
@@ -284,11 +290,7 @@ func (t *Tracker) rebuild(name types.NamespacedName, touched map[model.ServicePo
 		// In name order: when two slices list the same endpoint (the
 		// EndpointSlice controller moving it), the first copy wins, and the
 		// result must not depend on map order.
-		byName := t.slices[name]
-		ordered := make([]*discoveryv1.EndpointSlice, 0, len(byName))
-		for _, n := range slices.Sorted(maps.Keys(byName)) {
-			ordered = append(ordered, byName[n])
-		}
+		ordered := slicesInNameOrder(t.slices[name])
 		built, invalid = model.BuildServicePorts(svc, ordered, t.node)
 		created = svc.CreationTimestamp.Time
 	}
@@ -297,10 +299,8 @@ func (t *Tracker) rebuild(name types.NamespacedName, touched map[model.ServicePo
 	} else {
 		delete(t.invalid, name)
 	}
-	keep := map[model.ServicePortKey]bool{}
 	keys := make([]model.ServicePortKey, 0, len(built))
 	for _, sp := range built {
-		keep[sp.Key] = true
 		keys = append(keys, sp.Key)
 		if prev := t.raw[sp.Key]; prev != nil && reflect.DeepEqual(prev, sp) {
 			sp = prev // unchanged: the backend will see the same pointer
@@ -313,7 +313,7 @@ func (t *Tracker) rebuild(name types.NamespacedName, touched map[model.ServicePo
 		t.arbiter.Set(sp, created)
 	}
 	for _, k := range old {
-		if !keep[k] {
+		if !slices.Contains(keys, k) {
 			delete(t.raw, k)
 			t.arbiter.Remove(k)
 			touched[k] = true
@@ -324,6 +324,16 @@ func (t *Tracker) rebuild(name types.NamespacedName, touched map[model.ServicePo
 	} else {
 		t.byService[name] = keys
 	}
+}
+
+// slicesInNameOrder are a Service's EndpointSlices in name order.
+func slicesInNameOrder(byName map[string]*discoveryv1.EndpointSlice) []*discoveryv1.EndpointSlice {
+	ordered := make([]*discoveryv1.EndpointSlice, 0, len(byName))
+	for _, s := range byName {
+		ordered = append(ordered, s)
+	}
+	slices.SortFunc(ordered, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
+	return ordered
 }
 
 // publish puts one port's arbitrated version into the model, keeping the
