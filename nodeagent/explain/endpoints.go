@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/nodeagent/model"
 )
@@ -110,27 +112,47 @@ func masqueradeReason(r *model.Route) Reason {
 }
 
 // hairpinMasqueraded says whether the node masquerades a connection it
-// sends back to the endpoint it came from: the endpoint's address is in the
-// node's hairpin set (HairpinIPs), or, in the iptables mode, the port has
-// affinity (each endpoint's SEP chain masquerades its own address, as
-// kube-proxy's KUBE-SEP "-s ep -j KUBE-MARK-MASQ").
+// sends back to the endpoint it came from: the endpoint is in the node's
+// hairpin set (Hairpin), or, in the iptables mode, the port has affinity
+// (each endpoint's SEP chain masquerades its own address, as kube-proxy's
+// KUBE-SEP "-s ep -j KUBE-MARK-MASQ").
 func (n *Node) hairpinMasqueraded(sp *model.ServicePort, routes *model.Routes, ep model.Endpoint) bool {
 	if n.Mode == kpov1.ModeIPTables && sp.AffinityTimeout > 0 {
 		return true
 	}
-	if n.HairpinIPs != nil {
-		return n.HairpinIPs[ep.IP]
+	if n.Hairpin != nil {
+		return n.Hairpin[hairpinKeyOf(n.Mode, sp, ep)]
 	}
 	return hairpinChecked(n.Mode, sp, routes, ep)
 }
 
-// hairpinChecked says whether a backend puts ep's address into the node's
-// hairpin set for sp. The set is shared by every service port: which
-// endpoints get the check is the one decision backends still make per mode:
-// nftables this node's endpoints (nftables/render.go shareCommon, kube-proxy's
+// HairpinKey is an entry of a node's hairpin set. nftables and IPVS key it
+// by the endpoint's address, protocol and port (kube-proxy's
+// hairpin-connections set and KUBE-LOOP-BACK: a pod listed as local on one
+// port is not masqueraded reaching itself on another, random seed 257);
+// iptables by the address alone (KPO-HAIRPIN matches any connection DNATed
+// back to its source).
+type HairpinKey struct {
+	IP    netip.Addr
+	Proto corev1.Protocol
+	Port  int32
+}
+
+func hairpinKeyOf(mode kpov1.Mode, sp *model.ServicePort, ep model.Endpoint) HairpinKey {
+	if mode == kpov1.ModeIPTables {
+		return HairpinKey{IP: ep.IP}
+	}
+	return HairpinKey{IP: ep.IP, Proto: sp.Protocol, Port: ep.Port}
+}
+
+// hairpinChecked says whether a backend puts ep into the node's hairpin
+// set for sp. The set is shared by every service port: which endpoints get
+// the check is the one decision backends still make per mode: nftables
+// this node's endpoints (nftables/render.go shareCommon, kube-proxy's
 // hairpin-connections set); iptables, for ports without affinity, local and
 // unplaced ones and every one when external traffic keeps its source
-// (iptables/render.go needsHairpin); IPVS local ones.
+// (iptables/render.go needsHairpin); IPVS (when judged without the set)
+// local ones.
 func hairpinChecked(mode kpov1.Mode, sp *model.ServicePort, routes *model.Routes, ep model.Endpoint) bool {
 	if mode != kpov1.ModeIPTables {
 		return ep.Local
@@ -138,22 +160,39 @@ func hairpinChecked(mode kpov1.Mode, sp *model.ServicePort, routes *model.Routes
 	return sp.AffinityTimeout <= 0 && (ep.Local || ep.Unplaced || sp.HasExternal() && !routes.External.Outside.Masquerade)
 }
 
-// HairpinSet is the node's hairpin set: the endpoint addresses whose
-// connections back to themselves it masquerades, across every service port.
-func HairpinSet(snap *model.Snapshot, n *Node) map[netip.Addr]bool {
-	out := map[netip.Addr]bool{}
+// HairpinSet is the node's hairpin set: the endpoints whose connections
+// back to themselves it masquerades, across every service port.
+func HairpinSet(snap *model.Snapshot, n *Node) map[HairpinKey]bool {
+	out := map[HairpinKey]bool{}
 	for _, sp := range snap.Services {
 		routes := sp.Routes(n.Options(sp.Key.Family))
 		x := &routes.External
-		for _, eps := range [][]model.Endpoint{routes.Cluster.Outside.Endpoints, x.Outside.Endpoints, x.Node.Endpoints, x.Pods.Endpoints} {
+		lists := [][]model.Endpoint{routes.Cluster.Outside.Endpoints, x.Outside.Endpoints, x.Node.Endpoints, x.Pods.Endpoints}
+		if n.Mode == kpov1.ModeIPVS {
+			lists = ipvsLoopBack(sp, &routes)
+		}
+		for _, eps := range lists {
 			for _, ep := range eps {
-				if hairpinChecked(n.Mode, sp, &routes, ep) {
-					out[ep.IP] = true
+				if n.Mode == kpov1.ModeIPVS || hairpinChecked(n.Mode, sp, &routes, ep) {
+					out[hairpinKeyOf(n.Mode, sp, ep)] = true
 				}
 			}
 		}
 	}
 	return out
+}
+
+// ipvsLoopBack are the endpoints the IPVS backend puts into its loop-back
+// set (ipvs/rules.go): every cluster endpoint, and the external ones when
+// external traffic keeps its source. (kube-proxy's IPVS mode takes local
+// endpoints only; the superset also answers a pod its slice does not
+// place on a node.)
+func ipvsLoopBack(sp *model.ServicePort, routes *model.Routes) [][]model.Endpoint {
+	lists := [][]model.Endpoint{routes.Cluster.Outside.Endpoints}
+	if sp.HasExternal() && !routes.External.Outside.Masquerade {
+		lists = append(lists, routes.External.Outside.Endpoints)
+	}
+	return lists
 }
 
 // endpoints sorts the candidates into those route r may use and the others,

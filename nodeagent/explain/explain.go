@@ -28,9 +28,9 @@ type Node struct {
 	// Addrs are the node's local addresses: where NodePorts answer when
 	// nodePortAddresses leaves a family to every local address.
 	Addrs []netip.Addr
-	// HairpinIPs is the node's hairpin set (HairpinSet); nil: judged from
+	// Hairpin is the node's hairpin set (HairpinSet); nil: judged from
 	// the explained port alone.
-	HairpinIPs map[netip.Addr]bool
+	Hairpin map[HairpinKey]bool
 }
 
 // Options are the route options the node's backend uses in family f (as
@@ -104,9 +104,13 @@ func Explain(sp *model.ServicePort, cands []model.Candidate, n *Node, q Query) E
 	e.Masquerade = r.Masquerade
 	e.Reasons = append(e.Reasons, masqueradeReason(r))
 	for _, ep := range e.Endpoints {
-		if ep.Hairpin {
+		switch {
+		case ep.Hairpin:
 			e.Reasons = append(e.Reasons, Reason{ReasonHairpin, "", fmt.Sprintf(
-				"a connection to %s, the sender itself, is always masqueraded (or the pod would answer itself directly)", ep.Address)})
+				"a connection to %s, the sender itself, is masqueraded (or the pod would answer itself directly)", ep.Address)})
+		case !e.Masquerade && q.Source.Kind == FromPod && netip.MustParseAddrPort(ep.Address).Addr() == q.Source.IP:
+			e.Reasons = append(e.Reasons, Reason{ReasonHairpin, "", fmt.Sprintf(
+				"a connection to %s, the sender itself, is not masqueraded: it is not in this node's hairpin set for this port (its EndpointSlice does not place it on this node), so the pod answers itself directly and drops the answer: it times out", ep.Address)})
 		}
 	}
 	if sp.AffinityTimeout > 0 {

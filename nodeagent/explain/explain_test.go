@@ -309,3 +309,33 @@ func TestNodeOwnTrafficFromItsPodGateway(t *testing.T) {
 		}
 	}
 }
+
+// TestHairpinSetIsPerPort: the pod 10.244.1.50 is local to "web" on 8080
+// and listed without a node by "other" on 9090. Reaching itself through
+// "other", nftables does not masquerade (its hairpin set is keyed by
+// address, protocol and port, and "other" does not place it here: random
+// seed 257); iptables does (KPO-HAIRPIN is by address, and an unplaced
+// endpoint is checked too).
+func TestHairpinSetIsPerPort(t *testing.T) {
+	other := service(func(s *corev1.Service) {
+		s.Name, s.Spec.ClusterIP, s.Spec.ClusterIPs = "other", "10.96.0.11", []string{"10.96.0.11"}
+		s.Spec.Ports[0].TargetPort = intstr.FromInt32(9090)
+	})
+	otherSlice := slice(ep{ip: "10.244.1.50", ready: true, serving: true})
+	otherSlice.Name, otherSlice.Labels[discoveryv1.LabelServiceName] = "other-1", "other"
+	otherSlice.Ports[0].Port = ptr.To[int32](9090)
+	objs := &Objects{Services: []*corev1.Service{service(), other},
+		Slices: []*discoveryv1.EndpointSlice{slice(ready("10.244.1.50", "node-1")), otherSlice}}
+	for mode, want := range map[kpov1.Mode]bool{kpov1.ModeNFTables: false, kpov1.ModeIPTables: true} {
+		m := BuildNode(objs, NodeFacts{Node: node1(), Config: config(mode, nil)})
+		q := Query{Target: ToClusterIP, Addr: netip.MustParseAddr("10.96.0.11"), Port: 80, Source: fromPod}
+		sp, err := m.Find("ns", "other", "http", ToClusterIP, q.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := m.Explain(sp, q)
+		if len(e.Endpoints) != 1 || e.Endpoints[0].Hairpin != want {
+			t.Errorf("%s: hairpin %v, want %v\n%s", mode, len(e.Endpoints) == 1 && e.Endpoints[0].Hairpin, want, Text(&e, false))
+		}
+	}
+}

@@ -87,7 +87,7 @@ func BuildNode(objs *Objects, f NodeFacts) *NodeModel {
 	node := Node{Name: n.Name, Zone: ctx.Zone, Info: snap.Node, Mode: mode, MasqueradeAll: f.Config.MasqueradeAll,
 		LocalhostNodePorts: f.Config.IPTables.LocalhostNodePorts == nil || *f.Config.IPTables.LocalhostNodePorts,
 		NodePortAddresses:  npa, Addrs: addrs}
-	node.HairpinIPs = HairpinSet(snap, &node)
+	node.Hairpin = HairpinSet(snap, &node)
 	return &NodeModel{Node: node, Snapshot: snap, Rejections: t.Rejections(), objs: objs, ctx: ctx}
 }
 

@@ -283,7 +283,10 @@ func (w *World) observationOf(e explain.Explanation, v where, handler *testnet.N
 		// towards the service range (random seeds 20, 46, 57, 77, 776).
 		hostUDP := p.Network == "udp" && epHome != nil && epName == epHome.Name && !masq &&
 			sourceTowards(epHome, e.Query.Source.IP) != ap.Addr()
-		if hostUDP || !masq && epHome != handler && v.home != handler {
+		// Not masqueraded, a pod reaching itself answers itself directly
+		// (never through the node's conntrack): it drops the answer.
+		self := v.kind == explain.FromPod && epName == v.name && !masq
+		if hostUDP || self || !masq && epHome != handler && v.home != handler {
 			// The reply goes straight back from the endpoint's node,
 			// around the node that translated the request.
 			partial = true
