@@ -179,12 +179,14 @@ func expect(outcome explain.Outcome, masquerade bool, endpoints, excluded []stri
 // writes its report on a change of state or with its heartbeat (5–5.5
 // minutes), and the model it programmed rides those writes: rather than
 // wait for a heartbeat, the test nudges the agents with a change of state
-// they report within a second: an EndpointSlice they reject (port 70000, of
-// no Service: it adds nothing to any node's model), created and deleted in
-// turn.
+// they report within a second: an EndpointSlice they reject (port 70000) of
+// the Service nudge (no selector, so no other slice), created and deleted in
+// turn. The rejected port adds nothing to any model: the model explained
+// and the one programmed hold the same nudge Service without endpoints.
 func waitExplained(t *testing.T, c *cluster.Cluster, pluginDir string, cases []explainCase) {
 	t.Helper()
 	ctx := context.Background()
+	createService(t, c, "nudge", "", func(*corev1.ServiceSpec) {})
 	var lastNudge time.Time
 	apiserver.Eventually(t, 2*settle, func() error {
 		var errs []error
@@ -231,7 +233,8 @@ func nudgeAgents(t *testing.T, c *cluster.Cluster) {
 		ObjectMeta:  metav1.ObjectMeta{Name: "nudge", Labels: map[string]string{discoveryv1.LabelServiceName: "nudge"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.250"}}},
-		Ports:       []discoveryv1.EndpointPort{{Port: ptr.To[int32](70000), Protocol: ptr.To(corev1.ProtocolTCP)}},
+		Ports: []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](70000),
+			Protocol: ptr.To(corev1.ProtocolTCP)}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -344,13 +347,17 @@ func runEchoPod(t *testing.T, c *cluster.Cluster, name, node, app string, ready 
 	return addr
 }
 
-// createService creates a Service of port 80 (TCP, to 8080) on the pods of app.
+// createService creates a Service of port http 80 (TCP, to 8080) on the pods
+// of app (no selector if app is "").
 func createService(t *testing.T, c *cluster.Cluster, name, app string, edit func(*corev1.ServiceSpec)) *corev1.Service {
 	t.Helper()
 	s := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": app}, Ports: []corev1.ServicePort{
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
 			{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}
+	if app != "" {
+		s.Spec.Selector = map[string]string{"app": app}
 	}
 	edit(&s.Spec)
 	s, err := c.Kube.CoreV1().Services(explainNS).Create(context.Background(), s, metav1.CreateOptions{})
