@@ -188,6 +188,8 @@ func waitExplained(t *testing.T, c *cluster.Cluster, pluginDir string, cases []e
 	ctx := context.Background()
 	createService(t, c, "nudge", "", func(*corev1.ServiceSpec) {})
 	var lastNudge time.Time
+	began, nudges := time.Now(), 0
+	defer func() { t.Logf("explained as expected, programmed, after %.1fs and %d nudges", time.Since(began).Seconds(), nudges) }()
 	apiserver.Eventually(t, 2*settle, func() error {
 		var errs []error
 		for _, ec := range cases {
@@ -210,7 +212,7 @@ func waitExplained(t *testing.T, c *cluster.Cluster, pluginDir string, cases []e
 			}
 		}
 		if len(errs) > 0 && time.Since(lastNudge) > 3*time.Second {
-			lastNudge = time.Now()
+			lastNudge, nudges = time.Now(), nudges+1
 			nudgeAgents(t, c)
 		}
 		return errors.Join(errs...)
