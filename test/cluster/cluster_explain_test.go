@@ -189,7 +189,9 @@ func waitExplained(t *testing.T, c *cluster.Cluster, pluginDir string, cases []e
 	createService(t, c, "nudge", "", func(*corev1.ServiceSpec) {})
 	var lastNudge time.Time
 	began, nudges := time.Now(), 0
-	defer func() { t.Logf("explained as expected, programmed, after %.1fs and %d nudges", time.Since(began).Seconds(), nudges) }()
+	defer func() {
+		t.Logf("explained as expected, programmed, after %.1fs and %d nudges", time.Since(began).Seconds(), nudges)
+	}()
 	apiserver.Eventually(t, 2*settle, func() error {
 		var errs []error
 		for _, ec := range cases {
