@@ -19,6 +19,7 @@ import (
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/hack/netns"
+	"kpo.dev/kpo/test/proxystats"
 	"kpo.dev/kpo/test/testnet"
 )
 
@@ -181,7 +182,7 @@ type proxy struct {
 	// that sync's duration.
 	synced func(logs string, services int) (time.Duration, bool)
 	// counts reads the number and total seconds of full and partial syncs.
-	counts func(m metrics) (full, partial, partialSum, fullSum float64)
+	counts func(m proxystats.Metrics) (full, partial, partialSum, fullSum float64)
 }
 
 // start builds a one-node test network with the backends, starts the proxy
@@ -199,7 +200,7 @@ func start(b *testing.B, impl, mode, minSync string, services int, capDur time.D
 	} else {
 		p = startKpo(b, node, mode, minSync)
 	}
-	b.Cleanup(func() { killTree(p.pid) })
+	b.Cleanup(func() { proxystats.KillTree(p.pid) })
 	// Cold sync, bounded by the cap so that a slow run is a figure, not a hang.
 	for {
 		if d, done := p.synced(p.logs(), services); done {
@@ -220,18 +221,18 @@ func measure(b *testing.B, l *testnet.Loader, impl, mode string, services, endpo
 	r := result{Impl: impl, Mode: mode, Services: services, Endpoints: endpoints, CapS: capDur.Seconds()}
 	node, client, p, elapsed, first, ok := start(b, impl, mode, minSyncPeriod, services, capDur)
 	r.ColdSyncS, r.FirstSyncS, r.Capped = elapsed.Seconds(), first.Seconds(), !ok
-	ps, err := readProc(p.pid)
+	ps, err := proxystats.ReadProc(p.pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.ColdCPUS, r.ColdChildCPUS, r.LoadAvg = ps.CPUSeconds, ps.ChildCPUSeconds, loadAverage()
+	r.ColdCPUS, r.ColdChildCPUS, r.LoadAvg = ps.CPUSeconds, ps.ChildCPUSeconds, proxystats.LoadAverage()
 	if r.Capped {
 		b.Logf("%s %s: no complete sync of %d services within %v", impl, mode, services, capDur)
 		r.RSSMiB, r.PeakRSSMiB = ps.RSSMiB, ps.PeakRSSMiB
 		return r
 	}
 	r.partial(b, l, node, p)
-	if ps, err = readProc(p.pid); err != nil {
+	if ps, err = proxystats.ReadProc(p.pid); err != nil {
 		b.Fatal(err)
 	}
 	r.RSSMiB, r.PeakRSSMiB = ps.RSSMiB, ps.PeakRSSMiB
@@ -290,12 +291,12 @@ func measureChurn(b *testing.B, l *testnet.Loader, impl, mode string, services i
 	if r := pr.dial(testnet.BenchServiceIP(0) + ":80"); r.err != nil || r.answer == "" {
 		b.Fatalf("%s: service 0 does not answer: %v", impl, r.err)
 	}
-	cpu0, err := readProc(p.pid)
+	cpu0, err := proxystats.ReadProc(p.pid)
 	if err != nil {
 		b.Fatal(err)
 	}
 	lat, notLive, actual := churn(b, l, pr, services, changes, rate)
-	cpu1, err := readProc(p.pid)
+	cpu1, err := proxystats.ReadProc(p.pid)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -310,7 +311,7 @@ func measureChurn(b *testing.B, l *testnet.Loader, impl, mode string, services i
 // proxy, not in a leftover of its cold start. It returns the sync counters.
 func waitQuiet(b *testing.B, ns *netns.NS, p *proxy, impl string) (full, part, partSum, fullSum float64) {
 	read := func() (float64, float64, float64, float64) {
-		m, err := scrape(ns, "127.0.0.1:10249")
+		m, err := proxystats.Scrape(ns, "127.0.0.1:10249")
 		if err != nil {
 			b.Fatalf("%s metrics: %v", impl, err)
 		}
@@ -333,14 +334,14 @@ func waitQuiet(b *testing.B, ns *netns.NS, p *proxy, impl string) (full, part, p
 func (r *result) partial(b *testing.B, l *testnet.Loader, node *testnet.Node, p *proxy) {
 	ns := node.NS
 	read := func() (full, part, partSum, fullSum float64) {
-		m, err := scrape(ns, "127.0.0.1:10249")
+		m, err := proxystats.Scrape(ns, "127.0.0.1:10249")
 		if err != nil {
 			b.Fatalf("%s metrics: %v", r.Impl, err)
 		}
 		return p.counts(m)
 	}
 	f0, p0, ps0, fs0 := waitQuiet(b, ns, p, r.Impl)
-	cpu0, err := readProc(p.pid)
+	cpu0, err := proxystats.ReadProc(p.pid)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -361,7 +362,7 @@ func (r *result) partial(b *testing.B, l *testnet.Loader, node *testnet.Node, p 
 			} else {
 				r.PartialType, r.PartialSyncS = "full", fs-fs0
 			}
-			cpu1, err := readProc(p.pid)
+			cpu1, err := proxystats.ReadProc(p.pid)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -436,11 +437,11 @@ logging:
 			d, _ := time.ParseDuration(m[1] + m[2])
 			return d, true
 		},
-		counts: func(m metrics) (float64, float64, float64, float64) {
-			return m.sum("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),
-				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"),
-				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum"),
-				m.sum("kubeproxy_sync_full_proxy_rules_duration_seconds_sum")
+		counts: func(m proxystats.Metrics) (float64, float64, float64, float64) {
+			return m.Sum("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),
+				m.Sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"),
+				m.Sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum"),
+				m.Sum("kubeproxy_sync_full_proxy_rules_duration_seconds_sum")
 		},
 	}
 }
@@ -477,12 +478,12 @@ func startKpo(b *testing.B, node *testnet.Node, mode, minSyncPeriod string) *pro
 			}
 			return 0, false
 		},
-		counts: func(m metrics) (float64, float64, float64, float64) {
+		counts: func(m proxystats.Metrics) (float64, float64, float64, float64) {
 			// kube-proxy's names (nodeagent/agent/metrics.go).
-			return m.sum("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),
-				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"),
-				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum"),
-				m.sum("kubeproxy_sync_full_proxy_rules_duration_seconds_sum")
+			return m.Sum("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),
+				m.Sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_count"),
+				m.Sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum"),
+				m.Sum("kubeproxy_sync_full_proxy_rules_duration_seconds_sum")
 		},
 	}
 }

@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"os"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -294,36 +291,4 @@ func churn(b testing.TB, l *testnet.Loader, p *prober, services, changes int, ra
 	actualRate = float64(changes) / time.Since(start).Seconds()
 	wg.Wait()
 	return lat, notLive, actualRate
-}
-
-// killTree stops pid, then kills it and every process below it: a proxy
-// killed in the middle of a sync leaves its iptables-restore or nft child
-// running, which would load the machine through the next runs.
-func killTree(pid int) {
-	_ = syscall.Kill(pid, syscall.SIGSTOP)
-	all := []int{pid}
-	children := map[int][]int{}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		c, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		if _, rest, ok := strings.Cut(string(stat), ") "); ok {
-			if f := strings.Fields(rest); len(f) > 1 {
-				ppid, _ := strconv.Atoi(f[1])
-				children[ppid] = append(children[ppid], c)
-			}
-		}
-	}
-	for i := 0; i < len(all); i++ {
-		all = append(all, children[all[i]]...)
-	}
-	for _, p := range all {
-		_ = syscall.Kill(p, syscall.SIGKILL)
-	}
 }

@@ -18,6 +18,7 @@ import (
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/hack/apiserver"
 	"kpo.dev/kpo/hack/netns"
+	"kpo.dev/kpo/test/proxystats"
 	"kpo.dev/kpo/test/testnet"
 	"kpo.dev/kpo/test/vm"
 )
@@ -73,7 +74,7 @@ type ipvsProxy struct {
 	// synced reports the first sync holding every Service and its duration.
 	synced func() (time.Duration, bool)
 	// syncs reads the count and seconds of all syncs, and of partial ones.
-	syncs func(m metrics) (count, sum, partialCount float64)
+	syncs func(m proxystats.Metrics) (count, sum, partialCount float64)
 }
 
 func measureIPVS(t *testing.T, api *apiserver.Env, loader *testnet.Loader, impl string, services, endpoints int,
@@ -89,7 +90,7 @@ func measureIPVS(t *testing.T, api *apiserver.Env, loader *testnet.Loader, impl 
 		p = startKpoIPVS(t, node, services)
 	}
 	t.Cleanup(func() {
-		killTree(p.pid)
+		proxystats.KillTree(p.pid)
 		if t.Failed() {
 			t.Logf("%s:\n%s", impl, testnet.Tail(p.logs(), 6000))
 		}
@@ -105,11 +106,11 @@ func measureIPVS(t *testing.T, api *apiserver.Env, loader *testnet.Loader, impl 
 		}
 		time.Sleep(100 * time.Millisecond) // polling the proxy, bounded by the cap
 	}
-	ps, err := readProc(p.pid)
+	ps, err := proxystats.ReadProc(p.pid)
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", impl, err, testnet.Tail(p.logs(), 4000))
 	}
-	f.ColdCPUS, f.ColdChildCPUS, f.GuestLoadAvg = ps.CPUSeconds, ps.ChildCPUSeconds, loadAverage()
+	f.ColdCPUS, f.ColdChildCPUS, f.GuestLoadAvg = ps.CPUSeconds, ps.ChildCPUSeconds, proxystats.LoadAverage()
 	f.RSSMiB, f.PeakRSSMiB = ps.RSSMiB, ps.PeakRSSMiB
 	if f.VirtualServers, err = virtualServers(node.NS); err != nil {
 		t.Fatal(err)
@@ -125,7 +126,7 @@ func measureIPVS(t *testing.T, api *apiserver.Env, loader *testnet.Loader, impl 
 		t.Fatalf("%s: %d virtual servers after its complete sync, want at least %d", impl, f.VirtualServers, services)
 	}
 	partialIPVS(t, &f, loader, node.NS, p, gen)
-	if ps, err = readProc(p.pid); err == nil {
+	if ps, err = proxystats.ReadProc(p.pid); err == nil {
 		f.RSSMiB, f.PeakRSSMiB = ps.RSSMiB, ps.PeakRSSMiB
 	}
 	return f
@@ -136,7 +137,7 @@ func measureIPVS(t *testing.T, api *apiserver.Env, loader *testnet.Loader, impl 
 // result.partial does.
 func partialIPVS(t *testing.T, f *vm.CompareFigures, loader *testnet.Loader, ns *netns.NS, p *ipvsProxy, gen int) {
 	read := func() (float64, float64, float64) {
-		m, err := scrape(ns, "127.0.0.1:10249")
+		m, err := proxystats.Scrape(ns, "127.0.0.1:10249")
 		if err != nil {
 			t.Fatalf("%s metrics: %v", f.Impl, err)
 		}
@@ -150,7 +151,7 @@ func partialIPVS(t *testing.T, f *vm.CompareFigures, loader *testnet.Loader, ns 
 			c0, s0, p0, quietSince = c, s, pa, time.Now()
 		}
 	}
-	cpu0, err := readProc(p.pid)
+	cpu0, err := proxystats.ReadProc(p.pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func partialIPVS(t *testing.T, f *vm.CompareFigures, loader *testnet.Loader, ns 
 			if pa > p0 {
 				f.PartialType = "partial"
 			}
-			cpu1, err := readProc(p.pid)
+			cpu1, err := proxystats.ReadProc(p.pid)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -233,10 +234,10 @@ logging:
 		t.Fatal(err)
 	}
 	go func() { _ = cmd.Wait() }()
-	syncs := func(m metrics) (float64, float64, float64) {
+	syncs := func(m proxystats.Metrics) (float64, float64, float64) {
 		// Every sync of kube-proxy's IPVS mode is full (no partial histograms).
-		return m.sum("kubeproxy_sync_proxy_rules_duration_seconds_count", kubeProxyIPv4),
-			m.sum("kubeproxy_sync_proxy_rules_duration_seconds_sum", kubeProxyIPv4), 0
+		return m.Sum("kubeproxy_sync_proxy_rules_duration_seconds_count", kubeProxyIPv4),
+			m.Sum("kubeproxy_sync_proxy_rules_duration_seconds_sum", kubeProxyIPv4), 0
 	}
 	return &ipvsProxy{pid: cmd.Process.Pid, logs: logs.String, syncs: syncs,
 		synced: func() (time.Duration, bool) {
@@ -245,7 +246,7 @@ logging:
 			// the timer otherwise), so its first IPv4 observation is the
 			// complete sync. Its "syncProxyRules complete" line is at -v=4,
 			// which also logs every service: the metric it is.
-			m, err := scrape(node.NS, "127.0.0.1:10249")
+			m, err := proxystats.Scrape(node.NS, "127.0.0.1:10249")
 			if err != nil {
 				return 0, false
 			}
@@ -277,10 +278,10 @@ func startKpoIPVS(t *testing.T, node *testnet.Node, services int) *ipvsProxy {
 			}
 			return 0, false
 		},
-		syncs: func(m metrics) (float64, float64, float64) {
+		syncs: func(m proxystats.Metrics) (float64, float64, float64) {
 			// kube-proxy's names (nodeagent/agent/metrics.go), no family label.
-			return m.sum("kubeproxy_sync_proxy_rules_duration_seconds_count"),
-				m.sum("kubeproxy_sync_proxy_rules_duration_seconds_sum"),
-				m.sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_count")
+			return m.Sum("kubeproxy_sync_proxy_rules_duration_seconds_count"),
+				m.Sum("kubeproxy_sync_proxy_rules_duration_seconds_sum"),
+				m.Sum("kubeproxy_sync_partial_proxy_rules_duration_seconds_count")
 		}}
 }

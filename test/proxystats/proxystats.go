@@ -1,6 +1,9 @@
-//go:build vmtest
-
-package inside
+// Package proxystats reads what the benchmarks compare between kube-proxy and
+// kpo: a proxy's Prometheus metrics (scraped from inside its namespace), its
+// CPU time and memory from /proc, and the machine's load; and stops a proxy
+// with its children. test/bench and the IPVS comparison in the VM
+// (test/vm/inside) share it.
+package proxystats
 
 import (
 	"bufio"
@@ -18,16 +21,14 @@ import (
 	"kpo.dev/kpo/test/testnet"
 )
 
-// The comparison's probes, as test/bench's (probe_test.go there): a metrics
-// scrape from inside a namespace, a process's CPU time and memory from /proc,
-// and killing a proxy with its children.
+// Metrics is one Prometheus text scrape: series (name plus labels, as
+// exposed) to value.
+type Metrics map[string]float64
 
-// metrics is one Prometheus text scrape: series (name plus labels) to value.
-type metrics map[string]float64
-
-// scrape fetches http://addr/metrics from inside ns, dialing on the
-// namespace's thread.
-func scrape(ns *netns.NS, addr string) (metrics, error) {
+// Scrape fetches http://addr/metrics from inside ns. The socket is opened and
+// read on the namespace's thread (ns.Do): http.Client would dial from another
+// goroutine, i.e. from the root namespace, where nothing listens.
+func Scrape(ns *netns.NS, addr string) (Metrics, error) {
 	var body []byte
 	err := ns.Do(func() error {
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -53,7 +54,7 @@ func scrape(ns *netns.NS, addr string) (metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := metrics{}
+	m := Metrics{}
 	for _, line := range strings.Split(string(body), "\n") {
 		if line == "" || line[0] == '#' {
 			continue
@@ -67,8 +68,10 @@ func scrape(ns *netns.NS, addr string) (metrics, error) {
 	return m, nil
 }
 
-// sum adds up every series of name whose labels contain all of labels.
-func (m metrics) sum(name string, labels ...string) float64 {
+// Sum adds up every series of name whose labels contain all of labels (e.g.
+// `type="full"`). kube-proxy runs one proxier per IP family and both observe
+// into the same histograms, so a metric is the sum over its series.
+func (m Metrics) Sum(name string, labels ...string) float64 {
 	var total float64
 	for k, v := range m {
 		base, rest, _ := strings.Cut(k, "{")
@@ -86,20 +89,23 @@ func (m metrics) sum(name string, labels ...string) float64 {
 	return total
 }
 
-// procStats is what /proc says about one process.
-type procStats struct {
+// ProcStats is what /proc says about one process.
+type ProcStats struct {
 	RSSMiB, PeakRSSMiB float64
-	// CPUSeconds is user+system time of the process and its waited-for
-	// children (kube-proxy's ipset and iptables-restore, kpo's iptables and
-	// ipset); ChildCPUSeconds the children's share.
-	CPUSeconds, ChildCPUSeconds float64
+	// CPUSeconds is user+system time of the process and of its waited-for
+	// children: kube-proxy does its kernel work in iptables-restore, nft and
+	// ipset child processes, which a process-only figure would leave out.
+	CPUSeconds float64
+	// ChildCPUSeconds is the children's share of CPUSeconds.
+	ChildCPUSeconds float64
 }
 
-// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+// clockTicks is USER_HZ, which is 100 on every Linux architecture Go supports.
 const clockTicks = 100
 
-func readProc(pid int) (procStats, error) {
-	var s procStats
+// ReadProc reads pid's memory and CPU time.
+func ReadProc(pid int) (ProcStats, error) {
+	var s ProcStats
 	var err error
 	if s.RSSMiB, s.PeakRSSMiB, err = testnet.Memory(pid); err != nil {
 		return s, err
@@ -108,6 +114,7 @@ func readProc(pid int) (procStats, error) {
 	if err != nil {
 		return s, err
 	}
+	// The command name (field 2) may hold spaces; fields are counted after it.
 	_, rest, ok := strings.Cut(string(stat), ") ")
 	f := strings.Fields(rest)
 	// rest starts at field 3 (state): utime..cstime are fields 14..17.
@@ -123,8 +130,9 @@ func readProc(pid int) (procStats, error) {
 	return s, nil
 }
 
-// loadAverage is the VM's 1-minute load average.
-func loadAverage() float64 {
+// LoadAverage is the 1-minute load average: machines are shared, and a busy
+// neighbour shows in every figure.
+func LoadAverage() float64 {
 	data, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return 0
@@ -137,10 +145,10 @@ func loadAverage() float64 {
 	return v
 }
 
-// killTree stops pid, then kills it and every process below it: a proxy
+// KillTree stops pid, then kills it and every process below it: a proxy
 // killed in the middle of a sync leaves its ipset or iptables-restore child
-// running, which would load the VM through the next proxy's run.
-func killTree(pid int) {
+// running, which would load the machine through the next proxy's run.
+func KillTree(pid int) {
 	_ = syscall.Kill(pid, syscall.SIGSTOP)
 	children := map[int][]int{}
 	entries, _ := os.ReadDir("/proc")
