@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/test/proxystats"
 	"kpo.dev/kpo/test/testnet"
 )
 
@@ -220,7 +221,7 @@ func runCompare(b *testing.B, root, overlay string, forwards []string, sz [2]int
 			case err != nil:
 				parseErr = err
 			case ok:
-				f.HostLoadAvg = hostLoad()
+				f.HostLoadAvg = proxystats.LoadAverage()
 				figs = append(figs, f)
 				b.Logf("%s %dx%d: cold sync %.2f s (CPU %.2f s), sync after one endpoint change %.1f ms (%s), change → synced %.0f ms; host load %.1f",
 					f.Impl, f.Services, f.Endpoints, f.ColdSyncS, f.ColdCPUS, f.PartialSyncS*1000, f.PartialType,
@@ -249,20 +250,6 @@ func runCompare(b *testing.B, root, overlay string, forwards []string, sz [2]int
 		b.Errorf("%d proxies reported, want 2", len(figs))
 	}
 	return figs
-}
-
-// hostLoad is this machine's 1-minute load average.
-func hostLoad() float64 {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(data))
-	if len(f) == 0 {
-		return 0
-	}
-	v, _ := strconv.ParseFloat(f[0], 64)
-	return v
 }
 
 // compareCommand is this run's command line, for the report.
