@@ -7,12 +7,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"kpo.dev/kpo/hack/apiserver"
+	"kpo.dev/kpo/test/proxystats"
 )
 
 // machine is what the figures depend on besides the code.
@@ -54,42 +54,9 @@ func describeMachine() machine {
 
 // command is the exact command line of this run, for the report.
 func command() string {
-	var env []string
-	for _, k := range []string{"KPO_BENCH_SIZES", "KPO_BENCH_LARGE", "KPO_BENCH_MODES", "KPO_BENCH_CAP",
+	return proxystats.Command("./test/bench/", "KPO_BENCH_SIZES", "KPO_BENCH_LARGE", "KPO_BENCH_MODES", "KPO_BENCH_CAP",
 		"KPO_BENCH_LATENCY_SIZES", "KPO_BENCH_CHURN_MIN_SYNC", "KPO_BENCH_CHURN_RATE", "KPO_BENCH_CHURN_SECONDS",
-		"KPO_BENCH_IPVS_VM", "KPO_BENCH_IPVS_VM_SIZES", "KPO_BENCH_IPVS_VM_TIMEOUT"} {
-		if v := os.Getenv(k); v != "" {
-			env = append(env, k+"="+v)
-		}
-	}
-	env = append(env, "KPO_BENCH_WRITE=1")
-	args := []string{"go", "test", "./test/bench/"}
-	if n := niceness(); n > 0 {
-		args = append([]string{"nice", "-n", strconv.Itoa(n)}, args...)
-	}
-	for _, a := range os.Args[1:] {
-		if strings.HasPrefix(a, "-test.") && !strings.HasPrefix(a, "-test.paniconexit0") && !strings.HasPrefix(a, "-test.testlogfile") &&
-			!strings.HasPrefix(a, "-test.gocoverdir") {
-			args = append(args, "-"+strings.TrimPrefix(a, "-test."))
-		}
-	}
-	return strings.Join(env, " ") + " " + strings.Join(args, " ")
-}
-
-// niceness is this process's nice value (field 19 of /proc/self/stat), so
-// that the command shows a `nice -n 5` it ran under.
-func niceness() int {
-	stat, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	_, rest, _ := strings.Cut(string(stat), ") ")
-	f := strings.Fields(rest)
-	if len(f) < 17 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[16])
-	return n
+		"KPO_BENCH_IPVS_VM", "KPO_BENCH_IPVS_VM_SIZES", "KPO_BENCH_IPVS_VM_TIMEOUT")
 }
 
 // report is the JSON document: everything the markdown is made from.

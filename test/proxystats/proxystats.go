@@ -176,3 +176,42 @@ func KillTree(pid int) {
 		_ = syscall.Kill(p, syscall.SIGKILL)
 	}
 }
+
+// Command is this benchmark run's command line, for the report a benchmark
+// writes: the environment variables of envKeys that are set, KPO_BENCH_WRITE,
+// the `nice` it runs under, `go test pkg` and the test flags it was given.
+func Command(pkg string, envKeys ...string) string {
+	var env []string
+	for _, k := range envKeys {
+		if v := os.Getenv(k); v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	env = append(env, "KPO_BENCH_WRITE=1")
+	args := []string{"go", "test", pkg}
+	if n := niceness(); n > 0 {
+		args = append([]string{"nice", "-n", strconv.Itoa(n)}, args...)
+	}
+	for _, a := range os.Args[1:] {
+		if name, ok := strings.CutPrefix(a, "-test."); ok && !strings.HasPrefix(name, "paniconexit0") &&
+			!strings.HasPrefix(name, "testlogfile") && !strings.HasPrefix(name, "gocoverdir") {
+			args = append(args, "-"+name)
+		}
+	}
+	return strings.Join(env, " ") + " " + strings.Join(args, " ")
+}
+
+// niceness is this process's nice value (field 19 of /proc/self/stat), so
+// that the command shows the `nice -n 5` of make bench.
+func niceness() int {
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	_, rest, _ := strings.Cut(string(stat), ") ")
+	if f := strings.Fields(rest); len(f) >= 17 {
+		n, _ := strconv.Atoi(f[16])
+		return n
+	}
+	return 0
+}

@@ -254,37 +254,5 @@ func runCompare(b *testing.B, root, overlay string, forwards []string, sz [2]int
 
 // compareCommand is this run's command line, for the report.
 func compareCommand() string {
-	var env []string
-	for _, k := range []string{"KPO_VM_COMPARE_SIZES", "KPO_BENCH_CAP"} {
-		if v := os.Getenv(k); v != "" {
-			env = append(env, k+"="+v)
-		}
-	}
-	env = append(env, "KPO_BENCH_WRITE=1")
-	args := []string{"go", "test", "./test/vm/"}
-	if n := niceness(); n > 0 {
-		args = append([]string{"nice", "-n", strconv.Itoa(n)}, args...)
-	}
-	for _, a := range os.Args[1:] {
-		if name, ok := strings.CutPrefix(a, "-test."); ok && !strings.HasPrefix(name, "paniconexit0") &&
-			!strings.HasPrefix(name, "testlogfile") && !strings.HasPrefix(name, "gocoverdir") {
-			args = append(args, "-"+name)
-		}
-	}
-	return strings.Join(env, " ") + " " + strings.Join(args, " ")
-}
-
-// niceness is this process's nice value (field 19 of /proc/self/stat), so
-// that the command shows the `nice -n 5` of make bench-ipvs.
-func niceness() int {
-	stat, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	_, rest, _ := strings.Cut(string(stat), ") ")
-	if f := strings.Fields(rest); len(f) >= 17 {
-		n, _ := strconv.Atoi(f[16])
-		return n
-	}
-	return 0
+	return proxystats.Command("./test/vm/", "KPO_VM_COMPARE_SIZES", "KPO_BENCH_CAP")
 }
