@@ -29,7 +29,10 @@ const loadInterval = 20 * time.Millisecond
 // loads starts the steady load of the mode-switch and restart tests, on two
 // Services: new TCP connections and UDP requests from a pod to the first's
 // ClusterIP and to the second's, and from the external client to the first's
-// NodePort.
+// NodePort. Each load starts once its target has answered: a Service's
+// EndpointSlices being ready in the API does not mean the client's node has
+// programmed it yet, and a request sent before that is lost to the set-up,
+// not to what the test exercises.
 func loads(t *testing.T, c *cluster.Cluster) []*testnet.Load {
 	t.Helper()
 	pod := clientPod(t, c)
@@ -40,14 +43,20 @@ func loads(t *testing.T, c *cluster.Cluster) []*testnet.Load {
 	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	vip2 := net.JoinHostPort(second.Spec.ClusterIP, "81")
 	nodePort := net.JoinHostPort(netns.NodeAddr4(1), "30080")
-	return []*testnet.Load{
-		testnet.StartLoad(pod, "tcp", vip, loadInterval),
-		testnet.StartLoad(pod, "udp", vip, loadInterval),
-		testnet.StartLoad(pod, "tcp", vip2, loadInterval),
-		testnet.StartLoad(pod, "udp", vip2, loadInterval),
-		testnet.StartLoad(c.External, "tcp", nodePort, loadInterval),
-		testnet.StartLoad(c.External, "udp", nodePort, loadInterval),
+	var ls []*testnet.Load
+	for _, l := range []struct {
+		from *netns.NS
+		addr string
+	}{{pod, vip}, {pod, vip2}, {c.External, nodePort}} {
+		for _, network := range []string{"tcp", "udp"} {
+			apiserver.Eventually(t, settle, func() error {
+				_, err := l.from.Dial(network, l.addr, 2*time.Second)
+				return err
+			})
+			ls = append(ls, testnet.StartLoad(l.from, network, l.addr, loadInterval))
+		}
 	}
+	return ls
 }
 
 func stopLoads(t *testing.T, what string, ls []*testnet.Load) {
