@@ -136,6 +136,7 @@ func writeSummary(rep report) error {
 	if len(rep.Churn) > 0 {
 		summaryChurn(w, rep.Churn)
 	}
+	goalsTable(w, rep.Results)
 	w("%s", summaryEnd)
 	return os.WriteFile(path, []byte(before+sb.String()+after), 0o644)
 }
