@@ -73,6 +73,10 @@ type Options struct {
 	// Leftovers lists kpo's objects in the kernel, to name what a failed
 	// cleanup left; nil names nothing.
 	Leftovers func(context.Context) ([]string, error)
+	// NothingToRemove says, cheaply, that the kernel holds nothing of a
+	// mode, whose cleanup after the first sync is then skipped
+	// (NothingToRemove, othermodes.go); nil: every other mode's cleanup runs.
+	NothingToRemove func(kpov1.Mode) bool
 }
 
 // ConntrackCleaner reconciles the UDP conntrack entries with the services
@@ -437,6 +441,10 @@ func (a *Agent) removeOtherModes(ctx context.Context) bool {
 	done := true
 	for mode, mk := range a.opts.Backends {
 		if mode == a.backend.Mode() {
+			continue
+		}
+		if a.opts.NothingToRemove != nil && a.opts.NothingToRemove(mode) {
+			logger.V(2).Info("nothing of another mode to remove", "mode", mode)
 			continue
 		}
 		b, err := mk()
