@@ -122,7 +122,7 @@ func run(ctx context.Context, f flags) error {
 		ConntrackCleaner:   conntrack.Cleaner{},
 		ConntrackSysctls:   &conntrackSysctls,
 		HealthzBindAddress: f.healthzAddr, MetricsBindAddress: f.metricsAddr,
-		HostLock: lock, Leftovers: agent.KernelLeftovers,
+		HostLock: lock, Leftovers: agent.KernelLeftovers, NothingToRemove: agent.NothingToRemove,
 	})
 	if err != nil {
 		return err

@@ -73,6 +73,10 @@ type Options struct {
 	// Leftovers lists kpo's objects in the kernel, to name what a failed
 	// cleanup left; nil names nothing.
 	Leftovers func(context.Context) ([]string, error)
+	// NothingToRemove says, cheaply, that the kernel holds nothing of a
+	// mode, whose cleanup after the first sync is then skipped
+	// (NothingToRemove, othermodes.go); nil: every other mode's cleanup runs.
+	NothingToRemove func(kpov1.Mode) bool
 }
 
 // ConntrackCleaner reconciles the UDP conntrack entries with the services
@@ -174,12 +178,54 @@ func New(opts Options) (*Agent, error) {
 // a restarting agent must not interrupt traffic.
 func (a *Agent) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	a.stopServing = stopServing
+	if err := a.serve(serveCtx); err != nil {
+		return err
+	}
+	// The informers list first: everything else before the first sync (the
+	// kernel check, the configuration's deletion) runs while the API server
+	// serves the lists, instead of before them (docs/nftables-backend.md,
+	// "The cold path").
+	synced, err := a.startInformers(ctx)
+	if err != nil {
+		return err
+	}
 	if err := a.backend.Check(ctx); err != nil {
 		a.status.SetUnavailable(err)
 		logger.Error(err, "the kernel cannot run the configured mode", "mode", a.backend.Mode())
 		a.fallBack(ctx, err)
 	}
+	a.checkDeletion(ctx)
+	// The first sync waits until our handlers have seen the initial lists: a sync
+	// from a partial view would delete the rules of every Service not seen yet,
+	// and a restarting agent would cut traffic. (The informers' own HasSynced is
+	// not enough: it says the store is filled, while the handlers may still be
+	// receiving the initial events.) WaitFor is woken by the registrations
+	// themselves; cache.WaitForCacheSync polls every 100 ms, which added up
+	// to that much to every cold start.
+	if !cache.WaitFor(ctx, "", synced...) {
+		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+	}
+	logger.Info("caches synced; syncing rules", "mode", a.backend.Mode(), "minSyncPeriod", a.minSync, "syncPeriod", a.syncPeriod)
 
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.status.Run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.watchConfiguration(ctx) }()
+	a.runner.Loop(ctx)
+	a.hc.CloseAll()
+	wg.Wait()
+	return nil
+}
+
+// startInformers starts the informers of Services, EndpointSlices, this
+// node and (where the API server serves them) ServiceCIDRs, with the
+// tracker's handlers; the checkers are done once each handler has seen its
+// initial list.
+func (a *Agent) startInformers(ctx context.Context) ([]cache.DoneChecker, error) {
 	noProxyName, _ := labels.NewRequirement(model.LabelServiceProxyName, selection.DoesNotExist, nil)
 	noHeadless, _ := labels.NewRequirement(model.LabelHeadless, selection.DoesNotExist, nil)
 	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
@@ -193,10 +239,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}),
 		informers.WithTransform(dropManagedFields))
 
-	svcInformer := svcFactory.Core().V1().Services().Informer()
-	sliceInformer := svcFactory.Discovery().V1().EndpointSlices().Informer()
-	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
-	svcReg, err := svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	svcReg, err := svcFactory.Core().V1().Services().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { a.tracker.SetService(o.(*corev1.Service)) },
 		UpdateFunc: func(_, o any) { a.tracker.SetService(o.(*corev1.Service)) },
 		DeleteFunc: func(o any) {
@@ -206,9 +249,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	sliceReg, err := sliceInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	sliceReg, err := svcFactory.Discovery().V1().EndpointSlices().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { a.tracker.SetEndpointSlice(o.(*discoveryv1.EndpointSlice)) },
 		UpdateFunc: func(_, o any) { a.tracker.SetEndpointSlice(o.(*discoveryv1.EndpointSlice)) },
 		DeleteFunc: func(o any) {
@@ -218,52 +261,29 @@ func (a *Agent) Run(ctx context.Context) error {
 		},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	nodeReg, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nodeReg, err := nodeFactory.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { a.setNode(o.(*corev1.Node)) },
 		UpdateFunc: func(_, o any) { a.setNode(o.(*corev1.Node)) },
 	})
 	if err != nil {
-		return err
-	}
-	synced := []cache.InformerSynced{svcReg.HasSynced, sliceReg.HasSynced, nodeReg.HasSynced}
-	if servesServiceCIDRs(a.opts.Kube.Discovery()) {
-		reg, err := svcFactory.Networking().V1().ServiceCIDRs().Informer().AddEventHandler(a.serviceCIDRs.handler(a.runner.Trigger))
-		if err != nil {
-			return err
-		}
-		synced = append(synced, reg.HasSynced)
-	}
-
-	serveCtx, stopServing := context.WithCancel(ctx)
-	defer stopServing()
-	a.stopServing = stopServing
-	if err := a.serve(serveCtx); err != nil {
-		return err
+		return nil, err
 	}
 	svcFactory.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
-	// The first sync waits until our handlers have seen the initial lists: a sync
-	// from a partial view would delete the rules of every Service not seen yet,
-	// and a restarting agent would cut traffic. (The informers' own HasSynced is
-	// not enough: it says the store is filled, while the handlers may still be
-	// receiving the initial events.)
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+	synced := []cache.DoneChecker{svcReg.HasSyncedChecker(), sliceReg.HasSyncedChecker(), nodeReg.HasSyncedChecker()}
+	// Asked while the lists above are served; Start again starts only the
+	// informer added since.
+	if servesServiceCIDRs(a.opts.Kube.Discovery()) {
+		reg, err := svcFactory.Networking().V1().ServiceCIDRs().Informer().AddEventHandler(a.serviceCIDRs.handler(a.runner.Trigger))
+		if err != nil {
+			return nil, err
+		}
+		svcFactory.Start(ctx.Done())
+		synced = append(synced, reg.HasSyncedChecker())
 	}
-	a.checkDeletion(ctx)
-	logger.Info("caches synced; syncing rules", "mode", a.backend.Mode(), "minSyncPeriod", a.minSync, "syncPeriod", a.syncPeriod)
-
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); a.status.Run(ctx) }()
-	wg.Add(1)
-	go func() { defer wg.Done(); a.watchConfiguration(ctx) }()
-	a.runner.Loop(ctx)
-	a.hc.CloseAll()
-	wg.Wait()
-	return nil
+	return synced, nil
 }
 
 func (a *Agent) setNode(n *corev1.Node) {
@@ -421,6 +441,10 @@ func (a *Agent) removeOtherModes(ctx context.Context) bool {
 	done := true
 	for mode, mk := range a.opts.Backends {
 		if mode == a.backend.Mode() {
+			continue
+		}
+		if a.opts.NothingToRemove != nil && a.opts.NothingToRemove(mode) {
+			logger.V(2).Info("nothing of another mode to remove", "mode", mode)
 			continue
 		}
 		b, err := mk()

@@ -57,19 +57,20 @@ func BenchmarkSnapshotPartial10k(b *testing.B) {
 }
 
 // BenchmarkSnapshotCold is the tracker's share of an agent's cold start:
-// n Services of 50 endpoints each (one port, one EndpointSlice, no external
+// n Services of m endpoints each (one port, one EndpointSlice, no external
 // addresses, as the side-by-side benchmark's) recorded and snapshotted once.
 func BenchmarkSnapshotCold(b *testing.B) {
-	for _, n := range []int{1000, 5000} {
-		b.Run(fmt.Sprintf("%dx50", n), func(b *testing.B) {
+	for _, size := range [][2]int{{1000, 50}, {5000, 50}, {10000, 2}} {
+		n, m := size[0], size[1]
+		b.Run(fmt.Sprintf("%dx%d", n, m), func(b *testing.B) {
 			svcs := make([]*corev1.Service, n)
 			ess := make([]*discoveryv1.EndpointSlice, n)
 			for i := range n {
 				name := fmt.Sprintf("s%d", i)
 				svcs[i] = svc(name, fmt.Sprintf("10.96.%d.%d", i/250, 1+i%250))
-				ips := make([]string, 50)
+				ips := make([]string, m)
 				for k := range ips {
-					ips[k] = fmt.Sprintf("10.244.%d.%d", 2+(i*50+k)/250%250, 1+(i*50+k)%250)
+					ips[k] = fmt.Sprintf("10.244.%d.%d", 2+(i*m+k)/250%250, 1+(i*m+k)%250)
 				}
 				ess[i] = eps(name, time.Now(), ips...)
 			}

@@ -138,6 +138,7 @@ func BenchmarkKubeProxyComparison(b *testing.B) {
 						b.ReportMetric(r.PartialSyncS*1000, "partial-ms")
 						b.ReportMetric(r.PartialLatencyS*1000, "change-to-synced-ms")
 						b.ReportMetric(r.ColdCPUS, "cold-cpu-s")
+						b.ReportMetric(r.ColdChildCPUS, "cold-child-cpu-s")
 						b.ReportMetric(r.RSSMiB, "rss-MiB")
 						b.ReportMetric(r.PeakRSSMiB, "peak-rss-MiB")
 						b.ReportMetric(float64(r.Rules), "rules")
@@ -221,6 +222,7 @@ func measure(b *testing.B, l *testnet.Loader, impl, mode string, services, endpo
 	r := result{Impl: impl, Mode: mode, Services: services, Endpoints: endpoints, CapS: capDur.Seconds()}
 	node, client, p, elapsed, first, ok := start(b, impl, mode, minSyncPeriod, services, capDur)
 	r.ColdSyncS, r.FirstSyncS, r.Capped = elapsed.Seconds(), first.Seconds(), !ok
+	defer saveLogs(b, p, impl, mode, services, endpoints)
 	ps, err := proxystats.ReadProc(p.pid)
 	if err != nil {
 		b.Fatal(err)
@@ -243,6 +245,19 @@ func measure(b *testing.B, l *testnet.Loader, impl, mode string, services, endpo
 		r.connect(b, node.NS, newProber(b, client, 1))
 	}
 	return r
+}
+
+// saveLogs writes the proxy's logs into $KPO_BENCH_LOG_DIR, if set: where
+// a cold start's time goes (klog's timestamps), without a failing run.
+func saveLogs(b *testing.B, p *proxy, impl, mode string, services, endpoints int) {
+	dir := os.Getenv("KPO_BENCH_LOG_DIR")
+	if dir == "" {
+		return
+	}
+	name := fmt.Sprintf("%s-%s-%dx%d-%d.log", impl, mode, services, endpoints, time.Now().UnixNano())
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(p.logs()), 0o644); err != nil {
+		b.Logf("saving the logs: %v", err)
+	}
 }
 
 // connect measures the first-packet connect latency to the first and the last

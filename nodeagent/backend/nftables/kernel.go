@@ -64,32 +64,33 @@ func (t *knftTx) FixedApart() bool                 { return false }
 func (t *knftTx) Commit(ctx context.Context) error { return t.commit(ctx, t.tx, t.bulk) }
 func (t *knftTx) Check(ctx context.Context) error  { return t.check(ctx, t.tx) }
 
-// nftKernel execs nft. One familyless knftables.Interface carries the
-// transactions (so that a dual-stack sync is one `nft -f`); per-family ones
-// are only for listing.
+// nftKernel execs nft. Transactions are built on a familyless knftables
+// Fake (so that a dual-stack sync is one `nft -f`), used for its text only:
+// kpo runs nft itself (run, check). knftables.New would do the same but
+// first exec `nft --version` and `nft --check` at every New, two processes
+// on the path of every cold start (docs/nftables-backend.md, "The cold
+// path"); Check asks the version instead (checkVersion), once. Per-family
+// knftables interfaces are only for listing.
 type nftKernel struct {
 	tx   knftables.Interface
 	list map[knftables.Family]knftables.Interface
+	// versionOK is set once nft's version passed checkVersion.
+	versionOK bool
 }
 
-// newNFTKernel fails when nft is missing or cannot talk to the kernel.
+// newNFTKernel fails when nft is missing; whether it can talk to the kernel
+// is Backend.Check's question.
 func newNFTKernel() (*nftKernel, error) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		return nil, err
 	}
-	// NoObjectCommentEmulation: nft 1.0.6 with a 6.x kernel supports object
-	// comments; skip the probe knftables would run at every New.
-	nft, err := knftables.New("", "", knftables.NoObjectCommentEmulation)
-	if err != nil {
-		return nil, err
-	}
-	return &nftKernel{tx: nft, list: map[knftables.Family]knftables.Interface{}}, nil
+	return &nftKernel{tx: knftables.NewFake("", ""), list: map[knftables.Family]knftables.Interface{}}, nil
 }
 
 // Begin starts a transaction for one `nft -f`; a full one collects its
 // element additions in bulk (see run).
 func (k *nftKernel) Begin(full bool) Tx {
-	t := &knftTx{knftWriter: knftWriter{tx: k.tx.NewTransaction()}, commit: k.run, check: k.tx.Check}
+	t := &knftTx{knftWriter: knftWriter{tx: k.tx.NewTransaction()}, commit: k.run, check: k.check}
 	if full {
 		t.bulk = &bulkElems{}
 	}
@@ -103,6 +104,36 @@ func (k *nftKernel) Begin(full bool) Tx {
 // halves nft's time (10k services: 0.67 s → 0.36 s, TestExperimentValidate);
 // knftables' per-element validation and formatting were half of the Go side.
 func (k *nftKernel) run(ctx context.Context, tx *knftables.Transaction, bulk *bulkElems) error {
+	return runNFT(ctx, tx, bulk, "-f", "-")
+}
+
+// check asks nft whether the kernel would take tx (nft --check), after
+// nft's version (once).
+func (k *nftKernel) check(ctx context.Context, tx *knftables.Transaction) error {
+	if !k.versionOK {
+		if err := checkVersion(ctx); err != nil {
+			return err
+		}
+		k.versionOK = true
+	}
+	return runNFT(ctx, tx, nil, "--check", "-f", "-")
+}
+
+// checkVersion refuses nft before 1.0.1, as knftables.New does (older
+// versions mis-handle parts of the syntax knftables writes).
+func checkVersion(ctx context.Context) error {
+	out, err := exec.CommandContext(ctx, "nft", "--version").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("could not run nftables command: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	if v := string(out); strings.HasPrefix(v, "nftables v0.") || strings.HasPrefix(v, "nftables v1.0.0 ") {
+		return fmt.Errorf("nft version must be v1.0.1 or later (got %s)", strings.TrimSpace(v))
+	}
+	return nil
+}
+
+// runNFT runs nft with args on tx's text followed by the bulk additions.
+func runNFT(ctx context.Context, tx *knftables.Transaction, bulk *bulkElems, args ...string) error {
 	text := tx.String()
 	if i := strings.Index(text, "# ERROR: "); i >= 0 {
 		return errors.New(strings.TrimSpace(text[i+len("# ERROR: "):]))
@@ -111,7 +142,7 @@ func (k *nftKernel) run(ctx context.Context, tx *knftables.Transaction, bulk *bu
 	if bulk != nil {
 		in = io.MultiReader(in, bulk.reader())
 	}
-	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
+	cmd := exec.CommandContext(ctx, "nft", args...)
 	cmd.Stdin = in
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
