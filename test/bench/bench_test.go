@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	kpov1 "kpo.dev/kpo/api/v1alpha1"
 	"kpo.dev/kpo/hack/netns"
@@ -115,11 +114,7 @@ func BenchmarkKubeProxyComparison(b *testing.B) {
 	if api == nil {
 		b.Skip("no API server: TestMain starts one only when run with -bench")
 	}
-	cfg := rest.CopyConfig(api.Config)
-	// The loader is 16 workers; client-go's default 5 QPS would make 10k
-	// Services take over an hour.
-	cfg.QPS, cfg.Burst = 1000, 2000
-	l := testnet.NewLoader(kubernetes.NewForConfigOrDie(cfg))
+	l := testnet.NewLoader(kubernetes.NewForConfigOrDie(testnet.LoaderConfig(api.Config)))
 	capDur := envDuration(b, "KPO_BENCH_CAP", 5*time.Minute)
 	latencyAt := map[string]bool{}
 	for _, s := range envList("KPO_BENCH_LATENCY_SIZES", defaultLatencySizes) {

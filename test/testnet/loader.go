@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 )
 
@@ -28,9 +32,21 @@ type Loader struct {
 	endpoints map[int]int
 }
 
-// NewLoader returns a loader writing through kube (give it a high QPS: the
-// loader runs 16 workers).
+// NewLoader returns a loader writing through kube (make it from
+// LoaderConfig: the loader runs 16 workers).
 func NewLoader(kube kubernetes.Interface) *Loader { return &Loader{kube: kube} }
+
+// LoaderConfig is cfg as the loader wants it: no client-side rate limit that
+// matters (client-go's default 5 QPS would make 10k Services take over an
+// hour) and protobuf, which costs the API server less than JSON to decode and
+// encode; the objects stored are the same.
+func LoaderConfig(cfg *rest.Config) *rest.Config {
+	cfg = rest.CopyConfig(cfg)
+	cfg.QPS, cfg.Burst = 1000, 2000
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	return cfg
+}
 
 // BenchNamespace holds the loader's Services.
 const BenchNamespace = "bench"
@@ -58,26 +74,6 @@ func (l *Loader) Ensure(b testing.TB, services, endpoints int) {
 			have, services, have)
 	}
 	start := time.Now()
-	work := make(chan int)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				if err := l.one(ctx, i, endpoints); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	n := 0
 	l.mu.Lock()
 	var todo []int
 	for i := range services {
@@ -86,23 +82,61 @@ func (l *Loader) Ensure(b testing.TB, services, endpoints int) {
 		}
 	}
 	l.mu.Unlock()
-	for _, i := range todo {
-		work <- i
-		n++
-	}
-	close(work)
-	wg.Wait()
-	if firstErr != nil {
-		b.Fatal(firstErr)
+	if err := l.run(ctx, todo, endpoints, b.Logf); err != nil {
+		b.Fatal(err)
 	}
 	l.mu.Lock()
 	for i := range services {
 		l.endpoints[i] = endpoints
 	}
 	l.mu.Unlock()
-	if n > 0 {
+	if len(todo) > 0 {
 		b.Logf("loaded %d services × %d endpoints in %v", services, endpoints, time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// loaderWorkers is how many requests the loader keeps in flight: enough to
+// keep a 2-core API server busy (it, not the loader, is the bottleneck).
+const loaderWorkers = 16
+
+// progressEvery is how often a long load logs how far it got: 50k Services
+// take many minutes (see docs/benchmarks.md), and a silent run looks hung.
+const progressEvery = time.Minute
+
+// run writes the services in todo with endpoints endpoints, with
+// loaderWorkers workers; it stops at the first error and returns it.
+func (l *Loader) run(ctx context.Context, todo []int, endpoints int, logf func(string, ...any)) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var done atomic.Int64
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range loaderWorkers {
+		wg.Go(func() {
+			for i := range work {
+				if err := l.one(ctx, i, endpoints); err != nil {
+					cancel(fmt.Errorf("service %d: %w", i, err))
+					continue
+				}
+				done.Add(1)
+			}
+		})
+	}
+	start, next := time.Now(), time.Now().Add(progressEvery)
+	for _, i := range todo {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- i
+		if now := time.Now(); now.After(next) {
+			next = now.Add(progressEvery)
+			d := done.Load()
+			logf("loader: %d of %d services written (%.0f/s)", d, len(todo), float64(d)/now.Sub(start).Seconds())
+		}
+	}
+	close(work)
+	wg.Wait()
+	return context.Cause(ctx)
 }
 
 // one creates service i (if new) and writes its EndpointSlice with n endpoints.
@@ -122,6 +156,21 @@ func (l *Loader) one(ctx context.Context, i, n int) error {
 			return err
 		}
 	}
+	slice := benchSlice(i, n)
+	if !known {
+		// A new Service has no slice yet: create it without the Get that
+		// write does first (a third of the requests of a fresh load).
+		_, err := l.kube.DiscoveryV1().EndpointSlices(benchNamespace).Create(ctx, slice, metav1.CreateOptions{})
+		if !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
+	return l.write(ctx, slice)
+}
+
+// benchSlice is the EndpointSlice of service i with n endpoints.
+func benchSlice(i, n int) *discoveryv1.EndpointSlice {
+	name := fmt.Sprintf("svc-%d", i)
 	slice := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: name,
 			Labels: map[string]string{discoveryv1.LabelServiceName: name}},
@@ -136,7 +185,7 @@ func (l *Loader) one(ctx context.Context, i, n int) error {
 			NodeName:  ptr.To(RemoteNode),
 		})
 	}
-	return l.write(ctx, slice)
+	return slice
 }
 
 // BenchServiceIP is the ClusterIP of the loader's service i (10.96.100.1
